@@ -1,0 +1,157 @@
+"""Models of the paper's experiments and a registry ``name -> constructor``.
+
+Parameter order follows the layers (input to output), so the canonical partition reads
+``conv1.weight, conv1.bias, ..., fc3.bias``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+from torch import Tensor, nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+}
+VGG11_CONFIG: tuple = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+def make_activation(name: str) -> nn.Module:
+    """An activation module by name (``tanh``, ``relu``, ``elu``, ``sigmoid``, ``gelu``)."""
+    try:
+        return ACTIVATIONS[name.lower()]()
+    except KeyError:
+        raise ValueError(
+            f"unknown activation '{name}'; choose one of {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 for 32 x 32 RGB images (CIFAR-10): conv 3->6 5x5, pool, conv 6->16 5x5,
+    pool, fc 400->120->84->classes; tanh by default as in the paper's experiments.
+
+    Example:
+        >>> import torch
+        >>> LeNet5()(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        activation: str = "tanh",
+        pool: str = "max",
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if pool not in ("max", "avg"):
+            raise ValueError(f"pool must be 'max' or 'avg', got '{pool}'")
+        self.conv1 = nn.Conv2d(in_channels, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+        self.act = make_activation(activation)
+        self.pool = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool(self.act(self.conv1(x)))
+        x = self.pool(self.act(self.conv2(x)))
+        x = x.flatten(1)
+        x = self.act(self.fc1(x))
+        x = self.act(self.fc2(x))
+        return self.fc3(x)
+
+
+class VGG11Prime(nn.Module):
+    """VGG-11' : the VGG-11 ("A") convolutions (3x3, padding 1), no BatchNorm, ELU by
+    default, and a single ``Linear(512, classes)`` head instead of three.
+
+    Example:
+        >>> import torch
+        >>> VGG11Prime(width=0.125)(torch.zeros(1, 3, 32, 32)).shape
+        torch.Size([1, 10])
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        activation: str = "elu",
+        width: float = 1.0,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in VGG11_CONFIG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            out = max(1, round(item * width))
+            layers += [nn.Conv2d(channels, out, 3, padding=1), make_activation(activation)]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class MLP(nn.Module):
+    """A fully connected network ``sizes[0] -> ... -> sizes[-1]`` (inputs are flattened).
+
+    Example:
+        >>> import torch
+        >>> MLP([3072, 64, 10])(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self, sizes: Sequence[int] = (3072, 512, 256, 10), activation: str = "tanh"
+    ) -> None:
+        super().__init__()
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2:
+            raise ValueError(f"sizes needs an input and an output size, got {sizes}")
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(make_activation(activation))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x.flatten(1))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": LeNet5,
+    "vgg11p": VGG11Prime,
+    "mlp": MLP,
+}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model by name with its keyword arguments.
+
+    Raises:
+        ValueError: unknown name or arguments the constructor does not take.
+
+    Example:
+        >>> build_model("lenet5", activation="relu").act
+        ReLU()
+    """
+    key = name.lower().replace("-", "").replace("_", "").replace("'", "p")
+    aliases = {"vgg11": "vgg11p", "lenet": "lenet5"}
+    key = aliases.get(key, key)
+    if key not in MODELS:
+        raise ValueError(f"unknown architecture '{name}'; known: {sorted(MODELS)}")
+    try:
+        return MODELS[key](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad arguments for '{key}': {err}") from None

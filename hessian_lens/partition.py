@@ -1,0 +1,416 @@
+"""Partitions of a model's trainable parameters into S groups.
+
+A partition splits the parameter vector ``theta`` (P scalars) into disjoint groups
+``I_1 .. I_S``. For a direction ``u``, ``U^s`` is ``u`` restricted to group ``s``; the
+summaries of :mod:`hessian_lens.summary` are indexed by groups.
+
+Groups are whole parameter tensors (canonical, by layer, by kind, trivial, user mapping)
+or single scalars (discrete). Group order follows ``model.named_parameters()``, so groups
+of later layers come later: the engine relies on that to skip earlier layers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DISCRETE_MAX_PARAMETERS = 5000
+
+
+class PartitionError(ValueError):
+    """A partition that does not cover every trainable parameter exactly once."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """One group ``I_s`` of a partition.
+
+    Attributes:
+        label: display name (a parameter name for the canonical partition).
+        kind: ``"weight"``, ``"bias"`` or ``"mixed"``.
+        layer: name of the module owning the group's tensors (``"+"``-joined if several).
+        layer_index: position of that module among the modules holding trainable
+            parameters, or -1 when the group spans several modules.
+        size: number of scalars in the group.
+        params: names of the parameter tensors the group touches.
+    """
+
+    label: str
+    kind: str
+    layer: str
+    layer_index: int
+    size: int
+    params: tuple[str, ...]
+
+
+def parameter_kind(name: str) -> str:
+    """Classify a parameter name as ``"bias"`` or ``"weight"`` (anything else)."""
+    return "bias" if "bias" in name.rsplit(".", 1)[-1] else "weight"
+
+
+def layer_name(name: str) -> str:
+    """Module path of a parameter: ``"features.0.weight"`` -> ``"features.0"``."""
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+class Partition:
+    """A partition of a model's trainable parameters into S groups.
+
+    Build one with the class methods (:meth:`canonical`, :meth:`by_layer`,
+    :meth:`by_kind`, :meth:`trivial`, :meth:`discrete`, :meth:`from_groups`).
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+        >>> Partition.canonical(net).labels
+        ['0.weight', '0.bias', '2.weight', '2.bias']
+        >>> Partition.by_layer(net).labels, len(Partition.discrete(net))
+        (['0', '2'], 26)
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        shapes: Sequence[torch.Size],
+        assignment: Sequence[int | torch.Tensor],
+        groups: Sequence[Group],
+        scheme: str = "custom",
+    ) -> None:
+        """Low-level constructor; prefer the class methods.
+
+        Args:
+            names: trainable parameter names, in ``named_parameters()`` order.
+            shapes: their shapes.
+            assignment: per parameter, a group index (whole tensor) or a LongTensor of
+                the parameter's shape giving the group of every scalar.
+            groups: the S groups, in order.
+            scheme: name of the construction (``"canonical"``, ``"discrete"``, ...).
+        """
+        self.names = list(names)
+        self.shapes = [torch.Size(s) for s in shapes]
+        self.assignment = list(assignment)
+        self.groups = list(groups)
+        self.scheme = scheme
+        self._validate()
+        self._members = self._build_members()
+        self._reach = self._build_reach()
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def canonical(cls, model: nn.Module) -> Partition:
+        """One group per trainable parameter tensor, in ``named_parameters()`` order."""
+        params = _trainable(model)
+        groups = [_group(n, [n], params) for n in params]
+        return cls(list(params), _shapes(params), list(range(len(params))), groups, "canonical")
+
+    @classmethod
+    def by_layer(cls, model: nn.Module) -> Partition:
+        """The tensors of one module together (weight and bias of a layer: one group)."""
+        params = _trainable(model)
+        return cls._from_labels(params, {n: layer_name(n) or n for n in params}, "by_layer")
+
+    @classmethod
+    def by_kind(cls, model: nn.Module) -> Partition:
+        """Two groups at most: all weights, all biases."""
+        params = _trainable(model)
+        plural = {"weight": "weights", "bias": "biases"}
+        labels = {n: plural[parameter_kind(n)] for n in params}
+        return cls._from_labels(params, labels, "by_kind")
+
+    @classmethod
+    def trivial(cls, model: nn.Module) -> Partition:
+        """A single group holding every trainable parameter (S = 1)."""
+        params = _trainable(model)
+        return cls._from_labels(params, dict.fromkeys(params, "all"), "trivial")
+
+    @classmethod
+    def discrete(cls, model: nn.Module, max_parameters: int = DISCRETE_MAX_PARAMETERS) -> Partition:
+        """One group per scalar (S = P): the pseudo-Hessian is then the Hessian scaled by u.
+
+        Raises:
+            PartitionError: when P exceeds ``max_parameters`` (S x S would not fit).
+        """
+        params = _trainable(model)
+        total = sum(p.numel() for p in params.values())
+        if total > max_parameters:
+            raise PartitionError(
+                f"discrete partition needs one group per scalar, and this model has P = "
+                f"{total:,} trainable parameters (limit {max_parameters:,}: H̄ alone would be "
+                f"{total * total * 4 / 2**20:,.0f} MiB and take P passes). Use canonical() or "
+                f"by_layer(), or pass max_parameters= to raise the limit on a tiny model."
+            )
+        assignment, groups, offset = [], [], 0
+        for name, p in params.items():
+            assignment.append(torch.arange(offset, offset + p.numel()).reshape(p.shape))
+            for flat in range(p.numel()):
+                index = ",".join(str(i) for i in _unravel(flat, p.shape))
+                groups.append(_group(f"{name}[{index}]", [name], params, size=1))
+            offset += p.numel()
+        return cls(list(params), _shapes(params), assignment, groups, "discrete")
+
+    @classmethod
+    def from_groups(cls, model: nn.Module, mapping: Mapping[str, str]) -> Partition:
+        """Groups from a mapping ``{name or regex pattern: group label}``.
+
+        Each trainable parameter must match exactly one entry (an exact name first, else
+        a ``re.fullmatch`` pattern); several entries may share a label. Groups are ordered
+        by their first parameter.
+
+        Raises:
+            PartitionError: a parameter matched twice with different labels (overlap),
+                not matched at all (gap), or an entry that matches nothing.
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+            >>> Partition.from_groups(net, {r".*weight": "W", r".*bias": "b"}).labels
+            ['W', 'b']
+        """
+        params = _trainable(model)
+        labels, used = {}, set()
+        for name in params:
+            hits = {lab for pat, lab in mapping.items() if pat == name}
+            if not hits:
+                hits = {lab for pat, lab in mapping.items() if re.fullmatch(pat, name)}
+            used.update(pat for pat in mapping if pat == name or re.fullmatch(pat, name))
+            if len(hits) > 1:
+                raise PartitionError(
+                    f"overlap: parameter '{name}' matches several groups "
+                    f"{sorted(hits)}; make the patterns disjoint."
+                )
+            if hits:
+                labels[name] = hits.pop()
+        gaps = [n for n in params if n not in labels]
+        if gaps:
+            raise PartitionError(
+                f"gap: trainable parameters in no group: {gaps}; add them "
+                "to the mapping (e.g. a catch-all pattern '.*')."
+            )
+        unused = [pat for pat in mapping if pat not in used]
+        if unused:
+            raise PartitionError(
+                f"entries match no trainable parameter: {unused}; known parameters: {list(params)}."
+            )
+        return cls._from_labels(params, labels, "custom")
+
+    @classmethod
+    def _from_labels(
+        cls, params: dict[str, nn.Parameter], labels: dict[str, str], scheme: str
+    ) -> Partition:
+        order = list(dict.fromkeys(labels[n] for n in params))
+        members = {lab: [n for n in params if labels[n] == lab] for lab in order}
+        groups = [_group(lab, members[lab], params) for lab in order]
+        assignment = [order.index(labels[n]) for n in params]
+        return cls(list(params), _shapes(params), assignment, groups, scheme)
+
+    # ------------------------------------------------------------------ queries
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __repr__(self) -> str:
+        return f"Partition({self.scheme}, S={len(self)}, P={self.numel})"
+
+    @property
+    def labels(self) -> list[str]:
+        """Group labels, in order."""
+        return [g.label for g in self.groups]
+
+    @property
+    def kinds(self) -> list[str]:
+        """Group kinds (``weight`` / ``bias`` / ``mixed``), in order."""
+        return [g.kind for g in self.groups]
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer (module) name of every group, in order."""
+        return [g.layer for g in self.groups]
+
+    @property
+    def numel(self) -> int:
+        """P, the number of scalars covered."""
+        return sum(s.numel() for s in self.shapes)
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The model's parameters covered by the partition, in partition order.
+
+        Raises:
+            PartitionError: the model does not have these trainable parameters.
+        """
+        self.check(model)
+        params = dict(model.named_parameters())
+        return [params[n] for n in self.names]
+
+    def check(self, model: nn.Module) -> None:
+        """Raise :class:`PartitionError` unless the model's trainable parameters match."""
+        params = _trainable(model)
+        if list(params) != self.names:
+            missing = sorted(set(self.names) - set(params))
+            extra = sorted(set(params) - set(self.names))
+            raise PartitionError(
+                f"partition does not match the model: missing {missing}, "
+                f"not covered {extra}. Build it from this model."
+            )
+        for n, shape in zip(self.names, self.shapes, strict=True):
+            if params[n].shape != shape:
+                raise PartitionError(
+                    f"parameter '{n}' has shape {tuple(params[n].shape)}, "
+                    f"the partition expects {tuple(shape)}."
+                )
+
+    def blocks(self, by: str) -> list[list[int]]:
+        """Group indices cut into blocks: ``"layer"``, ``"tensor"`` (each group alone),
+        or ``"kind"`` (weights vs biases).
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+            >>> Partition.canonical(net).blocks("layer")
+            [[0, 1], [2, 3]]
+        """
+        keys = {"layer": self.layers, "kind": self.kinds, "tensor": list(range(len(self)))}.get(by)
+        if keys is None:
+            raise ValueError(f"unknown block choice '{by}'; use 'layer', 'tensor' or 'kind'.")
+        order = list(dict.fromkeys(keys))
+        return [[s for s, k in enumerate(keys) if k == key] for key in order]
+
+    # ------------------------------------------------------------------ algebra
+    def reduce(self, tensors: Sequence[torch.Tensor | None], which: Sequence[int]) -> torch.Tensor:
+        """Per-group sums: ``out[s] = sum_{p in I_s} t_p`` over the parameters ``which``.
+
+        Args:
+            tensors: one tensor per parameter index in ``which`` (``None`` = zeros).
+            which: parameter indices (into :attr:`names`).
+
+        Returns:
+            A tensor of shape (S,), differentiable in ``tensors``.
+        """
+        ref = next(t for t in tensors if t is not None)
+        out = ref.new_zeros(len(self))
+        whole_ids, whole_vals = [], []
+        for i, t in zip(which, tensors, strict=True):
+            if t is None:
+                continue
+            a = self.assignment[i]
+            if isinstance(a, int):
+                whole_ids.append(a)
+                whole_vals.append(t.sum())
+            else:
+                out = out.index_add(0, a.to(t.device).reshape(-1), t.reshape(-1))
+        if whole_vals:
+            ids = torch.tensor(whole_ids, device=ref.device)
+            out = out.index_add(0, ids, torch.stack(whole_vals))
+        return out
+
+    def group_sum(
+        self, s: int, tensors: Sequence[torch.Tensor | None], which: Sequence[int]
+    ) -> torch.Tensor:
+        """``sum_{p in I_s} t_p`` (differentiable), over the parameters ``which``."""
+        total = None
+        for i, t in zip(which, tensors, strict=True):
+            sel = self._members[s].get(i, False)
+            if t is None or sel is False:
+                continue
+            part = t.sum() if sel is None else t.reshape(-1)[sel.to(t.device)].sum()
+            total = part if total is None else total + part
+        if total is None:
+            raise PartitionError(f"group {s} has no parameter among {list(which)}")
+        return total
+
+    def params_from(self, s: int) -> list[int]:
+        """Indices of the parameters holding some group ``>= s``."""
+        return [i for i, hi in enumerate(self._reach) if hi >= s]
+
+    def params_of(self, s: int) -> list[int]:
+        """Indices of the parameters holding part of group ``s``."""
+        return sorted(self._members[s])
+
+    def expand(self, eta: torch.Tensor, i: int) -> torch.Tensor:
+        """``eta`` broadcast onto parameter ``i``: entry ``eta[s]`` on every scalar of I_s."""
+        a = self.assignment[i]
+        return eta[a] if isinstance(a, int) else eta[a.to(eta.device)]
+
+    def matrix(self, u: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The S x P matrix whose row s is ``U^s`` (``u`` restricted to group s), flattened."""
+        flat = torch.cat([t.reshape(-1) for t in u])
+        ids = torch.cat([self._flat_ids(i) for i in range(len(self.names))]).to(flat.device)
+        out = flat.new_zeros(len(self), flat.numel())
+        out[ids, torch.arange(flat.numel(), device=flat.device)] = flat
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _flat_ids(self, i: int) -> torch.Tensor:
+        a = self.assignment[i]
+        if isinstance(a, int):
+            return torch.full((self.shapes[i].numel(),), a, dtype=torch.long)
+        return a.reshape(-1)
+
+    def _validate(self) -> None:
+        if len(self.names) != len(self.shapes) or len(self.names) != len(self.assignment):
+            raise PartitionError("names, shapes and assignment must have the same length")
+        if not self.names:
+            raise PartitionError("the model has no trainable parameter (all frozen?)")
+        counts = torch.zeros(len(self.groups), dtype=torch.long)
+        for i in range(len(self.assignment)):
+            ids = self._flat_ids(i)
+            if ids.numel() != self.shapes[i].numel():
+                raise PartitionError(f"assignment of '{self.names[i]}' has the wrong shape")
+            if ids.numel() and (ids.min() < 0 or ids.max() >= len(self.groups)):
+                raise PartitionError(
+                    f"'{self.names[i]}' is assigned to a group that does "
+                    f"not exist (S = {len(self.groups)})"
+                )
+            counts += torch.bincount(ids, minlength=len(self.groups))
+        empty = [self.groups[s].label for s in range(len(self.groups)) if counts[s] == 0]
+        if empty:
+            raise PartitionError(f"empty groups {empty}: every group needs a parameter")
+
+    def _build_members(self) -> list[dict[int, torch.Tensor | None]]:
+        members: list[dict[int, torch.Tensor | None]] = [{} for _ in self.groups]
+        for i, a in enumerate(self.assignment):
+            if isinstance(a, int):
+                members[a][i] = None
+            else:
+                flat = a.reshape(-1)
+                for s in torch.unique(flat).tolist():
+                    members[s][i] = torch.nonzero(flat == s).reshape(-1)
+        return members
+
+    def _build_reach(self) -> list[int]:
+        return [int(self._flat_ids(i).max()) for i in range(len(self.names))]
+
+
+def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise PartitionError("the model has no trainable parameter (all frozen?)")
+    return params
+
+
+def _shapes(params: dict[str, nn.Parameter]) -> list[torch.Size]:
+    return [p.shape for p in params.values()]
+
+
+def _group(
+    label: str, names: list[str], params: dict[str, nn.Parameter], size: int | None = None
+) -> Group:
+    kinds = {parameter_kind(n) for n in names}
+    layers = list(dict.fromkeys(layer_name(n) for n in names))
+    order = list(dict.fromkeys(layer_name(n) for n in params))
+    return Group(
+        label=label,
+        kind=kinds.pop() if len(kinds) == 1 else "mixed",
+        layer="+".join(layers),
+        layer_index=order.index(layers[0]) if len(layers) == 1 else -1,
+        size=size if size is not None else sum(params[n].numel() for n in names),
+        params=tuple(names),
+    )
+
+
+def _unravel(flat: int, shape: torch.Size) -> tuple[int, ...]:
+    out = []
+    for dim in reversed(shape):
+        out.append(flat % dim)
+        flat //= dim
+    return tuple(reversed(out)) if shape else ()
