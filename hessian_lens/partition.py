@@ -197,6 +197,20 @@ class Partition:
         return cls._from_labels(params, labels, "custom")
 
     @classmethod
+    def from_name(cls, model: nn.Module, name: str) -> Partition:
+        """A partition by scheme name: canonical, by_layer, by_kind, trivial or discrete."""
+        makers = {
+            "canonical": cls.canonical,
+            "by_layer": cls.by_layer,
+            "by_kind": cls.by_kind,
+            "trivial": cls.trivial,
+            "discrete": cls.discrete,
+        }
+        if name not in makers:
+            raise PartitionError(f"unknown partition '{name}'; choose one of {list(makers)}")
+        return makers[name](model)
+
+    @classmethod
     def _from_labels(
         cls, params: dict[str, nn.Parameter], labels: dict[str, str], scheme: str
     ) -> Partition:

@@ -1,0 +1,196 @@
+"""Command line: ``python -m hessian_lens train | analyze | inspect``.
+
+Examples::
+
+    python -m hessian_lens train --model lenet5 --data cifar10 --epochs 21 \\
+        --data-root shared/datasets/cifar10/cifar10.npz --out checkpoints/lenet5-cifar10
+    python -m hessian_lens analyze checkpoints/lenet5-cifar10 --samples 10000
+    python -m hessian_lens inspect checkpoints/lenet5-cifar10/epoch_0021.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from hessian_lens.checkpoint import CheckpointError
+from hessian_lens.data import DataNotFoundError
+from hessian_lens.partition import PartitionError
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('expected a JSON object, e.g. \'{"activation": "relu"}\'')
+    return value
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model, one checkpoint per epoch (resumable)")
+    p.add_argument("--model", default="lenet5", help="lenet5 | vgg11p | mlp")
+    p.add_argument(
+        "--model-kwargs",
+        type=_json_dict,
+        default={},
+        help='constructor arguments as JSON, e.g. \'{"activation": "relu"}\'',
+    )
+    p.add_argument("--data", default="cifar10", help="data set name (cifar10)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="an .npz file or a torchvision root folder (default: $HESSIAN_LENS_DATA "
+        "or ~/.cache/hessian_lens/data, downloading when online)",
+    )
+    p.add_argument("--train-size", type=int, default=None, help="deterministic training subset")
+    p.add_argument("--test-size", type=int, default=None, help="deterministic test subset")
+    p.add_argument("--epochs", type=int, default=21)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "partition-newton"])
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument(
+        "--optimizer-kwargs", type=_json_dict, default={}, help="more optimizer arguments as JSON"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", required=True, help="run folder (resumed when it exists)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_analyze(sub) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="compute H̄, its inverse and comparisons for every "
+        "checkpoint of a run into <run>/analysis.sqlite",
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("--samples", type=int, default=10000, help="training samples per checkpoint")
+    p.add_argument(
+        "--partition", default="canonical", choices=["canonical", "by_layer", "by_kind", "trivial"]
+    )
+    p.add_argument("--order3", action="store_true", help="also the diagonal of D^(3)")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample subset")
+    p.add_argument("--data-root", default=None, help="override the run's data source")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="validate a checkpoint file and print its metadata")
+    p.add_argument("path")
+    p.add_argument("--architecture", default=None, help="for a bare state_dict")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m hessian_lens``."""
+    ap = argparse.ArgumentParser(
+        prog="hessian-lens",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_analyze(sub)
+    _add_inspect(sub)
+    return ap
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _train(args) -> int:
+    from hessian_lens.train import TrainConfig, train
+
+    config = TrainConfig(
+        out=args.out,
+        model=args.model,
+        model_kwargs=args.model_kwargs,
+        data=args.data,
+        data_source=args.data_root,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        optimizer_kwargs=args.optimizer_kwargs,
+        seed=args.seed,
+        device=resolve_device(args.device),
+    )
+    out = train(config, progress=not args.no_progress)
+    print(f"run written to {out}")
+    return 0
+
+
+def _analyze(args) -> int:
+    import torch
+
+    from hessian_lens.analyze import AnalysisSettings, analyze_run
+
+    settings = AnalysisSettings(
+        samples=args.samples,
+        partition=args.partition,
+        order3=args.order3,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        dtype="float64" if args.dtype == "float64" else "float32",
+    )
+    done = analyze_run(
+        args.run,
+        settings,
+        data_source=args.data_root,
+        device=torch.device(resolve_device(args.device)),
+        progress=not args.no_progress,
+    )
+    print(f"{done['computed']} checkpoints analysed, {done['skipped']} already in {done['store']}")
+    return 0
+
+
+def _inspect(args) -> int:
+    from hessian_lens.checkpoint import file_sha256, load_checkpoint
+
+    model, meta = load_checkpoint(args.path, architecture=args.architecture)
+    n = sum(p.numel() for p in model.parameters())
+    print(
+        json.dumps(
+            {
+                "file": args.path,
+                "sha256": file_sha256(args.path),
+                "architecture": meta["model"],
+                "parameters": n,
+                "meta": {k: v for k, v in meta.items() if k != "model"},
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input prints one clear line and exits with status 2."""
+    args = parser().parse_args(argv)
+    handler = {"train": _train, "analyze": _analyze, "inspect": _inspect}[args.command]
+    try:
+        return handler(args)
+    except (CheckpointError, DataNotFoundError, PartitionError, ValueError) as err:
+        print(f"hessian-lens {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,141 @@
+"""Analysis into the results store: contents, resume after a crash, concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hessian_lens as hl
+from hessian_lens import linalg
+from hessian_lens.analyze import AnalysisSettings, analysis_batches, analyze_model, analyze_run
+from hessian_lens.checkpoint import load_checkpoint
+from hessian_lens.store import Record, ResultStore, settings_key
+from hessian_lens.train import TrainConfig, train
+
+SETTINGS = AnalysisSettings(samples=64, batch_size=32)
+
+
+@pytest.fixture
+def tiny_run(tmp_path, tiny_npz):
+    cfg = TrainConfig(
+        out=str(tmp_path / "run"),
+        data_source=str(tiny_npz),
+        train_size=64,
+        test_size=32,
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        seed=1,
+    )
+    return train(cfg, progress=False)
+
+
+def test_analysis_matches_the_engine(tiny_run):
+    analyze_run(tiny_run, SETTINGS, progress=False)
+    record = ResultStore(tiny_run / "analysis.sqlite").records()[1]
+    model, _ = load_checkpoint(tiny_run / "epoch_0001.pt")
+    batches, _ = analysis_batches(str(tiny_run.parent / "tiny.npz"), SETTINGS)
+    res = hl.pseudo_hessian(model, F.cross_entropy, batches)
+    assert np.allclose(record.arrays["H"], res.H.double().numpy())
+    assert np.allclose(record.arrays["g"], res.g.double().numpy())
+    inv = linalg.inverse(res.H)
+    assert np.allclose(record.arrays["Hinv"], inv.inv.numpy())
+    assert record.summary["inverse"]["status"] == inv.status
+    assert np.allclose(record.arrays["H_norm"], linalg.normalize(res.H).numpy())
+    assert set(record.summary["compare"]) == {"layer", "tensor", "kind"}
+    layer = record.summary["compare"]["layer"]
+    assert 0 <= layer["off_share_H"] <= 1 and -1 <= layer["cos_eta"] <= 1
+    assert record.arrays["eta_bd_layer"].shape == (10,)
+    assert record.summary["kinds"] == ["weight", "bias"] * 5
+    assert record.summary["loss"] == pytest.approx(res.loss, rel=1e-5)
+
+
+def test_interrupted_analysis_resumes(tiny_run):
+    calls = {"n": 0}
+
+    def crash_in_second_checkpoint(fraction, message):
+        if message.startswith("epoch_0001.pt: batch"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        analyze_run(tiny_run, SETTINGS, progress=crash_in_second_checkpoint)
+    store = ResultStore(tiny_run / "analysis.sqlite")
+    assert [r.checkpoint for r in store.records(arrays=False)] == ["epoch_0000.pt"]
+
+    def count(fraction, message):
+        calls["n"] += 1
+
+    done = analyze_run(tiny_run, SETTINGS, progress=count)
+    assert done["computed"] == 2 and done["skipped"] == 1 and calls["n"] > 0
+    assert [r.epoch for r in store.records(arrays=False)] == [0, 1, 2]
+
+
+def _analyze_in_process(run: str, barrier) -> None:
+    torch.set_num_threads(1)
+    barrier.wait()
+    analyze_run(run, SETTINGS, progress=False)
+
+
+def test_concurrent_analysis_leaves_a_consistent_store(tiny_run, tmp_path):
+    reference = tmp_path / "reference"
+    shutil.copytree(tiny_run, reference)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same arithmetic as the single-threaded writers below
+    try:
+        analyze_run(reference, SETTINGS, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_analyze_in_process, args=(str(tiny_run), barrier)) for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    with sqlite3.connect(tiny_run / "analysis.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = ResultStore(tiny_run / "analysis.sqlite").records()
+    expected = ResultStore(reference / "analysis.sqlite").records()
+    assert [r.checkpoint for r in rows] == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"]
+    for got, want in zip(rows, expected, strict=True):
+        assert got.checkpoint_sha == want.checkpoint_sha
+        assert np.allclose(got.arrays["H"], want.arrays["H"], rtol=1e-5)
+
+
+def test_store_keys_and_listing(tmp_path):
+    store = ResultStore(tmp_path / "s.sqlite")
+    a = {"samples": 10, "partition": "canonical"}
+    b = {"partition": "canonical", "samples": 10}
+    assert settings_key(a) == settings_key(b)
+    assert store.put(Record("sha1", a, "epoch_0002.pt", 2, {"x": 1}, {"H": np.eye(2)}))
+    assert store.put(Record("sha0", a, "epoch_0001.pt", 1, {"x": 0}, {"H": np.eye(2)}))
+    assert not store.put(Record("sha1", b, "epoch_0002.pt", 2, {"x": 9}, {"H": np.eye(3)}))
+    assert store.get("sha1", a).summary == {"x": 1}  # first write kept
+    assert store.put(Record("sha1", {"samples": 20}, "epoch_0002.pt", 2, {}, {}))
+    assert [r.epoch for r in store.records(a)] == [1, 2]
+    assert len(store) == 3 and store.settings()[0] == a
+    assert store.get("nope", a) is None
+    assert store.records(a, arrays=False)[0].arrays == {}
+
+
+def test_analyze_model_with_order3_and_other_partitions(tiny_run):
+    model, _ = load_checkpoint(tiny_run / "epoch_0002.pt")
+    batches, _ = analysis_batches(str(tiny_run.parent / "tiny.npz"), SETTINGS)
+    summary, arrays = analyze_model(
+        model, batches, AnalysisSettings(samples=64, partition="by_layer", order3=True)
+    )
+    assert summary["labels"] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert arrays["d3"].shape == (5,) and arrays["H"].shape == (5, 5)
+    ref = hl.summary_tensor(
+        model, F.cross_entropy, batches, 3, hl.Partition.by_layer(model), diagonal=True
+    )
+    assert np.allclose(arrays["d3"], ref.double().numpy(), rtol=1e-5)

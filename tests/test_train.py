@@ -1,0 +1,107 @@
+"""Training runs: the run folder, resuming, and a tiny run end to end through analysis."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hessian_lens.analyze import AnalysisSettings, analyze_run
+from hessian_lens.checkpoint import CheckpointError, load_checkpoint
+from hessian_lens.store import ResultStore
+from hessian_lens.train import TrainConfig, train
+
+
+def config(out, source, **kw) -> TrainConfig:
+    base = {
+        "out": str(out),
+        "data_source": str(source),
+        "train_size": 96,
+        "test_size": 32,
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "seed": 3,
+    }
+    return TrainConfig(**{**base, **kw})
+
+
+def test_run_folder_layout(tmp_path, tiny_npz):
+    out = train(config(tmp_path / "run", tiny_npz), progress=False)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt", "resume.pt", "run.json"]
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["model"] == {"name": "lenet5", "kwargs": {}}
+    assert manifest["optimizer"]["name"] == "sgd" and manifest["optimizer"]["momentum"] == 0.9
+    assert manifest["data"]["train_size"] == 96 and manifest["seed"] == 3
+    assert set(manifest["versions"]) == {"python", "torch", "hessian_lens"}
+    assert [h["epoch"] for h in manifest["history"]] == [0, 1, 2]
+    assert all(0 <= h["test_acc"] <= 1 and h["train_loss"] > 0 for h in manifest["history"])
+    _, meta = load_checkpoint(out / "epoch_0002.pt")
+    assert meta["epoch"] == 2 and meta["metrics"]["test_acc"] == manifest["history"][2]["test_acc"]
+
+
+def test_resume_gives_the_uninterrupted_trajectory(tmp_path, tiny_npz):
+    straight = train(config(tmp_path / "a", tiny_npz, epochs=2), progress=False)
+    train(config(tmp_path / "b", tiny_npz, epochs=1), progress=False)
+    resumed = train(config(tmp_path / "b", tiny_npz, epochs=2), progress=False)
+    a, _ = load_checkpoint(straight / "epoch_0002.pt")
+    b, _ = load_checkpoint(resumed / "epoch_0002.pt")
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.allclose(x, y, atol=1e-6)
+    history = json.loads((resumed / "run.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, tiny_npz):
+    train(config(tmp_path / "r", tiny_npz, epochs=1), progress=False)
+    with pytest.raises(CheckpointError, match=r"other settings \(lr\)"):
+        train(config(tmp_path / "r", tiny_npz, epochs=2, lr=0.1), progress=False)
+
+
+def test_adam_and_unknown_optimizer(tmp_path, tiny_npz):
+    out = train(
+        config(tmp_path / "adam", tiny_npz, epochs=1, optimizer="adam", lr=1e-3), progress=False
+    )
+    assert json.loads((out / "run.json").read_text())["optimizer"]["name"] == "adam"
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        train(config(tmp_path / "x", tiny_npz, optimizer="lbfgs"), progress=False)
+
+
+def test_divergence_is_reported(tmp_path, tiny_npz):
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train(
+            config(
+                tmp_path / "d",
+                tiny_npz,
+                lr=1e38,
+                momentum=0.0,
+                model="mlp",
+                model_kwargs={"sizes": [3072, 8, 10]},
+            ),
+            progress=False,
+        )
+
+
+def test_tiny_real_run_end_to_end(tmp_path, cifar_npz):
+    """2 epochs on 512 real CIFAR-10 images -> analyze -> read back (well under a minute)."""
+    out = train(
+        config(tmp_path / "real", cifar_npz, train_size=512, test_size=256, batch_size=64, lr=0.01),
+        progress=False,
+    )
+    settings = AnalysisSettings(samples=256, batch_size=128, order3=True)
+    seen = []
+    done = analyze_run(out, settings, progress=lambda f, msg: seen.append((f, msg)))
+    assert done["computed"] == 3 and done["skipped"] == 0
+    assert seen[-1][0] == 1.0 and all(0 <= f <= 1 for f, _ in seen)
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen)
+    records = ResultStore(out / "analysis.sqlite").records()
+    assert [r.epoch for r in records] == [0, 1, 2]
+    for r in records:
+        assert r.arrays["H"].shape == (10, 10) and r.arrays["d3"].shape == (10,)
+        assert r.summary["labels"][0] == "conv1.weight"
+        assert r.summary["n_samples"] == 256
+    again = analyze_run(out, settings, progress=False)
+    assert again["computed"] == 0 and again["skipped"] == 3
