@@ -4,7 +4,9 @@ Measures, for LeNet-5 at CIFAR-10 shapes (S = 10) and a deep tanh MLP (S = 16), 
 batches 64 / 256 / 1024: one gradient; H_bar with each back end (loop, vmap) and "auto";
 a plain loop of S double-backward HVPs w.r.t. all parameters (the PyHessian way); the full
 D^(3). Times are medians over repeats; ratios divide by the gradient's median measured in
-the same run, so they survive a noisy shared machine.
+the same run, so they survive a noisy shared machine. Peak memory is the extra memory of
+one call: the CUDA allocator's peak on a GPU; on the CPU, the resident set sampled every
+2 ms during one call in a fresh process (the allocator keeps memory between calls).
 
     python benchmarks/bench_summary.py                 # everything (a few minutes on 2 cores)
     python benchmarks/bench_summary.py --quick         # smoke run (tiny batches, 1 repeat)
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -67,20 +70,54 @@ class PeakMemory:
             self._thread.join()
 
 
-def median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, int]:
-    """Median seconds over ``repeats`` calls after one warm-up, and the peak extra memory."""
+def median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median seconds over ``repeats`` calls after one warm-up."""
     fn()
     times = []
-    with PeakMemory(device) as mem:
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory(
+    name: str, batch: int, what: str, device: torch.device, fn: Callable[[], object]
+) -> int:
+    """Extra bytes one call needs (CUDA: in this process; CPU: in a fresh process)."""
+    if device.type == "cuda":
+        with PeakMemory(device) as mem:
             fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), mem.peak
+        return mem.peak
+    out = subprocess.run(
+        [sys.executable, __file__, "--probe", name, str(batch), what],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def probe(name: str, batch: int, what: str) -> None:
+    """``--probe``: print the peak extra resident memory of one call (fresh process)."""
+    model, x, y = setup(name, batch, torch.device("cpu"))
+    fn = workloads(model, x, y, with_d3=True)[what]
+    with PeakMemory(torch.device("cpu")) as mem:
+        fn()
+    print(mem.peak)
+
+
+def setup(name: str, batch: int, device: torch.device):
+    """The model and a random CIFAR-shaped batch (seeded)."""
+    torch.manual_seed(0)
+    model = {"lenet5": lambda: LeNet5(), "deep_mlp": lambda: MLP(DEEP_MLP)}[name]().to(device)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    return model, x, y
 
 
 def workloads(
@@ -121,21 +158,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-d3", action="store_true")
     ap.add_argument("--quick", action="store_true", help="batches 8, 1 repeat (smoke test)")
+    ap.add_argument("--probe", nargs=3, metavar=("MODEL", "BATCH", "WHAT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.probe:
+        return probe(args.probe[0], int(args.probe[1]), args.probe[2])
     if args.quick:
         args.batches, args.repeats = [8], 1
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    models = {"lenet5": lambda: LeNet5(), "deep_mlp": lambda: MLP(DEEP_MLP)}
     for name in args.models:
-        model = models[name]().to(device)
-        S = len(hl.Partition.canonical(model))
         for batch in args.batches:
-            x = torch.randn(batch, 3, 32, 32, device=device)
-            y = torch.randint(0, 10, (batch,), device=device)
+            model, x, y = setup(name, batch, device)
+            S = len(hl.Partition.canonical(model))
             base = None
             for what, fn in workloads(model, x, y, not args.no_d3).items():
-                seconds, peak = median_time(fn, args.repeats, device)
+                seconds = median_time(fn, args.repeats, device)
+                peak = peak_memory(name, batch, what, device, fn)
                 base = seconds if what == "gradient" else base
                 print(
                     json.dumps(

@@ -283,11 +283,7 @@ class Partition:
             >>> Partition.canonical(net).blocks("layer")
             [[0, 1], [2, 3]]
         """
-        keys = {"layer": self.layers, "kind": self.kinds, "tensor": list(range(len(self)))}.get(by)
-        if keys is None:
-            raise ValueError(f"unknown block choice '{by}'; use 'layer', 'tensor' or 'kind'.")
-        order = list(dict.fromkeys(keys))
-        return [[s for s, k in enumerate(keys) if k == key] for key in order]
+        return blocks_of(by, self.layers, self.kinds)
 
     # ------------------------------------------------------------------ algebra
     def reduce(self, tensors: Sequence[torch.Tensor | None], which: Sequence[int]) -> torch.Tensor:
@@ -393,6 +389,20 @@ class Partition:
 
     def _build_reach(self) -> list[int]:
         return [int(self._flat_ids(i).max()) for i in range(len(self.names))]
+
+
+def blocks_of(by: str, layers: Sequence[str], kinds: Sequence[str]) -> list[list[int]]:
+    """Group indices cut into blocks from per-group layer names and kinds.
+
+    Example:
+        >>> blocks_of("layer", ["a", "a", "b"], ["weight", "bias", "weight"])
+        [[0, 1], [2]]
+    """
+    keys = {"layer": list(layers), "kind": list(kinds), "tensor": list(range(len(layers)))}.get(by)
+    if keys is None:
+        raise ValueError(f"unknown block choice '{by}'; use 'layer', 'tensor' or 'kind'.")
+    order = list(dict.fromkeys(keys))
+    return [[s for s, k in enumerate(keys) if k == key] for key in order]
 
 
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:

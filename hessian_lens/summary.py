@@ -372,13 +372,18 @@ def _loop_batch(st, loss_fn, x, y, u, part, spec, full, diag, weight) -> tuple:
     loss = loss_fn(st.forward(x), y)
     grads = _grad(loss, st.params, create_graph=spec.top > 1)
     u = [g.detach() for g in grads] if u is None else u
-    everything = list(range(len(st.params)))
-    gu = [g * v for g, v in zip(grads, u, strict=True)]
-    _descend((), gu, everything, 1, st, u, part, spec, full, diag, weight)
+    accumulate_from_gradient(grads, st.params, u, part, spec, full, diag, weight)
     return loss.detach(), u
 
 
-def _descend(prefix, gu, which, k, st, u, part, spec, full, diag, weight) -> None:
+def accumulate_from_gradient(grads, params, u, part, spec: _Spec, full, diag, weight) -> None:
+    """Add ``weight *`` the summaries of a loss into ``full`` / ``diag``, given its gradient
+    ``grads`` w.r.t. ``params`` taken with ``create_graph=True`` (loop back end)."""
+    gu = [g * v for g, v in zip(grads, u, strict=True)]
+    _descend((), gu, list(range(len(params))), 1, params, u, part, spec, full, diag, weight)
+
+
+def _descend(prefix, gu, which, k, params, u, part, spec, full, diag, weight) -> None:
     """Record ``D^(k)[prefix, s]`` from ``gu = grad(D^(k-1)[prefix]) * u`` (on the
     parameters ``which``), then recurse into order k + 1.
 
@@ -401,9 +406,9 @@ def _descend(prefix, gu, which, k, st, u, part, spec, full, diag, weight) -> Non
             continue
         phi = part.group_sum(s, gu, which)
         nxt = part.params_from(s) if child_full else part.params_of(s)
-        grads = _grad(phi, [st.params[i] for i in nxt], create_graph=k + 1 < spec.top)
+        grads = _grad(phi, [params[i] for i in nxt], create_graph=k + 1 < spec.top)
         child = [g * u[i] for g, i in zip(grads, nxt, strict=True)]
-        _descend((*prefix, s), child, nxt, k + 1, st, u, part, spec, full, diag, weight)
+        _descend((*prefix, s), child, nxt, k + 1, params, u, part, spec, full, diag, weight)
 
 
 def _grad(out: Tensor, inputs: Sequence[Tensor], create_graph: bool) -> list[Tensor]:

@@ -54,6 +54,7 @@ class TrainConfig:
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "cpu"
+    lr_plateau: int | None = None
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the stored one (all but epochs/out)."""
@@ -96,7 +97,8 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     if config.optimizer == "partition-newton":
         from hessian_lens.optim import PartitionNewton
 
-        return PartitionNewton(params, lr=config.lr, momentum=config.momentum or 0.9, **kw)
+        named = [{"params": [p], "name": n} for n, p in model.named_parameters() if p.requires_grad]
+        return PartitionNewton(named, lr=config.lr, momentum=config.momentum or 0.9, **kw)
     raise ValueError(f"unknown optimizer '{config.optimizer}'; known: {list(OPTIMIZERS)}")
 
 
@@ -128,31 +130,34 @@ def train(config: TrainConfig, progress: bool = True, command: str | None = None
     torch.manual_seed(config.seed)
     model = build_model(config.model, **config.model_kwargs).to(device)
     optimizer = make_optimizer(config, model)
+    scheduler = None
+    if config.lr_plateau is not None:  # halve lr when the training loss plateaus
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=0.5, patience=config.lr_plateau)
     loader = train_set.batches(config.batch_size, shuffle=True, seed=config.seed)
     test_batches = test_set.batches(1000)
     manifest = _manifest(config, train_set, test_set, command)
-    history = _resume(out, config, model, optimizer, device)
+    history = _resume(out, config, model, optimizer, scheduler, device)
     if not history:
         history = [_epoch_zero(model, loader, test_batches, device)]
-        _save_epoch(out, model, optimizer, manifest, history)
+        _save_epoch(out, model, optimizer, scheduler, manifest, history)
     start = history[-1]["epoch"] + 1
     bar = _bar(progress, config.epochs, start - 1)
     for epoch in range(start, config.epochs + 1):
         loader.set_epoch(epoch)
+        curvature = getattr(optimizer, "curvature_seconds", None)
         t0 = time.perf_counter()
         stats = _train_epoch(model, optimizer, loader, device, progress)
         seconds = time.perf_counter() - t0
         test_loss, test_acc = evaluate(model, test_batches, device)
-        history.append(
-            {
-                "epoch": epoch,
-                **stats,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "seconds": seconds,
-            }
-        )
-        _save_epoch(out, model, optimizer, manifest, history)
+        record = {"epoch": epoch, **stats, "test_loss": test_loss, "test_acc": test_acc,
+                  "seconds": seconds, "lr": optimizer.param_groups[0]["lr"]}
+        if curvature is not None:
+            record["curvature_seconds"] = optimizer.curvature_seconds - curvature
+        history.append(record)
+        if scheduler is not None:
+            scheduler.step(stats["train_loss"])
+        _save_epoch(out, model, optimizer, scheduler, manifest, history)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.3f}")
@@ -235,7 +240,7 @@ def _manifest(
     }
 
 
-def _save_epoch(out: Path, model, optimizer, manifest, history) -> None:
+def _save_epoch(out: Path, model, optimizer, scheduler, manifest, history) -> None:
     """epoch checkpoint, then resume state, then manifest: each atomic, in that order."""
     epoch = history[-1]["epoch"]
     name = f"epoch_{epoch:04d}.pt"
@@ -253,16 +258,19 @@ def _save_epoch(out: Path, model, optimizer, manifest, history) -> None:
         "optimizer": optimizer.state_dict(),
         "history": json.dumps(history),
         "identity": json.dumps(manifest["config"]),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
     atomic_write(out / "resume.pt", lambda tmp: torch.save(state, tmp))
     log = getattr(optimizer, "log", None)
-    write_json(
-        out / "run.json",
-        {**manifest, "history": history, **({"optimizer_log": log} if log is not None else {})},
-    )
+    if log is not None:  # PartitionNewton: per-step losses and per-group rates
+        write_json(
+            out / "optimizer_log.json", {"labels": optimizer.partition.labels, "entries": log}
+        )
+    write_json(out / "run.json", {**manifest, "history": history})
 
 
-def _resume(out: Path, config: TrainConfig, model, optimizer, device) -> list[dict[str, Any]]:
+def _resume(out: Path, config: TrainConfig, model, optimizer, scheduler, device
+            ) -> list[dict[str, Any]]:
     """History of an interrupted run in ``out`` (model and optimizer restored), or []."""
     state_path = out / "resume.pt"
     if not state_path.exists():
@@ -271,7 +279,9 @@ def _resume(out: Path, config: TrainConfig, model, optimizer, device) -> list[di
         return []
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     stored = json.loads(state["identity"])
-    stored_identity = {k: v for k, v in stored.items() if k not in ("out", "epochs", "device")}
+    defaults = TrainConfig(out="").identity()  # fields added since the run was written
+    stored_identity = {**defaults, **{k: v for k, v in stored.items()
+                                      if k not in ("out", "epochs", "device")}}
     if stored_identity != config.identity():
         diff = sorted(k for k in stored_identity if stored_identity[k] != config.identity().get(k))
         raise CheckpointError(
@@ -285,6 +295,8 @@ def _resume(out: Path, config: TrainConfig, model, optimizer, device) -> list[di
     model.load_state_dict(saved.state_dict())
     model.to(device)
     optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
     return json.loads(state["history"])
 
 

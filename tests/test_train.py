@@ -105,3 +105,26 @@ def test_tiny_real_run_end_to_end(tmp_path, cifar_npz):
         assert r.summary["n_samples"] == 256
     again = analyze_run(out, settings, progress=False)
     assert again["computed"] == 0 and again["skipped"] == 3
+
+
+def test_partition_newton_run_logs_rates_and_resumes(tmp_path, tiny_npz):
+    kw = {
+        "optimizer": "partition-newton",
+        "lr": 0.3,
+        "optimizer_kwargs": {"period": 1, "average": 1},
+        "lr_plateau": 0,
+        "batch_size": 48,
+    }
+    straight = train(config(tmp_path / "pn", tiny_npz, epochs=2, **kw), progress=False)
+    log = json.loads((straight / "optimizer_log.json").read_text())
+    assert log["labels"][:2] == ["conv1.weight", "conv1.bias"]
+    rates = [e for e in log["entries"] if e.get("eta") is not None]
+    assert rates and all(len(e["eta"]) == 10 and min(e["eta"]) >= 0 for e in rates)
+    history = json.loads((straight / "run.json").read_text())["history"]
+    assert history[1]["curvature_seconds"] > 0 and history[1]["lr"] == 0.3
+    train(config(tmp_path / "pn2", tiny_npz, epochs=1, **kw), progress=False)
+    resumed = train(config(tmp_path / "pn2", tiny_npz, epochs=2, **kw), progress=False)
+    a, _ = load_checkpoint(straight / "epoch_0002.pt")
+    b, _ = load_checkpoint(resumed / "epoch_0002.pt")
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.allclose(x, y, atol=1e-5)

@@ -1,0 +1,20 @@
+"""Layer interactions: WW / BB / WB heatmaps of H̄ and H̄⁻¹ across epochs."""
+
+import streamlit as st
+
+from hessian_lens import ui
+
+ui.page("Layer interactions", "🟥")
+st.title("Layer interactions")
+st.caption(
+    "H̄[s, s'] = (U^s)ᵀ H U^s' with u = the gradient: how a step on tensor s changes "
+    "the slope along tensor s'. White ≈ 0, red > 0, blue < 0; limits ±max|value|."
+)
+
+with ui.guard():
+    run = ui.select_run(ui.all_runs())
+    settings = ui.select_settings(run) if run is not None else None
+    if settings is not None:
+        recs = ui.records(run, settings)
+        st.markdown(f"**{run.name}** · {len(recs)} analysed checkpoints")
+        ui.render_interactions(recs, key="interactions")

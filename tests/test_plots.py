@@ -1,0 +1,97 @@
+"""Figures are pure functions of the data: check what they draw."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hessian_lens import plots
+
+KINDS = ["weight", "bias"] * 3
+LAYERS = ["conv1", "conv1", "fc1", "fc1", "fc2", "fc2"]
+
+
+def sym(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, n)) * np.exp(rng.normal(size=(n, 1)) * 3)
+    return A + A.T
+
+
+def test_blocks_are_the_right_submatrices():
+    M = sym()
+    b = plots.interaction_blocks(M, KINDS, LAYERS)
+    w, bias = [0, 2, 4], [1, 3, 5]
+    assert np.array_equal(b["WW"].z, M[np.ix_(w, w)])
+    assert np.array_equal(b["BB"].z, M[np.ix_(bias, bias)])
+    assert np.array_equal(b["WB"].z, M[np.ix_(w, bias)])  # row: weights l1, column: bias l2
+    assert b["WB"].rows == b["WB"].cols == ["conv1", "fc1", "fc2"]
+    with pytest.raises(ValueError, match="full view"):
+        plots.interaction_blocks(M[:3, :3], ["mixed"] * 3, ["a", "b", "c"])
+
+
+def test_heatmap_draws_the_panel_with_symmetric_diverging_limits():
+    M = sym()
+    panel = plots.full_panel(M, [f"g{i}" for i in range(6)])
+    fig = plots.heatmap(panel)
+    trace = fig.data[0]
+    assert np.array_equal(np.asarray(trace.z), M)
+    assert trace.zmin == -trace.zmax == -np.abs(M).max()
+    assert trace.zmid == 0
+    colours = [c for _, c in trace.colorscale]
+    assert colours[0] == "#053061" and colours[2] == "#ffffff" and colours[-1] == "#67001f"
+    assert list(fig.layout.xaxis.ticktext) == panel.cols
+    assert list(fig.layout.yaxis.ticktext) == panel.rows
+    assert fig.layout.yaxis.autorange == "reversed"  # row 0 at the top
+    assert np.array_equal(np.asarray(trace.customdata)[..., 0], M)  # hover: exact value
+    assert trace.text[1][2] == "g1 × g2"
+    assert plots.heatmap(panel, zmax=7.0).data[0].zmax == 7.0
+    json.loads(fig.to_json())
+
+
+def test_transforms():
+    M = sym()
+    assert np.array_equal(plots.transform(M, "raw"), M)
+    C = plots.transform(M, "normalized")
+    assert np.allclose(np.abs(np.diag(C)), 1)
+    D = np.diag([10.0, 0.1, 3.0, 1.0, 2.0, 5.0])
+    assert np.allclose(plots.transform(D @ M @ D, "normalized"), C)  # rescaling invariant
+    L = plots.transform(M, "signed log")
+    assert np.array_equal(np.sign(L), np.sign(M))
+    assert np.all(np.diff(plots.transform(np.array([[1e-3, 1.0, 1e3]]), "signed log")) > 0)
+    with pytest.raises(ValueError, match="unknown scale"):
+        plots.transform(M, "cubic")
+
+
+def test_side_by_side_shares_one_colour_scale():
+    a, b = sym(seed=1), sym(seed=2)
+    panels = [plots.full_panel(a, list("abcdef")), plots.full_panel(b, list("abcdef"))]
+    fig = plots.side_by_side(panels)
+    top = max(np.abs(a).max(), np.abs(b).max())
+    assert fig.layout.coloraxis.cmin == -top and fig.layout.coloraxis.cmax == top
+    assert all(t.coloraxis == "coloraxis" for t in fig.data)
+
+
+def test_animation_has_one_frame_per_epoch():
+    frames = [(e, plots.full_panel(sym(seed=e), list("abcdef"))) for e in (0, 1, 5)]
+    fig = plots.animated_heatmap(frames, zmax=3.0)
+    assert [f.name for f in fig.frames] == ["0", "1", "5"]
+    assert np.array_equal(np.asarray(fig.frames[2].data[0].z), frames[2][1].z)
+    assert [s.label for s in fig.layout.sliders[0].steps] == ["0", "1", "5"]
+    assert fig.layout.updatemenus[0].buttons[0].label == "▶ Play"
+    with pytest.raises(ValueError, match="no epochs"):
+        plots.animated_heatmap([], 1.0)
+
+
+def test_curves_trends_lines_and_limits():
+    history = [
+        {"epoch": 0, "train_loss": 2.3, "test_acc": 0.1},
+        {"epoch": 1, "train_loss": 1.5, "test_acc": 0.4},
+    ]
+    fig = plots.curves(history)
+    assert [t.name for t in fig.data] == ["train loss", "test accuracy"]
+    assert list(plots.trends([0, 1], {"x": [1, 2]}).data[0].y) == [1, 2]
+    assert plots.lines({"a": ([0, 1], [3, 4])}, "step", "η", log_y=True).layout.yaxis.type == "log"
+    assert plots.symmetric_limit(np.zeros((2, 2))) == 1.0
+    assert plots.symmetric_limit(np.array([[-3.0]]), np.array([[2.0]])) == 3.0
