@@ -62,14 +62,14 @@ def summarize(name: str, optimizer: str, lr: float, run: Path) -> dict:
 def markdown(rows: list[dict]) -> str:
     """The comparison as a markdown table."""
     lines = [
-        "| optimizer | lr | final train loss | best test acc | final test acc | "
+        "| run | lr | final train loss | best test acc | final test acc | "
         "s / epoch | curvature share |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         share = f"{r['curvature_share']:.0%}" if r["curvature_share"] is not None else "–"
         lines.append(
-            f"| {r['optimizer']} | {r['lr']:g} | {r['final_train_loss']:.4f} | "
+            f"| {r['run']} | {r['lr']:g} | {r['final_train_loss']:.4f} | "
             f"{r['best_test_acc']:.2%} | {r['final_test_acc']:.2%} | "
             f"{r['sec_per_epoch']:.1f} | {share} |"
         )

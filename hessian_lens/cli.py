@@ -57,8 +57,13 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--optimizer-kwargs", type=_json_dict, default={}, help="more optimizer arguments as JSON"
     )
-    p.add_argument("--lr-plateau", type=int, default=None, metavar="PATIENCE",
-                   help="halve lr when the training loss has not improved for PATIENCE epochs")
+    p.add_argument(
+        "--lr-plateau",
+        type=int,
+        default=None,
+        metavar="PATIENCE",
+        help="halve lr when the training loss has not improved for PATIENCE epochs",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", required=True, help="run folder (resumed when it exists)")

@@ -186,30 +186,63 @@ def animated_heatmap(
     return fig
 
 
+def panel_row(
+    panels: Sequence[Panel],
+    zmax: float | Sequence[float | None] | None = None,
+    colorbar: str = "",
+    height: int = 380,
+    shared: bool = False,
+) -> go.Figure:
+    """Panels in one figure, one row: a symmetric colour scale per panel, or one shared.
+
+    Args:
+        zmax: limits: None (each panel's own max |z|, or the max over all when shared),
+            one number for every panel, or one per panel (None entries: their own).
+        shared: one colour scale (and colour bar) for all panels.
+    """
+    from plotly.subplots import make_subplots
+
+    limits = _row_limits(panels, zmax, shared)
+    fig = make_subplots(
+        rows=1,
+        cols=len(panels),
+        subplot_titles=[p.title for p in panels],
+        horizontal_spacing=0.06 if shared else 0.1,
+    )
+    for i, (p, limit) in enumerate(zip(panels, limits, strict=True), start=1):
+        axis = "coloraxis" if shared or i == 1 else f"coloraxis{i}"
+        trace = _trace(p, limit, colorbar)
+        trace.update(coloraxis=axis)
+        fig.add_trace(trace, row=1, col=i)
+        _label_axes(fig, p, row=1, col=i)
+        if shared and i > 1:
+            continue
+        bar = dict(title=colorbar, thickness=12, len=0.9)
+        if not shared:
+            bar["x"] = fig.layout[f"xaxis{i if i > 1 else ''}"].domain[1] + 0.005
+        fig.layout[axis] = dict(
+            colorscale=COLORSCALE, cmin=-limit, cmax=limit, cmid=0, colorbar=bar
+        )
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white")
+    return fig
+
+
 def side_by_side(
     panels: Sequence[Panel], zmax: float | None = None, colorbar: str = "", height: int = 380
 ) -> go.Figure:
     """Panels in one row sharing one symmetric colour scale."""
-    from plotly.subplots import make_subplots
+    return panel_row(panels, zmax, colorbar, height, shared=True)
 
-    zmax = symmetric_limit(*[p.z for p in panels]) if zmax is None else zmax
-    fig = make_subplots(
-        rows=1, cols=len(panels), subplot_titles=[p.title for p in panels], horizontal_spacing=0.06
-    )
-    for i, p in enumerate(panels, start=1):
-        trace = _trace(p, zmax, colorbar)
-        trace.update(coloraxis="coloraxis", showscale=None, colorbar=None)
-        fig.add_trace(trace, row=1, col=i)
-        _label_axes(fig, p, row=1, col=i)
-    fig.update_layout(
-        coloraxis=dict(
-            colorscale=COLORSCALE, cmin=-zmax, cmax=zmax, cmid=0, colorbar=dict(title=colorbar)
-        ),
-        height=height,
-        margin=dict(l=10, r=10, t=40, b=10),
-        plot_bgcolor="white",
-    )
-    return fig
+
+def _row_limits(panels: Sequence[Panel], zmax, shared: bool) -> list[float]:
+    if shared:
+        top = symmetric_limit(*[p.z for p in panels]) if zmax is None else float(zmax)
+        return [top] * len(panels)
+    if zmax is None or isinstance(zmax, (int, float)):
+        zmax = [zmax] * len(panels)
+    return [
+        symmetric_limit(p.z) if z is None else float(z) for p, z in zip(panels, zmax, strict=True)
+    ]
 
 
 def curves(history: Sequence[Mapping], height: int = 260) -> go.Figure:

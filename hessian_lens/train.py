@@ -133,7 +133,8 @@ def train(config: TrainConfig, progress: bool = True, command: str | None = None
     scheduler = None
     if config.lr_plateau is not None:  # halve lr when the training loss plateaus
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=0.5, patience=config.lr_plateau)
+            optimizer, mode="min", factor=0.5, patience=config.lr_plateau
+        )
     loader = train_set.batches(config.batch_size, shuffle=True, seed=config.seed)
     test_batches = test_set.batches(1000)
     manifest = _manifest(config, train_set, test_set, command)
@@ -150,8 +151,14 @@ def train(config: TrainConfig, progress: bool = True, command: str | None = None
         stats = _train_epoch(model, optimizer, loader, device, progress)
         seconds = time.perf_counter() - t0
         test_loss, test_acc = evaluate(model, test_batches, device)
-        record = {"epoch": epoch, **stats, "test_loss": test_loss, "test_acc": test_acc,
-                  "seconds": seconds, "lr": optimizer.param_groups[0]["lr"]}
+        record = {
+            "epoch": epoch,
+            **stats,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "seconds": seconds,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
         if curvature is not None:
             record["curvature_seconds"] = optimizer.curvature_seconds - curvature
         history.append(record)
@@ -269,8 +276,9 @@ def _save_epoch(out: Path, model, optimizer, scheduler, manifest, history) -> No
     write_json(out / "run.json", {**manifest, "history": history})
 
 
-def _resume(out: Path, config: TrainConfig, model, optimizer, scheduler, device
-            ) -> list[dict[str, Any]]:
+def _resume(
+    out: Path, config: TrainConfig, model, optimizer, scheduler, device
+) -> list[dict[str, Any]]:
     """History of an interrupted run in ``out`` (model and optimizer restored), or []."""
     state_path = out / "resume.pt"
     if not state_path.exists():
@@ -280,8 +288,10 @@ def _resume(out: Path, config: TrainConfig, model, optimizer, scheduler, device
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     stored = json.loads(state["identity"])
     defaults = TrainConfig(out="").identity()  # fields added since the run was written
-    stored_identity = {**defaults, **{k: v for k, v in stored.items()
-                                      if k not in ("out", "epochs", "device")}}
+    stored_identity = {
+        **defaults,
+        **{k: v for k, v in stored.items() if k not in ("out", "epochs", "device")},
+    }
     if stored_identity != config.identity():
         diff = sorted(k for k in stored_identity if stored_identity[k] != config.identity().get(k))
         raise CheckpointError(

@@ -193,14 +193,16 @@ def render_interactions(recs: Sequence[dict], key: str) -> None:
     for name in MATRICES:
         st.markdown(f"**{MATRICES[name]}** — epoch {rec['epoch']}")
         panels = matrix_panels(rec, name, scale, view)
-        limits = _limits(recs, name, scale, view) if same else [None] * len(panels)
-        for col, panel, zmax in zip(st.columns(len(panels)), panels, limits, strict=True):
-            fig = plots.heatmap(panel, zmax=zmax, colorbar=scale if scale != "raw" else "")
-            col.plotly_chart(
-                fig,
-                key=f"{key}-{name}-{panel.title}",
-                config=plots.export_config(f"{name}_{panel.title}_{rec['epoch']}"),
-            )
+        limits = _limits(recs, name, scale, view) if same else None
+        fig = plots.panel_row(
+            panels,
+            zmax=limits,
+            colorbar=scale if scale != "raw" else "",
+            height=380 if view == "blocks" else 520,
+        )
+        st.plotly_chart(
+            fig, key=f"{key}-{name}", config=plots.export_config(f"{name}_{view}_{rec['epoch']}")
+        )
     if len(recs) > 1 and st.toggle("Animate across epochs", key=f"{key}-animate"):
         _animation(recs, key, scale, view)
     _downloads(rec, scale, key)
@@ -480,32 +482,21 @@ def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
     names = [r.name for r in with_history]
     chosen = st.multiselect("Runs to compare", names, default=names, key=f"{key}-runs")
     picked = [r for r in with_history if r.name in chosen]
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(
-        plots.lines(
-            {
-                _label(r): ([h["epoch"] for h in r.history], [h["train_loss"] for h in r.history])
-                for r in picked
-            },
-            "epoch",
-            "training loss",
-            "training loss per epoch",
-            log_y=True,
-        ),
-        key=f"{key}-loss",
-    )
-    c2.plotly_chart(
-        plots.lines(
-            {
-                _label(r): ([h["epoch"] for h in r.history], [h["test_acc"] for h in r.history])
-                for r in picked
-            },
-            "epoch",
-            "test accuracy",
-            "test accuracy per epoch",
-        ),
-        key=f"{key}-acc",
-    )
+    for col, metric, title, log_y in zip(
+        st.columns(2),
+        ("train_loss", "test_acc"),
+        ("training loss", "test accuracy"),
+        (True, False),
+        strict=True,
+    ):
+        series = {
+            _label(r): ([h["epoch"] for h in r.history], [h[metric] for h in r.history])
+            for r in picked
+        }
+        col.plotly_chart(
+            plots.lines(series, "epoch", title, f"{title} per epoch", log_y=log_y),
+            key=f"{key}-{metric}",
+        )
     newton = [r for r in picked if optimizer_log(r) is not None]
     if not newton:
         st.info(

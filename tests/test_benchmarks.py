@@ -45,5 +45,5 @@ def test_optim_compare_smoke(tmp_path, tiny_npz):
         str(tmp_path / "table.md"),
     )
     assert [r["optimizer"] for r in rows] == ["partition-newton"] * 2 + ["sgd"] * 3
-    assert rows[0]["curvature_share"] is not None and rows[1]["curvature_share"] is None
+    assert rows[0]["curvature_share"] is not None and rows[2]["curvature_share"] is None
     assert (tmp_path / "table.md").read_text().count("\n") == 7

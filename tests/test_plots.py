@@ -95,3 +95,18 @@ def test_curves_trends_lines_and_limits():
     assert plots.lines({"a": ([0, 1], [3, 4])}, "step", "η", log_y=True).layout.yaxis.type == "log"
     assert plots.symmetric_limit(np.zeros((2, 2))) == 1.0
     assert plots.symmetric_limit(np.array([[-3.0]]), np.array([[2.0]])) == 3.0
+
+
+def test_panel_row_has_one_symmetric_scale_per_panel():
+    M = sym()
+    b = plots.interaction_blocks(M, KINDS, LAYERS)
+    panels = list(b.values())
+    fig = plots.panel_row(panels)
+    assert [t.coloraxis for t in fig.data] == ["coloraxis", "coloraxis2", "coloraxis3"]
+    for t, p, axis in zip(fig.data, panels, ("coloraxis", "coloraxis2", "coloraxis3"), strict=True):
+        assert np.array_equal(np.asarray(t.z), p.z)
+        assert fig.layout[axis].cmax == -fig.layout[axis].cmin == np.abs(p.z).max()
+    fixed = plots.panel_row(panels, zmax=[5.0, None, 2.0])
+    assert fixed.layout.coloraxis.cmax == 5.0 and fixed.layout.coloraxis3.cmax == 2.0
+    assert fixed.layout.coloraxis2.cmax == np.abs(panels[1].z).max()
+    assert list(fig.layout.xaxis3.ticktext) == ["conv1", "fc1", "fc2"]
