@@ -157,9 +157,12 @@ def run_checkpoints(run: str | Path) -> list[Path]:
     """The checkpoint files of a run folder, by epoch."""
     run = Path(run)
     files = [p for p in run.iterdir() if p.suffix in SUFFIXES and p.name != "resume.pt"]
-    return sorted(
-        files, key=lambda p: (_epoch(p, {}) if _epoch(p, {}) is not None else 1 << 30, p.name)
-    )
+
+    def order(path: Path) -> tuple[int, str]:
+        epoch = _epoch(path, {})
+        return (epoch if epoch is not None else 1 << 30, path.name)
+
+    return sorted(files, key=order)
 
 
 def analysis_batches(data_source: str | None, settings: AnalysisSettings) -> tuple[Batches, str]:

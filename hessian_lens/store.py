@@ -162,9 +162,6 @@ class _Closing:
     def __exit__(self, *exc) -> None:
         self.db.close()
 
-    def execute(self, *args):
-        return self.db.execute(*args)
-
 
 def _pack(arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()

@@ -14,21 +14,27 @@ from tests.conftest import write_tiny_npz
 APP_SETTINGS = AnalysisSettings(samples=64, batch_size=32)
 
 
+def make_run(out: Path, npz: Path, **overrides) -> Path:
+    """A small LeNet-5 run on a synthetic npz (2 epochs of 64 images unless overridden)."""
+    fields = {
+        "out": str(out),
+        "data_source": str(npz),
+        "train_size": 64,
+        "test_size": 32,
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.05,
+        "seed": 2,
+        **overrides,
+    }
+    return train(TrainConfig(**fields), progress=False)
+
+
 def make_analysed_run(root: Path) -> tuple[Path, Path]:
     """A 2-epoch LeNet-5 run on synthetic data, analysed; returns (run folder, npz)."""
     root.mkdir(parents=True, exist_ok=True)
     npz = write_tiny_npz(root / "tiny.npz")
-    cfg = TrainConfig(
-        out=str(root / "runs" / "tiny-run"),
-        data_source=str(npz),
-        train_size=64,
-        test_size=32,
-        epochs=2,
-        batch_size=32,
-        lr=0.05,
-        seed=2,
-    )
-    run = train(cfg, progress=False)
+    run = make_run(root / "runs" / "tiny-run", npz)
     analyze_run(run, APP_SETTINGS, progress=False)
     return run, npz
 

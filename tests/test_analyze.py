@@ -15,25 +15,15 @@ import hessian_lens as hl
 from hessian_lens import linalg
 from hessian_lens.analyze import AnalysisSettings, analysis_batches, analyze_model, analyze_run
 from hessian_lens.checkpoint import load_checkpoint
-from hessian_lens.store import Record, ResultStore, settings_key
-from hessian_lens.train import TrainConfig, train
+from hessian_lens.store import ResultStore
+from tests.apptools import make_run
 
 SETTINGS = AnalysisSettings(samples=64, batch_size=32)
 
 
 @pytest.fixture
 def tiny_run(tmp_path, tiny_npz):
-    cfg = TrainConfig(
-        out=str(tmp_path / "run"),
-        data_source=str(tiny_npz),
-        train_size=64,
-        test_size=32,
-        epochs=2,
-        batch_size=32,
-        lr=0.05,
-        seed=1,
-    )
-    return train(cfg, progress=False)
+    return make_run(tmp_path / "run", tiny_npz, seed=1)
 
 
 def test_analysis_matches_the_engine(tiny_run):
@@ -109,22 +99,6 @@ def test_concurrent_analysis_leaves_a_consistent_store(tiny_run, tmp_path):
     for got, want in zip(rows, expected, strict=True):
         assert got.checkpoint_sha == want.checkpoint_sha
         assert np.allclose(got.arrays["H"], want.arrays["H"], rtol=1e-5)
-
-
-def test_store_keys_and_listing(tmp_path):
-    store = ResultStore(tmp_path / "s.sqlite")
-    a = {"samples": 10, "partition": "canonical"}
-    b = {"partition": "canonical", "samples": 10}
-    assert settings_key(a) == settings_key(b)
-    assert store.put(Record("sha1", a, "epoch_0002.pt", 2, {"x": 1}, {"H": np.eye(2)}))
-    assert store.put(Record("sha0", a, "epoch_0001.pt", 1, {"x": 0}, {"H": np.eye(2)}))
-    assert not store.put(Record("sha1", b, "epoch_0002.pt", 2, {"x": 9}, {"H": np.eye(3)}))
-    assert store.get("sha1", a).summary == {"x": 1}  # first write kept
-    assert store.put(Record("sha1", {"samples": 20}, "epoch_0002.pt", 2, {}, {}))
-    assert [r.epoch for r in store.records(a)] == [1, 2]
-    assert len(store) == 3 and store.settings()[0] == a
-    assert store.get("nope", a) is None
-    assert store.records(a, arrays=False)[0].arrays == {}
 
 
 def test_analyze_model_with_order3_and_other_partitions(tiny_run):

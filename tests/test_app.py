@@ -15,7 +15,7 @@ from hessian_lens import plots
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.models import build_model
 from hessian_lens.store import ResultStore
-from tests.apptools import heatmap_z, make_analysed_run, plotly_specs
+from tests.apptools import heatmap_z, make_analysed_run, make_run, plotly_specs
 from tests.conftest import REPO
 
 TIMEOUT = 120
@@ -219,23 +219,16 @@ def test_bare_state_dict_with_chosen_architecture(env, tmp_path):
 
 
 def test_optimizer_page(env, tmp_path, monkeypatch):
-    from hessian_lens.train import TrainConfig, train
-
     run, npz = env
     root = tmp_path / "pn-runs"
-    train(
-        TrainConfig(
-            out=str(root / "pn-run"),
-            data_source=str(npz),
-            train_size=64,
-            test_size=32,
-            epochs=1,
-            batch_size=16,
-            optimizer="partition-newton",
-            lr=0.3,
-            optimizer_kwargs={"period": 1, "average": 1},
-        ),
-        progress=False,
+    make_run(
+        root / "pn-run",
+        npz,
+        epochs=1,
+        batch_size=16,
+        optimizer="partition-newton",
+        lr=0.3,
+        optimizer_kwargs={"period": 1, "average": 1},
     )
     monkeypatch.setenv("HESSIAN_LENS_RUNS", f"{run.parent},{root}")
     at = page("pages/4_Optimizer.py")
