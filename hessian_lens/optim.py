@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from hessian_lens.linalg import scales
 from hessian_lens.partition import Group, Partition
-from hessian_lens.summary import _Spec, _symmetrize, accumulate_from_gradient, pseudo_hessian
+from hessian_lens.summary import pseudo_hessian, summaries_from_gradient
 
 REGULARIZATIONS = ("none", "diag", "cubic")
 DIRECTIONS = ("momentum", "gradient", "adam")
@@ -446,25 +446,19 @@ class PartitionNewton(torch.optim.Optimizer):
 
     def _recompute(self, params: list[Tensor], grads: list[Tensor], u: dict[int, Tensor]) -> None:
         cfg = self.config
-        S = len(self.param_groups)
-        spec = _Spec(full=2, diag=3 if cfg["regularization"] != "none" else 0)
         ref = params[0]
-        full = {k: torch.zeros((S,) * k, dtype=ref.dtype, device=ref.device) for k in (1, 2)}
-        diag = {3: torch.zeros(S, dtype=ref.dtype, device=ref.device)} if spec.diag else {}
-        directions = [u[id(p)] for p in params]
-        with torch.enable_grad():
-            accumulate_from_gradient(
-                grads, params, directions, self.partition, spec, full, diag, 1.0
-            )
-        H = _symmetrize(full[2])
-        self.history.append((H.detach(), full[1].detach(), diag.get(3)))
+        needs_d3 = cfg["regularization"] != "none"
+        g, H, d3 = summaries_from_gradient(
+            grads, params, [u[id(p)] for p in params], self.partition, needs_d3
+        )
+        self.history.append((H, g, d3))
         entry = {"step": self.steps, "recomputed": True}
         if len(self.history) < cfg["average"]:
             entry["warmup"] = True
         else:
             H_avg = torch.stack([h for h, _, _ in self.history]).mean(0)
             g_avg = torch.stack([g for _, g, _ in self.history]).mean(0)
-            d3_avg = torch.stack([d for _, _, d in self.history]).mean(0) if spec.diag else None
+            d3_avg = torch.stack([d for _, _, d in self.history]).mean(0) if needs_d3 else None
             try:
                 sol = solve_rates(
                     H_avg, g_avg, d3_avg, cfg["regularization"], cfg["lambda_int"], cfg["eps"]

@@ -284,7 +284,7 @@ def _run(
     spec: _Spec,
     chunk_size,
 ) -> dict:
-    method = _pick_method(method, model, device)
+    method = _pick_method(method)
     part = partition if partition is not None else Partition.canonical(model)
     part.check(model)
     batches = _as_batches(data, two_passes=direction is None)
@@ -374,6 +374,20 @@ def _loop_batch(st, loss_fn, x, y, u, part, spec, full, diag, weight) -> tuple:
     u = [g.detach() for g in grads] if u is None else u
     accumulate_from_gradient(grads, st.params, u, part, spec, full, diag, weight)
     return loss.detach(), u
+
+
+def summaries_from_gradient(
+    grads, params, u, part: Partition, d3_diagonal: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``g_bar``, ``H_bar`` (and the ``D^(3)`` diagonal) of one loss, from its gradient
+    ``grads`` w.r.t. ``params`` taken with ``create_graph=True`` (what an optimizer has)."""
+    spec = _Spec(full=2, diag=3 if d3_diagonal else 0)
+    S, ref = len(part), params[0]
+    full = {k: torch.zeros((S,) * k, dtype=ref.dtype, device=ref.device) for k in (1, 2)}
+    diag = {3: torch.zeros(S, dtype=ref.dtype, device=ref.device)} if d3_diagonal else {}
+    with torch.enable_grad():
+        accumulate_from_gradient(grads, params, u, part, spec, full, diag, 1.0)
+    return full[1].detach(), _symmetrize(full[2]).detach(), diag.get(3)
 
 
 def accumulate_from_gradient(grads, params, u, part, spec: _Spec, full, diag, weight) -> None:
@@ -624,7 +638,7 @@ def _check_direction(direction, part: Partition, params: Sequence[Tensor]) -> li
     return out
 
 
-def _pick_method(method: str, model: nn.Module, device) -> str:
+def _pick_method(method: str) -> str:
     """``auto`` -> the loop: measured fastest on CPU (design.md); no GPU measure differs yet."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
