@@ -1,17 +1,25 @@
-"""PartitionNewton vs SGD (momentum) vs Adam: LeNet-5 (tanh) on CIFAR-10, batch 100.
+"""PartitionNewton vs SGD (momentum) vs Adam, the author's protocol: LeNet-5 (tanh, paper
+init) on CIFAR-10 (45,000 / 5,000 train / validation split), batch 100.
 
-Every run is a normal run folder (browsable in the dashboard); one JSON line per run:
-final / best training loss, test accuracy, seconds per epoch (median), and for
-PartitionNewton the share of the time spent recomputing H_bar, g_bar and D^(3).
+Phase 1 runs every configuration on seed 0; each baseline's best learning rate (lowest
+final training NLL on seed 0) then runs on seeds 1 and 2, and so do both PartitionNewton
+configurations (paper defaults: lr 0.3, lambda_int 1, period 10, average 3, a separate
+unshuffled 100-sample curvature loader, previous rates kept in the hard case, lr halved on
+a 2-epoch plateau; and lambda_int 100). Every optimizer gets the paper init and the same
+plateau halving. Divergences are reported, never filtered.
+
+Every run is a normal run folder (browsable in the dashboard) and resumes when the script
+is run again; one JSON line per run, then the table::
 
     python benchmarks/optim_compare.py --data ../shared/datasets/cifar10/cifar10.npz \\
-        --epochs 10 --out artifacts/optim_compare --markdown artifacts/optim_compare.md
+        --epochs 15 --out artifacts/optim_compare --markdown artifacts/optim_compare.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -20,58 +28,139 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hessian_lens.train import TrainConfig, train
 
-GRID = [  # (run name, optimizer, lr, other TrainConfig fields)
-    # paper defaults: damping 0.3, lambda_int 1, period 10, average 3, halve on plateau (2)
-    ("partition-newton-lr0.3", "partition-newton", 0.3, {"lr_plateau": 2}),
+PN_PAPER = {"lambda_int": 1.0, "hard_case": "keep_previous"}
+#: (family, run name, optimizer, lr, other TrainConfig fields)
+GRID = [
+    ("partition-newton", "pn-lambda1", "partition-newton", 0.3, {"optimizer_kwargs": PN_PAPER}),
     (
-        "partition-newton-lr0.3-lambda100",
+        "partition-newton-lambda100",
+        "pn-lambda100",
         "partition-newton",
         0.3,
-        {"lr_plateau": 2, "optimizer_kwargs": {"lambda_int": 100.0}},
+        {"optimizer_kwargs": {**PN_PAPER, "lambda_int": 100.0}},
     ),
-    ("sgd-lr0.003", "sgd", 0.003, {"momentum": 0.9}),
-    ("sgd-lr0.01", "sgd", 0.01, {"momentum": 0.9}),
-    ("sgd-lr0.03", "sgd", 0.03, {"momentum": 0.9}),
-    ("adam-lr0.0001", "adam", 1e-4, {}),
-    ("adam-lr0.0003", "adam", 3e-4, {}),
-    ("adam-lr0.001", "adam", 1e-3, {}),
+    *[("adam", f"adam-lr{lr:g}", "adam", lr, {}) for lr in (3e-5, 1e-4, 3e-4, 1e-3)],
+    *[("sgd", f"sgd-lr{lr:g}", "sgd", lr, {"momentum": 0.9}) for lr in (0.003, 0.01, 0.03)],
 ]
+DIVERGED = 100.0  # a final loss this many times the initial one counts as diverged
 
 
-def summarize(name: str, optimizer: str, lr: float, run: Path) -> dict:
-    """The numbers of one finished run."""
-    history = json.loads((run / "run.json").read_text())["history"][1:]
-    seconds = [h["seconds"] for h in history]
-    curvature = sum(h.get("curvature_seconds", 0.0) for h in history)
+def run_one(args, name: str, optimizer: str, lr: float, extra: dict, seed: int) -> dict:
+    """Train (or resume) one run and summarise it; a divergence is a result, not a crash."""
+    folder = Path(args.out) / f"{name}-seed{seed}"
+    config = TrainConfig(
+        out=str(folder),
+        model="lenet5",
+        init="paper",
+        data="cifar10",
+        data_source=args.data,
+        val_size=5000,
+        epochs=args.epochs,
+        batch_size=100,
+        optimizer=optimizer,
+        lr=lr,
+        seed=seed,
+        device=args.device,
+        lr_plateau=2,
+        **extra,
+    )
+    error = None
+    try:
+        train(config, progress=False, command=f"benchmarks/optim_compare.py ({name}, seed {seed})")
+    except FloatingPointError as err:
+        error = str(err)
+    return summarize(name, optimizer, lr, seed, folder, error)
+
+
+def summarize(name: str, optimizer: str, lr: float, seed: int, run: Path, error) -> dict:
+    """The numbers of one run (finished or diverged)."""
+    history = json.loads((run / "run.json").read_text())["history"]
+    start, epochs = history[0], [h for h in history[1:] if float(h["epoch"]).is_integer()]
+    seconds = [h["seconds"] for h in epochs] or [0.0]
+    curvature = sum(h.get("curvature_seconds", 0.0) for h in epochs)
+    final = epochs[-1] if epochs else start
+    diverged = error or (
+        f"final loss {final['train_loss']:.3g} >= {DIVERGED:g}x the initial "
+        f"{start['train_loss']:.3g}"
+        if not math.isfinite(final["train_loss"])
+        or final["train_loss"] >= DIVERGED * start["train_loss"]
+        else None
+    )
     return {
         "run": name,
         "optimizer": optimizer,
         "lr": lr,
-        "epochs": len(history),
-        "final_train_loss": round(history[-1]["train_loss"], 4),
-        "best_train_loss": round(min(h["train_loss"] for h in history), 4),
-        "final_test_acc": round(history[-1]["test_acc"], 4),
-        "best_test_acc": round(max(h["test_acc"] for h in history), 4),
-        "sec_per_epoch": round(statistics.median(seconds), 2),
-        "curvature_share": round(curvature / sum(seconds), 3) if curvature else None,
-        "final_lr": history[-1].get("lr"),
+        "seed": seed,
+        "epochs": len(epochs),
+        "final_train_nll": final["train_loss"],
+        "best_train_nll": min(h["train_loss"] for h in epochs) if epochs else None,
+        "final_test_acc": final["test_acc"],
+        "best_test_acc": max(h["test_acc"] for h in epochs) if epochs else None,
+        "final_val_acc": final.get("val_acc"),
+        "sec_per_epoch": statistics.median(seconds),
+        "curvature_share": curvature / sum(seconds) if curvature else None,
+        "final_lr": final.get("lr"),
+        "diverged": diverged,
         "folder": str(run),
     }
 
 
-def markdown(rows: list[dict]) -> str:
-    """The comparison as a markdown table."""
+def best_of(rows: list[dict], family: str) -> dict:
+    """The seed-0 run of a family with the lowest final training NLL (diverged last)."""
+    mine = [r for r in rows if r["family"] == family and r["seed"] == 0]
+    return min(mine, key=lambda r: (r["diverged"] is not None, r["final_train_nll"]))
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds for each (run) with 3 seeds."""
+    out = []
+    for name in dict.fromkeys(r["run"] for r in rows):
+        mine = [r for r in rows if r["run"] == name]
+        if len(mine) < 2:
+            continue
+        nll = [r["final_train_nll"] for r in mine]
+        out.append(
+            {
+                "run": name,
+                "seeds": len(mine),
+                "nll_mean": statistics.mean(nll),
+                "nll_std": statistics.stdev(nll),
+                "best_test_acc_mean": statistics.mean(r["best_test_acc"] or 0 for r in mine),
+                "final_test_acc_mean": statistics.mean(r["final_test_acc"] for r in mine),
+                "sec_per_epoch": statistics.median(r["sec_per_epoch"] for r in mine),
+                "curvature_share": mine[0]["curvature_share"],
+                "divergences": sum(r["diverged"] is not None for r in mine),
+            }
+        )
+    return out
+
+
+def markdown(rows: list[dict], summary: list[dict]) -> str:
+    """Both tables: every run, then the 3-seed summary."""
     lines = [
-        "| run | lr | final train loss | best test acc | final test acc | "
-        "s / epoch | curvature share |",
+        "| run | seed | final train NLL | best / final test acc | s / epoch | curvature "
+        "| diverged |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        share = f"{r['curvature_share']:.0%}" if r["curvature_share"] is not None else "–"
+        share = f"{r['curvature_share']:.0%}" if r["curvature_share"] else "–"
         lines.append(
-            f"| {r['run']} | {r['lr']:g} | {r['final_train_loss']:.4f} | "
-            f"{r['best_test_acc']:.2%} | {r['final_test_acc']:.2%} | "
-            f"{r['sec_per_epoch']:.1f} | {share} |"
+            f"| {r['run']} | {r['seed']} | {r['final_train_nll']:.4g} | "
+            f"{(r['best_test_acc'] or 0):.1%} / {r['final_test_acc']:.1%} | "
+            f"{r['sec_per_epoch']:.1f} | {share} | {r['diverged'] or 'no'} |"
+        )
+    lines += [
+        "",
+        "| run (3 seeds) | final train NLL, mean ± std | best / final test acc (mean) | "
+        "s / epoch | curvature | divergences |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        share = f"{s['curvature_share']:.0%}" if s["curvature_share"] else "–"
+        lines.append(
+            f"| {s['run']} | {s['nll_mean']:.4f} ± {s['nll_std']:.4f} | "
+            f"{s['best_test_acc_mean']:.1%} / {s['final_test_acc_mean']:.1%} | "
+            f"{s['sec_per_epoch']:.1f} | {share} | {s['divergences']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -79,36 +168,27 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="CIFAR-10 npz or torchvision root")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--train-size", type=int, default=None, help="subset (default: all)")
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--out", default="artifacts/optim_compare")
-    ap.add_argument("--markdown", default=None, help="also write the table here")
-    ap.add_argument("--only", nargs="*", default=None, help="optimizer names to run")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--markdown", default=None, help="also write the tables here")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[1, 2], help="seeds of phase 2")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     rows = []
-    for name, optimizer, lr, extra in GRID:
-        if args.only and optimizer not in args.only:
-            continue
-        config = TrainConfig(
-            out=str(Path(args.out) / name),
-            model="lenet5",
-            data_source=args.data,
-            train_size=args.train_size,
-            epochs=args.epochs,
-            batch_size=100,
-            optimizer=optimizer,
-            lr=lr,
-            seed=args.seed,
-            device=args.device,
-            **extra,
-        )
-        run = train(config, progress=False, command=f"benchmarks/optim_compare.py ({name})")
-        rows.append(summarize(name, optimizer, lr, run))
+    for family, name, optimizer, lr, extra in GRID:
+        rows.append({"family": family, **run_one(args, name, optimizer, lr, extra, 0)})
         print(json.dumps(rows[-1]), flush=True)
+    for family in dict.fromkeys(g[0] for g in GRID):
+        best = best_of(rows, family)
+        _, name, optimizer, lr, extra = next(g for g in GRID if g[1] == best["run"])
+        for seed in args.seeds:
+            rows.append({"family": family, **run_one(args, name, optimizer, lr, extra, seed)})
+            print(json.dumps(rows[-1]), flush=True)
+    summary = aggregate(rows)
+    for s in summary:
+        print(json.dumps(s), flush=True)
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows))
+        Path(args.markdown).write_text(markdown(rows, summary))
 
 
 if __name__ == "__main__":

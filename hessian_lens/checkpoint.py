@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hessian_lens.models import MODELS, build_model
+from hessian_lens.models import MODELS
+from hessian_lens.registry import build_model
 
 FORMAT = "hessian-lens-checkpoint/1"
 SAFETENSORS_META_KEY = "hessian_lens"
@@ -152,7 +153,7 @@ def load_checkpoint(
 
     Example:
         >>> import tempfile, os
-        >>> from hessian_lens.models import build_model
+        >>> from hessian_lens.registry import build_model
         >>> path = os.path.join(tempfile.mkdtemp(), "epoch_0000.pt")
         >>> save_checkpoint(path, build_model("mlp", sizes=[4, 3]),
         ...                 {"model": {"name": "mlp", "kwargs": {"sizes": [4, 3]}}})

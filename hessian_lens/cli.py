@@ -30,6 +30,13 @@ def _json_dict(text: str) -> dict:
     return value
 
 
+def _epochs_list(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected epochs like 0.25,0.5,0.75") from None
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model, one checkpoint per epoch (resumable)")
     p.add_argument("--model", default="lenet5", help="lenet5 | vgg11p | mlp")
@@ -39,7 +46,20 @@ def _add_train(sub) -> None:
         default={},
         help='constructor arguments as JSON, e.g. \'{"activation": "relu"}\'',
     )
-    p.add_argument("--data", default="cifar10", help="data set name (cifar10)")
+    p.add_argument(
+        "--init",
+        default="torch",
+        choices=["torch", "paper"],
+        help="torch: PyTorch's default; paper: the author's N(0, sigma_w^2/fan_in), biases 0",
+    )
+    p.add_argument(
+        "--data",
+        default="cifar10",
+        help="cifar10 | cifar100 | mnist | fashion-mnist | svhn | imagefolder:DIR | "
+        "npz:PATH | PATH.safetensors",
+    )
+    p.add_argument("--download", action="store_true", help="let torchvision download the data")
+    p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse", "nll"])
     p.add_argument(
         "--data-root",
         default=None,
@@ -48,11 +68,17 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--train-size", type=int, default=None, help="deterministic training subset")
     p.add_argument("--test-size", type=int, default=None, help="deterministic test subset")
+    p.add_argument("--val-size", type=int, default=None, help="hold out this many training samples")
     p.add_argument("--epochs", type=int, default=21)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "partition-newton"])
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument(
+        "--momentum",
+        type=float,
+        default=None,
+        help="default: the optimizer's own (sgd 0, partition-newton 0.9)",
+    )
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument(
         "--optimizer-kwargs", type=_json_dict, default={}, help="more optimizer arguments as JSON"
@@ -63,6 +89,21 @@ def _add_train(sub) -> None:
         default=None,
         metavar="PATIENCE",
         help="halve lr when the training loss has not improved for PATIENCE epochs",
+    )
+    p.add_argument(
+        "--curvature-data",
+        default=None,
+        choices=["separate", "same"],
+        help="partition-newton: a fixed, unshuffled, cycling loader of --curvature-size "
+        "training samples (separate, the default) or the training minibatch (same)",
+    )
+    p.add_argument("--curvature-size", type=int, default=100)
+    p.add_argument(
+        "--checkpoints-at",
+        type=_epochs_list,
+        default=[],
+        metavar="E1,E2",
+        help="extra checkpoints at fractions of an epoch, e.g. 0.25,0.5,0.75",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -126,10 +167,16 @@ def _train(args) -> int:
         out=args.out,
         model=args.model,
         model_kwargs=args.model_kwargs,
+        init=args.init,
         data=args.data,
         data_source=args.data_root,
         train_size=args.train_size,
         test_size=args.test_size,
+        val_size=args.val_size,
+        loss=args.loss,
+        curvature_data=args.curvature_data,
+        curvature_size=args.curvature_size,
+        checkpoints_at=args.checkpoints_at,
         epochs=args.epochs,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
@@ -139,6 +186,7 @@ def _train(args) -> int:
         optimizer_kwargs=args.optimizer_kwargs,
         seed=args.seed,
         lr_plateau=args.lr_plateau,
+        download=args.download,
         device=resolve_device(args.device),
     )
     out = train(config, progress=not args.no_progress)

@@ -1,8 +1,23 @@
-"""CIFAR-10 from torchvision (downloads when online) or from an npz file, as uint8 tensors
-normalised per batch; deterministic subsets; a re-iterable batch loader.
+"""Image data sets as tensors: torchvision's, image folders, npz and safetensors files.
 
-An npz file holds ``x_train`` (N, 32, 32, 3) uint8 HWC, ``y_train`` (N,), ``x_test``,
-``y_test`` (the layout of ``shared/datasets/cifar10/cifar10.npz``; any user can write one).
+A data set spec names what to load (:func:`load_dataset`):
+
+==========================  =====================================================
+``cifar10``, ``cifar100``,  torchvision, from ``source`` (a root folder) or
+``mnist``, ``fashion-mnist``,  ``$HESSIAN_LENS_DATA``; downloaded only with
+``svhn``                    ``download=True`` (``--download``). ``cifar10`` also
+                            takes an npz file as source.
+``imagefolder:DIR``         ``DIR/train/<class>/*.png`` and ``DIR/test/<class>/...``
+                            (or one level of class folders, used for both splits).
+``npz:PATH``                ``x_train, y_train, x_test, y_test``: uint8 NHWC images or
+                            float NCHW arrays; integer labels.
+``PATH.safetensors``        tensors ``inputs`` / ``targets`` (both splits), or
+                            ``train_inputs`` ... ``test_targets``.
+==========================  =====================================================
+
+Images are kept as uint8 (N, C, H, W) (or float (N, C, H, W) as given) and normalised per
+batch with per-channel statistics: the published ones of the torchvision sets, else those
+of the training split; both are recorded in ``run.json``.
 """
 
 from __future__ import annotations
@@ -16,32 +31,49 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 DATA_ENV = "HESSIAN_LENS_DATA"
 DEFAULT_ROOT = Path.home() / ".cache" / "hessian_lens" / "data"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+SPLIT_SEED = 12345  # the validation split is the same for every run seed
+SHUFFLE_STRIDE = 100_003  # a prime: (seed, epoch) -> distinct shuffle seeds
+MAX_LABEL = 1_000_000
+#: torchvision data sets: (class name, published per-channel mean, std).
+TORCHVISION_SETS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ("CIFAR10", CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": ("CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "mnist": ("MNIST", (0.1307,), (0.3081,)),
+    "fashion-mnist": ("FashionMNIST", (0.2860,), (0.3530,)),
+    "svhn": ("SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+DATASETS = (*TORCHVISION_SETS, "imagefolder:DIR", "npz:PATH", "PATH.safetensors")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 class DataNotFoundError(FileNotFoundError):
     """The data set is neither on disk nor downloadable; the message says what to do."""
 
 
-def _how_to_fix(where: str) -> str:
+class DataError(ValueError):
+    """Data that cannot be used as it is (labels, shapes, keys); the message says why."""
+
+
+def _how_to_fix(name: str, where: str) -> str:
     return (
-        f"CIFAR-10 was not found {where}. Point Hessian Lens at a local copy: "
-        "--data PATH.npz (keys x_train, y_train, x_test, y_test, e.g. "
-        "shared/datasets/cifar10/cifar10.npz), or --data-root DIR holding torchvision's "
-        f"cifar-10-batches-py folder, or set {DATA_ENV} to either; or go online so that "
-        "torchvision can download it."
+        f"{name} was not found {where}. Point Hessian Lens at a local copy: --data-root DIR "
+        f"(torchvision's folder), or --data npz:PATH.npz (keys x_train, y_train, x_test, "
+        f"y_test, e.g. shared/datasets/cifar10/cifar10.npz), --data imagefolder:DIR, or set "
+        f"{DATA_ENV}; or pass --download to let torchvision fetch it when online."
     )
 
 
+# ---------------------------------------------------------------------------- containers
 @dataclass
 class ImageData:
-    """Images as uint8 (N, C, H, W) with integer labels; normalised when batched."""
+    """Images (uint8 or float, (N, C, H, W)) with integer labels; normalised when batched."""
 
     x: Tensor
     y: Tensor
@@ -49,8 +81,27 @@ class ImageData:
     mean: tuple[float, ...] = CIFAR10_MEAN
     std: tuple[float, ...] = CIFAR10_STD
 
+    def __post_init__(self) -> None:
+        check_arrays(self.x, self.y, self.source)
+        channels = int(self.x.shape[1])
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise DataError(
+                f"{self.source}: {channels}-channel images with {len(self.mean)}-channel "
+                "normalisation statistics; give one mean and std per channel."
+            )
+
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one input, e.g. (3, 32, 32)."""
+        return tuple(int(s) for s in self.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        """1 + the largest label."""
+        return int(self.y.max()) + 1 if len(self) else 0
 
     def subset(self, size: int | None, seed: int = 0) -> ImageData:
         """A deterministic random subset of ``size`` samples (all when None or larger)."""
@@ -60,15 +111,18 @@ class ImageData:
             raise ValueError(f"subset size must be positive, got {size}")
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=gen)[:size]
-        return ImageData(
-            self.x[idx], self.y[idx], f"{self.source}[{size}@{seed}]", self.mean, self.std
-        )
+        return self.take(idx, f"{self.source}[{size}@{seed}]")
+
+    def take(self, idx: Tensor, source: str) -> ImageData:
+        """The samples at ``idx``, same statistics."""
+        return ImageData(self.x[idx], self.y[idx], source, self.mean, self.std)
 
     def normalize(self, x: Tensor) -> Tensor:
-        """uint8 images -> float32, per-channel standardised."""
+        """Images -> float32, per-channel standardised (uint8 first scaled to [0, 1])."""
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
-        return (x.float().div_(255.0) - mean) / std
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return (x - mean) / std
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Batches:
         """A re-iterable loader of normalised ``(inputs, targets)`` batches."""
@@ -77,7 +131,7 @@ class ImageData:
     def fingerprint(self) -> str:
         """Short sha256 of the images and labels (identifies a subset in result stores)."""
         h = hashlib.sha256()
-        h.update(self.x.numpy().tobytes())
+        h.update(self.x.contiguous().numpy().tobytes())
         h.update(self.y.numpy().tobytes())
         return h.hexdigest()[:16]
 
@@ -100,48 +154,163 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _order(self) -> Tensor:
         n = len(self.data)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
-        for start in range(0, n, self.batch_size):
+        if not self.shuffle:
+            return torch.arange(n)
+        gen = torch.Generator().manual_seed(self.seed * SHUFFLE_STRIDE + self.epoch)
+        return torch.randperm(n, generator=gen)
+
+    def batch(self, index: int) -> tuple[Tensor, Tensor]:
+        """Batch number ``index`` of the current order."""
+        idx = self._order()[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.data.normalize(self.data.x[idx]), self.data.y[idx]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self._order()
+        for start in range(0, len(self.data), self.batch_size):
             idx = order[start : start + self.batch_size]
             yield self.data.normalize(self.data.x[idx]), self.data.y[idx]
 
 
-def load_cifar10(
-    source: str | os.PathLike | None = None, train: bool = True, download: bool = True
+def check_arrays(x: Tensor, y: Tensor, what: str) -> None:
+    """Refuse images or labels that cannot train a classifier, with the reason.
+
+    Raises:
+        DataError: not (N, C, H, W), non-finite floats, label count, labels not integer,
+            negative, NaN or not 1-D.
+    """
+    if x.dim() != 4:
+        raise DataError(
+            f"{what}: images must be (N, C, H, W) or (N, H, W, C), got {tuple(x.shape)}"
+        )
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise DataError(f"{what}: images must be uint8 or float, got {x.dtype}")
+    if y.dim() != 1:
+        raise DataError(
+            f"{what}: labels must be 1-D (one class index per image), got shape {tuple(y.shape)}"
+        )
+    if len(x) != len(y):
+        raise DataError(f"{what}: {len(x)} images but {len(y)} labels")
+    if len(y) == 0:
+        raise DataError(f"{what}: no samples")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise DataError(f"{what}: labels must be integers (class indices), got {y.dtype}")
+    if int(y.min()) < 0 or int(y.max()) > MAX_LABEL:
+        raise DataError(
+            f"{what}: labels must be class indices 0..C-1, found {int(y.min())}..{int(y.max())}"
+        )
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise DataError(f"{what}: images hold NaN or infinite values")
+
+
+def check_model_fits(model: nn.Module, data: ImageData, classes: bool = True) -> None:
+    """One forward pass on two samples: the inputs fit and the labels are within the outputs.
+
+    Raises:
+        DataError: "the model expects 3x32x32 inputs, the data gives 1x28x28" and the like.
+    """
+    expected = expected_input(model)
+    given = "x".join(str(s) for s in data.shape)
+    if expected is not None and expected[0] != data.shape[0]:
+        raise DataError(
+            f"the model expects {'x'.join(map(str, expected))} inputs, the data gives {given}"
+        )
+    x = data.normalize(data.x[:2]).to(next(model.parameters()).dtype)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x.to(next(model.parameters()).device))
+    except (RuntimeError, ValueError, IndexError) as err:
+        want = f"{'x'.join(map(str, expected))} inputs" if expected else "other inputs"
+        raise DataError(
+            f"the model expects {want}, the data gives {given} ({str(err).splitlines()[0][:120]})"
+        ) from None
+    finally:
+        model.train(was)
+    if classes and out.dim() == 2 and data.num_classes > out.shape[1]:
+        raise DataError(
+            f"the data has labels up to {data.num_classes - 1} but the model has "
+            f"{out.shape[1]} outputs; build it with num_classes={data.num_classes}"
+        )
+
+
+def expected_input(model: nn.Module) -> tuple[int, ...] | None:
+    """(C, H, W) a model declares (``input_shape``), or (C,) of its first convolution."""
+    declared = getattr(model, "input_shape", None)
+    if declared is not None:
+        return tuple(int(s) for s in declared)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return (first.in_channels,) if first is not None else None
+
+
+# ---------------------------------------------------------------------------- loading
+def load_dataset(
+    spec: str, source: str | os.PathLike | None = None, train: bool = True, download: bool = False
 ) -> ImageData:
-    """CIFAR-10, train or test split.
+    """One split of a data set spec (module docstring).
 
     Args:
-        source: an ``.npz`` file, or a directory (torchvision root, or one holding
-            ``cifar10.npz``); ``None`` means ``$HESSIAN_LENS_DATA`` or
-            ``~/.cache/hessian_lens/data``.
-        train: the training split (50,000 images) or the test split (10,000).
-        download: let torchvision download into a directory root when missing.
+        spec: ``cifar10`` ... ``svhn``, ``imagefolder:DIR``, ``npz:PATH``, ``PATH.npz``,
+            ``PATH.safetensors``.
+        source: where a torchvision set lives (root folder; for ``cifar10`` also an npz);
+            ``None``: ``$HESSIAN_LENS_DATA`` or ``~/.cache/hessian_lens/data``.
+        train: the training split or the test split.
+        download: let torchvision download when missing (never done otherwise; no folder
+            is created without it).
 
     Raises:
         DataNotFoundError: with the ways to point at a local copy.
+        DataError: a file that is there but unusable.
     """
-    source = Path(source or os.environ.get(DATA_ENV) or DEFAULT_ROOT).expanduser()
+    spec = str(spec).strip()
+    lowered = spec.lower()
+    if lowered.startswith("imagefolder:"):
+        return load_image_folder(spec.split(":", 1)[1], train)
+    if lowered.startswith("npz:") or lowered.endswith(".npz"):
+        return load_npz(spec.split(":", 1)[1] if lowered.startswith("npz:") else spec, train)
+    if lowered.startswith("safetensors:") or lowered.endswith(".safetensors"):
+        path = spec.split(":", 1)[1] if lowered.startswith("safetensors:") else spec
+        return load_safetensors_data(path, train)
+    key = lowered.replace("_", "-").replace("fashionmnist", "fashion-mnist")
+    if key not in TORCHVISION_SETS:
+        raise DataError(f"unknown data set '{spec}'; choose one of {list(DATASETS)}")
+    if key == "cifar10":
+        return load_cifar10(source, train, download)
+    return _torchvision(key, _root(source), train, download)
+
+
+def load_cifar10(
+    source: str | os.PathLike | None = None, train: bool = True, download: bool = False
+) -> ImageData:
+    """CIFAR-10 from an ``.npz`` file, a folder holding ``cifar10.npz``, or torchvision's
+    root folder (``None``: ``$HESSIAN_LENS_DATA`` or ``~/.cache/hessian_lens/data``)."""
+    source = _root(source)
     if source.suffix == ".npz" or (source.is_file() and source.suffix != ""):
         return load_npz(source, train)
     if (source / "cifar10.npz").is_file():
         return load_npz(source / "cifar10.npz", train)
-    return _torchvision_cifar10(source, train, download)
+    return _torchvision("cifar10", source, train, download)
+
+
+def _root(source: str | os.PathLike | None) -> Path:
+    return Path(source or os.environ.get(DATA_ENV) or DEFAULT_ROOT).expanduser()
 
 
 def load_npz(path: str | os.PathLike, train: bool = True) -> ImageData:
-    """One split of an npz data set (``x_*`` uint8 NHWC, ``y_*`` labels)."""
+    """One split of an npz data set (``x_*`` uint8 NHWC or float NCHW, ``y_*`` labels)."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
-        raise DataNotFoundError(_how_to_fix(f"at {path} (no such file)"))
+        raise DataNotFoundError(_how_to_fix("The data set", f"at {path} (no such file)"))
     x, y = _read_npz(str(path), path.stat().st_mtime_ns, train)
-    return ImageData(x, y, f"{path.name}:{'train' if train else 'test'}")
+    split = "train" if train else "test"
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if _cifar_like(x) else _statistics(str(path), x)
+    return ImageData(x, y, f"{path.name}:{split}", mean, std)
+
+
+def _cifar_like(x: Tensor) -> bool:
+    return x.dtype == torch.uint8 and tuple(x.shape[1:]) == (3, 32, 32)
 
 
 @functools.lru_cache(maxsize=4)
@@ -151,29 +320,174 @@ def _read_npz(path: str, mtime_ns: int, train: bool) -> tuple[Tensor, Tensor]:
         z = np.load(path, allow_pickle=False)
         files = z.files
     except (OSError, EOFError, ValueError, AttributeError) as err:
-        raise ValueError(f"{path} is not a readable npz file ({err})") from err
+        raise DataError(f"{path} is not a readable npz file ({err})") from None
     with z:
         missing = [k for k in NPZ_KEYS if k not in files]
         if missing:
-            raise ValueError(f"{path} lacks keys {missing}; an npz data set needs {list(NPZ_KEYS)}")
-        x, y = z[f"x_{split}"], z[f"y_{split}"]
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) != len(y):
-        raise ValueError(
-            f"{path}: x_{split} must be uint8 (N, H, W, C) with C in (1, 3) and "
-            f"as many labels; got {x.dtype} {x.shape} and {len(y)} labels"
-        )
-    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    return images, torch.from_numpy(y.astype(np.int64))
+            raise DataError(f"{path} lacks keys {missing}; an npz data set needs {list(NPZ_KEYS)}")
+        try:
+            x, y = z[f"x_{split}"], z[f"y_{split}"]
+        except (ValueError, OSError, EOFError) as err:
+            raise DataError(f"{path}: cannot read x_{split} / y_{split} ({err})") from None
+    return _images(x, f"{Path(path).name}:x_{split}"), _labels(y, f"{Path(path).name}:y_{split}")
 
 
-def _torchvision_cifar10(root: Path, train: bool, download: bool) -> ImageData:
+def _images(x: np.ndarray, what: str) -> Tensor:
+    """uint8 NHWC (or NHW) -> uint8 NCHW; float NCHW kept (float32)."""
+    if x.dtype == np.uint8:
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+            raise DataError(f"{what}: uint8 images must be (N, H, W, C), got {x.shape}")
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    if np.issubdtype(x.dtype, np.floating):
+        if x.ndim != 4:
+            raise DataError(f"{what}: float images must be (N, C, H, W), got {x.shape}")
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    raise DataError(
+        f"{what}: images must be uint8 (N, H, W, C) or float (N, C, H, W), got {x.dtype}"
+    )
+
+
+def _labels(y: np.ndarray, what: str) -> Tensor:
+    if y.ndim != 1:
+        raise DataError(f"{what}: labels must be 1-D, got shape {y.shape}")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(f"{what}: labels must be whole class indices (found NaN or fractions)")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{what}: labels must be integers, got {y.dtype}")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=8)
+def _statistics(key: str, x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean / std of images in [0, 1] (uint8 scaled), from up to 10,000 images."""
+    sample = x[:: max(1, len(x) // 10_000)]
+    v = sample.float().div(255.0) if sample.dtype == torch.uint8 else sample.float()
+    mean = v.mean(dim=(0, 2, 3))
+    std = v.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+
+
+def split_validation(data: ImageData, size: int) -> tuple[ImageData, ImageData]:
+    """``(train, validation)``: ``size`` samples held out by a fixed permutation
+    (:data:`SPLIT_SEED`, the same for every run seed)."""
+    if not 0 < size < len(data):
+        raise DataError(f"--val-size must be between 1 and {len(data) - 1}, got {size}")
+    gen = torch.Generator().manual_seed(SPLIT_SEED)
+    order = torch.randperm(len(data), generator=gen)
+    keep, held = order[:-size].sort().values, order[-size:].sort().values
+    return (
+        data.take(keep, f"{data.source}[-val{size}]"),
+        data.take(held, f"{data.source}[val{size}]"),
+    )
+
+
+def load_image_folder(folder: str | os.PathLike, train: bool = True) -> ImageData:
+    """``DIR/train/<class>/*`` and ``DIR/test/<class>/*`` (or ``DIR/<class>/*`` for both)."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DataNotFoundError(_how_to_fix("The image folder", f"at {root} (no such folder)"))
+    split = root / ("train" if train else "test")
+    base = split if split.is_dir() else root
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{base} holds no class folders (DIR/<class>/image.png)")
+    x, y = _read_images(base, classes)
+    mean, std = _statistics(str(base), x)
+    return ImageData(x, y, f"imagefolder:{root.name}:{base.name}", mean, std)
+
+
+def _read_images(base: Path, classes: list[str]) -> tuple[Tensor, Tensor]:
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels, size = [], [], None
+    for label, name in enumerate(classes):
+        for path in sorted((base / name).iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            try:
+                with Image.open(path) as im:
+                    arr = np.asarray(im.convert("RGB" if im.mode not in ("L",) else "L"))
+            except (UnidentifiedImageError, OSError) as err:
+                raise DataError(f"{path} is not a readable image ({err})") from None
+            arr = arr[..., None] if arr.ndim == 2 else arr
+            if size is None:
+                size = arr.shape
+            if arr.shape != size:
+                raise DataError(f"{path} is {arr.shape}, other images are {size}: resize them")
+            images.append(arr)
+            labels.append(label)
+    if not images:
+        raise DataError(f"{base}: no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders")
+    x = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy())
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def load_safetensors_data(path: str | os.PathLike, train: bool = True) -> ImageData:
+    """``inputs`` / ``targets`` (both splits) or ``train_inputs`` ... ``test_targets``."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(_how_to_fix("The data set", f"at {path} (no such file)"))
+    split = "train" if train else "test"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            names = next(
+                (
+                    (a, b)
+                    for a, b in ((f"{split}_inputs", f"{split}_targets"), ("inputs", "targets"))
+                    if a in keys and b in keys
+                ),
+                None,
+            )
+            if names is None:
+                raise DataError(
+                    f"{path.name} needs tensors 'inputs' and 'targets' (or "
+                    f"'{split}_inputs' / '{split}_targets'); it has {sorted(keys)[:8]}"
+                )
+            x, y = f.get_tensor(names[0]), f.get_tensor(names[1])
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"{path.name} is not a readable safetensors file ({err})") from None
+    x = x if x.dtype == torch.uint8 else x.float()
+    if (
+        x.dtype == torch.uint8
+        and x.dim() == 4
+        and x.shape[-1] in (1, 3)
+        and x.shape[1] not in (1, 3)
+    ):
+        x = x.permute(0, 3, 1, 2).contiguous()
+    y = _labels(y.numpy(), f"{path.name}:{names[1]}")
+    mean, std = _statistics(str(path) + split, x)
+    return ImageData(x, y, f"{path.name}:{split}", mean, std)
+
+
+def _torchvision(key: str, root: Path, train: bool, download: bool) -> ImageData:
     import torchvision
 
+    cls_name, mean, std = TORCHVISION_SETS[key]
+    if not download and not root.is_dir():
+        raise DataNotFoundError(_how_to_fix(cls_name, f"under {root} (no such folder)"))
+    cls = getattr(torchvision.datasets, cls_name)
+    kwargs = {"split": "train" if train else "test"} if key == "svhn" else {"train": train}
     try:
-        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+        ds = cls(str(root), download=download, **kwargs)
     except (RuntimeError, OSError) as err:  # not found / corrupted / offline (URLError)
-        raise DataNotFoundError(_how_to_fix(f"under {root} ({err})")) from err
-    x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-    return ImageData(
-        x, torch.tensor(ds.targets, dtype=torch.int64), f"cifar10:{'train' if train else 'test'}"
-    )
+        raise DataNotFoundError(_how_to_fix(cls_name, f"under {root} ({err})")) from None
+    x = _torchvision_images(ds)
+    labels = ds.labels if key == "svhn" else ds.targets
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    return ImageData(x, y, f"{key}:{'train' if train else 'test'}", mean, std)
+
+
+def _torchvision_images(ds) -> Tensor:
+    data = ds.data
+    if isinstance(data, Tensor):  # MNIST family: (N, H, W) uint8
+        return data.unsqueeze(1).contiguous()
+    data = np.asarray(data)
+    if data.ndim == 4 and data.shape[1] in (1, 3) and data.shape[-1] not in (1, 3):  # SVHN NCHW
+        return torch.from_numpy(np.ascontiguousarray(data))
+    return torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))

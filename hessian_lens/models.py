@@ -1,4 +1,5 @@
-"""Models of the paper's experiments and a registry ``name -> constructor``.
+"""Models of the paper's experiments (``MODELS``: name -> constructor) and their
+initialisations; :mod:`hessian_lens.registry` builds them by name.
 
 Parameter order follows the layers (input to output), so the canonical partition reads
 ``conv1.weight, conv1.bias, ..., fc3.bias``.
@@ -7,8 +8,10 @@ Parameter order follows the layers (input to output), so the canonical partition
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -19,6 +22,15 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
 }
 VGG11_CONFIG: tuple = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+INITS = ("torch", "paper")
+#: sigma_w of the paper's initialisation, by activation: 1 for saturating ones, sqrt(2) else.
+PAPER_GAIN: dict[str, float] = {
+    "tanh": 1.0,
+    "sigmoid": 1.0,
+    "relu": math.sqrt(2.0),
+    "elu": math.sqrt(2.0),
+    "gelu": math.sqrt(2.0),
+}
 
 
 def make_activation(name: str) -> nn.Module:
@@ -29,6 +41,41 @@ def make_activation(name: str) -> nn.Module:
         raise ValueError(
             f"unknown activation '{name}'; choose one of {sorted(ACTIVATIONS)}"
         ) from None
+
+
+def paper_init(model: nn.Module, gain: float, seed: int | None = None) -> nn.Module:
+    """The author's initialisation: ``W ~ N(0, gain^2 / fan_in)``, biases 0.
+
+    Applies to every ``Conv*d`` and ``Linear`` module (``fan_in`` = input channels x kernel
+    size, or input features); other modules keep theirs (BatchNorm: weight 1, bias 0).
+    ``gain`` is ``sigma_w``: 1 for tanh, sqrt(2) for ReLU / ELU (:data:`PAPER_GAIN`).
+
+    Example:
+        >>> net = paper_init(nn.Linear(400, 3), gain=1.0, seed=0)
+        >>> round(float(net.weight.detach().std() * 20), 1), float(net.bias.detach().abs().max())
+        (1.0, 0.0)
+    """
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                continue
+            fan_in = m.weight[0].numel()
+            noise = torch.randn(m.weight.shape, generator=gen, dtype=m.weight.dtype)
+            m.weight.copy_(noise * (gain / math.sqrt(fan_in)))
+            if m.bias is not None:
+                m.bias.zero_()
+    return model
+
+
+def initialize(model: nn.Module, init: str, activation: str = "relu") -> nn.Module:
+    """Apply an initialisation scheme: ``"torch"`` (PyTorch's default, as built) or
+    ``"paper"`` (:func:`paper_init` with the gain of ``activation``)."""
+    if init == "torch":
+        return model
+    if init != "paper":
+        raise ValueError(f"unknown init '{init}'; choose one of {list(INITS)}")
+    return paper_init(model, PAPER_GAIN.get(activation.lower(), math.sqrt(2.0)))
 
 
 class LeNet5(nn.Module):
@@ -57,6 +104,7 @@ class LeNet5(nn.Module):
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, num_classes)
         self.act = make_activation(activation)
+        self.activation = activation
         self.pool = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -97,6 +145,7 @@ class VGG11Prime(nn.Module):
             channels = out
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, num_classes)
+        self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))
@@ -124,6 +173,7 @@ class MLP(nn.Module):
             if i < len(sizes) - 2:
                 layers.append(make_activation(activation))
         self.layers = nn.Sequential(*layers)
+        self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x.flatten(1))
@@ -134,24 +184,3 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg11p": VGG11Prime,
     "mlp": MLP,
 }
-
-
-def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model by name with its keyword arguments.
-
-    Raises:
-        ValueError: unknown name or arguments the constructor does not take.
-
-    Example:
-        >>> build_model("lenet5", activation="relu").act
-        ReLU()
-    """
-    key = name.lower().replace("-", "").replace("_", "").replace("'", "p")
-    aliases = {"vgg11": "vgg11p", "lenet": "lenet5"}
-    key = aliases.get(key, key)
-    if key not in MODELS:
-        raise ValueError(f"unknown architecture '{name}'; known: {sorted(MODELS)}")
-    try:
-        return MODELS[key](**kwargs)
-    except TypeError as err:
-        raise ValueError(f"bad arguments for '{key}': {err}") from None

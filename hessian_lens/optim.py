@@ -30,10 +30,15 @@ from hessian_lens.summary import pseudo_hessian, summaries_from_gradient
 
 REGULARIZATIONS = ("none", "diag", "cubic")
 DIRECTIONS = ("momentum", "gradient", "adam")
+HARD_CASES = ("solve", "keep_previous")
 
 
 class StepError(ValueError):
     """No well-defined step for these summaries; the message says why and what to change."""
+
+
+class HardCaseError(StepError):
+    """The cubic equation has no interior root (``hard_case="keep_previous"`` asked to skip)."""
 
 
 @dataclass
@@ -57,8 +62,14 @@ def solve_rates(
     regularization: str = "cubic",
     lambda_int: float = 1.0,
     eps: float = 1e-3,
+    hard_case: str = "solve",
 ) -> Solution:
     """Per-group learning rates from ``H_bar``, ``g_bar`` (and ``d3`` unless "none").
+
+    ``hard_case``: when the cubic equation has no root inside the positive-definite region
+    (the root sits on its boundary), ``"solve"`` takes the boundary solution along the
+    lowest eigenvector; ``"keep_previous"`` (the author's code) raises
+    :class:`HardCaseError` so that an optimizer keeps its previous rates.
 
     Raises:
         StepError: singular / indefinite cases that the chosen regularisation cannot fix.
@@ -84,7 +95,9 @@ def solve_rates(
             bool((reg > 0).any()),
             f"eps = {eps:g}",
         )
-    return _cubic(H, g, d3 ** (1.0 / 3.0), lambda_int)
+    if hard_case not in HARD_CASES:
+        raise ValueError(f"hard_case must be one of {HARD_CASES}, got {hard_case!r}")
+    return _cubic(H, g, d3 ** (1.0 / 3.0), lambda_int, hard_case)
 
 
 def _solve(M: Tensor, g: Tensor, what: str) -> Tensor:
@@ -102,7 +115,7 @@ def _solve(M: Tensor, g: Tensor, what: str) -> Tensor:
     return s * torch.linalg.solve(C, s * g)
 
 
-def _cubic(H: Tensor, g: Tensor, d: Tensor, lambda_int: float) -> Solution:
+def _cubic(H: Tensor, g: Tensor, d: Tensor, lambda_int: float, hard_case: str) -> Solution:
     """``eta = (H + c D^2)^-1 g`` with ``c = lambda_int ||D eta|| / 2`` (largest root)."""
     if lambda_int < 0:
         raise ValueError(f"lambda_int must be >= 0, got {lambda_int}")
@@ -124,6 +137,8 @@ def _cubic(H: Tensor, g: Tensor, d: Tensor, lambda_int: float) -> Solution:
 
     lo = r_min * (1 + 1e-12) + 1e-300
     if phi(lo) <= 0:  # hard case: the root sits on the boundary r_min
+        if hard_case == "keep_previous":
+            raise HardCaseError("no interior root of the cubic equation (hard case)")
         return _hard_case(H, g, d, D2, lambda_int, r_min)
     hi = max(2.0 * lo, 1e-12)
     iterations = 0
@@ -272,6 +287,8 @@ class PartitionNewton(torch.optim.Optimizer):
             recomputations; no update until that many are collected (warm-up).
         clip_negative: set negative rates to 0.
         betas: Adam's coefficients (``direction="adam"``).
+        hard_case: ``"solve"`` or ``"keep_previous"`` (keep the previous rates when the
+            cubic equation has no interior root, as the author's code does).
 
     ``step(closure, curvature_closure=None)``: ``closure()`` re-evaluates the model and
     returns the loss **without calling backward()** (the optimizer differentiates it, twice
@@ -303,6 +320,7 @@ class PartitionNewton(torch.optim.Optimizer):
         average: int = 3,
         clip_negative: bool = True,
         betas: tuple[float, float] = (0.9, 0.999),
+        hard_case: str = "solve",
     ) -> None:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -310,6 +328,8 @@ class PartitionNewton(torch.optim.Optimizer):
             raise ValueError(
                 f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}"
             )
+        if hard_case not in HARD_CASES:
+            raise ValueError(f"hard_case must be one of {HARD_CASES}, got {hard_case!r}")
         if period < 1 or average < 1 or lr < 0:
             raise ValueError("period and average must be >= 1 and lr >= 0")
         params = list(params)
@@ -328,6 +348,7 @@ class PartitionNewton(torch.optim.Optimizer):
             "average": average,
             "clip_negative": clip_negative,
             "betas": tuple(betas),
+            "hard_case": hard_case,
         }
         self.steps = 0
         self.history: deque[tuple[Tensor, Tensor, Tensor | None]] = deque(maxlen=average)
@@ -461,7 +482,13 @@ class PartitionNewton(torch.optim.Optimizer):
             d3_avg = torch.stack([d for _, _, d in self.history]).mean(0) if needs_d3 else None
             try:
                 sol = solve_rates(
-                    H_avg, g_avg, d3_avg, cfg["regularization"], cfg["lambda_int"], cfg["eps"]
+                    H_avg,
+                    g_avg,
+                    d3_avg,
+                    cfg["regularization"],
+                    cfg["lambda_int"],
+                    cfg["eps"],
+                    cfg["hard_case"],
                 )
                 eta = sol.eta.clamp_min(0) if cfg["clip_negative"] else sol.eta
                 self.eta = eta.to(ref.dtype)

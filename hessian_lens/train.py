@@ -1,15 +1,22 @@
 """Training that writes one checkpoint per epoch into a run folder, and resumes.
 
-A run folder holds ``run.json`` (model, data, loss, optimizer and hyper-parameters, seed,
-library versions, per-epoch metrics), ``epoch_0000.pt`` (the initialisation), one
-``epoch_NNNN.pt`` per epoch and ``resume.pt`` (optimizer state and history, for resuming).
-Every file is written atomically.
+The folder's layout belongs to :mod:`hessian_lens.runfolder`: ``run.json`` (model, init,
+data, loss, the optimizer's *effective* settings, seed, versions, per-epoch metrics),
+``epoch_0000.pt`` (the initialisation), one checkpoint per epoch (and at fractions of an
+epoch when asked, e.g. ``epoch_0000.250.pt``) and ``resume.pt``. Every file is written
+atomically.
+
+The author's pipeline is available as options: the paper's initialisation
+(``init="paper"``), a validation split (``val_size``), and for PartitionNewton a separate
+curvature loader (``curvature_data="separate"``: a fixed, unshuffled, cycling loader of
+``curvature_size`` training samples feeding the optimizer's curvature closure).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import shlex
 import sys
@@ -19,15 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hessian_lens.checkpoint import CheckpointError, atomic_write, save_checkpoint, write_json
-from hessian_lens.data import Batches, ImageData, load_cifar10
-from hessian_lens.models import build_model
+from hessian_lens import runfolder
+from hessian_lens.checkpoint import CheckpointError, save_checkpoint
+from hessian_lens.data import Batches, ImageData, load_dataset, split_validation
+from hessian_lens.files import atomic_write, write_json
+from hessian_lens.losses import LOSSES, get_loss
+from hessian_lens.models import INITS
+from hessian_lens.registry import build_model, check_kwargs
 
-RUN_FORMAT = "hessian-lens-run/1"
 OPTIMIZERS = ("sgd", "adam", "partition-newton")
+CURVATURE_DATA = ("separate", "same")
 
 
 @dataclass
@@ -35,33 +45,82 @@ class TrainConfig:
     """Everything that defines a run (stored in ``run.json``).
 
     ``train_size`` / ``test_size``: deterministic subsets (None: the whole split).
-    ``data``: ``"cifar10"``; ``data_source``: an npz file or a torchvision root.
+    ``data``: a data set spec (:func:`hessian_lens.data.load_dataset`); ``data_source``:
+    where it lives (an npz file, a torchvision root). ``momentum``: None means the
+    optimizer's own default (SGD 0, PartitionNewton 0.9). ``checkpoints_at``: extra
+    checkpoints at fractions of an epoch (e.g. ``[0.25, 0.5]``).
     """
 
     out: str
     model: str = "lenet5"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str = "torch"
     data: str = "cifar10"
     data_source: str | None = None
     train_size: int | None = None
     test_size: int | None = None
+    val_size: int | None = None
+    loss: str = "cross_entropy"
     epochs: int = 21
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float = 0.01
-    momentum: float = 0.0
+    momentum: float | None = None
     weight_decay: float = 0.0
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    curvature_data: str | None = None
+    curvature_size: int = 100
+    checkpoints_at: list[float] = field(default_factory=list)
     seed: int = 0
     device: str = "cpu"
     lr_plateau: int | None = None
+    download: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the stored one (all but epochs/out)."""
         d = dataclasses.asdict(self)
-        for key in ("out", "epochs", "device"):
+        for key in ("out", "epochs", "device", "download"):
             d.pop(key)
         return d
+
+    def validate(self) -> None:
+        """Raise ValueError with what to change for settings that cannot train."""
+        checks = [
+            (
+                self.optimizer in OPTIMIZERS,
+                f"unknown optimizer '{self.optimizer}'; known: {list(OPTIMIZERS)}",
+            ),
+            (self.init in INITS, f"unknown init '{self.init}'; choose one of {list(INITS)}"),
+            (self.loss in LOSSES, f"unknown loss '{self.loss}'; choose one of {list(LOSSES)}"),
+            (_finite(self.lr) and self.lr > 0, f"--lr must be a finite number > 0, got {self.lr}"),
+            (
+                self.momentum is None or (_finite(self.momentum) and 0 <= self.momentum < 1),
+                f"--momentum must be in [0, 1), got {self.momentum}",
+            ),
+            (
+                _finite(self.weight_decay) and self.weight_decay >= 0,
+                f"--weight-decay must be >= 0, got {self.weight_decay}",
+            ),
+            (self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}"),
+            (self.batch_size > 0, f"--batch-size must be > 0, got {self.batch_size}"),
+            (
+                self.curvature_data in (None, *CURVATURE_DATA),
+                f"--curvature-data must be one of {list(CURVATURE_DATA)}",
+            ),
+            (self.curvature_size > 0, "--curvature-size must be > 0"),
+            (
+                all(_finite(f) and 0 < f < self.epochs for f in self.checkpoints_at),
+                f"--checkpoints-at must be epochs strictly between 0 and {self.epochs}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        check_kwargs(self.model, self.model_kwargs)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def versions() -> dict[str, str]:
@@ -75,47 +134,84 @@ def versions() -> dict[str, str]:
     }
 
 
-def load_data(config: TrainConfig) -> tuple[ImageData, ImageData]:
-    """The train and test sets of a config (deterministic subsets)."""
-    if config.data != "cifar10":
-        raise ValueError(f"unknown data set '{config.data}'; known: cifar10")
-    train = load_cifar10(config.data_source, train=True).subset(config.train_size, config.seed)
-    test = load_cifar10(config.data_source, train=False).subset(config.test_size, config.seed)
-    return train, test
+def load_data(config: TrainConfig) -> tuple[ImageData, ImageData, ImageData | None]:
+    """Train, test and (with ``val_size``) validation sets of a config."""
+    train_set = load_dataset(config.data, config.data_source, True, config.download)
+    val_set = None
+    if config.val_size:
+        train_set, val_set = split_validation(train_set, config.val_size)
+    train_set = train_set.subset(config.train_size, config.seed)
+    test_set = load_dataset(config.data, config.data_source, False, config.download)
+    return train_set, test_set.subset(config.test_size, config.seed), val_set
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (optional momentum), Adam, or PartitionNewton over the model's parameters."""
+    """SGD (optional momentum), Adam, or PartitionNewton over the model's parameters.
+
+    ``optimizer_kwargs`` the optimizer does not take are a ValueError naming them.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     kw = dict(config.optimizer_kwargs)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **kw
-        )
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **kw)
-    if config.optimizer == "partition-newton":
+    if config.momentum is not None and config.optimizer != "adam":
+        kw["momentum"] = config.momentum
+    try:
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay, **kw)
+        if config.optimizer == "adam":
+            return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **kw)
         from hessian_lens.optim import PartitionNewton
 
         named = [{"params": [p], "name": n} for n, p in model.named_parameters() if p.requires_grad]
-        return PartitionNewton(named, lr=config.lr, momentum=config.momentum or 0.9, **kw)
-    raise ValueError(f"unknown optimizer '{config.optimizer}'; known: {list(OPTIMIZERS)}")
+        return PartitionNewton(named, lr=config.lr, **kw)
+    except TypeError as err:
+        raise ValueError(
+            f"--optimizer-kwargs: {config.optimizer} does not take them ({err})"
+        ) from None
+
+
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The settings an optimizer really runs with (what run.json records)."""
+    group = optimizer.param_groups[0]
+    out = {k: v for k, v in group.items() if k not in ("params", "name")}
+    out.update(getattr(optimizer, "config", {}))
+    return json.loads(json.dumps(out, default=str))
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over the batches, in eval mode."""
+def evaluate(
+    model: nn.Module, batches, device: torch.device, loss: str = "cross_entropy"
+) -> tuple[float, float]:
+    """Mean loss and accuracy over the batches, in eval mode."""
     was = model.training
     model.eval()
-    loss, correct, n = 0.0, 0, 0
+    loss_fn = get_loss(loss)
+    total, correct, n = 0.0, 0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         out = model(x)
-        loss += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
+        total += float(loss_fn(out, y)) * len(y)
+        correct += int((out.argmax(1) == y).sum()) if out.dim() == 2 else 0
         n += len(y)
     model.train(was)
-    return loss / n, correct / n
+    return total / n, correct / n
+
+
+@dataclass
+class _Session:
+    """What one training call works with."""
+
+    config: TrainConfig
+    out: Path
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: Batches
+    test: Batches
+    val: Batches | None
+    curvature: Batches | None
+    manifest: dict[str, Any]
+    progress: bool
 
 
 def train(config: TrainConfig, progress: bool = True, command: str | None = None) -> Path:
@@ -123,105 +219,188 @@ def train(config: TrainConfig, progress: bool = True, command: str | None = None
 
     Returns:
         The run folder.
+
+    Raises:
+        FloatingPointError: the loss became non-finite (the run folder keeps every epoch
+            before, and run.json says where it diverged).
     """
+    config.validate()
+    sess = _session(config, progress, command)
+    history = _resume(sess)
+    if not history:
+        history = [_epoch_zero(sess)]
+        _save(sess, history)
+    start = int(history[-1]["epoch"]) + 1
+    bar = _bar(progress, config.epochs, start - 1)
+    for epoch in range(start, config.epochs + 1):
+        record = _run_epoch(sess, epoch, history)
+        if sess.scheduler is not None:
+            sess.scheduler.step(record["train_loss"])
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{record['train_loss']:.3f}", test_acc=f"{record['test_acc']:.3f}"
+            )
+    if bar is not None:
+        bar.close()
+    return sess.out
+
+
+def _session(config: TrainConfig, progress: bool, command: str | None) -> _Session:
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run.")
     device = torch.device(config.device)
-    train_set, test_set = load_data(config)
+    train_set, test_set, val_set = load_data(config)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, **config.model_kwargs).to(device)
+    model = build_model(config.model, init=config.init, **config.model_kwargs).to(device)
     optimizer = make_optimizer(config, model)
     scheduler = None
     if config.lr_plateau is not None:  # halve lr when the training loss plateaus
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=0.5, patience=config.lr_plateau
         )
-    loader = train_set.batches(config.batch_size, shuffle=True, seed=config.seed)
-    test_batches = test_set.batches(1000)
-    manifest = _manifest(config, train_set, test_set, command)
-    history = _resume(out, config, model, optimizer, scheduler, device)
-    if not history:
-        history = [_epoch_zero(model, loader, test_batches, device)]
-        _save_epoch(out, model, optimizer, scheduler, manifest, history)
-    start = history[-1]["epoch"] + 1
-    bar = _bar(progress, config.epochs, start - 1)
-    for epoch in range(start, config.epochs + 1):
-        loader.set_epoch(epoch)
-        curvature = getattr(optimizer, "curvature_seconds", None)
-        t0 = time.perf_counter()
-        stats = _train_epoch(model, optimizer, loader, device, progress)
-        seconds = time.perf_counter() - t0
-        test_loss, test_acc = evaluate(model, test_batches, device)
-        record = {
-            "epoch": epoch,
-            **stats,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "seconds": seconds,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        if curvature is not None:
-            record["curvature_seconds"] = optimizer.curvature_seconds - curvature
-        history.append(record)
-        if scheduler is not None:
-            scheduler.step(stats["train_loss"])
-        _save_epoch(out, model, optimizer, scheduler, manifest, history)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test_acc=f"{test_acc:.3f}")
-    if bar is not None:
-        bar.close()
-    return out
+    curvature = None
+    if (
+        config.optimizer == "partition-newton"
+        and (config.curvature_data or "separate") == "separate"
+    ):
+        curvature = train_set.batches(config.curvature_size, shuffle=False)
+    return _Session(
+        config=config,
+        out=out,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loader=train_set.batches(config.batch_size, shuffle=True, seed=config.seed),
+        test=test_set.batches(1000),
+        val=val_set.batches(1000) if val_set is not None else None,
+        curvature=curvature,
+        manifest=_manifest(config, optimizer, train_set, test_set, val_set, command),
+        progress=progress,
+    )
 
 
-def _train_epoch(model, optimizer, loader, device, progress) -> dict[str, float]:
+def _run_epoch(sess: _Session, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Train one epoch (saving the fractional checkpoints inside it), evaluate, save."""
+    sess.loader.set_epoch(epoch)
+    curvature = getattr(sess.optimizer, "curvature_seconds", None)
+    marks = _marks(sess.config.checkpoints_at, epoch, len(sess.loader))
+    t0 = time.perf_counter()
+    for stats, fraction in _train_epoch(sess, marks):
+        if fraction is None:
+            break
+        history.append({"epoch": fraction, **stats, **_evaluate_all(sess), "seconds": 0.0})
+        _save(sess, history, resume=False)
+    seconds = time.perf_counter() - t0
+    record = {"epoch": epoch, **stats, **_evaluate_all(sess), "seconds": seconds}
+    record["lr"] = sess.optimizer.param_groups[0]["lr"]
+    if curvature is not None:
+        record["curvature_seconds"] = sess.optimizer.curvature_seconds - curvature
+    history.append(record)
+    _save(sess, history)
+    return record
+
+
+def _marks(fractions: list[float], epoch: int, steps: int) -> dict[int, float]:
+    """``{step index in the epoch: fractional epoch}`` of the checkpoints inside ``epoch``."""
+    inside = [f for f in fractions if epoch - 1 < f < epoch]
+    return {max(1, round((f - (epoch - 1)) * steps)): f for f in sorted(inside)}
+
+
+def _train_epoch(sess: _Session, marks: dict[int, float]):
+    """Yield ``(running stats, fraction)`` at each mark, then ``(epoch stats, None)``."""
+    model, optimizer, device = sess.model, sess.optimizer, sess.device
+    loss_fn = get_loss(sess.config.loss)
     model.train()
     total, correct, n = 0.0, 0, 0
     newton = type(optimizer).__name__ == "PartitionNewton"
-    batches = _bar(progress, len(loader), 0, leave=False, desc="batches", it=loader)
-    for x, y in batches if batches is not None else loader:
+    batches = _bar(sess.progress, len(sess.loader), 0, leave=False, desc="batches", it=sess.loader)
+    for step, (x, y) in enumerate(batches if batches is not None else sess.loader, start=1):
         x, y = x.to(device), y.to(device)
-        out_box = {}
+        box: dict[str, Any] = {}
 
-        def closure(x=x, y=y, box=out_box):
+        def closure(x=x, y=y, box=box):
             if not newton:
                 optimizer.zero_grad(set_to_none=True)
             box["out"] = model(x)
-            loss = F.cross_entropy(box["out"], y)
+            loss = loss_fn(box["out"], y)
             if not newton:
                 loss.backward()
             return loss
 
-        loss = optimizer.step(closure).detach()
+        if newton:
+            loss = optimizer.step(closure, _curvature_closure(sess, loss_fn)).detach()
+        else:
+            loss = optimizer.step(closure).detach()
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training diverged (loss {float(loss)}); lower the learning rate"
-            )
+            _record_divergence(sess, step, float(loss))
         total += float(loss) * len(y)
-        correct += int((out_box["out"].detach().argmax(1) == y).sum())
+        correct += int((box["out"].detach().argmax(1) == y).sum()) if box["out"].dim() == 2 else 0
         n += len(y)
-    return {"train_loss": total / n, "train_acc": correct / n}
+        if step in marks:
+            yield {"train_loss": total / n, "train_acc": correct / n}, marks[step]
+    yield {"train_loss": total / n, "train_acc": correct / n}, None
 
 
-def _epoch_zero(model, loader, test_batches, device) -> dict[str, Any]:
-    train_loss, train_acc = evaluate(model, loader, device)
-    test_loss, test_acc = evaluate(model, test_batches, device)
+def _curvature_closure(sess: _Session, loss_fn):
+    """The loss on the next batch of the fixed curvature loader (None: the minibatch)."""
+    if sess.curvature is None:
+        return None
+    optimizer, period = sess.optimizer, sess.optimizer.config["period"]
+
+    def closure():
+        index = (optimizer.steps // period) % len(sess.curvature)
+        x, y = sess.curvature.batch(index)
+        return loss_fn(sess.model(x.to(sess.device)), y.to(sess.device))
+
+    return closure
+
+
+def _record_divergence(sess: _Session, step: int, loss: float) -> None:
+    manifest = runfolder.read_manifest(sess.out).raw
+    manifest["status"] = f"diverged: loss {loss} at step {step} of the next epoch"
+    runfolder.write_manifest(sess.out, manifest)
+    raise FloatingPointError(
+        f"training diverged (loss {loss}); lower the learning rate. Epochs before are kept."
+    )
+
+
+def _evaluate_all(sess: _Session) -> dict[str, float]:
+    loss, acc = evaluate(sess.model, sess.test, sess.device, sess.config.loss)
+    out = {"test_loss": loss, "test_acc": acc}
+    if sess.val is not None:
+        out["val_loss"], out["val_acc"] = evaluate(
+            sess.model, sess.val, sess.device, sess.config.loss
+        )
+    return out
+
+
+def _epoch_zero(sess: _Session) -> dict[str, Any]:
+    train_loss, train_acc = evaluate(sess.model, sess.loader, sess.device, sess.config.loss)
     return {
         "epoch": 0,
         "train_loss": train_loss,
         "train_acc": train_acc,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
+        **_evaluate_all(sess),
         "seconds": 0.0,
     }
 
 
 def _manifest(
-    config: TrainConfig, train_set: ImageData, test_set: ImageData, command: str | None
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    train_set: ImageData,
+    test_set: ImageData,
+    val_set: ImageData | None,
+    command: str | None,
 ) -> dict[str, Any]:
     return {
-        "format": RUN_FORMAT,
+        "format": runfolder.RUN_FORMAT,
         "name": Path(config.out).name,
         "model": {"name": config.model, "kwargs": config.model_kwargs},
+        "init": config.init,
         "data": {
             "name": config.data,
             "source": config.data_source,
@@ -229,15 +408,19 @@ def _manifest(
             "train_size": len(train_set),
             "test": test_set.source,
             "test_size": len(test_set),
+            "val_size": len(val_set) if val_set is not None else 0,
+            "input_shape": list(train_set.x.shape[1:]),
+            "normalization": {"mean": list(train_set.mean), "std": list(train_set.std)},
+            "curvature": (
+                f"separate: first {config.curvature_size}-sample batches of the training "
+                "set, unshuffled, cycling"
+                if config.optimizer == "partition-newton"
+                and (config.curvature_data or "separate") == "separate"
+                else "same: the training minibatch"
+            ),
         },
-        "loss": "cross_entropy",
-        "optimizer": {
-            "name": config.optimizer,
-            "lr": config.lr,
-            "momentum": config.momentum,
-            "weight_decay": config.weight_decay,
-            **config.optimizer_kwargs,
-        },
+        "loss": config.loss,
+        "optimizer": {"name": config.optimizer, **optimizer_settings(optimizer)},
         "batch_size": config.batch_size,
         "epochs": config.epochs,
         "seed": config.seed,
@@ -247,42 +430,43 @@ def _manifest(
     }
 
 
-def _save_epoch(out: Path, model, optimizer, scheduler, manifest, history) -> None:
-    """epoch checkpoint, then resume state, then manifest: each atomic, in that order."""
+def _save(sess: _Session, history: list[dict[str, Any]], resume: bool = True) -> None:
+    """Checkpoint, then (at epoch ends) resume state, then logs and manifest: each atomic."""
     epoch = history[-1]["epoch"]
-    name = f"epoch_{epoch:04d}.pt"
+    name = runfolder.checkpoint_name(epoch)
     history[-1]["checkpoint"] = name
     meta = {
-        "model": manifest["model"],
+        "model": sess.manifest["model"],
         "epoch": epoch,
-        "run": manifest["name"],
-        "metrics": {k: v for k, v in history[-1].items() if k not in ("checkpoint",)},
-        "versions": manifest["versions"],
+        "run": sess.manifest["name"],
+        "metrics": {k: v for k, v in history[-1].items() if k != "checkpoint"},
+        "versions": sess.manifest["versions"],
     }
-    save_checkpoint(out / name, model, meta)
-    state = {
-        "epoch": epoch,
-        "optimizer": optimizer.state_dict(),
-        "history": json.dumps(history),
-        "identity": json.dumps(manifest["config"]),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-    }
-    atomic_write(out / "resume.pt", lambda tmp: torch.save(state, tmp))
-    log = getattr(optimizer, "log", None)
+    save_checkpoint(sess.out / name, sess.model, meta)
+    if resume:
+        state = {
+            "epoch": epoch,
+            "optimizer": sess.optimizer.state_dict(),
+            "history": json.dumps(history),
+            "identity": json.dumps(sess.manifest["config"]),
+            "scheduler": sess.scheduler.state_dict() if sess.scheduler is not None else None,
+        }
+        atomic_write(sess.out / runfolder.RESUME_FILE, lambda tmp: torch.save(state, tmp))
+    log = getattr(sess.optimizer, "log", None)
     if log is not None:  # PartitionNewton: per-step losses and per-group rates
         write_json(
-            out / "optimizer_log.json", {"labels": optimizer.partition.labels, "entries": log}
+            sess.out / runfolder.OPTIMIZER_LOG,
+            {"labels": sess.optimizer.partition.labels, "entries": log},
         )
-    write_json(out / "run.json", {**manifest, "history": history})
+    runfolder.write_manifest(sess.out, {**sess.manifest, "history": history})
 
 
-def _resume(
-    out: Path, config: TrainConfig, model, optimizer, scheduler, device
-) -> list[dict[str, Any]]:
+def _resume(sess: _Session) -> list[dict[str, Any]]:
     """History of an interrupted run in ``out`` (model and optimizer restored), or []."""
-    state_path = out / "resume.pt"
+    out, config = sess.out, sess.config
+    state_path = out / runfolder.RESUME_FILE
     if not state_path.exists():
-        if (out / "run.json").exists():
+        if (out / runfolder.RUN_FILE).exists():
             raise CheckpointError(f"{out} holds a run without resume.pt; choose a new --out.")
         return []
     state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -290,7 +474,7 @@ def _resume(
     defaults = TrainConfig(out="").identity()  # fields added since the run was written
     stored_identity = {
         **defaults,
-        **{k: v for k, v in stored.items() if k not in ("out", "epochs", "device")},
+        **{k: v for k, v in stored.items() if k not in ("out", "epochs", "device", "download")},
     }
     if stored_identity != config.identity():
         diff = sorted(k for k in stored_identity if stored_identity[k] != config.identity().get(k))
@@ -300,14 +484,15 @@ def _resume(
         )
     from hessian_lens.checkpoint import load_checkpoint
 
-    epoch = int(state["epoch"])
-    saved, _ = load_checkpoint(out / f"epoch_{epoch:04d}.pt", max_bytes=None)
-    model.load_state_dict(saved.state_dict())
-    model.to(device)
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler"):
-        scheduler.load_state_dict(state["scheduler"])
-    return json.loads(state["history"])
+    epoch = state["epoch"]
+    saved, _ = load_checkpoint(out / runfolder.checkpoint_name(epoch), max_bytes=None)
+    sess.model.load_state_dict(saved.state_dict())
+    sess.model.to(sess.device)
+    sess.optimizer.load_state_dict(state["optimizer"])
+    if sess.scheduler is not None and state.get("scheduler"):
+        sess.scheduler.load_state_dict(state["scheduler"])
+    history = json.loads(state["history"])
+    return [h for h in history if h["epoch"] <= epoch]
 
 
 def _bar(

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 import hessian_lens as hl
 from hessian_lens import plots
 from hessian_lens.checkpoint import save_checkpoint
-from hessian_lens.models import build_model
+from hessian_lens.registry import build_model
 from hessian_lens.store import ResultStore
 from tests.apptools import heatmap_z, make_analysed_run, make_run, plotly_specs
 from tests.conftest import REPO

@@ -20,7 +20,7 @@ from hessian_lens.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from hessian_lens.models import build_model
+from hessian_lens.registry import build_model
 
 META = {"model": {"name": "lenet5", "kwargs": {"activation": "tanh"}}, "epoch": 3}
 

@@ -85,7 +85,7 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
         )
         == 2
     )
-    assert "--data PATH.npz" in capsys.readouterr().err
+    assert "--data npz:PATH.npz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--out", "x", "--model-kwargs", "[1]"])
 

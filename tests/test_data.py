@@ -60,7 +60,7 @@ def test_batches_cover_everything_and_replay_shuffles(tiny_npz):
 
 
 def test_missing_data_says_how_to_point_at_a_local_copy(tmp_path):
-    with pytest.raises(DataNotFoundError, match=r"--data PATH.npz.*--data-root DIR"):
+    with pytest.raises(DataNotFoundError, match=r"--data-root DIR.*--data npz:PATH.npz"):
         load_cifar10(tmp_path / "nothing.npz")
     with pytest.raises(DataNotFoundError, match="HESSIAN_LENS_DATA"):
         load_cifar10(tmp_path, download=False)
@@ -92,7 +92,7 @@ def test_malformed_npz(tmp_path):
         x_test=np.zeros(1),
         y_test=np.zeros(1),
     )
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError, match=r"float images must be \(N, C, H, W\)"):
         load_npz(wrong)
     text = tmp_path / "text.npz"
     text.write_text("hello")
@@ -101,7 +101,9 @@ def test_malformed_npz(tmp_path):
 
 
 def test_image_data_normalize_known_values():
-    data = ImageData(torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), torch.zeros(1), "x")
+    data = ImageData(
+        torch.full((1, 3, 1, 1), 255, dtype=torch.uint8), torch.zeros(1, dtype=torch.long), "x"
+    )
     out = data.normalize(data.x).reshape(3)
     expected = torch.tensor([(1 - m) / s for m, s in zip(data.mean, data.std, strict=True)])
     assert torch.allclose(out, expected)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import hessian_lens as hl
-from hessian_lens.models import MLP, LeNet5, VGG11Prime, build_model
+from hessian_lens.models import MLP, LeNet5, VGG11Prime
+from hessian_lens.registry import build_model
 
 
 def test_lenet5_layout():
@@ -41,11 +42,43 @@ def test_mlp_and_registry():
     [
         (lambda: build_model("resnet50"), "unknown architecture 'resnet50'"),
         (lambda: build_model("lenet5", depth=3), "bad arguments for 'lenet5'"),
-        (lambda: build_model("lenet5", activation="swish"), "unknown activation 'swish'"),
-        (lambda: build_model("mlp", sizes=[3]), "sizes needs"),
+        (lambda: build_model("lenet5", activation="swish"), "activation must be one of"),
+        (lambda: build_model("mlp", sizes=[3]), "sizes must be a list of 2 or more"),
         (lambda: build_model("lenet5", pool="min"), "pool must be"),
     ],
 )
 def test_registry_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,gain",
+    [
+        ("lenet5", {}, 1.0),
+        ("vgg11p", {"width": 0.25}, 2**0.5),
+        ("mlp", {"activation": "elu"}, 2**0.5),
+    ],
+)
+def test_paper_init_draws_n0_gain2_over_fan_in_and_zero_biases(name, kwargs, gain):
+    torch.manual_seed(0)
+    model = build_model(name, init="paper", **kwargs)
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            w = module.weight.detach()
+            expected = gain / w[0].numel() ** 0.5
+            assert abs(float(w.std()) / expected - 1) < (0.2 if w.numel() < 500 else 0.05)
+            assert abs(float(w.mean())) < 4 * expected / w.numel() ** 0.5
+            assert float(module.bias.detach().abs().max()) == 0.0
+    torch.manual_seed(0)
+    default = build_model(name, **kwargs)
+    assert any(
+        float(m.bias.detach().abs().max()) > 0
+        for m in default.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+
+
+def test_unknown_init_is_refused():
+    with pytest.raises(ValueError, match="unknown init 'xavier'"):
+        build_model("lenet5", init="xavier")

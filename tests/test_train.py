@@ -128,3 +128,68 @@ def test_partition_newton_run_logs_rates_and_resumes(tmp_path, tiny_npz):
     b, _ = load_checkpoint(resumed / "epoch_0002.pt")
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.allclose(x, y, atol=1e-5)
+
+
+@pytest.mark.parametrize("momentum,expected", [(0.0, 0.0), (None, 0.9), (0.5, 0.5)])
+def test_partition_newton_gets_the_momentum_asked_for(tmp_path, tiny_npz, momentum, expected):
+    """--momentum 0 once became 0.9 (``config.momentum or 0.9``); run.json records what ran."""
+    out = train(
+        config(
+            tmp_path / "pn",
+            tiny_npz,
+            epochs=1,
+            optimizer="partition-newton",
+            lr=0.3,
+            momentum=momentum,
+            optimizer_kwargs={"period": 1, "average": 1},
+        ),
+        progress=False,
+    )
+    recorded = json.loads((out / "run.json").read_text())["optimizer"]
+    assert recorded["momentum"] == expected
+    state = torch.load(out / "resume.pt", weights_only=True)["optimizer"]
+    assert state["partition_newton"]["config"]["momentum"] == expected
+
+
+def test_run_records_init_split_curvature_and_fractional_checkpoints(tmp_path, tiny_npz):
+    out = train(
+        config(
+            tmp_path / "r",
+            tiny_npz,
+            epochs=2,
+            init="paper",
+            val_size=20,
+            optimizer="partition-newton",
+            lr=0.3,
+            checkpoints_at=[0.5],
+            optimizer_kwargs={"period": 1, "average": 1},
+        ),
+        progress=False,
+    )
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["init"] == "paper"
+    assert manifest["data"]["val_size"] == 20 and manifest["data"]["train_size"] == 96
+    assert manifest["data"]["curvature"].startswith("separate")
+    assert [h["epoch"] for h in manifest["history"]] == [0, 0.5, 1, 2]
+    assert all("val_acc" in h for h in manifest["history"])
+    assert (out / "epoch_0000.500.pt").is_file()
+    _, meta = load_checkpoint(out / "epoch_0000.500.pt")
+    assert meta["epoch"] == 0.5
+
+
+def test_separate_curvature_data_feeds_the_curvature_closure(tmp_path, tiny_npz):
+    """separate: H̄ from the fixed unshuffled curvature batches, not the training minibatch."""
+    kw = {
+        "epochs": 1,
+        "optimizer": "partition-newton",
+        "lr": 0.3,
+        "curvature_size": 40,
+        "optimizer_kwargs": {"period": 1, "average": 1},
+    }
+    logs = {}
+    for mode in ("separate", "same"):
+        out = train(config(tmp_path / mode, tiny_npz, curvature_data=mode, **kw), progress=False)
+        entries = json.loads((out / "optimizer_log.json").read_text())["entries"]
+        logs[mode] = [e["g"] for e in entries if "g" in e]
+    assert len(logs["separate"]) == len(logs["same"]) == 3
+    assert logs["separate"][0] != logs["same"][0]

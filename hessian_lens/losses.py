@@ -1,0 +1,65 @@
+"""Loss functions by name: what ``--loss`` chooses and what a run and an analysis record.
+
+Each returns the batch *mean*, as the engine expects (``loss_fn(outputs, targets)``):
+
+* ``cross_entropy`` (default): ``F.cross_entropy`` on logits and class indices.
+* ``mse``: ``F.mse_loss``; integer class targets are one-hot encoded to the outputs' width,
+  real targets of the outputs' shape are used as they are.
+* ``nll``: ``F.nll_loss``, for models whose outputs are already log-probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSSES = ("cross_entropy", "mse", "nll")
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean squared error; class indices become one-hot rows of the outputs' width.
+
+    Example:
+        >>> out = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+        >>> float(mse(out, torch.tensor([0, 1]))), float(mse(out, torch.zeros(2, 2)))
+        (0.25, 0.25)
+    """
+    if not targets.is_floating_point():
+        if outputs.dim() != 2:
+            raise ValueError(
+                f"mse with class targets needs (N, classes) outputs, got {tuple(outputs.shape)}"
+            )
+        targets = F.one_hot(targets.long(), outputs.shape[1]).to(outputs.dtype)
+    elif targets.shape != outputs.shape:
+        targets = targets.reshape(outputs.shape) if targets.numel() == outputs.numel() else targets
+    if targets.shape != outputs.shape:
+        raise ValueError(
+            f"mse: targets of shape {tuple(targets.shape)} do not match outputs "
+            f"{tuple(outputs.shape)}"
+        )
+    return F.mse_loss(outputs, targets)
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss function of a name in :data:`LOSSES`.
+
+    Raises:
+        ValueError: unknown name, listing the known ones.
+    """
+    table: dict[str, LossFn] = {
+        "cross_entropy": F.cross_entropy,
+        "mse": mse,
+        "nll": F.nll_loss,
+    }
+    key = str(name).lower().replace("-", "_")
+    if key not in table:
+        raise ValueError(f"unknown loss '{name}'; choose one of {list(LOSSES)}")
+    return table[key]
+
+
+def is_classification(name: str) -> bool:
+    """Whether accuracy (argmax of the outputs vs class targets) means something."""
+    return str(name).lower() in LOSSES

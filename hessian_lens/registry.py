@@ -1,0 +1,256 @@
+"""Architectures by name, from four sources behind one :func:`build_model`.
+
+* built-in: ``lenet5``, ``vgg11p``, ``mlp`` (:mod:`hessian_lens.models`; aliases such as
+  ``VGG-11'`` and ``LeNet``);
+* ``torchvision:<builder>``: every classification builder of ``torchvision.models``
+  (``torchvision:resnet18``, ``torchvision:vit_b_16``, ...), never with pretrained weights;
+* the user's own code: ``@register_model("name")`` on a builder function or class, in a
+  file loaded by :func:`load_model_files` (``--models FILE.py``, ``$HESSIAN_LENS_MODELS``).
+  That is the operator's trusted code; code inside checkpoint files never runs;
+* code-free ``.pt2`` exports need no name at all (:mod:`hessian_lens.export`).
+
+Every build can happen on the ``meta`` device first (:func:`build_on_meta`): shapes and
+parameter counts are known before a byte of weights is allocated.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hessian_lens.models import ACTIVATIONS, MODELS, initialize
+
+TORCHVISION_PREFIX = "torchvision:"
+MODELS_ENV = "HESSIAN_LENS_MODELS"
+ALIASES = {"vgg11": "vgg11p", "lenet": "lenet5"}
+_USER: dict[str, Callable[..., nn.Module]] = {}
+
+
+class ArchitectureError(ValueError):
+    """An architecture name or arguments that cannot build a model; says what to change."""
+
+
+# ---------------------------------------------------------------------------- user models
+def register_model(name: str) -> Callable:
+    """Decorator registering a builder (function or ``nn.Module`` class) under ``name``.
+
+    Example:
+        >>> @register_model("tiny-doc")
+        ... def tiny(num_classes: int = 3):
+        ...     return nn.Linear(4, num_classes)
+        >>> build_model("tiny-doc", num_classes=2).out_features
+        2
+    """
+    key = str(name).strip()
+    if not key or key.startswith(TORCHVISION_PREFIX) or _builtin_key(key) in MODELS:
+        raise ArchitectureError(f"cannot register '{name}': empty or taken by a built-in name")
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _USER[key] = builder
+        return builder
+
+    return decorate
+
+
+def load_model_files(paths: str | os.PathLike | list) -> list[str]:
+    """Import the user's model files (``FILE.py``, or several joined by ``os.pathsep``);
+    returns the names they registered.
+
+    Raises:
+        ArchitectureError: a missing file, or one that fails to import (with its error).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [p for p in str(paths).split(os.pathsep) if p.strip()]
+    before = set(_USER)
+    for raw in paths:
+        path = Path(raw).expanduser().resolve()
+        if not path.is_file():
+            raise ArchitectureError(f"--models {raw}: no such Python file.")
+        name = f"hessian_lens_user_models_{abs(hash(str(path)))}"
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:
+            del sys.modules[name]
+            raise ArchitectureError(
+                f"{path.name} failed to import: {type(err).__name__}: {err}"
+            ) from None
+    return sorted(set(_USER) - before)
+
+
+def load_env_models() -> list[str]:
+    """Import the files named by ``$HESSIAN_LENS_MODELS`` (once); the names registered."""
+    value = os.environ.get(MODELS_ENV, "")
+    return load_model_files(value) if value.strip() else []
+
+
+# ---------------------------------------------------------------------------- names
+def torchvision_builders() -> list[str]:
+    """Classification builders of torchvision.models (``resnet18``, ``vit_b_16``, ...)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def model_names(torchvision: bool = True) -> list[str]:
+    """Every name :func:`build_model` accepts (built-in, user, ``torchvision:*``)."""
+    names = sorted(MODELS) + sorted(_USER)
+    if torchvision:
+        names += [TORCHVISION_PREFIX + b for b in torchvision_builders()]
+    return names
+
+
+def resolve(name: str) -> tuple[str, Callable[..., nn.Module]]:
+    """The canonical name and constructor of an architecture name.
+
+    Raises:
+        ArchitectureError: unknown name, listing the families known.
+    """
+    name = str(name).strip()
+    if name in _USER:
+        return name, _USER[name]
+    if name.startswith(TORCHVISION_PREFIX):
+        builder = name[len(TORCHVISION_PREFIX) :]
+        if builder not in torchvision_builders():
+            raise ArchitectureError(
+                f"unknown architecture '{name}': torchvision has no classification builder "
+                f"'{builder}' (e.g. torchvision:resnet18, torchvision:vgg11)."
+            )
+        import torchvision
+
+        return name, torchvision.models.get_model_builder(builder)
+    key = _builtin_key(name)
+    if key in MODELS:
+        return key, MODELS[key]
+    known = sorted(MODELS) + sorted(_USER)
+    raise ArchitectureError(
+        f"unknown architecture '{name}'; known: {known}, or torchvision:<builder> "
+        "(e.g. torchvision:resnet18), or register your own with @hl.register_model "
+        "and --models FILE.py."
+    )
+
+
+def _builtin_key(name: str) -> str:
+    key = name.lower().replace("-", "").replace("_", "").replace("'", "p")
+    return ALIASES.get(key, key)
+
+
+# ---------------------------------------------------------------------------- building
+def build_model(name: str, init: str = "torch", **kwargs) -> nn.Module:
+    """Build an architecture by name with its keyword arguments.
+
+    ``init="paper"`` applies the author's initialisation after the constructor
+    (:func:`hessian_lens.models.initialize`; sigma_w from the model's activation, sqrt(2)
+    when it has none), drawing from the global generator.
+
+    Raises:
+        ArchitectureError: unknown name, or arguments of the wrong name, type or value.
+
+    Example:
+        >>> build_model("lenet5", activation="relu").act
+        ReLU()
+    """
+    key, ctor = resolve(name)
+    check_kwargs(key, kwargs)
+    if key.startswith(TORCHVISION_PREFIX):
+        kwargs = {"weights": None, **kwargs}
+        if kwargs["weights"] is not None:
+            raise ArchitectureError("pretrained weights are never downloaded: load a state_dict")
+    try:
+        model = ctor(**kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+        raise ArchitectureError(f"bad arguments for '{key}': {err}") from None
+    if not isinstance(model, nn.Module):
+        raise ArchitectureError(f"'{key}' built a {type(model).__name__}, not an nn.Module")
+    return initialize(model, init, getattr(model, "activation", "relu"))
+
+
+def build_on_meta(name: str, **kwargs) -> nn.Module:
+    """The architecture on the ``meta`` device: shapes without memory."""
+    with torch.device("meta"):
+        return build_model(name, **kwargs)
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes of a (possibly meta) model's parameters and buffers."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# ---------------------------------------------------------------------------- arguments
+_INT_ARGS = ("num_classes", "in_channels")
+
+
+def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse arguments of the wrong name, type or value before anything is built.
+
+    Raises:
+        ArchitectureError: one message naming the argument and what it must be.
+
+    Example:
+        >>> check_kwargs("lenet5", {"num_classes": -1})
+        Traceback (most recent call last):
+        ...
+        hessian_lens.registry.ArchitectureError: lenet5: num_classes must be an integer >= 1, got -1
+    """
+    if not isinstance(kwargs, Mapping):
+        raise ArchitectureError(f"{name}: arguments must be a JSON object / dict")
+    key, ctor = resolve(name)
+    _check_names(key, ctor, kwargs)
+    for arg, value in kwargs.items():
+        problem = _argument_problem(arg, value)
+        if problem:
+            raise ArchitectureError(f"{key}: {arg} must be {problem}, got {value!r}"[:300])
+
+
+def _check_names(key: str, ctor: Callable, kwargs: Mapping[str, Any]) -> None:
+    try:
+        params = inspect.signature(ctor).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        takes = [p for p in params if p != "self"]
+        raise ArchitectureError(f"bad arguments for '{key}': unknown {unknown}; it takes {takes}")
+
+
+def _argument_problem(arg: str, value: Any) -> str | None:
+    """What a known argument must be when ``value`` is not that, else None."""
+    if arg in _INT_ARGS and not (_int(value) and 1 <= value <= 1_000_000):
+        return "an integer >= 1"
+    if arg == "activation" and not (isinstance(value, str) and value.lower() in ACTIVATIONS):
+        return f"one of {sorted(ACTIVATIONS)}"
+    if arg == "width" and not (_real(value) and 0 < value <= 16):
+        return "a number in (0, 16]"
+    if arg == "pool" and value not in ("max", "avg"):
+        return "'max' or 'avg'"
+    if arg == "sizes" and not (
+        isinstance(value, (list, tuple))
+        and 2 <= len(value) <= 1000
+        and all(_int(v) and 1 <= v <= 10**7 for v in value)
+    ):
+        return "a list of 2 or more integers >= 1"
+    return None
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
