@@ -568,7 +568,8 @@ class _State:
 def _functional_state(model: nn.Module, part: Partition, device, dtype, train_mode: bool):
     """Working copies in the requested mode; the model's own modes are restored after."""
     modes = [(m, m.training) for m in model.modules()]
-    model.train(train_mode)
+    for m in model.modules():  # not model.train(): torch.export modules refuse it
+        m.training = train_mode
     try:
         yield _State(model, part, device, dtype)
     finally:
