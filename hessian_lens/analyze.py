@@ -9,8 +9,7 @@ comparisons for blocks = layers, tensors and kinds; optionally the diagonal of `
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,25 +18,35 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hessian_lens import linalg
-from hessian_lens.checkpoint import SUFFIXES, file_sha256, load_checkpoint
-from hessian_lens.data import Batches, load_cifar10
-from hessian_lens.partition import Partition
+from hessian_lens import linalg, runfolder
+from hessian_lens.checkpoint import load_checkpoint
+from hessian_lens.data import Batches, load_dataset
+from hessian_lens.files import file_sha256
+from hessian_lens.losses import LOSSES, get_loss
+from hessian_lens.partition import Partition, check_scheme
 from hessian_lens.store import Record, ResultStore
 from hessian_lens.summary import pseudo_hessian
 
 ENGINE_VERSION = "1"
 BLOCKS = ("layer", "tensor", "kind")
-STORE_NAME = "analysis.sqlite"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MAX_SAMPLES = 10_000_000
 ProgressFn = Callable[[float, str], None]
+
+
+class NotARunError(ValueError):
+    """A folder that is not a run (no run.json, no checkpoint): nothing is created in it."""
 
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """What an analysis computes; with the data fingerprint, the key of stored results."""
+    """What an analysis computes; with the data fingerprint, the key of stored results.
+
+    ``loss`` enters the key only when it is not the default cross-entropy, so results stored
+    before losses were selectable keep their keys.
+    """
 
     samples: int = 10000
     partition: str = "canonical"
@@ -45,12 +54,34 @@ class AnalysisSettings:
     batch_size: int = 1000
     seed: int = 0
     dtype: str = "float32"
+    loss: str = "cross_entropy"
+
+    def __post_init__(self) -> None:
+        if not _count(self.samples, MAX_SAMPLES):
+            raise ValueError(
+                f"samples must be an integer in 1..{MAX_SAMPLES:,}, got {self.samples!r}"
+            )
+        if not _count(self.batch_size, MAX_SAMPLES):
+            raise ValueError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        check_scheme(self.partition)
 
     def key(self, data_fingerprint: str) -> dict[str, Any]:
         """The settings dict stored with each record (batch size does not change results)."""
         d = dataclasses.asdict(self)
         d.pop("batch_size")
+        if d["loss"] == "cross_entropy":
+            d.pop("loss")
         return {**d, "data": data_fingerprint, "engine": ENGINE_VERSION}
+
+
+def _count(value: Any, top: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= top
 
 
 def analyze_model(
@@ -68,44 +99,59 @@ def analyze_model(
         ``eta_bd_<blocks>`` (and ``d3`` with ``order3``).
     """
     part = Partition.from_name(model, settings.partition)
-    dtype = torch.float64 if settings.dtype == "float64" else torch.float32
     tick = _batch_progress(progress) if progress is not None else False
     res = pseudo_hessian(
         model,
-        F.cross_entropy,
+        get_loss(settings.loss),
         batches,
         partition=part,
         device=device,
-        dtype=dtype,
+        dtype=DTYPES[settings.dtype],
         progress=tick,
         d3_diagonal=settings.order3,
     )
-    inv = linalg.inverse(res.H)
+    arrays, summary = derived(res.H, res.g, part)
+    if res.d3 is not None:
+        arrays["d3"] = res.d3
+    summary.update(
+        loss=res.loss,
+        loss_fn=settings.loss,
+        n_samples=res.n_samples,
+        method=res.method,
+        device=str(device or "cpu"),
+    )
+    return summary, {k: _np(v) for k, v in arrays.items()}
+
+
+def derived(H: torch.Tensor, g: torch.Tensor, part: Partition) -> tuple[dict, dict]:
+    """The inverse, normalised views and block-diagonal comparisons of ``(H_bar, g_bar)``.
+
+    Returns:
+        ``(arrays, summary)`` as stored by :func:`analyze_model` (labels, kinds, layers,
+        sizes, inverse status, comparisons per block choice).
+    """
+    inv = linalg.inverse(H)
     arrays = {
-        "H": res.H,
-        "g": res.g,
+        "H": H,
+        "g": g,
         "Hinv": inv.inv,
-        "H_norm": linalg.normalize(res.H),
+        "H_norm": linalg.normalize(H),
         "Hinv_norm": linalg.normalize(inv.inv),
         "eigenvalues": inv.eigenvalues,
         "normalized_eigenvalues": inv.normalized_eigenvalues,
     }
     compare = {}
     for by in BLOCKS:
-        m = linalg.compare_block_diagonal(res.H, res.g, part.blocks(by))
+        m = linalg.compare_block_diagonal(H, g, part.blocks(by))
         arrays[f"eta_bd_{by}"] = m.pop("eta_bd")
         arrays["eta_full"] = m.pop("eta_full")
         m.pop("inv_full"), m.pop("inv_bd")
         compare[by] = m
-    if res.d3 is not None:
-        arrays["d3"] = res.d3
     summary = {
-        "labels": res.labels,
+        "labels": part.labels,
         "kinds": part.kinds,
         "layers": part.layers,
-        "sizes": [g.size for g in part.groups],
-        "loss": res.loss,
-        "n_samples": res.n_samples,
+        "sizes": [grp.size for grp in part.groups],
         "inverse": {
             "status": inv.status,
             "condition": inv.condition,
@@ -113,10 +159,8 @@ def analyze_model(
             "n_floored": inv.n_floored,
         },
         "compare": compare,
-        "method": res.method,
-        "device": str(device or "cpu"),
     }
-    return summary, {k: _np(v) for k, v in arrays.items()}
+    return arrays, summary
 
 
 def analyze_file(
@@ -143,32 +187,49 @@ def analyze_file(
     if found is not None:
         return found, False
     model, meta = load_checkpoint(path, architecture, model_kwargs, max_bytes=max_bytes)
-    t0 = time.perf_counter()
-    summary, arrays = analyze_model(model, batches, settings, device, progress)
-    summary["model"] = meta["model"]
-    record = Record(
-        sha, key, path.name, _epoch(path, meta), summary, arrays, time.perf_counter() - t0
+    record = compute_record(
+        model, meta, path.name, sha, batches, settings, data_fingerprint, device, progress
     )
     store.put(record)
     return store.get(sha, key) or record, True
 
 
-def run_checkpoints(run: str | Path) -> list[Path]:
-    """The checkpoint files of a run folder, by epoch."""
-    run = Path(run)
-    files = [p for p in run.iterdir() if p.suffix in SUFFIXES and p.name != "resume.pt"]
+def compute_record(
+    model: nn.Module,
+    meta: dict[str, Any],
+    name: str,
+    sha: str,
+    batches,
+    settings: AnalysisSettings,
+    data_fingerprint: str,
+    device: torch.device | None = None,
+    progress: ProgressFn | None = None,
+) -> Record:
+    """Analyse a built model into a :class:`Record` (not stored)."""
+    t0 = time.perf_counter()
+    summary, arrays = analyze_model(model, batches, settings, device, progress)
+    summary["model"] = meta.get("model")
+    epoch = checkpoint_epoch(name, meta)
+    return Record(
+        sha, settings.key(data_fingerprint), name, epoch, summary, arrays, time.perf_counter() - t0
+    )
 
-    def order(path: Path) -> tuple[int, str]:
-        epoch = _epoch(path, {})
-        return (epoch if epoch is not None else 1 << 30, path.name)
 
-    return sorted(files, key=order)
+def checkpoint_epoch(name: str, meta: dict[str, Any]) -> float | None:
+    """The epoch of a checkpoint: its meta's when a sane number, else its file name's."""
+    value = meta.get("epoch")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and math.isfinite(value) and 0 <= value < 1e9:
+        return value
+    return runfolder.epoch_of(name)
 
 
-def analysis_batches(data_source: str | None, settings: AnalysisSettings) -> tuple[Batches, str]:
-    """The training subset an analysis uses and its fingerprint."""
-    data = load_cifar10(data_source, train=True).subset(settings.samples, settings.seed)
-    return data.batches(settings.batch_size), data.fingerprint()
+def analysis_batches(
+    data_source: str | None, settings: AnalysisSettings, data: str = "cifar10"
+) -> tuple[Batches, str]:
+    """The training subset an analysis uses (``data``: a data set spec) and its fingerprint."""
+    subset = load_dataset(data, data_source, train=True).subset(settings.samples, settings.seed)
+    return subset.batches(settings.batch_size), subset.fingerprint()
 
 
 def analyze_run(
@@ -177,25 +238,37 @@ def analyze_run(
     data_source: str | None = None,
     device: torch.device | None = None,
     progress: bool | ProgressFn = True,
+    data: str | None = None,
 ) -> dict[str, Any]:
     """Analyse every checkpoint of a run into ``<run>/analysis.sqlite`` (resumable).
 
     Args:
-        run: the run folder (with ``run.json``).
+        run: the run folder (``run.json`` and/or checkpoints).
         settings: what to compute.
         data_source: npz or torchvision root; default: the run's own data source.
         device: where to compute.
         progress: a tqdm bar (True), a callback ``(fraction, message)``, or nothing.
+        data: data set spec; default: the run's own (``run.json``), else ``cifar10``.
 
     Returns:
         ``{"computed": n, "skipped": m, "store": path, "seconds": [...]}``.
+
+    Raises:
+        NotARunError: the folder holds neither run.json nor a checkpoint (nothing created).
     """
     run = Path(run)
-    manifest = read_manifest(run)
-    source = data_source or (manifest.get("data") or {}).get("source")
-    batches, fingerprint = analysis_batches(source, settings)
-    store = ResultStore(run / STORE_NAME)
-    files = run_checkpoints(run)
+    if not runfolder.is_run(run):
+        raise NotARunError(
+            f"{run} is not a run folder: it has no run.json and no checkpoint "
+            f"({', '.join('epoch_*' + s for s in runfolder.CHECKPOINT_SUFFIXES)}). Give the "
+            "folder that `hessian-lens train --out` wrote, or a folder of checkpoints."
+        )
+    manifest = runfolder.read_manifest(run)
+    spec = data or manifest.data.get("name") or "cifar10"
+    source = data_source or manifest.data.get("source")
+    batches, fingerprint = analysis_batches(source, settings, str(spec))
+    store = ResultStore(run / runfolder.STORE_FILE)
+    files = runfolder.list_checkpoints(run)
     bar = _bar(progress, len(files))
     computed, seconds = 0, []
     for i, path in enumerate(files):
@@ -218,14 +291,6 @@ def analyze_run(
     }
 
 
-def read_manifest(run: str | Path) -> dict[str, Any]:
-    """A run's ``run.json`` ({} when absent or unreadable)."""
-    try:
-        return json.loads((Path(run) / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def _batch_progress(progress: ProgressFn) -> Callable[[int, int | None], None]:
     def tick(done: int, total: int | None) -> None:
         progress(done / total if total else 0.0, f"batch {done}/{total or '?'}")
@@ -245,13 +310,6 @@ def _bar(progress, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="checkpoints", unit="ckpt")
-
-
-def _epoch(path: Path, meta: dict) -> int | None:
-    if isinstance(meta.get("epoch"), int):
-        return meta["epoch"]
-    m = re.search(r"(\d+)$", Path(path).stem)
-    return int(m.group(1)) if m else None
 
 
 def _np(t) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from hessian_lens.linalg import scales
-from hessian_lens.partition import Group, Partition
+from hessian_lens.partition import Group, Partition, parameter_kind
 from hessian_lens.summary import pseudo_hessian, summaries_from_gradient
 
 REGULARIZATIONS = ("none", "diag", "cubic")
@@ -366,7 +366,7 @@ class PartitionNewton(torch.optim.Optimizer):
             names += members
             shapes += [p.shape for p in group["params"]]
             assignment += [s] * len(group["params"])
-            kinds = {"bias" if p.dim() == 1 else "weight" for p in group["params"]}
+            kinds = {parameter_kind(label)}
             groups.append(
                 Group(
                     label,

@@ -19,6 +19,15 @@ import torch
 from torch import nn
 
 DISCRETE_MAX_PARAMETERS = 5000
+#: Partition schemes by name (``by_module:K`` takes a depth K); the CLI and pages list these.
+SCHEMES = ("canonical", "by_layer", "by_module:1", "by_kind", "trivial", "discrete")
+KINDS = ("weight", "bias", "norm_weight", "norm_bias")
+_NORMS = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
 
 
 class PartitionError(ValueError):
@@ -47,9 +56,26 @@ class Group:
     params: tuple[str, ...]
 
 
-def parameter_kind(name: str) -> str:
-    """Classify a parameter name as ``"bias"`` or ``"weight"`` (anything else)."""
-    return "bias" if "bias" in name.rsplit(".", 1)[-1] else "weight"
+def parameter_kind(name: str, norm: bool = False) -> str:
+    """Classify a parameter: ``"bias"`` or ``"weight"`` by its name; ``"norm_bias"`` /
+    ``"norm_weight"`` when it belongs to a normalisation layer (BatchNorm, LayerNorm, ...).
+
+    Example:
+        >>> parameter_kind("fc1.bias"), parameter_kind("bn1.weight", norm=True)
+        ('bias', 'norm_weight')
+    """
+    base = "bias" if "bias" in name.rsplit(".", 1)[-1] else "weight"
+    return f"norm_{base}" if norm else base
+
+
+def norm_parameters(model: nn.Module) -> set[str]:
+    """Names of the parameters owned by normalisation layers."""
+    return {
+        f"{prefix}.{n}" if prefix else n
+        for prefix, m in model.named_modules()
+        if isinstance(m, _NORMS)
+        for n, _ in m.named_parameters(recurse=False)
+    }
 
 
 def layer_name(name: str) -> str:
@@ -104,28 +130,64 @@ class Partition:
     def canonical(cls, model: nn.Module) -> Partition:
         """One group per trainable parameter tensor, in ``named_parameters()`` order."""
         params = _trainable(model)
-        groups = [_group(n, [n], params) for n in params]
+        norms = norm_parameters(model)
+        groups = [_group(n, [n], params, norms=norms) for n in params]
         return cls(list(params), _shapes(params), list(range(len(params))), groups, "canonical")
 
     @classmethod
     def by_layer(cls, model: nn.Module) -> Partition:
         """The tensors of one module together (weight and bias of a layer: one group)."""
         params = _trainable(model)
-        return cls._from_labels(params, {n: layer_name(n) or n for n in params}, "by_layer")
+        return cls._from_labels(model, params, {n: layer_name(n) or n for n in params}, "by_layer")
+
+    @classmethod
+    def by_module(cls, model: nn.Module, depth: int = 1) -> Partition:
+        """The tensors under one module prefix of ``depth`` dotted components together:
+        ``layer1.0.conv1.weight`` is in group ``layer1`` at depth 1, ``layer1.0`` at 2.
+
+        Example:
+            >>> net = nn.Sequential(nn.Sequential(nn.Linear(3, 4), nn.Tanh()), nn.Linear(4, 2))
+            >>> Partition.by_module(net, 1).labels, Partition.by_module(net, 2).labels
+            (['0', '1'], ['0.0', '1.weight', '1.bias'])
+        """
+        if not isinstance(depth, int) or depth < 1:
+            raise PartitionError(f"by_module depth must be an integer >= 1, got {depth!r}")
+        params = _trainable(model)
+        labels = {n: ".".join(n.split(".")[:depth]) for n in params}
+        return cls._from_labels(model, params, labels, f"by_module:{depth}")
+
+    @classmethod
+    def by_regex(cls, model: nn.Module, rules: Sequence[tuple[str, str]]) -> Partition:
+        """Groups by ordered ``(pattern, label)`` rules: the first ``re.search`` match wins;
+        parameters matching no rule keep their own group (their name).
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+            >>> Partition.by_regex(net, [(r"bias$", "biases")]).labels
+            ['0.weight', 'biases', '2.weight']
+        """
+        params = _trainable(model)
+        try:
+            compiled = [(re.compile(p), str(lab)) for p, lab in rules]
+        except (re.error, TypeError, ValueError) as err:
+            raise PartitionError(f"bad regular expression in the partition rules: {err}") from None
+        labels = {n: next((lab for rx, lab in compiled if rx.search(n)), n) for n in params}
+        return cls._from_labels(model, params, labels, "regex")
 
     @classmethod
     def by_kind(cls, model: nn.Module) -> Partition:
         """Two groups at most: all weights, all biases."""
         params = _trainable(model)
-        plural = {"weight": "weights", "bias": "biases"}
-        labels = {n: plural[parameter_kind(n)] for n in params}
-        return cls._from_labels(params, labels, "by_kind")
+        norms = norm_parameters(model)
+        plural = {k: k.replace("weight", "weights").replace("bias", "biases") for k in KINDS}
+        labels = {n: plural[parameter_kind(n, n in norms)] for n in params}
+        return cls._from_labels(model, params, labels, "by_kind")
 
     @classmethod
     def trivial(cls, model: nn.Module) -> Partition:
         """A single group holding every trainable parameter (S = 1)."""
         params = _trainable(model)
-        return cls._from_labels(params, dict.fromkeys(params, "all"), "trivial")
+        return cls._from_labels(model, params, dict.fromkeys(params, "all"), "trivial")
 
     @classmethod
     def discrete(cls, model: nn.Module, max_parameters: int = DISCRETE_MAX_PARAMETERS) -> Partition:
@@ -194,11 +256,14 @@ class Partition:
             raise PartitionError(
                 f"entries match no trainable parameter: {unused}; known parameters: {list(params)}."
             )
-        return cls._from_labels(params, labels, "custom")
+        return cls._from_labels(model, params, labels, "custom")
 
     @classmethod
     def from_name(cls, model: nn.Module, name: str) -> Partition:
-        """A partition by scheme name: canonical, by_layer, by_kind, trivial or discrete."""
+        """A partition by scheme name (:data:`SCHEMES`; ``by_module:K`` for any depth K)."""
+        check_scheme(name)
+        if name.startswith("by_module:"):
+            return cls.by_module(model, int(name.split(":", 1)[1]))
         makers = {
             "canonical": cls.canonical,
             "by_layer": cls.by_layer,
@@ -206,17 +271,20 @@ class Partition:
             "trivial": cls.trivial,
             "discrete": cls.discrete,
         }
-        if name not in makers:
-            raise PartitionError(f"unknown partition '{name}'; choose one of {list(makers)}")
         return makers[name](model)
 
     @classmethod
     def _from_labels(
-        cls, params: dict[str, nn.Parameter], labels: dict[str, str], scheme: str
+        cls,
+        model: nn.Module,
+        params: dict[str, nn.Parameter],
+        labels: dict[str, str],
+        scheme: str,
     ) -> Partition:
         order = list(dict.fromkeys(labels[n] for n in params))
         members = {lab: [n for n in params if labels[n] == lab] for lab in order}
-        groups = [_group(lab, members[lab], params) for lab in order]
+        norms = norm_parameters(model)
+        groups = [_group(lab, members[lab], params, norms=norms) for lab in order]
         assignment = [order.index(labels[n]) for n in params]
         return cls(list(params), _shapes(params), assignment, groups, scheme)
 
@@ -405,6 +473,19 @@ def blocks_of(by: str, layers: Sequence[str], kinds: Sequence[str]) -> list[list
     return [[s for s, k in enumerate(keys) if k == key] for key in order]
 
 
+def check_scheme(name: str) -> None:
+    """Raise :class:`PartitionError` unless ``name`` is a scheme of :data:`SCHEMES`."""
+    fixed = [s for s in SCHEMES if not s.startswith("by_module")]
+    if name in fixed:
+        return
+    head, _, depth = str(name).partition(":")
+    if head == "by_module" and depth.isdigit() and int(depth) >= 1:
+        return
+    raise PartitionError(
+        f"unknown partition '{name}'; choose one of {fixed} or by_module:K (K = 1, 2, ...)"
+    )
+
+
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
@@ -417,9 +498,13 @@ def _shapes(params: dict[str, nn.Parameter]) -> list[torch.Size]:
 
 
 def _group(
-    label: str, names: list[str], params: dict[str, nn.Parameter], size: int | None = None
+    label: str,
+    names: list[str],
+    params: dict[str, nn.Parameter],
+    size: int | None = None,
+    norms: set[str] | frozenset = frozenset(),
 ) -> Group:
-    kinds = {parameter_kind(n) for n in names}
+    kinds = {parameter_kind(n, n in norms) for n in names}
     layers = list(dict.fromkeys(layer_name(n) for n in names))
     order = list(dict.fromkeys(layer_name(n) for n in params))
     return Group(

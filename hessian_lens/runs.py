@@ -1,86 +1,101 @@
 """Finding runs on disk and reading their analyses (what the dashboard browses).
 
-A run is a folder with ``run.json`` or ``epoch_*.pt`` checkpoints; runs are looked for in
-each root and in its immediate subfolders.
+Torch-free: a run is shown from ``run.json`` + ``analysis.sqlite`` alone, never by importing
+or building its model, so a run of a model that only exists in the user's script (a
+:class:`~hessian_lens.recorder.Recorder` run) is browsable. Everything is read-only: stores
+are opened with :meth:`ResultStore.reader`. A broken file in one run becomes a warning on
+that run, never an exception that would take other runs down.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hessian_lens.analyze import STORE_NAME, run_checkpoints
-from hessian_lens.store import Record, ResultStore
+from hessian_lens import runfolder
+from hessian_lens.store import Record, ResultStore, StoreError
 
 RUNS_ENV = "HESSIAN_LENS_RUNS"
 
 
 @dataclass
 class Run:
-    """A run folder, its manifest and checkpoints."""
+    """A run folder: its manifest, checkpoints and what could not be read."""
 
     path: Path
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: runfolder.Manifest = field(default_factory=runfolder.Manifest)
     checkpoints: list[Path] = field(default_factory=list)
 
     @property
     def name(self) -> str:
-        return self.manifest.get("name") or self.path.name
+        return self.manifest.name or self.path.name
 
     @property
     def store_path(self) -> Path:
-        return self.path / STORE_NAME
+        return self.path / runfolder.STORE_FILE
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        return list(self.manifest.get("history") or [])
+        return self.manifest.history
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.manifest.warnings)
+
+    def store(self) -> ResultStore | None:
+        """The run's store opened read-only, None when there is none.
+
+        Raises:
+            StoreError: a file that is not a (readable) Hessian Lens store.
+        """
+        return ResultStore.reader(self.store_path) if self.store_path.exists() else None
 
     def settings(self) -> list[dict[str, Any]]:
         """Settings analysed in this run's store (most checkpoints first)."""
-        return ResultStore(self.store_path).settings() if self.store_path.exists() else []
+        store = self.store()
+        return store.settings() if store is not None else []
 
     def records(self, settings: dict[str, Any] | None = None, arrays: bool = True) -> list[Record]:
         """Analysed checkpoints of one settings (default: the most complete one)."""
-        if not self.store_path.exists():
+        store = self.store()
+        if store is None:
             return []
-        store = ResultStore(self.store_path)
         settings = settings or next(iter(store.settings()), None)
         return store.records(settings, arrays) if settings else []
 
 
-def is_run(folder: Path) -> bool:
-    """Whether a folder looks like a run."""
-    return folder.is_dir() and ((folder / "run.json").is_file() or any(folder.glob("epoch_*.pt")))
-
-
 def load_run(folder: str | Path) -> Run:
-    """A run folder with its manifest (``{}`` when run.json is missing or unreadable)."""
+    """A run folder with its manifest (empty, with a warning, when run.json is unusable)."""
     folder = Path(folder)
-    try:
-        manifest = json.loads((folder / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        manifest = {}
-    return Run(folder, manifest if isinstance(manifest, dict) else {}, run_checkpoints(folder))
+    return Run(folder, runfolder.read_manifest(folder), runfolder.list_checkpoints(folder))
 
 
 def find_runs(roots: Iterable[str | Path]) -> list[Run]:
     """Runs in each root (the root itself or its subfolders), without duplicates."""
     seen, runs = set(), []
     for root in roots:
-        root = Path(root).expanduser()
-        if not root.is_dir():
-            continue
-        candidates = [root] if is_run(root) else sorted(p for p in root.iterdir() if is_run(p))
-        for folder in candidates:
+        for folder in run_folders(root):
             key = folder.resolve()
             if key not in seen:
                 seen.add(key)
                 runs.append(load_run(folder))
     return runs
+
+
+def run_folders(root: str | Path) -> list[Path]:
+    """The root when it is a run, else its subfolders that are runs (unreadable: none)."""
+    root = Path(root).expanduser()
+    try:
+        if not root.is_dir():
+            return []
+        if runfolder.is_run(root):
+            return [root]
+        return sorted(p for p in root.iterdir() if runfolder.is_run(p))
+    except OSError:
+        return []
 
 
 def run_roots(default: str | Path, extra: str | None = None) -> list[Path]:
@@ -96,44 +111,53 @@ def run_roots(default: str | Path, extra: str | None = None) -> list[Path]:
 
 def describe_settings(settings: dict[str, Any]) -> str:
     """One line for a settings dict, e.g. ``canonical · 10,000 samples · float32``."""
+    samples = settings.get("samples")
     parts = [
         settings.get("partition", "?"),
-        f"{settings.get('samples', 0):,} samples",
+        f"{samples:,} samples" if isinstance(samples, int) else f"{samples} samples",
         settings.get("dtype", "?"),
         f"seed {settings.get('seed', 0)}",
     ]
+    if settings.get("loss") not in (None, "cross_entropy"):
+        parts.append(f"loss {settings['loss']}")
     if settings.get("order3"):
         parts.append("+ D³ diagonal")
     return " · ".join(str(p) for p in parts)
 
 
-def optimizer_log(run: Run) -> dict[str, Any] | None:
-    """A PartitionNewton run's ``optimizer_log.json`` (``labels``, ``entries``), or None."""
-    try:
-        log = json.loads((run.path / "optimizer_log.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return log if isinstance(log, dict) and "entries" in log else None
+def optimizer_log(run: Run) -> tuple[dict[str, Any] | None, list[str]]:
+    """A PartitionNewton run's ``optimizer_log.json`` (thinned, validated) and warnings."""
+    return runfolder.read_optimizer_log(run.path)
 
 
-def rates_over_steps(log: dict[str, Any]) -> tuple[list[int], dict[str, list[float]]]:
-    """Per-group rates ``lr * eta_s`` at every recomputation (steps, {label: rates})."""
-    labels = log.get("labels") or []
-    steps, rates = [], {label: [] for label in labels}
-    lr_at = {e["step"]: e["lr"] for e in log["entries"] if "lr" in e}
+def rates_over_steps(log: dict[str, Any]) -> tuple[list[int], list[str], list[list[float | None]]]:
+    """Per-group rates ``lr * eta_s`` at every recomputation.
+
+    Returns:
+        ``(steps, labels, rates)`` with ``rates[s][i]`` the rate of group s at ``steps[i]``
+        (``None`` where the entry is malformed).
+    """
+    labels = list(log.get("labels") or [])
+    steps, rates = [], [[] for _ in labels]
+    lr_at = {e["step"]: e["lr"] for e in log["entries"] if isinstance(e.get("lr"), list)}
     for entry in log["entries"]:
-        if entry.get("eta") is None:
+        eta = entry.get("eta")
+        if not isinstance(eta, list) or len(eta) != len(labels):
             continue
         steps.append(entry["step"])
-        lrs = lr_at.get(entry["step"], [1.0] * len(labels))
-        for label, eta, lr in zip(labels, entry["eta"], lrs, strict=False):
-            rates[label].append(lr * eta)
-    return steps, rates
+        lrs = lr_at.get(entry["step"]) or [1.0] * len(labels)
+        for s, (value, lr) in enumerate(zip(eta, lrs, strict=False)):
+            ok = _number(value) and _number(lr)
+            rates[s].append(float(lr) * float(value) if ok else None)
+    return steps, labels, rates
 
 
-def loss_over_steps(log: dict[str, Any], window: int = 50) -> tuple[list[int], list[float]]:
-    """Training loss per step, averaged over a trailing window."""
-    points = [(e["step"], e["loss"]) for e in log["entries"] if "loss" in e]
+LOSS_WINDOW = 50
+
+
+def loss_over_steps(log: dict[str, Any], window: int = LOSS_WINDOW) -> tuple[list[int], list[float]]:
+    """Training loss per step, averaged over a trailing window of ``window`` steps."""
+    points = [(e["step"], e["loss"]) for e in log["entries"] if _number(e.get("loss"))]
     steps, values, out = [], [], []
     for step, loss in points:
         values.append(loss)
@@ -141,3 +165,21 @@ def loss_over_steps(log: dict[str, Any], window: int = 50) -> tuple[list[int], l
         tail = values[-window:]
         out.append(sum(tail) / len(tail))
     return steps, out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+__all__ = [
+    "RUNS_ENV",
+    "Run",
+    "StoreError",
+    "describe_settings",
+    "find_runs",
+    "load_run",
+    "loss_over_steps",
+    "optimizer_log",
+    "rates_over_steps",
+    "run_roots",
+]

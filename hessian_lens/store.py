@@ -4,6 +4,23 @@ One row per analysed checkpoint and settings: the scalar summary as JSON and the
 (H_bar, g_bar, inverse, ...) as an npz blob (no pickle). Rows are written in their own
 transaction with ``INSERT OR IGNORE``: a crash loses at most the row in progress, and two
 processes writing the same run leave one consistent row per key (WAL mode, busy timeout).
+
+Two ways to open a file:
+
+* :class:`ResultStore` (writer): creates the file and its tables, WAL journal. It refuses a
+  file that exists but is not a Hessian Lens store, and changes nothing in it.
+* :meth:`ResultStore.reader` (viewer, the dashboard): ``mode=ro``, and ``immutable=1``
+  where the folder cannot be written (a read-only mount); never creates a table, never
+  touches the journal mode.
+
+Work is shared without duplicates through **claims**: a process about to analyse a
+checkpoint takes a lease (owner, expiry) in a transaction; others skip it while the lease
+is alive; a lease left by a crashed process expires and is taken again (:meth:`claim`,
+:meth:`renew`, :meth:`release`).
+
+Reading is bounded: every array blob is checked member by member (declared sizes against
+what S groups can need) before anything is inflated, and summaries are parsed with a
+depth limit.
 """
 
 from __future__ import annotations
@@ -12,22 +29,40 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import sqlite3
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hessian_lens.files import UnsafeFileError, loads_bounded
+
 SCHEMA_VERSION = "1"
+BUSY_MS = 60_000
+MAX_ARRAY_ITEMS = 64  # arrays per record
+MAX_SUMMARY_BYTES = 16 * 2**20
+_RESULT_COLUMNS = (
+    "checkpoint_sha",
+    "settings_key",
+    "settings",
+    "checkpoint",
+    "epoch",
+    "created",
+    "seconds",
+    "summary",
+    "arrays",
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     checkpoint_sha TEXT NOT NULL,
     settings_key   TEXT NOT NULL,
     settings       TEXT NOT NULL,
     checkpoint     TEXT NOT NULL,
-    epoch          INTEGER,
+    epoch          REAL,
     created        REAL NOT NULL,
     seconds        REAL NOT NULL,
     summary        TEXT NOT NULL,
@@ -35,7 +70,18 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (checkpoint_sha, settings_key)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+    checkpoint_sha TEXT NOT NULL,
+    settings_key   TEXT NOT NULL,
+    owner          TEXT NOT NULL,
+    expires        REAL NOT NULL,
+    PRIMARY KEY (checkpoint_sha, settings_key)
+);
 """
+
+
+class StoreError(ValueError):
+    """A store file that cannot be used: foreign, corrupt, or a record too large."""
 
 
 def settings_key(settings: dict[str, Any]) -> str:
@@ -50,7 +96,7 @@ class Record:
     checkpoint_sha: str
     settings: dict[str, Any]
     checkpoint: str
-    epoch: int | None
+    epoch: float | None
     summary: dict[str, Any]
     arrays: dict[str, np.ndarray]
     seconds: float = 0.0
@@ -58,7 +104,7 @@ class Record:
 
 
 class ResultStore:
-    """A results database file (created on first use).
+    """A results database file (created on first use by a writer).
 
     Example:
         >>> import tempfile, os, numpy as np
@@ -71,20 +117,68 @@ class ResultStore:
         (2, 2)
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            self._uri = _readonly_uri(self.path)
+            self._check_ours()
+            return
+        if self.path.exists():
+            self._check_ours(writable=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
-    def _connect(self) -> _Closing:
-        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        db.execute("PRAGMA busy_timeout = 60000")
-        with contextlib.suppress(sqlite3.OperationalError):  # read-only: default journal
-            db.execute("PRAGMA journal_mode = WAL")
-        return _Closing(db)
+    @classmethod
+    def reader(cls, path: str | Path) -> ResultStore:
+        """Open for viewing only: nothing is ever written, created or converted.
 
+        Raises:
+            StoreError: missing, foreign ("not a Hessian Lens store") or corrupt file.
+        """
+        return cls(path, readonly=True)
+
+    # ------------------------------------------------------------------ connections
+    def _connect(self) -> _Closing:
+        try:
+            if self.readonly:
+                db = sqlite3.connect(self._uri, uri=True, timeout=60.0, isolation_level=None)
+            else:
+                db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+                db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
+                with contextlib.suppress(sqlite3.OperationalError):
+                    db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot open the store ({err}).") from None
+        return _Closing(db, self.path)
+
+    def _check_ours(self, writable: bool = False) -> None:
+        """Refuse files that are not a Hessian Lens store, without changing them."""
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: no such store file.")
+        uri = self._uri if self.readonly else _readonly_uri(self.path)
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=10.0)
+            try:
+                tables = {
+                    name: {c[1] for c in db.execute(f"PRAGMA table_info({name})")}
+                    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+                schema = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            tables, schema = {}, None
+        if not set(_RESULT_COLUMNS) <= tables.get("results", set()) or schema is None:
+            raise StoreError(
+                f"{self.path} is not a Hessian Lens store (an SQLite file of another program, "
+                "or not SQLite at all); it was left as it is. Move it away, or analyse into "
+                "another folder."
+            )
+
+    # ------------------------------------------------------------------ queries
     def has(self, checkpoint_sha: str, settings: dict[str, Any]) -> bool:
         """Whether this checkpoint is already analysed with these settings."""
         with self._connect() as db:
@@ -94,24 +188,32 @@ class ResultStore:
             ).fetchone()
         return row is not None
 
-    def put(self, record: Record) -> bool:
-        """Insert a record atomically; False when the key was already there (kept as is)."""
+    def put(self, record: Record, owner: str | None = None) -> bool:
+        """Insert a record atomically (and drop ``owner``'s claim on it); False when the key
+        was already there (kept as is)."""
+        self._writable()
         blob = _pack(record.arrays)
+        key = settings_key(record.settings)
+        row = (
+            record.checkpoint_sha,
+            key,
+            json.dumps(record.settings, sort_keys=True),
+            record.checkpoint,
+            _epoch(record.epoch),
+            record.created,
+            record.seconds,
+            json.dumps(record.summary, allow_nan=True),
+            blob,
+        )
         with self._connect() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.checkpoint_sha,
-                    settings_key(record.settings),
-                    json.dumps(record.settings, sort_keys=True),
-                    record.checkpoint,
-                    record.epoch,
-                    record.created,
-                    record.seconds,
-                    json.dumps(record.summary),
-                    blob,
-                ),
-            )
+            db.execute("BEGIN IMMEDIATE")
+            cur = db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            if owner is not None:
+                db.execute(
+                    "DELETE FROM claims WHERE checkpoint_sha=? AND settings_key=? AND owner=?",
+                    (record.checkpoint_sha, key, owner),
+                )
+            db.execute("COMMIT")
             return cur.rowcount == 1
 
     def get(self, checkpoint_sha: str, settings: dict[str, Any]) -> Record | None:
@@ -125,13 +227,13 @@ class ResultStore:
 
     def records(self, settings: dict[str, Any] | None = None, arrays: bool = True) -> list[Record]:
         """All records (of one settings dict when given), ordered by epoch then name."""
-        query = f"SELECT {_COLUMNS} FROM results"
+        query = f"SELECT {_COLUMNS if arrays else _LIGHT_COLUMNS} FROM results"
         args: tuple = ()
         if settings is not None:
             query, args = query + " WHERE settings_key=?", (settings_key(settings),)
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY epoch, checkpoint", args).fetchall()
-        return [_record(r, arrays) for r in rows]
+        return [_record(r) if arrays else _record((*r, None)) for r in rows]
 
     def settings(self) -> list[dict[str, Any]]:
         """The distinct settings present, most rows first."""
@@ -140,27 +242,104 @@ class ResultStore:
                 "SELECT settings, COUNT(*) AS n FROM results GROUP BY settings_key "
                 "ORDER BY n DESC, MIN(created)"
             ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        out = []
+        for (text,) in ((r[0],) for r in rows):
+            value = _summary(text, "settings")
+            if isinstance(value, dict):
+                out.append(value)
+        return out
 
     def __len__(self) -> int:
         with self._connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM results").fetchone()[0])
 
+    # ------------------------------------------------------------------ claims
+    def claim(self, checkpoint_sha: str, settings: dict[str, Any], owner: str, ttl: float) -> str:
+        """Try to take the lease on a checkpoint: ``"taken"``, ``"done"`` (already stored)
+        or ``"busy"`` (another owner's lease is alive). Expired leases are taken over."""
+        self._writable()
+        key, now = settings_key(settings), time.time()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                done = db.execute(
+                    "SELECT 1 FROM results WHERE checkpoint_sha=? AND settings_key=?",
+                    (checkpoint_sha, key),
+                ).fetchone()
+                lease = db.execute(
+                    "SELECT owner, expires FROM claims WHERE checkpoint_sha=? AND settings_key=?",
+                    (checkpoint_sha, key),
+                ).fetchone()
+                if done:
+                    return "done"
+                if lease and lease[0] != owner and lease[1] > now:
+                    return "busy"
+                db.execute(
+                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)",
+                    (checkpoint_sha, key, owner, now + ttl),
+                )
+                return "taken"
+            finally:
+                db.execute("COMMIT")
 
-_COLUMNS = "checkpoint_sha, settings, checkpoint, epoch, summary, arrays, seconds, created"
+    def renew(self, checkpoint_sha: str, settings: dict[str, Any], owner: str, ttl: float) -> None:
+        """Extend ``owner``'s lease (a heartbeat while computing)."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE claims SET expires=? WHERE checkpoint_sha=? AND settings_key=? AND owner=?",
+                (time.time() + ttl, checkpoint_sha, settings_key(settings), owner),
+            )
+
+    def release(self, checkpoint_sha: str, settings: dict[str, Any], owner: str) -> None:
+        """Drop ``owner``'s lease (after a failure, so others may try)."""
+        with self._connect() as db:
+            db.execute(
+                "DELETE FROM claims WHERE checkpoint_sha=? AND settings_key=? AND owner=?",
+                (checkpoint_sha, settings_key(settings), owner),
+            )
+
+    def claims(self) -> list[tuple[str, str, str, float]]:
+        """All leases: ``(checkpoint_sha, settings_key, owner, expires)``."""
+        with self._connect() as db:
+            return [tuple(r) for r in db.execute("SELECT * FROM claims").fetchall()]
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise StoreError(f"{self.path} was opened read-only (for viewing).")
+
+
+_COLUMNS = "checkpoint_sha, settings, checkpoint, epoch, summary, seconds, created, arrays"
+_LIGHT_COLUMNS = "checkpoint_sha, settings, checkpoint, epoch, summary, seconds, created"
 
 
 class _Closing:
-    """``with`` closes the connection (sqlite3's own context manager only commits)."""
+    """``with`` closes the connection (sqlite3's own context manager only commits) and turns
+    SQLite failures (a corrupt or foreign file) into :class:`StoreError`."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self.db, self.path = db, path
 
     def __enter__(self) -> sqlite3.Connection:
         return self.db
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, err, tb) -> bool:
         self.db.close()
+        if isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.IntegrityError):
+            raise StoreError(f"{self.path}: the store cannot be read ({err}).") from None
+        return False
+
+
+def _readonly_uri(path: Path) -> str:
+    """``mode=ro``; ``immutable=1`` too when the folder cannot be written (no -shm file can
+    be made there, so SQLite could not even read a WAL database otherwise)."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    return uri + "&immutable=1" if not os.access(path.parent, os.W_OK) else uri
+
+
+def _epoch(value: Any) -> float | None:
+    """An epoch SQLite can store (a finite number below 1e15), else None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value if ok and np.isfinite(value) and abs(value) < 1e15 else None
 
 
 def _pack(arrays: dict[str, np.ndarray]) -> bytes:
@@ -169,20 +348,59 @@ def _pack(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def _unpack(blob: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+def unpack_arrays(blob: bytes, max_items: int) -> dict[str, np.ndarray]:
+    """The arrays of a blob, each member's declared size checked before inflating.
+
+    Args:
+        blob: an npz archive.
+        max_items: the most float64 entries one array may hold (from S: ``S * S``).
+
+    Raises:
+        StoreError: not an npz, too many members, or a member larger than allowed.
+    """
+    limit = 8 * max_items + 4096
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            infos = z.infolist()
+            if len(infos) > MAX_ARRAY_ITEMS:
+                raise StoreError(f"a stored record holds {len(infos)} arrays; refusing it")
+            big = [i.filename for i in infos if i.file_size > limit]
+            if big:
+                raise StoreError(
+                    f"a stored record declares arrays larger than S = {int(max_items**0.5)} "
+                    f"groups can need ({', '.join(big[:3])}); refusing to inflate it"
+                )
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        if isinstance(err, StoreError):
+            raise
+        raise StoreError(f"a stored record's arrays cannot be read ({err})") from None
 
 
-def _record(row, arrays: bool = True) -> Record:
-    sha, settings, name, epoch, summary, blob, seconds, created = row
+def _summary(text: Any, what: str) -> Any:
+    if not isinstance(text, str) or len(text) > MAX_SUMMARY_BYTES:
+        raise StoreError(f"a stored record's {what} is missing or too large")
+    try:
+        return loads_bounded(text, f"a stored record's {what}")
+    except UnsafeFileError as err:
+        raise StoreError(str(err)) from None
+
+
+def _record(row) -> Record:
+    sha, settings, name, epoch, summary, seconds, created, blob = row
+    summary = _summary(summary, "summary")
+    if not isinstance(summary, dict):
+        raise StoreError("a stored record's summary is not an object")
+    labels = summary.get("labels") if isinstance(summary.get("labels"), list) else []
+    S = max(len(labels), 1)
     return Record(
-        sha,
-        json.loads(settings),
-        name,
+        str(sha),
+        _summary(settings, "settings"),
+        str(name),
         epoch,
-        json.loads(summary),
-        _unpack(blob) if arrays else {},
-        seconds,
-        created,
+        summary,
+        unpack_arrays(blob, S * S) if blob is not None else {},
+        float(seconds or 0.0),
+        float(created or 0.0),
     )

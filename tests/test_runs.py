@@ -42,13 +42,14 @@ def test_find_runs_in_roots_and_subfolders(tmp_path, monkeypatch):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "run.json").write_text("{not json")
-    assert load_run(broken).manifest == {} and load_run(broken).name == "broken"
+    assert load_run(broken).manifest.raw == {} and load_run(broken).name == "broken"
+    assert "run.json unreadable" in load_run(broken).warnings[0]
     assert load_run(broken).records() == [] and load_run(broken).settings() == []
 
 
 def test_optimizer_log_rates_and_losses(tmp_path):
     run = fake_run(tmp_path / "pn")
-    assert optimizer_log(load_run(run)) is None
+    assert optimizer_log(load_run(run)) == (None, [])
     entries = [
         {"step": 0, "loss": 2.0, "lr": [0.5, 0.5]},
         {"step": 0, "recomputed": True, "warmup": True},
@@ -57,9 +58,10 @@ def test_optimizer_log_rates_and_losses(tmp_path):
         {"step": 2, "loss": 3.0, "lr": [0.25, 0.25]},
     ]
     (run / "optimizer_log.json").write_text(json.dumps({"labels": ["w", "b"], "entries": entries}))
-    log = optimizer_log(load_run(run))
-    steps, rates = rates_over_steps(log)
-    assert steps == [1] and rates == {"w": [0.5], "b": [0.0]}
+    log, warnings = optimizer_log(load_run(run))
+    assert warnings == []
+    steps, labels, rates = rates_over_steps(log)
+    assert steps == [1] and labels == ["w", "b"] and rates == [[0.5], [0.0]]
     assert loss_over_steps(log, window=2) == ([0, 1, 2], [2.0, 1.5, 2.0])
 
 
