@@ -8,39 +8,61 @@ The public API::
     D3 = hl.summary_tensor(model, loss_fn, data, order=3)
     eta, info = hl.partition_newton_step(model, loss_fn, data)
     opt = hl.optim.PartitionNewton(model.parameters(), lr=0.3)
-    model, meta = hl.load_checkpoint(path)
+    model = hl.build_model("torchvision:resnet18", num_classes=10)
+    model, meta = hl.load_checkpoint(path)              # .pt / .pth / .safetensors / .pt2
+    with hl.Recorder("runs/exp", model, loss_fn, batches) as rec: rec.log(0)
+
+Names are imported on first use, so ``import hessian_lens.runs`` (the dashboard's run
+browser) does not pay for importing torch.
 """
 
-from hessian_lens import optim
-from hessian_lens.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from hessian_lens.optim import PartitionNewton, partition_newton_step
-from hessian_lens.partition import Group, Partition, PartitionError
-from hessian_lens.summary import (
-    MemoryGuardError,
-    PseudoHessian,
-    pseudo_gradient,
-    pseudo_hessian,
-    summary_tensor,
-    taylor_terms,
-)
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-__all__ = [
-    "CheckpointError",
-    "Group",
-    "MemoryGuardError",
-    "Partition",
-    "PartitionError",
-    "PartitionNewton",
-    "PseudoHessian",
-    "__version__",
-    "load_checkpoint",
-    "optim",
-    "partition_newton_step",
-    "pseudo_gradient",
-    "pseudo_hessian",
-    "save_checkpoint",
-    "summary_tensor",
-    "taylor_terms",
-]
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    "CheckpointError": "hessian_lens.checkpoint",
+    "load_checkpoint": "hessian_lens.checkpoint",
+    "save_checkpoint": "hessian_lens.checkpoint",
+    "PartitionNewton": "hessian_lens.optim",
+    "partition_newton_step": "hessian_lens.optim",
+    "Group": "hessian_lens.partition",
+    "Partition": "hessian_lens.partition",
+    "PartitionError": "hessian_lens.partition",
+    "MemoryGuardError": "hessian_lens.summary",
+    "PseudoHessian": "hessian_lens.summary",
+    "pseudo_gradient": "hessian_lens.summary",
+    "pseudo_hessian": "hessian_lens.summary",
+    "summary_tensor": "hessian_lens.summary",
+    "taylor_terms": "hessian_lens.summary",
+    "ArchitectureError": "hessian_lens.registry",
+    "build_model": "hessian_lens.registry",
+    "register_model": "hessian_lens.registry",
+    "load_model_files": "hessian_lens.registry",
+    "Recorder": "hessian_lens.recorder",
+    "TaylorView": "hessian_lens.taylor",
+    "taylor_view": "hessian_lens.taylor",
+    "get_loss": "hessian_lens.losses",
+}
+_MODULES = ("optim", "linalg", "plots", "data", "taylor", "paper", "distributed")
+
+__all__ = [*sorted(_EXPORTS), "__version__", "optim"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or submodule) on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"hessian_lens.{name}")
+    else:
+        raise AttributeError(f"module 'hessian_lens' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS) | set(_MODULES))

@@ -96,7 +96,8 @@ def analyze_model(
     Returns:
         ``(summary, arrays)``: JSON-able scalars and labels; float64 numpy arrays ``H``,
         ``g``, ``Hinv``, ``H_norm``, ``Hinv_norm``, ``eigenvalues``, ``eta_full``,
-        ``eta_bd_<blocks>`` (and ``d3`` with ``order3``).
+        ``eta_bd_<blocks>``, ``Hinv_bd_<blocks>`` (blockdiag(H̄)⁻¹ for each block choice)
+        (and ``d3`` with ``order3``).
     """
     part = Partition.from_name(model, settings.partition)
     tick = _batch_progress(progress) if progress is not None else False
@@ -120,7 +121,7 @@ def analyze_model(
         method=res.method,
         device=str(device or "cpu"),
     )
-    return summary, {k: _np(v) for k, v in arrays.items()}
+    return summary, {k: as_numpy(v) for k, v in arrays.items()}
 
 
 def derived(H: torch.Tensor, g: torch.Tensor, part: Partition) -> tuple[dict, dict]:
@@ -144,8 +145,9 @@ def derived(H: torch.Tensor, g: torch.Tensor, part: Partition) -> tuple[dict, di
     for by in BLOCKS:
         m = linalg.compare_block_diagonal(H, g, part.blocks(by))
         arrays[f"eta_bd_{by}"] = m.pop("eta_bd")
+        arrays[f"Hinv_bd_{by}"] = m.pop("inv_bd")
         arrays["eta_full"] = m.pop("eta_full")
-        m.pop("inv_full"), m.pop("inv_bd")
+        m.pop("inv_full")
         compare[by] = m
     summary = {
         "labels": part.labels,
@@ -312,5 +314,5 @@ def _bar(progress, total: int):
     return tqdm(total=total, desc="checkpoints", unit="ckpt")
 
 
-def _np(t) -> np.ndarray:
+def as_numpy(t) -> np.ndarray:
     return t.detach().double().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)

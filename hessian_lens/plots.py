@@ -192,22 +192,28 @@ def panel_row(
     colorbar: str = "",
     height: int = 380,
     shared: bool = False,
+    title: str = "",
 ) -> go.Figure:
     """Panels in one figure, one row: a symmetric colour scale per panel, or one shared.
+
+    Each colour bar lies flat under its own panel (never over a neighbour's tick labels);
+    a shared scale has one bar under the whole row.
 
     Args:
         zmax: limits: None (each panel's own max |z|, or the max over all when shared),
             one number for every panel, or one per panel (None entries: their own).
         shared: one colour scale (and colour bar) for all panels.
+        title: a title above the row (the panels keep their own).
     """
     from plotly.subplots import make_subplots
 
     limits = _row_limits(panels, zmax, shared)
+    longest = max((len(label) for p in panels for label in _ticks(p.rows)[1]), default=4)
     fig = make_subplots(
         rows=1,
         cols=len(panels),
         subplot_titles=[p.title for p in panels],
-        horizontal_spacing=0.06 if shared else 0.1,
+        horizontal_spacing=min(0.2, 0.03 + 0.0075 * longest) if len(panels) > 1 else 0.0,
     )
     for i, (p, limit) in enumerate(zip(panels, limits, strict=True), start=1):
         axis = "coloraxis" if shared or i == 1 else f"coloraxis{i}"
@@ -217,14 +223,47 @@ def panel_row(
         _label_axes(fig, p, row=1, col=i)
         if shared and i > 1:
             continue
-        bar = dict(title=colorbar, thickness=12, len=0.9)
-        if not shared:
-            bar["x"] = fig.layout[f"xaxis{i if i > 1 else ''}"].domain[1] + 0.005
+        domain = fig.layout[f"xaxis{i if i > 1 else ''}"].domain
+        if shared:
+            domain = (
+                fig.layout.xaxis.domain[0],
+                fig.layout[f"xaxis{len(panels) if len(panels) > 1 else ''}"].domain[1],
+            )
         fig.layout[axis] = dict(
-            colorscale=COLORSCALE, cmin=-limit, cmax=limit, cmid=0, colorbar=bar
+            colorscale=COLORSCALE,
+            cmin=-limit,
+            cmax=limit,
+            cmid=0,
+            colorbar=_flat_bar(domain, colorbar),
         )
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white")
+    top = 70 if title else 40
+    fig.update_layout(
+        height=height + COLORBAR_ROOM,
+        margin=dict(l=10, r=10, t=top, b=COLORBAR_ROOM),
+        plot_bgcolor="white",
+        title=dict(text=title, x=0.0, font=dict(size=14)) if title else None,
+    )
     return fig
+
+
+COLORBAR_ROOM = 70  # pixels under a row of heatmaps for the flat colour bars
+
+
+def _flat_bar(domain: Sequence[float], title: str) -> dict:
+    """A horizontal colour bar under the x-domain ``domain`` of a subplot."""
+    width = domain[1] - domain[0]
+    return dict(
+        title=dict(text=title, side="right"),
+        orientation="h",
+        x=(domain[0] + domain[1]) / 2,
+        xanchor="center",
+        len=0.9 * width,
+        lenmode="fraction",
+        y=0,
+        yref="container",
+        yanchor="bottom",
+        thickness=10,
+    )
 
 
 def side_by_side(
@@ -257,7 +296,7 @@ def curves(history: Sequence[Mapping], height: int = 260) -> go.Figure:
         ("train_acc", "train accuracy", None, True),
         ("test_acc", "test accuracy", "dot", True),
     ):
-        values = [h.get(key) for h in history]
+        values = [h.get(key) if _finite(h.get(key)) else None for h in history]
         if any(v is not None for v in values):
             fig.add_trace(
                 go.Scatter(
@@ -332,26 +371,72 @@ def lines(
     return fig
 
 
+def to_csv(M: np.ndarray, labels: Sequence[str]) -> str:
+    """A labelled matrix as CSV (first row and column: group labels).
+
+    Example:
+        >>> print(to_csv(np.eye(2), ["a", "b"]), end="")
+        ,a,b
+        a,1,0
+        b,0,1
+    """
+    lines = ["," + ",".join(labels)]
+    lines += [
+        f"{lab}," + ",".join(f"{v:.10g}" for v in row)
+        for lab, row in zip(labels, np.asarray(M), strict=True)
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def export_config(filename: str) -> dict:
     """Plotly chart config: the camera button exports an SVG named ``filename``."""
     return {"toImageButtonOptions": {"format": "svg", "filename": filename}, "displaylogo": False}
 
 
+MAX_TICKS = 40  # more rows than this: ticks at module boundaries only
+
+
+def _ticks(labels: Sequence[str], max_ticks: int = MAX_TICKS) -> tuple[list[int], list[str]]:
+    """Tick positions and texts that do not collide.
+
+    Up to ``max_ticks`` labels: every one. More (deep networks, S up to a few hundred): one
+    tick where the top-level module changes (``layer1``, ``layer2``, ...), the prefix as
+    text, thinned evenly if still too many; hovering still names every cell.
+
+    Example:
+        >>> _ticks(["a.w", "a.b", "b.w"], max_ticks=2)
+        ([0, 2], ['a', 'b'])
+    """
+    labels = list(labels)
+    if len(labels) <= max_ticks:
+        return list(range(len(labels))), labels
+    heads = [label.split(".")[0] for label in labels]
+    starts = [i for i, h in enumerate(heads) if i == 0 or h != heads[i - 1]]
+    if len(starts) > max_ticks:
+        step = -(-len(starts) // max_ticks)
+        starts = starts[::step]
+    return starts, [heads[i] for i in starts]
+
+
 def _label_axes(fig: go.Figure, panel: Panel, **where) -> None:
     """Group labels as ticks (positions are integers: labels may repeat across blocks)."""
+    cols, rows = _ticks(panel.cols), _ticks(panel.rows)
+    size = 11 if max(len(panel.cols), len(panel.rows)) <= 20 else 9
     fig.update_xaxes(
         tickmode="array",
-        tickvals=list(range(len(panel.cols))),
-        ticktext=panel.cols,
+        tickvals=cols[0],
+        ticktext=cols[1],
         tickangle=-45,
+        tickfont=dict(size=size),
         showgrid=False,
         zeroline=False,
         **where,
     )
     fig.update_yaxes(
         tickmode="array",
-        tickvals=list(range(len(panel.rows))),
-        ticktext=panel.rows,
+        tickvals=rows[0],
+        ticktext=rows[1],
+        tickfont=dict(size=size),
         autorange="reversed",
         showgrid=False,
         zeroline=False,
@@ -375,10 +460,110 @@ def _trace(panel: Panel, zmax: float, colorbar: str) -> go.Heatmap:
         zmax=zmax,
         zmid=0,
         colorbar=dict(title=colorbar),
-        xgap=1,
-        ygap=1,
+        xgap=1 if n_cols <= MAX_TICKS else 0,
+        ygap=1 if n_rows <= MAX_TICKS else 0,
         hovertemplate="%{text}<br>shown: %{z:.4g}<br>value: %{customdata[0]:.6g}<extra></extra>",
     )
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def rates_heatmap(
+    steps: Sequence[int], labels: Sequence[str], rates: Sequence[Sequence[float | None]]
+) -> go.Figure:
+    """Per-group learning rates as a group x step heatmap on a log10 colour scale.
+
+    Rates clipped to 0 (negative raw rates) and missing ones are blank cells, marked with
+    a cross, so a drop to zero never looks like a small rate.
+    """
+    z = np.full((len(labels), len(steps)), np.nan)
+    clipped_x, clipped_y = [], []
+    for s, row in enumerate(rates):
+        for i, value in enumerate(row):
+            if value is not None and value > 0:
+                z[s, i] = np.log10(value)
+            else:
+                clipped_x.append(steps[i])
+                clipped_y.append(s)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(steps),
+            y=list(range(len(labels))),
+            text=[[labels[s]] * len(steps) for s in range(len(labels))],
+            colorscale="Viridis",
+            colorbar=dict(title="log10(lr·η)"),
+            hovertemplate="%{text}<br>step %{x}<br>log10 rate %{z:.3f}<extra></extra>",
+        )
+    )
+    if clipped_x:
+        fig.add_trace(
+            go.Scatter(
+                x=clipped_x,
+                y=clipped_y,
+                mode="markers",
+                marker=dict(symbol="x-thin", size=6, line=dict(width=1, color="#b2182b")),
+                name="clipped to 0",
+                hovertemplate="step %{x}: rate clipped to 0<extra></extra>",
+            )
+        )
+    ticks = _ticks(labels)
+    fig.update_yaxes(tickmode="array", tickvals=ticks[0], ticktext=ticks[1], autorange="reversed")
+    fig.update_layout(
+        title="per-group learning rates lr·η_s at each recomputation (× = clipped to 0)",
+        height=max(320, 22 * len(labels) + 120),
+        margin=dict(l=10, r=10, t=40, b=10),
+        xaxis_title="step",
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return fig
+
+
+def taylor_figure(
+    t: Sequence[float], loss: Sequence[float], polynomials, title: str = ""
+) -> go.Figure:
+    """The true loss along a step against its Taylor polynomials of orders 1..k.
+
+    The y range follows the true loss (with margin), so a polynomial that runs off does
+    not flatten the curve that matters.
+    """
+    fig = go.Figure(
+        go.Scatter(
+            x=list(t),
+            y=list(loss),
+            name="true loss L(θ + t·v)",
+            mode="lines+markers",
+            line=dict(color="black", width=3),
+        )
+    )
+    dashes = ["dot", "dash", "dashdot", "longdash", "solid"]
+    for k, values in enumerate(polynomials, start=1):
+        fig.add_trace(
+            go.Scatter(
+                x=list(t),
+                y=list(values),
+                name=f"Taylor order {k}",
+                mode="lines",
+                line=dict(dash=dashes[(k - 1) % len(dashes)]),
+            )
+        )
+    finite = [v for v in loss if np.isfinite(v)]
+    if finite:
+        lo, hi = min(finite), max(finite)
+        pad = max(0.25 * (hi - lo), 0.05 * abs(hi), 1e-3)
+        fig.update_yaxes(range=[lo - pad, hi + pad])
+    fig.update_layout(
+        title=title or "loss along the step (t = 1: the step taken)",
+        height=420,
+        margin=dict(l=10, r=10, t=40, b=10),
+        xaxis_title="t",
+        yaxis_title="loss",
+        legend=dict(orientation="h", y=-0.25),
+    )
+    fig.add_vline(x=1.0, line=dict(color="#999", dash="dot"))
+    return fig
 
 
 def _tensor(M: np.ndarray):

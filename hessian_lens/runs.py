@@ -155,7 +155,9 @@ def rates_over_steps(log: dict[str, Any]) -> tuple[list[int], list[str], list[li
 LOSS_WINDOW = 50
 
 
-def loss_over_steps(log: dict[str, Any], window: int = LOSS_WINDOW) -> tuple[list[int], list[float]]:
+def loss_over_steps(
+    log: dict[str, Any], window: int = LOSS_WINDOW
+) -> tuple[list[int], list[float]]:
     """Training loss per step, averaged over a trailing window of ``window`` steps."""
     points = [(e["step"], e["loss"]) for e in log["entries"] if _number(e.get("loss"))]
     steps, values, out = [], [], []

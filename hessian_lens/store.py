@@ -207,7 +207,9 @@ class ResultStore:
         )
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            cur = db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            cur = db.execute(
+                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+            )
             if owner is not None:
                 db.execute(
                     "DELETE FROM claims WHERE checkpoint_sha=? AND settings_key=? AND owner=?",

@@ -495,6 +495,83 @@ def _resume(sess: _Session) -> list[dict[str, Any]]:
     return [h for h in history if h["epoch"] <= epoch]
 
 
+def replay_first_update(
+    run: str | Path, data_source: str | None = None, updates: int = 1
+) -> dict[str, Any]:
+    """Replay a run from its initialisation until its optimizer first moves the weights.
+
+    With ``updates = k > 1`` the direction spans the first k updates (PartitionNewton
+    reuses one set of rates for ``period`` steps: ``k = period`` shows what they did).
+
+    The run's settings (``run.json``), data order and curvature loader are reproduced
+    exactly; PartitionNewton makes no update during its warm-up, so the first update
+    starts from ``epoch_0000``. What the Taylor view needs to explain that step.
+
+    Returns:
+        ``{"model"`` (at the weights before the update), ``"direction"`` (the update
+        ``v = theta_after - theta_before`` per parameter, named), ``"step"`` (its index),
+        ``"eta"`` (PartitionNewton's rates, else None), ``"lr"``, ``"batch"`` (the
+        training minibatch of that step)``}``.
+    """
+    manifest = runfolder.read_manifest(run).raw
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    stored = {k: v for k, v in (manifest.get("config") or {}).items() if k in fields}
+    if not stored:
+        raise ValueError(f"{run}: run.json has no training config to replay")
+    config = TrainConfig(**{**stored, "out": str(run), "device": "cpu"})
+    if data_source:
+        config.data_source = data_source
+    sess = _session(config, progress=False, command=None)
+    from hessian_lens.checkpoint import load_checkpoint
+
+    start, _ = load_checkpoint(Path(run) / runfolder.checkpoint_name(0), max_bytes=None)
+    sess.model.load_state_dict(start.state_dict())
+    sess.loader.set_epoch(1)
+    return _first_moving_steps(sess, updates)
+
+
+def _first_moving_steps(sess: _Session, updates: int) -> dict[str, Any]:
+    loss_fn = get_loss(sess.config.loss)
+    model, optimizer = sess.model, sess.optimizer
+    newton = type(optimizer).__name__ == "PartitionNewton"
+    named = dict(model.named_parameters())
+    before, first, batch = None, None, None
+    for step, (x, y) in enumerate(sess.loader):
+        if first is None:
+            before = {k: p.detach().clone() for k, p in named.items()}
+
+        def closure(x=x, y=y):
+            if not newton:
+                optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            if not newton:
+                loss.backward()
+            return loss
+
+        if newton:
+            optimizer.step(closure, _curvature_closure(sess, loss_fn))
+        else:
+            optimizer.step(closure)
+        moved = {k: p.detach() - before[k] for k, p in named.items()}
+        if first is None and any(bool(v.abs().max() > 0) for v in moved.values()):
+            first, batch = step, (x, y)
+            eta = getattr(optimizer, "eta", None)
+        if first is not None and step - first + 1 >= updates:
+            with torch.no_grad():
+                for k, p in named.items():
+                    p.copy_(before[k])
+            return {
+                "model": model.eval(),
+                "direction": moved,
+                "step": first,
+                "updates": updates,
+                "eta": eta.tolist() if eta is not None else None,
+                "lr": optimizer.param_groups[0]["lr"],
+                "batch": batch,
+            }
+    raise ValueError("the optimizer did not make that many updates during the first epoch")
+
+
 def _bar(
     progress: bool, total: int, initial: int, leave: bool = True, desc: str = "epochs", it=None
 ):

@@ -2,19 +2,20 @@
 
 import streamlit as st
 
-from hessian_lens import ui
+from hessian_lens.ui import common, reads
+from hessian_lens.ui.interactions import render_interactions
 
-ui.page("Layer interactions", "🟥")
+common.page("Layer interactions", "🟥")
 st.title("Layer interactions")
 st.caption(
     "H̄[s, s'] = (U^s)ᵀ H U^s' with u = the gradient: how a step on tensor s changes "
     "the slope along tensor s'. White ≈ 0, red > 0, blue < 0; limits ±max|value|."
 )
 
-with ui.guard():
-    run = ui.select_run(ui.all_runs())
-    settings = ui.select_settings(run) if run is not None else None
+with common.guard():
+    run = common.select_run(common.all_runs())
+    settings = common.select_settings(run) if run is not None else None
     if settings is not None:
-        recs = ui.records(run, settings)
+        recs = reads.records(run, settings)
         st.markdown(f"**{run.name}** · {len(recs)} analysed checkpoints")
-        ui.render_interactions(recs, key="interactions")
+        render_interactions(recs, key="interactions")

@@ -2,9 +2,10 @@
 
 import streamlit as st
 
-from hessian_lens import ui
+from hessian_lens.ui import common, reads
+from hessian_lens.ui.blockdiag import render_block_diagonal
 
-ui.page("Block-diagonal vs full", "🧱")
+common.page("Block-diagonal vs full", "🧱")
 st.title("Block-diagonal vs full inverse")
 st.caption(
     "K-FAC-like methods keep only diagonal blocks of the curvature. Here: how far "
@@ -12,8 +13,8 @@ st.caption(
     "η = H̄⁻¹ḡ they give are."
 )
 
-with ui.guard():
-    run = ui.select_run(ui.all_runs())
-    settings = ui.select_settings(run) if run is not None else None
+with common.guard():
+    run = common.select_run(common.all_runs())
+    settings = common.select_settings(run) if run is not None else None
     if settings is not None:
-        ui.render_block_diagonal(ui.records(run, settings), key="blockdiag")
+        render_block_diagonal(reads.records(run, settings), key="blockdiag")

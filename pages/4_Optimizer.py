@@ -1,15 +1,16 @@
-"""PartitionNewton runs: per-group learning rates over steps, loss curves side by side."""
+"""PartitionNewton runs: per-group learning rates, loss curves side by side, Taylor view."""
 
 import streamlit as st
 
-from hessian_lens import ui
+from hessian_lens.ui import common
+from hessian_lens.ui.optimizer import render_optimizer
 
-ui.page("Optimizer", "🧭")
+common.page("Optimizer", "🧭")
 st.title("Optimizer: one learning rate per tensor")
 st.caption(
     "PartitionNewton sets η = H̄⁻¹ḡ (cubic-regularised with the order-3 summary) every "
     "few steps: one rate per weight or bias tensor. Compare its runs with SGD and Adam."
 )
 
-with ui.guard():
-    ui.render_optimizer(ui.all_runs())
+with common.guard():
+    render_optimizer(common.all_runs())

@@ -85,8 +85,8 @@ def test_interactions_page_shows_the_stored_blocks(env):
 def test_slider_changes_the_epoch_shown(env):
     run, _ = env
     at = page("pages/1_Layer_interactions.py", run)
-    assert at.select_slider(key="interactions-epoch").value == 2
-    at.select_slider(key="interactions-epoch").set_value(0).run()
+    assert at.select_slider(key="interactions-epoch").value == "2"
+    at.select_slider(key="interactions-epoch").set_value("0").run()
     no_errors(at)
     first = stored(run)[0]
     block = plots.interaction_blocks(

@@ -1,0 +1,130 @@
+"""Page setup, the error guard and the pickers every page shares."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from hessian_lens import settings as env
+from hessian_lens.runs import Run, describe_settings, run_roots
+from hessian_lens.ui import reads
+
+REPO_RUNS = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+def page(title: str, icon: str = "🔭") -> None:
+    """Page configuration, the sidebar title, and a stop with a message on bad settings."""
+    st.set_page_config(page_title=f"{title} · Hessian Lens", page_icon=icon, layout="wide")
+    st.sidebar.markdown("### Hessian Lens")
+    try:
+        env.check_all()
+    except env.SettingsError as err:
+        st.error(f"Settings: {err}")
+        st.stop()
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Show failures as ``st.error`` with what to do, never a traceback.
+
+    Every error of the package is a ValueError (CheckpointError, DataError, PartitionError,
+    StoreError, ...), an OSError (DataNotFoundError, ...) or a MemoryError (MemoryGuardError).
+    """
+    try:
+        yield
+    except (ValueError, OSError, MemoryError) as err:
+        st.error(str(err))
+    except Exception as err:
+        if type(err).__name__ in ("StopException", "RerunException"):  # Streamlit control flow
+            raise
+        st.error(
+            f"Unexpected error ({type(err).__name__}: {str(err)[:300]}). The page could not "
+            "be drawn; please report it with the steps that led here."
+        )
+
+
+def default_root() -> Path:
+    """``checkpoints/`` beside the app (the repository), else in the working directory."""
+    return REPO_RUNS if REPO_RUNS.is_dir() else Path.cwd() / "checkpoints"
+
+
+def all_runs() -> list[Run]:
+    """Runs under ``checkpoints/``, ``$HESSIAN_LENS_RUNS`` and the sidebar's extra folders."""
+    extra = st.sidebar.text_input(
+        "More run folders",
+        key="extra_roots_input",
+        value=st.session_state.get("extra_roots", ""),
+        help="Folders holding runs (or runs themselves), separated by commas. "
+        "$HESSIAN_LENS_RUNS adds more.",
+    )
+    st.session_state["extra_roots"] = extra
+    return reads.runs(tuple(str(r) for r in run_roots(default_root(), extra)))
+
+
+def select_run(runs: Sequence[Run]) -> Run | None:
+    """Sidebar run picker; the choice is kept across pages."""
+    if not runs:
+        st.info(
+            "No runs found. Train one with `python -m hessian_lens train ... --out "
+            "checkpoints/<run>` and analyse it with `python -m hessian_lens analyze "
+            "checkpoints/<run>`, record one from your own loop with `hl.Recorder`, or add a "
+            "folder in the sidebar."
+        )
+        return None
+    paths = [str(r.path) for r in runs]
+    wanted = st.session_state.get("run_path")
+    index = (
+        paths.index(wanted)
+        if wanted in paths
+        else next((i for i, r in enumerate(runs) if r.store_path.exists()), 0)
+    )
+    choice = st.sidebar.selectbox(
+        "Run", paths, index=index, key="run_select", format_func=lambda p: Path(p).name
+    )
+    st.session_state["run_path"] = choice
+    return runs[paths.index(choice)]
+
+
+def select_settings(run: Run) -> dict[str, Any] | None:
+    """Sidebar picker among the analyses stored for a run."""
+    options = run.settings()
+    if not options:
+        st.warning(
+            f"Run **{run.name}** has no analysis yet: `python -m hessian_lens analyze "
+            f"{run.path}` computes one (a progress bar shows how long)."
+        )
+        return None
+    labels = [describe_settings(s) for s in options]
+    pick = st.sidebar.selectbox(
+        "Analysis", range(len(options)), key="settings_select", format_func=lambda i: labels[i]
+    )
+    return options[pick]
+
+
+def fmt_epoch(epoch: float | None) -> str:
+    """``3`` for whole epochs, ``0.25`` for fractions, ``?`` when unknown.
+
+    Example:
+        >>> fmt_epoch(3.0), fmt_epoch(0.25), fmt_epoch(None)
+        ('3', '0.25', '?')
+    """
+    if epoch is None:
+        return "?"
+    return str(int(epoch)) if float(epoch).is_integer() else f"{epoch:g}"
+
+
+def select_epoch(recs: Sequence[dict], key: str, label: str = "Epoch") -> dict:
+    """An epoch slider over analysed checkpoints (hidden for a single one)."""
+    if len(recs) == 1:
+        return recs[0]
+    names = [fmt_epoch(r["epoch"]) if r["epoch"] is not None else r["checkpoint"] for r in recs]
+    names = [
+        n if names.count(n) == 1 else f"{n} ({r['checkpoint']})"
+        for n, r in zip(names, recs, strict=True)
+    ]
+    name = st.select_slider(label, options=names, value=names[-1], key=key)
+    return recs[names.index(name)]

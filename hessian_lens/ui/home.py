@@ -1,0 +1,83 @@
+"""The home page's run cards: one per run, each failing alone, filtered and paged."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import streamlit as st
+
+from hessian_lens import plots
+from hessian_lens.runs import Run, describe_settings
+from hessian_lens.ui.common import fmt_epoch
+
+PAGE_SIZE = 10
+
+
+def render_cards(runs: Sequence[Run], selected: Run | None, key: str = "home") -> None:
+    """A filter box, then the cards of one page of runs (10 a page)."""
+    shown = list(runs)
+    if len(runs) > PAGE_SIZE:
+        c1, c2 = st.columns([3, 1])
+        text = c1.text_input("Filter runs", "", key=f"{key}-filter", placeholder="name or folder")
+        shown = [r for r in runs if text.lower() in f"{r.name} {r.path}".lower()]
+        pages = max(1, -(-len(shown) // PAGE_SIZE))
+        page = c2.number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}-page")
+        st.caption(f"{len(shown)} of {len(runs)} runs")
+        shown = shown[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    for run in shown:
+        card(run, selected is not None and run.path == selected.path)
+
+
+def card(run: Run, selected: bool) -> None:
+    """One run's card; anything unreadable in it becomes a warning on this card only."""
+    with st.container(border=True):
+        left, right = st.columns([1, 2])
+        left.subheader(("▶ " if selected else "") + run.name)
+        for warning in run.warnings:
+            left.warning(warning)
+        try:
+            _card_body(run, left, right)
+        except (ValueError, OSError, TypeError, KeyError) as err:
+            left.warning(f"Part of this run cannot be shown: {err}")
+
+
+def _card_body(run: Run, left, right) -> None:
+    m = run.manifest
+    model, data, opt = m.model, m.data, m.optimizer
+    train_size = data.get("train_size")
+    momentum = opt.get("momentum")
+    left.markdown(
+        f"**Architecture** `{model['name']}` {model['kwargs'] or ''}"
+        + (f" · init {m.raw['init']}" if isinstance(m.raw.get("init"), str) else "")
+        + f"  \n**Data** {data.get('name', '?')}"
+        + (f" · {train_size:,} training images" if isinstance(train_size, int) else "")
+        + f"  \n**Optimizer** {opt.get('name', '?')} (lr {opt.get('lr', '?')}"
+        + (f", momentum {momentum}" if momentum else "")
+        + f") · batch {m.raw.get('batch_size', '?')}  \n"
+        f"**Epochs** {fmt_epoch(max((h['epoch'] for h in run.history), default=0))} trained"
+        f" · {len(run.checkpoints)} checkpoints"
+    )
+    history = run.history
+    if history:
+        last = history[-1]
+        loss, acc = last.get("train_loss"), last.get("test_acc")
+        left.markdown(
+            "**Last epoch** "
+            + (f"train loss {loss:.3f}" if isinstance(loss, (int, float)) else "")
+            + (f" · test accuracy {acc:.1%}" if isinstance(acc, (int, float)) else "")
+        )
+        right.plotly_chart(plots.curves(history), key=f"curves-{run.path}")
+    _analysed(run, left)
+
+
+def _analysed(run: Run, left) -> None:
+    analysed = run.records(arrays=False)
+    if analysed:
+        epochs = [a.epoch for a in analysed if a.epoch is not None]
+        span = f" (epochs {fmt_epoch(min(epochs))}–{fmt_epoch(max(epochs))})" if epochs else ""
+        left.markdown(
+            f"**Analysed** {len(analysed)} checkpoints{span}: "
+            f"{describe_settings(run.settings()[0])}"
+        )
+    else:
+        left.info(f"Not analysed yet: `python -m hessian_lens analyze {run.path}`")

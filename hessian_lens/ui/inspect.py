@@ -1,0 +1,195 @@
+"""The Inspect page: upload a checkpoint, pick its architecture when it does not say,
+compute H̄ with a progress bar, browse the same views. Every bad file gets a message;
+refused uploads are deleted; the cache is bounded; nothing is created from the data field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from hessian_lens import settings as env
+from hessian_lens import uploads
+from hessian_lens.runs import Run
+from hessian_lens.ui.blockdiag import render_block_diagonal
+from hessian_lens.ui.interactions import render_interactions
+from hessian_lens.ui.reads import as_dict
+
+PARTITIONS = ("canonical", "by_layer", "by_module:1", "by_module:2", "by_kind")
+AUTO = "auto-detect"
+
+
+def render_inspect(runs: list[Run]) -> None:
+    """The whole page below its title."""
+    limit = env.upload_limit_bytes()
+    cache = env.cache_dir()
+    count, used = uploads.usage(cache)
+    upload = st.file_uploader(
+        "Checkpoint",
+        type=["pt", "pth", "safetensors", "pt2"],
+        help=f"Up to {limit / 2**20:,.0f} MB. Uploads are kept in {cache / uploads.UPLOADS} "
+        f"({count} files, {used / 2**20:,.1f} MB; the least recently used go beyond "
+        f"{env.cache_limit_bytes() / 2**20:,.0f} MB).",
+    )
+    if upload is None:
+        st.info(
+            "Upload a checkpoint: a run's `epoch_0021.pt`, a bare `state_dict` of a "
+            "torchvision model, or a `.pt2` from `torch.export.save` (no architecture needed)."
+        )
+        return
+    ins = _open(upload, limit, cache)
+    architecture, kwargs = architecture_picker(ins)
+    model, meta = ins.build(architecture, kwargs)
+    n_params = sum(p.numel() for p in model.parameters())
+    st.success(
+        f"**{upload.name}**: `{meta['model']['name']}` {meta['model'].get('kwargs') or ''}"
+        f" · {n_params:,} parameters"
+        + (f" · epoch {meta['epoch']}" if isinstance(meta.get("epoch"), (int, float)) else "")
+    )
+    _analysis(ins, runs, architecture, kwargs)
+
+
+def _open(upload, limit: int, cache: Path):
+    """Save the upload (bounded cache) and read it once per session; refused files go."""
+    from hessian_lens.checkpoint import CheckpointError
+    from hessian_lens.inspection import Inspection
+
+    data = upload.getvalue()
+    path, sha = uploads.save_upload(env.cache_dir(create=True), upload.name, data, limit)
+    uploads.evict(cache, env.cache_limit_bytes(), keep=path)
+    opened = st.session_state.setdefault("inspections", {})
+    key = (sha, upload.name)
+    if key not in opened:
+        try:
+            opened.clear()  # one file at a time in memory
+            opened[key] = Inspection.open(path, display_name=upload.name, max_bytes=limit)
+        except CheckpointError:
+            uploads.discard(path)
+            raise
+    return opened[key]
+
+
+def architecture_picker(ins) -> tuple[str | None, dict | None]:
+    """The architecture to build: the file's own, or one chosen from the registry."""
+    if ins.exported is not None:
+        st.caption("A torch.export program: its graph is the architecture.")
+        return None, None
+    declared = ins.declared
+    if declared is not None:
+        st.caption(
+            f"Architecture from the file: `{declared['name']}` {declared.get('kwargs') or ''}"
+        )
+        if not st.checkbox("Use another architecture", key="arch-override"):
+            return None, None
+    c1, c2 = st.columns([1, 2])
+    name = c1.selectbox(
+        "Architecture",
+        [AUTO, *_names()],
+        key="arch-name",
+        help="auto-detect matches the built-in default models; torchvision:<builder> infers "
+        "num_classes and other shapes from the weights",
+    )
+    text = c2.text_input(
+        "Arguments (JSON)",
+        "{}",
+        key="arch-kwargs",
+        help='e.g. {"activation": "relu"}, {"sizes": [3072, 512, 10]}, {"num_classes": 10}',
+    )
+    return (None, None) if name == AUTO else (name, _kwargs(text))
+
+
+@st.cache_data(show_spinner=False)
+def _names() -> list[str]:
+    from hessian_lens.registry import load_env_models, model_names
+
+    load_env_models()
+    return model_names()
+
+
+def _kwargs(text: str) -> dict[str, Any]:
+    try:
+        kwargs = json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"architecture arguments are not valid JSON ({err})") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError('architecture arguments must be a JSON object, e.g. {"width": 0.5}')
+    return kwargs
+
+
+def default_data_source(runs: list[Run]) -> str:
+    """``$HESSIAN_LENS_DATA``, else the data source of the first run that names one."""
+    if env.data_source():
+        return env.data_source()
+    return next(
+        (
+            str(r.manifest.data["source"])
+            for r in runs
+            if isinstance(r.manifest.data.get("source"), str)
+        ),
+        "",
+    )
+
+
+@st.cache_resource(show_spinner="Loading data…", max_entries=4)
+def analysis_data(spec: str, source: str, samples: int, seed: int, batch_size: int):
+    """The analysis subset and its fingerprint (loaded once per server; never downloads)."""
+    from hessian_lens.analyze import AnalysisSettings, analysis_batches
+
+    settings = AnalysisSettings(samples=samples, seed=seed, batch_size=batch_size)
+    return analysis_batches(source or None, settings, spec)
+
+
+def _analysis(ins, runs: list[Run], architecture, kwargs) -> None:
+    from hessian_lens.analyze import AnalysisSettings
+
+    c0, c1, c2, c3, c4 = st.columns([1.2, 2.4, 1, 1.2, 0.8])
+    spec = c0.text_input(
+        "Data set",
+        "cifar10",
+        key="data-spec",
+        help="cifar10, mnist, ..., imagefolder:DIR, npz:PATH, PATH.safetensors",
+    )
+    source = c1.text_input(
+        "Data source (npz file or torchvision folder)",
+        default_data_source(runs),
+        key="data-source",
+        help="Read only: nothing is created or downloaded from here.",
+    )
+    samples = c2.number_input("Samples", 10, 50000, 1000, step=500, key="samples")
+    partition = c3.selectbox("Partition", PARTITIONS, key="partition")
+    order3 = c4.checkbox("D³ diagonal", key="order3")
+    settings = AnalysisSettings(
+        samples=int(samples), partition=partition, order3=order3, batch_size=500
+    )
+    batches, fingerprint = analysis_data(
+        spec, source, settings.samples, settings.seed, settings.batch_size
+    )
+    store, note = uploads.inspect_store(env.cache_dir(create=True))
+    if note:
+        st.warning(note)
+    record = ins.stored(store, settings, fingerprint)
+    if record is None:
+        if not st.button("Compute H̄", type="primary", key="compute"):
+            return
+        bar = st.progress(0.0, text="starting")
+        record = ins.analyze(
+            store,
+            settings,
+            batches,
+            fingerprint,
+            architecture,
+            kwargs,
+            progress=lambda f, msg: bar.progress(min(f, 1.0), text=msg),
+        )
+        bar.progress(1.0, text=f"done in {record.seconds:.1f} s")
+    else:
+        st.caption(f"From the store (computed in {record.seconds:.1f} s).")
+    rec = as_dict(record)
+    tab1, tab2 = st.tabs(["Layer interactions", "Block-diagonal vs full"])
+    with tab1:
+        render_interactions([rec], key="inspect")
+    with tab2:
+        render_block_diagonal([rec], key="inspect-bd")

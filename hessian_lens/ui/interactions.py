@@ -1,0 +1,188 @@
+"""The layer-interactions view: H̄ and H̄⁻¹ as WW / BB / WB blocks or in full, across epochs."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import streamlit as st
+
+from hessian_lens import plots
+from hessian_lens.ui.common import fmt_epoch, select_epoch
+
+MATRICES = {"H": "H̄ (pseudo-Hessian)", "Hinv": "H̄⁻¹ (inverse)"}
+SCALE_HELP = (
+    "raw: the values; normalized: diag(|M|)^-½ M diag(|M|)^-½, invariant when a "
+    "layer is rescaled, comparable across layers and epochs; signed log: "
+    "sign · log10(1 + |M|/t), to see orders of magnitude"
+)
+FILTER_ABOVE = 24  # more groups than this: offer the module filter open
+
+
+def group_filter(summary: dict, key: str) -> list[int]:
+    """Indices of the groups to show: all, or those of chosen top-level modules / a regex."""
+    labels = summary["labels"]
+    heads = list(dict.fromkeys(label.split(".")[0] for label in labels))
+    with st.expander(f"Groups: {len(labels)}", expanded=len(labels) > FILTER_ABOVE):
+        c1, c2 = st.columns([2, 1])
+        chosen = c1.multiselect(
+            "Top-level modules",
+            heads,
+            default=heads,
+            key=f"{key}-modules",
+            help="Zoom on part of a deep network; hover still names every cell.",
+        )
+        pattern = c2.text_input("and labels matching (regex)", "", key=f"{key}-regex")
+    try:
+        rx = re.compile(pattern) if pattern else None
+    except re.error as err:
+        st.warning(f"Not a regular expression ({err}); showing every group of those modules.")
+        rx = None
+    keep = [
+        i
+        for i, label in enumerate(labels)
+        if label.split(".")[0] in chosen and (rx is None or rx.search(label))
+    ]
+    if len(keep) < len(labels):
+        st.caption(
+            f"Showing {len(keep)} of {len(labels)} groups; H̄⁻¹ is always the inverse of "
+            "the whole H̄, cut afterwards."
+        )
+    return keep
+
+
+def has_blocks(summary: dict, keep: Sequence[int]) -> bool:
+    """Whether the WW / BB / WB split applies: weights and biases in two layers at least."""
+    kinds = [summary["kinds"][i] for i in keep]
+    return kinds.count("weight") >= 2 and kinds.count("bias") >= 2
+
+
+def matrix_panels(rec: dict, name: str, scale: str, view: str, keep: Sequence[int]) -> list:
+    """Panels of matrix ``name`` ("H" or "Hinv") of a record in a view ("blocks"/"full")."""
+    summary, raw = rec["summary"], rec["arrays"][name]
+    shown = plots.transform(raw, scale)
+    idx = np.ix_(keep, keep)
+    labels = [summary["labels"][i] for i in keep]
+    if view == "blocks":
+        kinds = [summary["kinds"][i] for i in keep]
+        layers = [summary["layers"][i] for i in keep]
+        return list(plots.interaction_blocks(shown[idx], kinds, layers, raw[idx]).values())
+    return [plots.full_panel(shown[idx], labels, raw[idx], MATRICES[name])]
+
+
+def render_interactions(recs: Sequence[dict], key: str) -> None:
+    """Heatmaps of H̄ and H̄⁻¹ (WW / BB / WB or full), epoch slider, play, downloads."""
+    keep = group_filter(recs[-1]["summary"], key)
+    if not keep:
+        st.info("No group left to show: widen the filter.")
+        return
+    c1, c2, c3 = st.columns([1.2, 1.4, 1.4])
+    views = ["blocks", "full"] if has_blocks(recs[-1]["summary"], keep) else ["full"]
+    view = c1.radio(
+        "View",
+        views,
+        key=f"{key}-view",
+        format_func=lambda v: {"blocks": "WW · BB · WB blocks", "full": "full S × S"}[v],
+        horizontal=True,
+    )
+    scale = c2.radio("Scale", plots.SCALES, key=f"{key}-scale", horizontal=True, help=SCALE_HELP)
+    same = c3.toggle(
+        "Same colour range for all epochs",
+        key=f"{key}-same",
+        disabled=len(recs) < 2,
+        help="Limits = max |value| over every epoch, so change over time shows.",
+    )
+    rec = select_epoch(recs, key=f"{key}-epoch")
+    inverse_note(rec["summary"])
+    big = len(keep) > FILTER_ABOVE
+    for name in MATRICES:
+        st.markdown(f"**{MATRICES[name]}** — epoch {fmt_epoch(rec['epoch'])}")
+        panels = matrix_panels(rec, name, scale, view, keep)
+        limits = _limits(recs, name, scale, view, keep) if same else None
+        fig = plots.panel_row(
+            panels,
+            zmax=limits,
+            colorbar=scale if scale != "raw" else "",
+            height=380 if view == "blocks" else (760 if big else 520),
+        )
+        st.plotly_chart(
+            fig,
+            key=f"{key}-{name}",
+            config=plots.export_config(f"{name}_{view}_{fmt_epoch(rec['epoch'])}"),
+        )
+    if len(recs) > 1 and st.toggle("Animate across epochs", key=f"{key}-animate"):
+        _animation(recs, key, scale, view, keep)
+    _downloads(rec, scale, key)
+
+
+def inverse_note(summary: dict) -> None:
+    """What kind of inverse is shown (exact, regularised, saddle-free)."""
+    inv = summary["inverse"]
+    if inv["status"] == "indefinite":
+        st.caption(
+            f"H̄ is indefinite ({inv['n_negative']} negative eigenvalues of its "
+            "normalised form): H̄⁻¹ shown is the saddle-free inverse |H̄|⁻¹ "
+            f"(condition number {inv['condition']:.3g})."
+        )
+    elif inv["status"] == "singular":
+        st.caption(f"H̄ is singular ({inv['n_floored']} eigenvalues floored): H̄⁻¹ is regularised.")
+    else:
+        st.caption(
+            f"H̄ is positive definite (condition number {inv['condition']:.3g}): H̄⁻¹ is exact."
+        )
+
+
+def _limits(recs, name, scale, view, keep) -> list[float]:
+    per_epoch = [[p.z for p in matrix_panels(r, name, scale, view, keep)] for r in recs]
+    return [plots.symmetric_limit(*[zs[i] for zs in per_epoch]) for i in range(len(per_epoch[0]))]
+
+
+def _animation(recs, key, scale, view, keep) -> None:
+    c1, c2 = st.columns(2)
+    name = c1.selectbox(
+        "Matrix", list(MATRICES), format_func=MATRICES.get, key=f"{key}-anim-matrix"
+    )
+    titles = [p.title for p in matrix_panels(recs[0], name, scale, view, keep)]
+    which = c2.selectbox(
+        "Block", range(len(titles)), format_func=lambda i: titles[i], key=f"{key}-anim-block"
+    )
+    frames = [
+        (fmt_epoch(r["epoch"]), matrix_panels(r, name, scale, view, keep)[which]) for r in recs
+    ]
+    zmax = plots.symmetric_limit(*[p.z for _, p in frames])
+    st.plotly_chart(
+        plots.animated_heatmap(frames, zmax, colorbar=scale),
+        key=f"{key}-anim",
+        config=plots.export_config(f"{name}_animation"),
+    )
+
+
+def _downloads(rec: dict, scale: str, key: str) -> None:
+    summary, arrays = rec["summary"], rec["arrays"]
+    shown = {n: plots.transform(arrays[n], scale) for n in MATRICES}
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        labels=np.array(summary["labels"]),
+        kinds=np.array(summary["kinds"]),
+        layers=np.array(summary["layers"]),
+        epoch=np.array(rec["epoch"] if rec["epoch"] is not None else -1),
+        g=arrays["g"],
+        **{n: arrays[n] for n in MATRICES},
+        **{f"{n}_shown": v for n, v in shown.items()},
+    )
+    stem = f"epoch{fmt_epoch(rec['epoch'])}_{scale.replace(' ', '_')}"
+    c1, c2, c3 = st.columns(3)
+    c1.download_button(
+        "⬇ NPZ (H̄, H̄⁻¹, labels)", buf.getvalue(), f"hbar_{stem}.npz", key=f"{key}-npz"
+    )
+    for col, name in ((c2, "H"), (c3, "Hinv")):
+        col.download_button(
+            f"⬇ CSV {MATRICES[name].split()[0]} ({scale})",
+            plots.to_csv(shown[name], summary["labels"]),
+            f"{name}_{stem}.csv",
+            mime="text/csv",
+            key=f"{key}-csv-{name}",
+        )

@@ -1,0 +1,150 @@
+"""The optimizer view: runs side by side, PartitionNewton's per-group rates, the Taylor view."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import streamlit as st
+
+from hessian_lens import plots
+from hessian_lens.runs import (
+    LOSS_WINDOW,
+    Run,
+    loss_over_steps,
+    optimizer_log,
+    rates_over_steps,
+)
+
+
+def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
+    """Loss / accuracy curves of runs side by side; rates and Taylor view of a PN run."""
+    with_history = [r for r in runs if r.history]
+    if not with_history:
+        st.info("No run with a training history yet.")
+        return
+    names = [r.name for r in with_history]
+    chosen = st.multiselect("Runs to compare", names, default=names[:8], key=f"{key}-runs")
+    picked = [r for r in with_history if r.name in chosen]
+    _curves(picked, key)
+    logs = {r.name: optimizer_log(r) for r in picked}
+    newton = [r for r in picked if logs[r.name][0] is not None]
+    if not newton:
+        st.info(
+            "None of these runs used PartitionNewton. Train one with `python -m "
+            "hessian_lens train --optimizer partition-newton --init paper --lr 0.3 ...`."
+        )
+        return
+    pick = st.selectbox("PartitionNewton run", [r.name for r in newton], key=f"{key}-pn")
+    run = newton[[r.name for r in newton].index(pick)]
+    log, warnings = logs[run.name]
+    for warning in warnings:
+        st.warning(warning)
+    _rates(log, key)
+    with st.expander("Taylor view: why did a step help or hurt?", expanded=False):
+        render_taylor(run, key=f"{key}-taylor")
+
+
+def _curves(picked: Sequence[Run], key: str) -> None:
+    for col, metric, title, log_y in zip(
+        st.columns(2),
+        ("train_loss", "test_acc"),
+        ("training loss", "test accuracy"),
+        (True, False),
+        strict=True,
+    ):
+        series = {
+            _label(r): (
+                [h["epoch"] for h in r.history if metric in h],
+                [h[metric] for h in r.history if metric in h],
+            )
+            for r in picked
+        }
+        col.plotly_chart(
+            plots.lines(series, "epoch", title, f"{title} per epoch", log_y=log_y),
+            key=f"{key}-{metric}",
+        )
+
+
+def _rates(log: dict, key: str) -> None:
+    steps, labels, rates = rates_over_steps(log)
+    if not steps:
+        st.info("This run has not updated its rates yet (still in its warm-up).")
+    else:
+        st.plotly_chart(plots.rates_heatmap(steps, labels, rates), key=f"{key}-rates")
+    s, loss = loss_over_steps(log)
+    st.plotly_chart(
+        plots.lines(
+            {"loss": (s, loss)},
+            "step",
+            f"loss ({LOSS_WINDOW}-step mean)",
+            "training loss per step",
+            log_y=all(v > 0 for v in loss),
+        ),
+        key=f"{key}-steps",
+    )
+    if log.get("total_entries", 0) > len(log["entries"]):
+        st.caption(f"Log thinned to {len(log['entries']):,} of {log['total_entries']:,} entries.")
+    errors = [e for e in log["entries"] if e.get("error")]
+    if errors:
+        st.caption(f"{len(errors)} recomputations kept the previous rates: {errors[-1]['error']}")
+
+
+@st.cache_resource(show_spinner="Replaying the run to its first update…", max_entries=4)
+def _replay(path: str, updates: int):
+    """The Taylor view of a run's first update(s) (torch imported only when opened)."""
+    from hessian_lens.losses import get_loss
+    from hessian_lens.partition import Partition
+    from hessian_lens.runfolder import read_manifest
+    from hessian_lens.taylor import taylor_view
+    from hessian_lens.train import replay_first_update
+
+    r = replay_first_update(path, updates=updates)
+    part = Partition.canonical(r["model"])
+    direction = [r["direction"][n] for n in part.names]
+    loss_fn = get_loss(read_manifest(path).raw.get("loss", "cross_entropy"))
+    ts = [i / 20 for i in range(0, 31)]
+    view = taylor_view(r["model"], loss_fn, r["batch"], direction, ts=ts, max_order=4)
+    return view, r["step"], r["eta"], r["lr"], part.labels
+
+
+def render_taylor(run: Run, key: str) -> None:
+    """The true loss along the run's first update(s) against Taylor polynomials of order 1–4."""
+    st.caption(
+        "Replays the run from its initialisation (same data order, same curvature batches) "
+        "to its first update, then draws L(θ + t·v) for the step v it took, against "
+        "L + Σ_{d≤k} t^d/d! · d^dL[v,…,v] (exact, by nested forward mode). A large "
+        "positive order-3 or order-4 term is a wall the order-2 model cannot see."
+    )
+    c1, c2 = st.columns(2)
+    period = int(run.manifest.optimizer.get("period") or 10)
+    updates = c1.radio(
+        "Step",
+        [1, period],
+        key=f"{key}-updates",
+        horizontal=True,
+        format_func=lambda k: "first update" if k == 1 else f"first {k} updates (one period)",
+    )
+    go = c2.button("Replay and draw", key=f"{key}-go")
+    if not (go or st.session_state.get(f"{key}-done") == (str(run.path), updates)):
+        return
+    view, step, eta, lr, labels = _replay(str(run.path), int(updates))
+    st.session_state[f"{key}-done"] = (str(run.path), updates)
+    st.plotly_chart(
+        plots.taylor_figure(
+            view.t, view.loss, view.polynomials, f"{run.name}: step {step}, lr {lr:g}"
+        ),
+        key=f"{key}-fig",
+    )
+    contrib = view.contributions(1.0)
+    cols = st.columns(len(contrib) + 1)
+    cols[0].metric("true change at t = 1", f"{view.loss[view.t.index(1.0)] - view.loss0:+.4g}")
+    for d, (col, value) in enumerate(zip(cols[1:], contrib, strict=True), start=1):
+        col.metric(f"order {d} term / {d}!", f"{value:+.4g}")
+    if eta is not None:
+        top = sorted(zip(labels, eta, strict=False), key=lambda p: -abs(p[1]))[:4]
+        st.caption("Largest rates lr·η_s: " + ", ".join(f"{n} {lr * e:.3g}" for n, e in top))
+
+
+def _label(run: Run) -> str:
+    opt = run.manifest.optimizer
+    return f"{run.name} ({opt.get('name', '?')}, lr {opt.get('lr', '?')})"

@@ -1,0 +1,114 @@
+"""The Paper page: figures 1 and 2 redrawn from the shipped runs, the claims table live."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import streamlit as st
+
+from hessian_lens import paper, plots
+from hessian_lens.runs import Run
+from hessian_lens.ui import reads
+from hessian_lens.ui.common import fmt_epoch
+
+FIGURES = {
+    "1": ("Figure 1 — LeNet-5", ("lenet5-cifar10-paper", "lenet5-cifar10"), (1, 21), "lenet5"),
+    "2": ("Figure 2 — VGG-11'", ("vgg11p-cifar10",), (1, 6), "vgg11p"),
+}
+
+
+def pick_run(runs: Sequence[Run], names: Sequence[str], arch: str, key: str) -> Run | None:
+    """A run for a figure: the shipped one by name, else any run of that architecture."""
+    candidates = [r for r in runs if r.manifest.model["name"] == arch and r.store_path.exists()]
+    if not candidates:
+        return None
+    default = next((i for n in names for i, r in enumerate(candidates) if r.path.name == n), 0)
+    labels = [r.name for r in candidates]
+    choice = st.selectbox(
+        "Run", range(len(candidates)), index=default, key=key, format_func=lambda i: labels[i]
+    )
+    return candidates[choice]
+
+
+def records_at(run: Run, epochs: Sequence[float]) -> dict[str, dict]:
+    """The analysed records of a run at the given epochs (the most complete analysis)."""
+    settings = run.settings()
+    if not settings:
+        return {}
+    recs = reads.records(run, settings[0])
+    return {fmt_epoch(r["epoch"]): r for r in recs if r["epoch"] in epochs}
+
+
+def render_paper(runs: Sequence[Run], key: str = "paper") -> None:
+    """Both figures side by side at the paper's epochs, then the claims with their numbers."""
+    scale = st.radio(
+        "Scale",
+        ["raw", "normalized"],
+        horizontal=True,
+        key=f"{key}-scale",
+        help="raw: as the paper draws them; normalized: rescaling-invariant",
+    )
+    chosen = {}
+    for col, (fig_id, (title, names, epochs, arch)) in zip(
+        st.columns(2), FIGURES.items(), strict=True
+    ):
+        with col:
+            st.subheader(title)
+            run = pick_run(runs, names, arch, f"{key}-run{fig_id}")
+            if run is None:
+                st.info(
+                    f"No analysed {arch} run found; the repository ships one under checkpoints/."
+                )
+                chosen[fig_id] = {}
+                continue
+            recs = records_at(run, epochs)
+            chosen[fig_id] = recs
+            _figure(recs, scale, f"{key}-{fig_id}")
+    st.subheader("The claims, measured")
+    rows = paper.figure_claims(chosen.get("1", {}), chosen.get("2", {}))
+    st.dataframe(
+        [
+            {
+                "figure": c.figure,
+                "claim": c.claim,
+                "measure": c.measure,
+                "raw": round(c.raw, 4),
+                "normalised": round(c.normalized, 4),
+                "threshold": c.threshold,
+                "verdict": c.verdict,
+            }
+            for c in rows
+        ],
+        hide_index=True,
+        key=f"{key}-claims",
+    )
+    for fig_id, recs in chosen.items():
+        for epoch, rec in recs.items():
+            top = paper.strongest_long_range(rec)
+            st.caption(
+                f"Figure {fig_id}, epoch {epoch}: strongest H̄⁻¹ weight couplings at layer distance "
+                "≥ 2 (normalised): " + ", ".join(f"{a}–{b} {v:+.3f}" for a, b, v in top)
+            )
+
+
+def _figure(recs: dict[str, dict], scale: str, key: str) -> None:
+    if not recs:
+        st.warning("This run has no analysis at the paper's epochs.")
+        return
+    for epoch, rec in recs.items():
+        summary = rec["summary"]
+        for name, label in (("H", "H̄"), ("Hinv", "H̄⁻¹")):
+            shown = plots.transform(rec["arrays"][name], scale)
+            panels = plots.interaction_blocks(
+                shown, summary["kinds"], summary["layers"], rec["arrays"][name]
+            )
+            st.plotly_chart(
+                plots.panel_row(
+                    list(panels.values()),
+                    colorbar=scale if scale != "raw" else "",
+                    height=260,
+                    title=f"{label}, epoch {epoch}",
+                ),
+                key=f"{key}-{epoch}-{name}",
+                config=plots.export_config(f"figure_{key}_{name}_epoch{epoch}"),
+            )

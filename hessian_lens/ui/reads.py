@@ -1,0 +1,58 @@
+"""Cached, read-only loading for the pages (nothing here writes to disk)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from hessian_lens.runs import Run, find_runs, load_run
+from hessian_lens.store import ResultStore
+
+RUNS_TTL_S = 10
+
+
+@st.cache_data(ttl=RUNS_TTL_S, show_spinner=False)
+def _run_paths(roots: tuple[str, ...]) -> list[str]:
+    return [str(r.path) for r in find_runs(roots)]
+
+
+def runs(roots: tuple[str, ...]) -> list[Run]:
+    """The runs under ``roots`` (folder listing cached a few seconds)."""
+    return [load_run(p) for p in _run_paths(roots)]
+
+
+def _stamp(path: Path) -> float:
+    """Last change of a store (its WAL included): the cache key of its records."""
+    stamps = []
+    for p in (path, Path(f"{path}-wal")):
+        try:
+            stamps.append(p.stat().st_mtime)
+        except OSError:
+            continue
+    return max(stamps, default=0.0)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _records(store: str, settings_json: str, stamp: float) -> list[dict[str, Any]]:
+    return [as_dict(r) for r in ResultStore.reader(store).records(json.loads(settings_json))]
+
+
+def records(run: Run, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The analysed checkpoints of a run under settings (cached until the store changes)."""
+    return _records(
+        str(run.store_path), json.dumps(settings, sort_keys=True), _stamp(run.store_path)
+    )
+
+
+def as_dict(record) -> dict[str, Any]:
+    """A store record as the plain dict the views take."""
+    return {
+        "epoch": record.epoch,
+        "checkpoint": record.checkpoint,
+        "summary": record.summary,
+        "arrays": record.arrays,
+        "seconds": record.seconds,
+    }

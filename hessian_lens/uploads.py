@@ -1,0 +1,105 @@
+"""The upload cache of the Inspect page: files by content hash, bounded, least recently used
+out first; refused files deleted at once; a broken results cache moved aside.
+
+Layout under the cache folder (:func:`hessian_lens.settings.cache_dir`)::
+
+    uploads/<sha256[:16]><suffix>   uploaded checkpoints (mtime = last use)
+    inspect.sqlite                  their analyses (a normal results store)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from hessian_lens.checkpoint import CheckpointError
+from hessian_lens.files import atomic_write
+from hessian_lens.store import ResultStore, StoreError
+
+UPLOADS = "uploads"
+STORE = "inspect.sqlite"
+SUFFIXES = (".pt", ".pth", ".safetensors", ".pt2")
+
+
+def save_upload(cache: Path, name: str, data: bytes, limit: int) -> tuple[Path, str]:
+    """Store uploaded bytes under the cache, named by their sha256; returns (path, sha).
+
+    Raises:
+        CheckpointError: over the size limit, or a suffix that is not a checkpoint's.
+    """
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CheckpointError(
+            f"{name}: not a checkpoint file name; upload a {', '.join(SUFFIXES)} file."
+        )
+    if len(data) > limit:
+        raise CheckpointError(
+            f"{name} is {len(data) / 2**20:,.1f} MB, over the {limit / 2**20:,.1f} MB limit; "
+            "set HESSIAN_LENS_MAX_UPLOAD_MB to accept larger files."
+        )
+    sha = hashlib.sha256(data).hexdigest()
+    path = cache / UPLOADS / f"{sha[:16]}{suffix}"
+    if path.exists():
+        os.utime(path)
+    else:
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return path, sha
+
+
+def discard(path: Path) -> None:
+    """Delete a refused upload (never a file outside the uploads folder)."""
+    if path.parent.name == UPLOADS:
+        path.unlink(missing_ok=True)
+
+
+def evict(cache: Path, limit: int, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used uploads until the folder is under ``limit`` bytes.
+
+    Returns:
+        The files deleted.
+    """
+    folder = cache / UPLOADS
+    try:
+        files = sorted(
+            (p for p in folder.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime
+        )
+    except OSError:
+        return []
+    total, gone = sum(p.stat().st_size for p in files), []
+    for p in files:
+        if total <= limit:
+            break
+        if keep is not None and p == keep:
+            continue
+        total -= p.stat().st_size
+        p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
+
+
+def usage(cache: Path) -> tuple[int, int]:
+    """(number of uploads, bytes) in the cache."""
+    try:
+        files = [p for p in (cache / UPLOADS).iterdir() if p.is_file()]
+    except OSError:
+        return 0, 0
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def inspect_store(cache: Path) -> tuple[ResultStore, str | None]:
+    """The results store of uploads; a corrupt one is moved aside and recreated.
+
+    Returns:
+        ``(store, note)``: the note says where a broken store went (None otherwise).
+    """
+    path = cache / STORE
+    try:
+        return ResultStore(path), None
+    except StoreError:
+        aside = path.with_name(f"{STORE}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        for extra in ("-wal", "-shm"):
+            Path(f"{path}{extra}").unlink(missing_ok=True)
+        return ResultStore(path), f"the results cache was unreadable and was moved to {aside}"
