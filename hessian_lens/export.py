@@ -486,8 +486,8 @@ def _expr_node_ok(node: ast.AST, strings: set[int]) -> bool:
         return False
     if isinstance(node, ast.Call):
         return _call_ok(node, strings)
-    if isinstance(node, ast.Name):
-        return node.id in _SYMPY_FUNCS or node.id in _SYMPY_ATOMS
+    if isinstance(node, ast.Name):  # a bare symbol (str() rather than srepr()) is harmless
+        return node.id in _SYMPY_FUNCS or node.id in _SYMPY_ATOMS or _bare_symbol(node)
     if isinstance(node, ast.Constant):
         value = node.value
         if isinstance(value, str):
@@ -500,6 +500,10 @@ def _expr_node_ok(node: ast.AST, strings: set[int]) -> bool:
             or (isinstance(value, int) and abs(value) < MAX_INT)
         )
     return True
+
+
+def _bare_symbol(node: ast.Name) -> bool:
+    return _SYMBOL_NAME.fullmatch(node.id) is not None
 
 
 def _call_ok(node: ast.Call, strings: set[int]) -> bool:
@@ -716,6 +720,8 @@ def _symbol(expr: Any) -> str | None:
     """``s77`` for ``Symbol('s77', ...)`` (already checked by :func:`_check_expr`), else None."""
     text = expr.get("expr_str") if isinstance(expr, dict) else None
     call = ast.parse(text, mode="eval").body if isinstance(text, str) else None
+    if isinstance(call, ast.Name):
+        return call.id
     if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Symbol" and call.args:
         return getattr(call.args[0], "value", None)
     return None

@@ -421,6 +421,7 @@ def test_names_pasted_into_generated_code_must_be_identifiers(files, tmp_path):
         "Pow(Symbol('s0'), Integer(-1))",
         "FloorDiv(Add(Symbol('s1'), Integer(-1)), Integer(2))",
         "Max(Integer(1), Symbol('u0')) <= oo",
+        "2*s0 + FloorDiv(s1, 2)",
     ],
 )
 def test_plain_sympy_expressions_pass(text):
@@ -441,6 +442,8 @@ def test_plain_sympy_expressions_pass(text):
         "(lambda: 0)()",
         "Symbol(*['s0'])",
         "s0 ^ 2",
+        "exec",
+        "s0.func",
         "Symbol('s0', evaluate=exec)",
     ],
 )
