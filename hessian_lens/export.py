@@ -180,7 +180,9 @@ def load_exported(
         "export", "kwargs": {}}``), ``parameters``, ``inputs`` (name, shape with ``None``
         for dynamic dims, example shape, dtype), ``input_shape``, ``static_batch_size``
         (``None`` when the batch dimension is dynamic), ``torch_version`` (of the writer),
-        ``operators`` and more.
+        ``operators``, ``train_mode_ops`` (operators traced with ``training=True``, e.g.
+        BatchNorm using batch statistics: the graph keeps them whatever ``training`` says)
+        and more.
 
     Raises:
         CheckpointError: on anything unsafe, unsupported, corrupt or too large; the message
@@ -345,7 +347,7 @@ class _Program:
     json: dict[str, Any]
     parameters: list[str]
     inputs: list[_Input]
-    mutates_buffers: bool
+    train_mode_ops: list[str]
     operators: list[str]
     dropped_guards: int
 
@@ -366,8 +368,8 @@ def _checked_program(archive: _Archive) -> _Program:
     guards = program.get("guards_code") or []
     program["guards_code"] = []  # Python source exec-ed by ExportedProgram.module()
     inputs = [_input(gm["graph"], n, ranges, name) for n in specs["user_input"]]
-    mutates = specs["mutation"] != []
-    return _Program(program, specs["parameter"], inputs, mutates, operators, len(guards))
+    train_ops = _train_mode_ops(gm["graph"])
+    return _Program(program, specs["parameter"], inputs, train_ops, operators, len(guards))
 
 
 def _check_format(archive: _Archive) -> None:
@@ -441,6 +443,18 @@ def _check_graph(graph: Any, name: str) -> list[str]:
         if isinstance(metadata, dict):  # source_fn_stack resolves objects, traces reach code
             node["metadata"] = {k: v for k, v in metadata.items() if k in _KEPT_NODE_METADATA}
     return sorted(t.removeprefix("torch.ops.") for t in targets)
+
+
+def _train_mode_ops(graph: dict) -> list[str]:
+    """Operators traced in train mode (``training=True``: BatchNorm batch statistics, ...)."""
+    found = set()
+    for node in graph["nodes"]:
+        for arg in node.get("inputs") or []:
+            if not isinstance(arg, dict):
+                continue
+            if arg.get("name") in ("training", "train") and arg.get("arg") == {"as_bool": True}:
+                found.add(node["target"].removeprefix("torch.ops."))
+    return sorted(found)
 
 
 def _check_target(target: Any, name: str) -> None:
@@ -969,7 +983,7 @@ def _meta(
         "input_shape": first.shape,
         "static_batch_size": first.shape[0] if first.shape else None,
         "example_inputs": examples,
-        "mutates_buffers": program.mutates_buffers,
+        "train_mode_ops": program.train_mode_ops,
         "dropped_guards": program.dropped_guards,
         "operators": program.operators,
         "extra_files": sorted(

@@ -121,6 +121,13 @@ def test_round_trip_keeps_names_and_outputs(files, key, make, shape):
     assert meta["torch_version"] == torch.__version__
     assert meta["inputs"][0]["dtype"] == "float32"
     assert meta["example_inputs"] == [meta["inputs"][0]["example_shape"]]
+    assert meta["train_mode_ops"] == []
+
+
+def test_train_mode_export_is_reported(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3))
+    path = save_export(model.train(), torch.randn(4, 3, 4, 4), tmp_path / "t.pt2", False)
+    assert load_exported(path)[1]["train_mode_ops"] == ["aten.batch_norm.default"]
 
 
 def test_static_batch_size_is_exposed_and_checked(files):
