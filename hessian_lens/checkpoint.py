@@ -27,7 +27,7 @@ from hessian_lens.registry import build_model
 
 FORMAT = "hessian-lens-checkpoint/1"
 SAFETENSORS_META_KEY = "hessian_lens"
-SUFFIXES = (".pt", ".pth", ".safetensors")
+SUFFIXES = (".pt", ".pth", ".safetensors", ".pt2")
 DEFAULT_MAX_BYTES = 500 * 2**20
 
 
@@ -161,6 +161,10 @@ def load_checkpoint(
         >>> type(model).__name__, meta["model"]["name"]
         ('MLP', 'mlp')
     """
+    from hessian_lens.export import is_exported_archive, load_exported  # (import cycle)
+
+    if is_exported_archive(path):  # torch.export .pt2: the file carries its architecture
+        return load_exported(path, max_bytes)
     state, meta = read_checkpoint(path, max_bytes)
     name, kwargs = _architecture(state, meta, architecture, model_kwargs, Path(path).name)
     try:
