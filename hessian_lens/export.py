@@ -164,7 +164,7 @@ def _in_spec(n_inputs: int) -> list:
 
 # ---------------------------------------------------------------------------- public API
 def load_exported(
-    path: str | Path, max_bytes: int | None = DEFAULT_MAX_BYTES
+    path: str | Path, max_bytes: int | None = DEFAULT_MAX_BYTES, display_name: str | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a ``torch.export.save`` archive without running code from it.
 
@@ -172,6 +172,7 @@ def load_exported(
         path: the ``.pt2`` file.
         max_bytes: refuse files, or archives declaring more uncompressed bytes or tensor
             bytes, above this (``None``: no limit).
+        display_name: the name used in messages (default: the file's own name).
 
     Returns:
         ``(module, meta)``: the module in eval semantics (``training`` is False everywhere;
@@ -189,14 +190,15 @@ def load_exported(
             names the file and says what to do.
     """
     path = Path(path)
-    with _open_zip(path, max_bytes) as zf:
-        archive = _Archive(path.name, zf, _members(zf, path.name, max_bytes), max_bytes)
+    name = display_name or path.name
+    with _open_zip(path, max_bytes, name) as zf:
+        archive = _Archive(name, zf, _members(zf, name, max_bytes), max_bytes)
         program = _checked_program(archive)
         examples = _example_shapes(archive)
         with tempfile.TemporaryDirectory(prefix="hessian-lens-pt2-") as tmp:
             clean = Path(tmp) / "sanitized.pt2"
             _write_sanitized(archive, program.json, clean)
-            module = _rebuild(clean, program, path.name)
+            module = _rebuild(clean, program, name)
     meta = _meta(module, program, examples, archive)
     return module, meta
 
@@ -251,17 +253,17 @@ class _Archive:
             raise _error(self.name, f"has invalid JSON in {member} ({err})", _REEXPORT) from None
 
 
-def _open_zip(path: Path, max_bytes: int | None) -> zipfile.ZipFile:
+def _open_zip(path: Path, max_bytes: int | None, name: str) -> zipfile.ZipFile:
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file.")
+        raise CheckpointError(f"{name}: no such file.")
     size = path.stat().st_size
     if max_bytes is not None and size > max_bytes:
-        raise _error(path.name, f"is {_mb(size)}, over the {_mb(max_bytes)} limit", _TRUST)
+        raise _error(name, f"is {_mb(size)}, over the {_mb(max_bytes)} limit", _TRUST)
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
         raise _error(
-            path.name,
+            name,
             f"is not a torch.export archive: not a readable zip file, maybe truncated ({err})",
             "Re-download it or write it again with torch.export.save(program, 'model.pt2').",
         ) from None
