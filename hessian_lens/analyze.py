@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,37 +168,6 @@ def derived(H: torch.Tensor, g: torch.Tensor, part: Partition) -> tuple[dict, di
     return arrays, summary
 
 
-def analyze_file(
-    path: str | Path,
-    batches,
-    settings: AnalysisSettings,
-    data_fingerprint: str,
-    store: ResultStore,
-    device: torch.device | None = None,
-    progress: ProgressFn | None = None,
-    architecture: str | None = None,
-    model_kwargs: dict | None = None,
-    max_bytes: int | None = None,
-) -> tuple[Record, bool]:
-    """Analyse one checkpoint file into ``store`` unless already there.
-
-    Returns:
-        The record and whether it was computed now (False: read from the store).
-    """
-    path = Path(path)
-    sha = file_sha256(path)
-    key = settings.key(data_fingerprint)
-    found = store.get(sha, key)
-    if found is not None:
-        return found, False
-    model, meta = load_checkpoint(path, architecture, model_kwargs, max_bytes=max_bytes)
-    record = compute_record(
-        model, meta, path.name, sha, batches, settings, data_fingerprint, device, progress
-    )
-    store.put(record)
-    return store.get(sha, key) or record, True
-
-
 def compute_record(
     model: nn.Module,
     meta: dict[str, Any],
@@ -234,6 +206,15 @@ def analysis_batches(
     return subset.batches(settings.batch_size), subset.fingerprint()
 
 
+LEASE_S = 600.0  # a claim not renewed for this long is taken over
+POLL_S = 5.0  # how often to look again at checkpoints other processes are computing
+
+
+def owner_id() -> str:
+    """This process's name in claims: host, pid and a random tag."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
 def analyze_run(
     run: str | Path,
     settings: AnalysisSettings,
@@ -241,8 +222,16 @@ def analyze_run(
     device: torch.device | None = None,
     progress: bool | ProgressFn = True,
     data: str | None = None,
+    lease_s: float = LEASE_S,
+    poll_s: float = POLL_S,
 ) -> dict[str, Any]:
     """Analyse every checkpoint of a run into ``<run>/analysis.sqlite`` (resumable).
+
+    Processes share the work without duplicates: each checkpoint is claimed with a lease
+    in the store before it is computed (two terminals, several machines on one shared
+    folder, or torchrun ranks); a checkpoint claimed by another process is left to it, and
+    taken over if its lease expires (a crashed or killed process). The call returns when
+    every checkpoint is in the store.
 
     Args:
         run: the run folder (``run.json`` and/or checkpoints).
@@ -251,6 +240,8 @@ def analyze_run(
         device: where to compute.
         progress: a tqdm bar (True), a callback ``(fraction, message)``, or nothing.
         data: data set spec; default: the run's own (``run.json``), else ``cifar10``.
+        lease_s: how long a claim lives without a heartbeat.
+        poll_s: how long to wait before looking again at others' checkpoints.
 
     Returns:
         ``{"computed": n, "skipped": m, "store": path, "seconds": [...]}``.
@@ -269,28 +260,103 @@ def analyze_run(
     spec = data or manifest.data.get("name") or "cifar10"
     source = data_source or manifest.data.get("source")
     batches, fingerprint = analysis_batches(source, settings, str(spec))
-    store = ResultStore(run / runfolder.STORE_FILE)
+    job = _Job(
+        ResultStore(run / runfolder.STORE_FILE),
+        settings,
+        fingerprint,
+        batches,
+        device,
+        owner_id(),
+        lease_s,
+    )
     files = runfolder.list_checkpoints(run)
     bar = _bar(progress, len(files))
-    computed, seconds = 0, []
-    for i, path in enumerate(files):
-        inner = _inner_progress(progress, i, len(files), path.name)
-        record, fresh = analyze_file(path, batches, settings, fingerprint, store, device, inner)
-        computed += fresh
-        if fresh:
-            seconds.append(record.seconds)
-        if bar is not None:
-            bar.update(1)
+    pending, seconds, done = list(files), [], 0
+    while pending:
+        waiting = []
+        for path in pending:
+            inner = _inner_progress(progress, done, len(files), path.name)
+            state, record = job.run(path, inner)
+            if state == "busy":
+                waiting.append(path)
+                continue
+            done += 1
+            if record is not None:
+                seconds.append(record.seconds)
+            if bar is not None:
+                bar.update(1)
+        if waiting:
+            _wait(progress, len(waiting), poll_s)
+        pending = waiting
     if bar is not None:
         bar.close()
     if callable(progress):
         progress(1.0, f"{len(files)} checkpoints analysed")
     return {
-        "computed": computed,
-        "skipped": len(files) - computed,
-        "store": str(store.path),
+        "computed": len(seconds),
+        "skipped": len(files) - len(seconds),
+        "store": str(job.store.path),
         "seconds": seconds,
     }
+
+
+@dataclass
+class _Job:
+    """One analysis over a run's checkpoints, shared with other processes by claims."""
+
+    store: ResultStore
+    settings: AnalysisSettings
+    fingerprint: str
+    batches: Any
+    device: torch.device | None
+    owner: str
+    lease_s: float
+
+    def run(self, path: Path, progress: ProgressFn | None) -> tuple[str, Record | None]:
+        """``("done", None)``, ``("busy", None)`` or ``("computed", record)``."""
+        sha, key = file_sha256(path), self.settings.key(self.fingerprint)
+        state = self.store.claim(sha, key, self.owner, self.lease_s)
+        if state != "taken":
+            return state, None
+        try:
+            model, meta = load_checkpoint(path, max_bytes=None)
+            record = compute_record(
+                model,
+                meta,
+                path.name,
+                sha,
+                self.batches,
+                self.settings,
+                self.fingerprint,
+                self.device,
+                self._heartbeat(sha, key, progress),
+            )
+            self.store.put(record, owner=self.owner)
+        except BaseException:
+            self.store.release(sha, key, self.owner)
+            raise
+        return "computed", record
+
+    def _heartbeat(self, sha: str, key: dict, progress: ProgressFn | None) -> ProgressFn:
+        last = [time.monotonic()]
+
+        def tick(fraction: float, message: str) -> None:
+            if time.monotonic() - last[0] > self.lease_s / 3:
+                self.store.renew(sha, key, self.owner, self.lease_s)
+                last[0] = time.monotonic()
+            if progress is not None:
+                progress(fraction, message)
+
+        return tick
+
+
+def _wait(progress, count: int, poll_s: float) -> None:
+    message = f"waiting for {count} checkpoints other processes are analysing"
+    if callable(progress):
+        progress(0.0, message)
+    elif progress is True:
+        print(message, flush=True)
+    time.sleep(poll_s)
 
 
 def _batch_progress(progress: ProgressFn) -> Callable[[int, int | None], None]:

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import sqlite3
 import time
@@ -341,7 +342,7 @@ def _readonly_uri(path: Path) -> str:
 def _epoch(value: Any) -> float | None:
     """An epoch SQLite can store (a finite number below 1e15), else None."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return value if ok and np.isfinite(value) and abs(value) < 1e15 else None
+    return value if ok and math.isfinite(value) and abs(value) < 1e15 else None
 
 
 def _pack(arrays: dict[str, np.ndarray]) -> bytes:

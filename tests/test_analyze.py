@@ -17,6 +17,7 @@ from hessian_lens.analyze import AnalysisSettings, analysis_batches, analyze_mod
 from hessian_lens.checkpoint import load_checkpoint
 from hessian_lens.store import ResultStore
 from tests.apptools import make_run
+from tests.conftest import REPO
 
 SETTINGS = AnalysisSettings(samples=64, batch_size=32)
 
@@ -113,3 +114,58 @@ def test_analyze_model_with_order3_and_other_partitions(tiny_run):
         model, F.cross_entropy, batches, 3, hl.Partition.by_layer(model), diagonal=True
     )
     assert np.allclose(arrays["d3"], ref.double().numpy(), rtol=1e-5)
+
+
+CLAIM_WORKER = """
+import sys, time, torch
+torch.set_num_threads(1)
+from hessian_lens.analyze import AnalysisSettings, analyze_run
+run, log, hang = sys.argv[1], sys.argv[2], sys.argv[3] == "hang"
+
+def progress(fraction, message):
+    if hang and ": batch" in message:
+        time.sleep(3600)  # killed while holding its claim
+
+done = analyze_run(run, AnalysisSettings(samples=64, batch_size=32), progress=progress,
+                   lease_s=2.0, poll_s=0.3)
+with open(log, "a") as f:
+    f.write(f"{done['computed']}\\n")
+"""
+
+
+def test_four_processes_and_a_kill_compute_each_checkpoint_once(tmp_path, tiny_npz):
+    """Claims with leases: 4 analysers share a run; one is killed -9 holding a claim, its
+    checkpoint is taken over when the lease expires; nothing lost, nothing done twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = make_run(tmp_path / "run", tiny_npz, epochs=5, seed=4)
+    script = tmp_path / "worker.py"
+    script.write_text(CLAIM_WORKER)
+    log = tmp_path / "computed.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def start(mode):
+        return subprocess.Popen([sys.executable, str(script), str(run), str(log), mode], env=env)
+
+    victim = start("hang")
+    store_path = run / "analysis.sqlite"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if store_path.exists() and ResultStore(store_path).claims():
+            break
+        time.sleep(0.2)
+    assert ResultStore(store_path).claims(), "the victim never claimed a checkpoint"
+    others = [start("work") for _ in range(3)]
+    time.sleep(1.0)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(30) == -signal.SIGKILL
+    assert [p.wait(180) for p in others] == [0, 0, 0]
+    rows = ResultStore(store_path).records(arrays=False)
+    assert [r.checkpoint for r in rows] == [f"epoch_{e:04d}.pt" for e in range(6)]
+    counts = [int(line) for line in log.read_text().split()]
+    assert sum(counts) == 6, counts  # every checkpoint computed once, the killed one retaken
+    assert ResultStore(store_path).claims() == []
