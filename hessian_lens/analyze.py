@@ -25,7 +25,7 @@ from torch import nn
 
 from hessian_lens import linalg, runfolder
 from hessian_lens.checkpoint import load_checkpoint
-from hessian_lens.data import Batches, load_dataset
+from hessian_lens.data import Batches, check_model_fits, load_dataset
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.partition import Partition, check_scheme
@@ -93,8 +93,12 @@ def analyze_model(
     settings: AnalysisSettings,
     device: torch.device | None = None,
     progress: ProgressFn | None = None,
+    distributed: bool = False,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """H_bar and everything derived from it, for one model.
+
+    ``distributed=True`` (inside a process group): ``batches`` is this rank's shard and the
+    result is that of the union of all ranks' shards (every rank gets it).
 
     Returns:
         ``(summary, arrays)``: JSON-able scalars and labels; float64 numpy arrays ``H``,
@@ -113,6 +117,7 @@ def analyze_model(
         dtype=DTYPES[settings.dtype],
         progress=tick,
         d3_diagonal=settings.order3,
+        distributed=distributed,
     )
     arrays, summary = derived(res.H, res.g, part)
     if res.d3 is not None:
@@ -178,10 +183,11 @@ def compute_record(
     data_fingerprint: str,
     device: torch.device | None = None,
     progress: ProgressFn | None = None,
+    distributed: bool = False,
 ) -> Record:
     """Analyse a built model into a :class:`Record` (not stored)."""
     t0 = time.perf_counter()
-    summary, arrays = analyze_model(model, batches, settings, device, progress)
+    summary, arrays = analyze_model(model, batches, settings, device, progress, distributed)
     summary["model"] = meta.get("model")
     epoch = checkpoint_epoch(name, meta)
     return Record(
@@ -320,6 +326,8 @@ class _Job:
             return state, None
         try:
             model, meta = load_checkpoint(path, max_bytes=None)
+            if hasattr(self.batches, "data"):
+                check_model_fits(model, self.batches.data)
             record = compute_record(
                 model,
                 meta,
@@ -348,6 +356,76 @@ class _Job:
                 progress(fraction, message)
 
         return tick
+
+
+def analyze_run_data_parallel(
+    run: str | Path,
+    settings: AnalysisSettings,
+    data_source: str | None = None,
+    device: torch.device | None = None,
+    progress: bool | ProgressFn = True,
+    data: str | None = None,
+) -> dict[str, Any]:
+    """Every checkpoint of a run, each one's samples split over the ranks of the process
+    group (for few, large checkpoints): every rank computes its shard's summaries, they
+    are all-reduced, rank 0 stores the record. All ranks must call it.
+
+    Returns:
+        As :func:`analyze_run` (on every rank).
+    """
+    from hessian_lens import distributed as dist
+
+    run = Path(run)
+    rank, world = dist.rank_and_world()
+    if not runfolder.is_run(run):
+        raise NotARunError(f"{run} is not a run folder: it has no run.json and no checkpoint.")
+    manifest = runfolder.read_manifest(run)
+    spec = data or manifest.data.get("name") or "cifar10"
+    subset = load_dataset(str(spec), data_source or manifest.data.get("source"), train=True)
+    subset = subset.subset(settings.samples, settings.seed)
+    fingerprint = subset.fingerprint()
+    mine = subset.take(
+        torch.as_tensor(list(dist.split_indices(len(subset), rank, world))),
+        f"{subset.source}[rank {rank}/{world}]",
+    )
+    batches = mine.batches(settings.batch_size)
+    store = ResultStore(run / runfolder.STORE_FILE) if rank == 0 else None
+    todo = dist.broadcast_object(_missing(store, settings, fingerprint, run) if rank == 0 else None)
+    bar = _bar(progress if rank == 0 else False, len(todo))
+    seconds = []
+    for path in todo:
+        model, meta = load_checkpoint(path, max_bytes=None)
+        record = compute_record(
+            model,
+            meta,
+            path.name,
+            file_sha256(path),
+            batches,
+            settings,
+            fingerprint,
+            device,
+            None,
+            distributed=True,
+        )
+        if store is not None:
+            store.put(record)
+        seconds.append(record.seconds)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    total = len(runfolder.list_checkpoints(run))
+    return {
+        "computed": len(todo),
+        "skipped": total - len(todo),
+        "store": str(run / runfolder.STORE_FILE),
+        "seconds": seconds,
+    }
+
+
+def _missing(store: ResultStore, settings: AnalysisSettings, fingerprint: str, run: Path):
+    key = settings.key(fingerprint)
+    return [p for p in runfolder.list_checkpoints(run) if not store.has(file_sha256(p), key)]
 
 
 def _wait(progress, count: int, poll_s: float) -> None:

@@ -2,10 +2,13 @@
 
 Examples::
 
-    python -m hessian_lens train --model lenet5 --data cifar10 --epochs 21 \\
+    python -m hessian_lens train --model lenet5 --init paper --data cifar10 --epochs 21 \\
         --data-root shared/datasets/cifar10/cifar10.npz --out checkpoints/lenet5-cifar10
     python -m hessian_lens analyze checkpoints/lenet5-cifar10 --samples 10000
+    torchrun --nproc-per-node 4 -m hessian_lens analyze checkpoints/big-run --shard data
     python -m hessian_lens inspect checkpoints/lenet5-cifar10/epoch_0021.pt
+
+Bad input prints one line saying what to do and exits with status 2.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import json
 import sys
 from collections.abc import Sequence
 
-from hessian_lens.checkpoint import CheckpointError
-from hessian_lens.data import DataNotFoundError
-from hessian_lens.partition import PartitionError
+from hessian_lens.data import DATASETS
+from hessian_lens.losses import LOSSES
+from hessian_lens.partition import SCHEMES
+
+OPTIMIZERS = ("sgd", "adam", "partition-newton")
+SHARDS = ("auto", "checkpoints", "data")
 
 
 def _json_dict(text: str) -> dict:
@@ -37,9 +43,24 @@ def _epochs_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError("expected epochs like 0.25,0.5,0.75") from None
 
 
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--models",
+        default=None,
+        metavar="FILE.py",
+        help="your own model file(s) using @hessian_lens.register_model (':'-separated)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model, one checkpoint per epoch (resumable)")
-    p.add_argument("--model", default="lenet5", help="lenet5 | vgg11p | mlp")
+    p.add_argument(
+        "--model",
+        default="lenet5",
+        help="lenet5 | vgg11p | mlp | torchvision:<builder> | a registered name",
+    )
     p.add_argument(
         "--model-kwargs",
         type=_json_dict,
@@ -52,26 +73,21 @@ def _add_train(sub) -> None:
         choices=["torch", "paper"],
         help="torch: PyTorch's default; paper: the author's N(0, sigma_w^2/fan_in), biases 0",
     )
-    p.add_argument(
-        "--data",
-        default="cifar10",
-        help="cifar10 | cifar100 | mnist | fashion-mnist | svhn | imagefolder:DIR | "
-        "npz:PATH | PATH.safetensors",
-    )
-    p.add_argument("--download", action="store_true", help="let torchvision download the data")
-    p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse", "nll"])
+    p.add_argument("--data", default="cifar10", help=" | ".join(DATASETS))
     p.add_argument(
         "--data-root",
         default=None,
         help="an .npz file or a torchvision root folder (default: $HESSIAN_LENS_DATA "
-        "or ~/.cache/hessian_lens/data, downloading when online)",
+        "or ~/.cache/hessian_lens/data)",
     )
+    p.add_argument("--download", action="store_true", help="let torchvision download the data")
+    p.add_argument("--loss", default="cross_entropy", choices=LOSSES)
     p.add_argument("--train-size", type=int, default=None, help="deterministic training subset")
     p.add_argument("--test-size", type=int, default=None, help="deterministic test subset")
     p.add_argument("--val-size", type=int, default=None, help="hold out this many training samples")
     p.add_argument("--epochs", type=int, default=21)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "partition-newton"])
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument(
         "--momentum",
@@ -84,18 +100,12 @@ def _add_train(sub) -> None:
         "--optimizer-kwargs", type=_json_dict, default={}, help="more optimizer arguments as JSON"
     )
     p.add_argument(
-        "--lr-plateau",
-        type=int,
-        default=None,
-        metavar="PATIENCE",
-        help="halve lr when the training loss has not improved for PATIENCE epochs",
-    )
-    p.add_argument(
         "--curvature-data",
         default=None,
         choices=["separate", "same"],
-        help="partition-newton: a fixed, unshuffled, cycling loader of --curvature-size "
-        "training samples (separate, the default) or the training minibatch (same)",
+        help="partition-newton: a fixed, unshuffled, cycling loader of "
+        "--curvature-size training samples (separate, the default) or the training "
+        "minibatch (same)",
     )
     p.add_argument("--curvature-size", type=int, default=100)
     p.add_argument(
@@ -105,36 +115,62 @@ def _add_train(sub) -> None:
         metavar="E1,E2",
         help="extra checkpoints at fractions of an epoch, e.g. 0.25,0.5,0.75",
     )
+    p.add_argument(
+        "--lr-plateau",
+        type=int,
+        default=None,
+        metavar="PATIENCE",
+        help="halve lr when the training loss has not improved for PATIENCE epochs",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", required=True, help="run folder (resumed when it exists)")
-    p.add_argument("--no-progress", action="store_true")
+    _common(p)
 
 
 def _add_analyze(sub) -> None:
     p = sub.add_parser(
         "analyze",
-        help="compute H̄, its inverse and comparisons for every "
-        "checkpoint of a run into <run>/analysis.sqlite",
+        help="compute H̄, its inverse and comparisons for every checkpoint of a run into "
+        "<run>/analysis.sqlite (several processes share the work; torchrun too)",
     )
     p.add_argument("run", help="run folder")
     p.add_argument("--samples", type=int, default=10000, help="training samples per checkpoint")
     p.add_argument(
-        "--partition", default="canonical", choices=["canonical", "by_layer", "by_kind", "trivial"]
+        "--partition",
+        default="canonical",
+        help=" | ".join(SCHEMES) + " (by_module:K for any depth K)",
     )
     p.add_argument("--order3", action="store_true", help="also the diagonal of D^(3)")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="seed of the sample subset")
+    p.add_argument("--data", default=None, help="data set spec (default: the run's)")
     p.add_argument("--data-root", default=None, help="override the run's data source")
+    p.add_argument("--loss", default="cross_entropy", choices=LOSSES)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--shard",
+        default="auto",
+        choices=SHARDS,
+        help="under torchrun: spread the checkpoints over the ranks, or split every "
+        "checkpoint's samples (auto: checkpoints while there are more left than ranks)",
+    )
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=600.0,
+        help="a claim not renewed for this long is taken over by another process",
+    )
+    _common(p)
 
 
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="validate a checkpoint file and print its metadata")
     p.add_argument("path")
-    p.add_argument("--architecture", default=None, help="for a bare state_dict")
+    p.add_argument(
+        "--architecture", default=None, help="for a bare state_dict, e.g. torchvision:resnet18"
+    )
+    p.add_argument("--model-kwargs", type=_json_dict, default={})
+    p.add_argument("--models", default=None, metavar="FILE.py")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -152,12 +188,38 @@ def parser() -> argparse.ArgumentParser:
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a device torch cannot use is a
+    ValueError saying so.
+
+    Raises:
+        ValueError: not a device name, or CUDA asked for on a machine without a GPU.
+    """
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU here; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPUs")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: only cpu and cuda are supported")
+    return str(device)
+
+
+def _load_models(args) -> None:
+    from hessian_lens.registry import load_env_models, load_model_files
+
+    load_env_models()
+    if getattr(args, "models", None):
+        load_model_files(args.models)
 
 
 def _train(args) -> int:
@@ -174,9 +236,6 @@ def _train(args) -> int:
         test_size=args.test_size,
         val_size=args.val_size,
         loss=args.loss,
-        curvature_data=args.curvature_data,
-        curvature_size=args.curvature_size,
-        checkpoints_at=args.checkpoints_at,
         epochs=args.epochs,
         batch_size=args.batch_size,
         optimizer=args.optimizer,
@@ -184,6 +243,9 @@ def _train(args) -> int:
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         optimizer_kwargs=args.optimizer_kwargs,
+        curvature_data=args.curvature_data,
+        curvature_size=args.curvature_size,
+        checkpoints_at=args.checkpoints_at,
         seed=args.seed,
         lr_plateau=args.lr_plateau,
         download=args.download,
@@ -195,9 +257,8 @@ def _train(args) -> int:
 
 
 def _analyze(args) -> int:
-    import torch
-
-    from hessian_lens.analyze import AnalysisSettings, analyze_run
+    from hessian_lens import distributed
+    from hessian_lens.analyze import AnalysisSettings, analyze_run, analyze_run_data_parallel
 
     settings = AnalysisSettings(
         samples=args.samples,
@@ -205,36 +266,58 @@ def _analyze(args) -> int:
         order3=args.order3,
         batch_size=args.batch_size,
         seed=args.seed,
-        dtype="float64" if args.dtype == "float64" else "float32",
+        dtype=args.dtype,
+        loss=args.loss,
     )
-    done = analyze_run(
-        args.run,
-        settings,
-        data_source=args.data_root,
-        device=torch.device(resolve_device(args.device)),
-        progress=not args.no_progress,
-    )
-    print(f"{done['computed']} checkpoints analysed, {done['skipped']} already in {done['store']}")
+    device = distributed.init_from_env(resolve_device(args.device))
+    rank, world = distributed.rank_and_world()
+    kwargs = {
+        "data_source": args.data_root,
+        "device": device,
+        "data": args.data,
+        "progress": not args.no_progress and rank == 0,
+    }
+    mode = _shard_mode(args, world)
+    if mode == "data":
+        done = analyze_run_data_parallel(args.run, settings, **kwargs)
+    else:
+        done = analyze_run(args.run, settings, lease_s=args.lease_seconds, **kwargs)
+    if mode == "checkpoints" and world > 1:  # each rank computed its own share
+        total = done["computed"] + done["skipped"]
+        done["computed"] = distributed.sum_int(done["computed"])
+        done["skipped"] = total - done["computed"]
+    if rank == 0:
+        print(
+            f"{done['computed']} checkpoints analysed, {done['skipped']} already in "
+            f"{done['store']}" + (f" ({world} ranks, --shard {mode})" if world > 1 else "")
+        )
     return 0
 
 
-def _inspect(args) -> int:
-    from hessian_lens.checkpoint import file_sha256, load_checkpoint
+def _shard_mode(args, world: int) -> str:
+    """checkpoints or data: ``auto`` splits the data when fewer checkpoints are left than
+    there are ranks."""
+    if world == 1 or args.shard != "auto":
+        return "checkpoints" if world == 1 else args.shard
+    from hessian_lens import runfolder
 
-    model, meta = load_checkpoint(args.path, architecture=args.architecture)
-    n = sum(p.numel() for p in model.parameters())
-    print(
-        json.dumps(
-            {
-                "file": args.path,
-                "sha256": file_sha256(args.path),
-                "architecture": meta["model"],
-                "parameters": n,
-                "meta": {k: v for k, v in meta.items() if k != "model"},
-            },
-            indent=2,
-        )
-    )
+    left = len(runfolder.list_checkpoints(args.run))
+    return "checkpoints" if left >= world else "data"
+
+
+def _inspect(args) -> int:
+    from hessian_lens.inspection import Inspection
+
+    ins = Inspection.open(args.path)
+    model, meta = ins.build(args.architecture, args.model_kwargs)
+    out = {
+        "file": args.path,
+        "sha256": ins.sha,
+        "architecture": meta["model"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "meta": {k: v for k, v in meta.items() if k != "model"},
+    }
+    print(json.dumps(out, indent=2, default=str))
     return 0
 
 
@@ -243,10 +326,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handler = {"train": _train, "analyze": _analyze, "inspect": _inspect}[args.command]
     try:
+        _load_models(args)
         return handler(args)
-    except (CheckpointError, DataNotFoundError, PartitionError, ValueError) as err:
-        print(f"hessian-lens {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, MemoryError, FloatingPointError) as err:
+        print(f"hessian-lens {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -212,10 +213,14 @@ def check_model_fits(model: nn.Module, data: ImageData, classes: bool = True) ->
     """
     expected = expected_input(model)
     given = "x".join(str(s) for s in data.shape)
-    if expected is not None and expected[0] != data.shape[0]:
+    features = getattr(model, "input_features", None)
+    if features is not None and features != math.prod(data.shape):
         raise DataError(
-            f"the model expects {'x'.join(map(str, expected))} inputs, the data gives {given}"
+            f"the model expects {features} input values per sample, the data gives {given} "
+            f"= {math.prod(data.shape)}"
         )
+    if expected is not None and tuple(expected) != data.shape[: len(expected)]:
+        raise DataError(f"the model expects {_shape_text(expected)}, the data gives {given}")
     x = data.normalize(data.x[:2]).to(next(model.parameters()).dtype)
     was = model.training
     model.eval()
@@ -223,7 +228,7 @@ def check_model_fits(model: nn.Module, data: ImageData, classes: bool = True) ->
         with torch.no_grad():
             out = model(x.to(next(model.parameters()).device))
     except (RuntimeError, ValueError, IndexError) as err:
-        want = f"{'x'.join(map(str, expected))} inputs" if expected else "other inputs"
+        want = _shape_text(expected) if expected else "other inputs"
         raise DataError(
             f"the model expects {want}, the data gives {given} ({str(err).splitlines()[0][:120]})"
         ) from None
@@ -234,6 +239,13 @@ def check_model_fits(model: nn.Module, data: ImageData, classes: bool = True) ->
             f"the data has labels up to {data.num_classes - 1} but the model has "
             f"{out.shape[1]} outputs; build it with num_classes={data.num_classes}"
         )
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """``3x32x32 inputs``, or ``3-channel inputs`` when only the channels are known."""
+    if len(shape) == 1:
+        return f"{shape[0]}-channel inputs"
+    return f"{'x'.join(map(str, shape))} inputs"
 
 
 def expected_input(model: nn.Module) -> tuple[int, ...] | None:

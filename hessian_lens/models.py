@@ -105,6 +105,7 @@ class LeNet5(nn.Module):
         self.fc3 = nn.Linear(84, num_classes)
         self.act = make_activation(activation)
         self.activation = activation
+        self.input_shape = (in_channels, 32, 32)
         self.pool = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -146,6 +147,7 @@ class VGG11Prime(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(channels, num_classes)
         self.activation = activation
+        self.input_shape = (in_channels, 32, 32)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))
@@ -174,6 +176,7 @@ class MLP(nn.Module):
                 layers.append(make_activation(activation))
         self.layers = nn.Sequential(*layers)
         self.activation = activation
+        self.input_features = sizes[0]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x.flatten(1))

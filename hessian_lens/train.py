@@ -30,7 +30,13 @@ from torch import nn
 
 from hessian_lens import runfolder
 from hessian_lens.checkpoint import CheckpointError, save_checkpoint
-from hessian_lens.data import Batches, ImageData, load_dataset, split_validation
+from hessian_lens.data import (
+    Batches,
+    ImageData,
+    check_model_fits,
+    load_dataset,
+    split_validation,
+)
 from hessian_lens.files import atomic_write, write_json
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.models import INITS
@@ -248,12 +254,14 @@ def train(config: TrainConfig, progress: bool = True, command: str | None = None
 
 def _session(config: TrainConfig, progress: bool, command: str | None) -> _Session:
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder for the run.")
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out {out}: {folder} is a file; give a folder for the run.")
     device = torch.device(config.device)
     train_set, test_set, val_set = load_data(config)
     torch.manual_seed(config.seed)
     model = build_model(config.model, init=config.init, **config.model_kwargs).to(device)
+    check_model_fits(model, train_set)
     optimizer = make_optimizer(config, model)
     scheduler = None
     if config.lr_plateau is not None:  # halve lr when the training loss plateaus
