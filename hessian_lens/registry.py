@@ -10,11 +10,14 @@
 * code-free ``.pt2`` exports need no name at all (:mod:`hessian_lens.export`).
 
 Every build can happen on the ``meta`` device first (:func:`build_on_meta`): shapes and
-parameter counts are known before a byte of weights is allocated.
+parameter counts are known before a byte of weights is allocated. :func:`infer_kwargs` reads
+the shape arguments (``num_classes``, ViT ``image_size``, ``aux_logits``, MLP ``sizes``, ...)
+of an architecture back from a state_dict.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import math
@@ -26,12 +29,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from hessian_lens.models import ACTIVATIONS, MODELS, initialize
+from hessian_lens.models import ACTIVATIONS, MODELS, VGG11_CONFIG, initialize
 
 TORCHVISION_PREFIX = "torchvision:"
 MODELS_ENV = "HESSIAN_LENS_MODELS"
 ALIASES = {"vgg11": "vgg11p", "lenet": "lenet5"}
+VGG11_LAST_CHANNELS = [c for c in VGG11_CONFIG if c != "M"][-1]
 _USER: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -59,6 +64,16 @@ def register_model(name: str) -> Callable:
         return builder
 
     return decorate
+
+
+def unregister_model(name: str) -> None:
+    """Forget a name registered with :func:`register_model` (no error when absent)."""
+    _USER.pop(str(name).strip(), None)
+
+
+def user_model_names() -> list[str]:
+    """The names registered by the user's own code, sorted."""
+    return sorted(_USER)
 
 
 def load_model_files(paths: str | os.PathLike | list) -> list[str]:
@@ -171,23 +186,177 @@ def build_model(name: str, init: str = "torch", **kwargs) -> nn.Module:
             raise ArchitectureError("pretrained weights are never downloaded: load a state_dict")
     try:
         model = ctor(**kwargs)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
-        raise ArchitectureError(f"bad arguments for '{key}': {err}") from None
+    except Exception as err:  # any constructor error is a bad argument to report, not a crash
+        raise ArchitectureError(
+            f"bad arguments for '{key}': {type(err).__name__}: {err}"[:400]
+        ) from None
     if not isinstance(model, nn.Module):
         raise ArchitectureError(f"'{key}' built a {type(model).__name__}, not an nn.Module")
     return initialize(model, init, getattr(model, "activation", "relu"))
 
 
 def build_on_meta(name: str, **kwargs) -> nn.Module:
-    """The architecture on the ``meta`` device: shapes without memory."""
-    with torch.device("meta"):
-        return build_model(name, **kwargs)
+    """The architecture on the ``meta`` device: shapes without memory.
+
+    Builders that compute plain numbers with tensors before their modules exist (RegNet's
+    widths call ``.tolist()``) cannot run wholly on ``meta``; for them only the tensors
+    created inside ``nn.Module.__init__`` go to ``meta``. A builder that still needs the
+    values of its parameters' tensors is refused rather than built for real.
+
+    Raises:
+        ArchitectureError: unknown name, bad arguments, or not buildable on ``meta``.
+    """
+    check_kwargs(name, kwargs)
+    try:
+        with torch.device("meta"):
+            return build_model(name, **kwargs)
+    except ArchitectureError as err:
+        first = err
+    try:
+        with _ModulesOnMeta():
+            model = build_model(name, **kwargs)
+    except ArchitectureError:
+        raise first from None
+    if any(t.device.type != "meta" for t in (*model.parameters(), *model.buffers())):
+        raise ArchitectureError(f"'{name}' cannot be built on the meta device: {first}")
+    return model
+
+
+class _ModulesOnMeta(TorchFunctionMode):
+    """Tensor factories called inside an ``nn.Module.__init__`` create ``meta`` tensors;
+    those of the builder's own arithmetic stay on the CPU (thread-local, like every mode)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if kwargs.get("device") is None and func in _factories() and _inside_module_init():
+            kwargs["device"] = torch.device("meta")
+        return func(*args, **kwargs)
+
+
+@functools.cache
+def _factories() -> frozenset:
+    from torch.utils._device import _device_constructors
+
+    return frozenset(_device_constructors())
+
+
+def _inside_module_init() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_name == "__init__" and isinstance(frame.f_locals.get("self"), nn.Module):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of a (possibly meta) model's parameters and buffers."""
     tensors = [*model.parameters(), *model.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# ---------------------------------------------------------------------------- inference
+DEFAULT_TORCHVISION_CLASSES = 1000
+
+
+def infer_kwargs(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The shape arguments of architecture ``name`` that a state_dict's shapes reveal.
+
+    * built-in: ``num_classes``, ``in_channels``; ``width`` (VGG-11'); ``sizes`` (MLP);
+    * ``torchvision:*``: ``num_classes`` from the classifier head (the last tensor whose
+      first dimension is 1000 in the default build); ViT ``image_size`` from the
+      positional embedding (``(image_size / patch)^2 + 1`` tokens); GoogLeNet / Inception
+      ``aux_logits`` from the presence of the auxiliary heads' keys;
+    * user models: nothing (their arguments must be given).
+
+    Only shapes are read, so meta tensors work. An argument whose keys are absent or odd is
+    left out; building then reports the mismatch.
+
+    Example:
+        >>> from hessian_lens.models import LeNet5
+        >>> infer_kwargs("lenet5", LeNet5(num_classes=7).state_dict())
+        {'num_classes': 7, 'in_channels': 3}
+    """
+    key, _ = resolve(name)
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
+    if key.startswith(TORCHVISION_PREFIX):
+        return _torchvision_kwargs(key, shapes)
+    reader = _BUILTIN_READERS.get(key)
+    return _safely(reader, shapes) if reader else {}
+
+
+def _safely(reader: Callable[[dict], dict], shapes: dict) -> dict[str, Any]:
+    try:
+        return reader(shapes)
+    except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError):
+        return {}
+
+
+def _lenet_kwargs(shapes: dict) -> dict[str, Any]:
+    return {"num_classes": shapes["fc3.weight"][0], "in_channels": shapes["conv1.weight"][1]}
+
+
+def _vgg11p_kwargs(shapes: dict) -> dict[str, Any]:
+    out, channels = shapes["classifier.weight"]
+    width = channels / VGG11_LAST_CHANNELS
+    return {
+        "num_classes": out,
+        "in_channels": shapes["features.0.weight"][1],
+        **({} if width == 1 else {"width": width}),
+    }
+
+
+def _mlp_kwargs(shapes: dict) -> dict[str, Any]:
+    weights = [(int(k.split(".")[1]), s) for k, s in shapes.items() if _mlp_weight(k)]
+    weights = [s for _, s in sorted(weights)]
+    return {"sizes": [weights[0][1]] + [s[0] for s in weights]}
+
+
+def _mlp_weight(key: str) -> bool:
+    parts = key.split(".")
+    return len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit() and parts[2] == "weight"
+
+
+def _torchvision_kwargs(key: str, shapes: dict) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    head = _head_key(key, shapes)
+    if head is not None and shapes[head]:
+        kwargs["num_classes"] = shapes[head][0]
+    kwargs.update(_safely(_vit_kwargs, shapes))
+    prefix = _AUX_PREFIXES.get(key.removeprefix(TORCHVISION_PREFIX))
+    if prefix:
+        kwargs["aux_logits"] = any(k.startswith(prefix) for k in shapes)
+    return kwargs
+
+
+def _head_key(key: str, shapes: dict) -> str | None:
+    """The classifier head: the last entry of the default build with 1000 rows."""
+    rows = (DEFAULT_TORCHVISION_CLASSES,)
+    heads = [k for k, s in _default_shapes(key) if s[:1] == rows and k in shapes]
+    return heads[-1] if heads else None
+
+
+_AUX_PREFIXES = {"googlenet": "aux1.", "inception_v3": "AuxLogits."}
+
+
+def _vit_kwargs(shapes: dict) -> dict[str, Any]:
+    tokens = shapes["encoder.pos_embedding"][1] - 1
+    patch = shapes["conv_proj.weight"][-1]
+    side = math.isqrt(tokens)
+    return {"image_size": side * patch} if side * side == tokens and side else {}
+
+
+@functools.lru_cache(maxsize=16)
+def _default_shapes(key: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(name, shape) of every state_dict entry of a torchvision default build, in order."""
+    return tuple((k, tuple(v.shape)) for k, v in build_on_meta(key).state_dict().items())
+
+
+_BUILTIN_READERS: dict[str, Callable[[dict], dict]] = {
+    "lenet5": _lenet_kwargs,
+    "vgg11p": _vgg11p_kwargs,
+    "mlp": _mlp_kwargs,
+}
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -235,6 +404,10 @@ def _argument_problem(arg: str, value: Any) -> str | None:
         return "an integer >= 1"
     if arg == "activation" and not (isinstance(value, str) and value.lower() in ACTIVATIONS):
         return f"one of {sorted(ACTIVATIONS)}"
+    if arg == "image_size" and not (_int(value) and 1 <= value <= 100_000):
+        return "an integer >= 1 (pixels)"
+    if arg == "aux_logits" and not isinstance(value, bool):
+        return "true or false"
     if arg == "width" and not (_real(value) and 0 < value <= 16):
         return "a number in (0, 16]"
     if arg == "pool" and value not in ("max", "avg"):
