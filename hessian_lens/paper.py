@@ -96,8 +96,10 @@ def last_block_strength(rec: dict, name: str, scale: str, last: int = 5) -> floa
     others = [
         abs(W[i, j]) for i in range(n) for j in range(n) if i != j and not (i in tail and j in tail)
     ]
-    rest = float(np.mean(others)) if others else 0.0
-    return inside / rest if rest > 0 else float("nan")
+    if not others:
+        return float("nan")  # no layer outside the block to compare with
+    rest = float(np.mean(others))
+    return inside / rest if rest > 0 else float("inf")
 
 
 def weights_dominate(rec: dict, name: str, scale: str, last: int = 5) -> float:

@@ -152,3 +152,47 @@ def test_check_against_another_model():
     part = hl.Partition.canonical(lenet())
     with pytest.raises(hl.PartitionError, match="shape"):
         part.check(LeNet5(num_classes=5))
+
+
+def resnet_like():
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+    return nn.Sequential(
+        nn.Sequential(block, nn.Sequential(nn.Conv2d(4, 4, 1), nn.LayerNorm([4, 1, 1]))),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
+
+
+def test_norm_parameters_are_their_own_kind():
+    part = hl.Partition.canonical(resnet_like())
+    kinds = dict(zip(part.labels, part.kinds, strict=True))
+    assert kinds["0.0.0.weight"] == "weight"
+    assert kinds["0.0.1.weight"] == "norm_weight" and kinds["0.0.1.bias"] == "norm_bias"
+    assert kinds["0.1.1.weight"] == "norm_weight"  # LayerNorm too
+    assert kinds["2.bias"] == "bias"
+    by_kind = hl.Partition.by_kind(resnet_like())
+    assert by_kind.labels == ["weights", "norm_weights", "norm_biases", "biases"]
+    covered_once(by_kind, resnet_like())
+
+
+def test_by_module_depths_and_scheme_names():
+    model = resnet_like()
+    assert hl.Partition.by_module(model, 1).labels == ["0", "2"]
+    assert hl.Partition.by_module(model, 2).labels == ["0.0", "0.1", "2.weight", "2.bias"]
+    assert hl.Partition.from_name(model, "by_module:2").scheme == "by_module:2"
+    covered_once(hl.Partition.by_module(model, 3), model)
+    for bad in ("by_module:0", "by_module:x", "blocks"):
+        with pytest.raises(hl.PartitionError, match="unknown partition"):
+            hl.Partition.from_name(model, bad)
+    with pytest.raises(hl.PartitionError, match="depth"):
+        hl.Partition.by_module(model, 0)
+
+
+def test_by_regex_first_match_wins_and_the_rest_stay_alone():
+    model = resnet_like()
+    part = hl.Partition.by_regex(model, [(r"\.1\.(weight|bias)$", "norms"), (r"weight$", "W")])
+    assert part.labels == ["W", "norms", "0.1.0.bias", "2.bias"]
+    covered_once(part, model)
+    with pytest.raises(hl.PartitionError, match="bad regular expression"):
+        hl.Partition.by_regex(model, [("(", "x")])

@@ -1,0 +1,84 @@
+"""The Recorder: a run folder from a plain PyTorch loop, browsable without the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hessian_lens as hl
+from hessian_lens.runs import load_run
+from hessian_lens.store import ResultStore
+
+
+class OnlyInThisScript(nn.Module):
+    """A model whose code the dashboard never sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def loop(tmp_path, **kwargs):
+    torch.manual_seed(0)
+    model = OnlyInThisScript()
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    batches = [(x[:20], y[:20]), (x[20:], y[20:])]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with hl.Recorder(tmp_path / "run", model, F.cross_entropy, batches, **kwargs) as rec:
+        rec.log(0, train_loss=float(F.cross_entropy(model(x), y)))
+        for epoch in (1, 2, 3):
+            for bx, by in batches:
+                opt.zero_grad()
+                F.cross_entropy(model(bx), by).backward()
+                opt.step()
+            rec.log(epoch, train_loss=torch.tensor(float(F.cross_entropy(model(x), y))))
+    return model, batches, tmp_path / "run"
+
+
+def test_recorder_writes_checkpoints_metrics_and_the_analysis(tmp_path):
+    model, batches, run = loop(tmp_path, every=2)
+    manifest = json.loads((run / "run.json").read_text())
+    assert [h["epoch"] for h in manifest["history"]] == [0, 1, 2, 3]
+    assert manifest["model"]["name"] == "user:OnlyInThisScript" and manifest["recorder"]
+    assert sorted(p.name for p in run.glob("epoch_*.pt")) == [f"epoch_{e:04d}.pt" for e in range(4)]
+    records = ResultStore(run / "analysis.sqlite").records()
+    assert [r.epoch for r in records] == [0, 2]  # every=2: calls 0 and 2
+    res = hl.pseudo_hessian(model, F.cross_entropy, batches)  # the final weights
+    final = loop(tmp_path / "again", every=1)[2]
+    last = ResultStore(final / "analysis.sqlite").records()[-1]
+    np.testing.assert_allclose(last.arrays["H"], res.H.double().numpy(), rtol=1e-5, atol=1e-9)
+    assert last.summary["labels"] == res.labels and last.summary["n_samples"] == 40
+
+
+def test_the_dashboard_reads_a_recorder_run_without_the_model(tmp_path):
+    _, _, run = loop(tmp_path)
+    browsed = load_run(run)
+    assert browsed.warnings == [] and len(browsed.records()) == 4
+    assert browsed.history[-1]["train_loss"] < browsed.history[0]["train_loss"]
+
+
+def test_recorder_refuses_bad_inputs(tmp_path):
+    model = OnlyInThisScript()
+    batch = (torch.randn(4, 6), torch.randint(0, 3, (4,)))
+    with pytest.raises(ValueError, match="every"):
+        hl.Recorder(tmp_path / "a", model, F.cross_entropy, batch, every=0)
+    rec = hl.Recorder(tmp_path / "b", model, "cross_entropy", batch)
+    with pytest.raises(ValueError, match="epoch must be a number"):
+        rec.log(-1)
+    with pytest.raises(TypeError, match="metric 'acc' must be a number"):
+        rec.log(0, acc=[1, 2])
+    rec.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        rec.log(1)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "run.json").write_text(json.dumps({"name": "trained"}))
+    with pytest.raises(ValueError, match="not written by a Recorder"):
+        hl.Recorder(tmp_path / "c", model, F.cross_entropy, batch)
