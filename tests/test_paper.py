@@ -51,7 +51,7 @@ def test_last_five_layers_weights_and_long_distance():
     for a in tail:
         for b in tail:
             if a != b:
-                H[a, b] = 0.15  # weights of the last five layers coupled, first-to-last too
+                H[a, b] = 0.3  # weights of the last five layers coupled, first-to-last too
     rec = {"summary": record(H, n)["summary"], "arrays": {"H": H, "Hinv": H}}
     assert paper.last_block_strength(rec, "Hinv", "raw") == float("inf")  # zero elsewhere
     five = {"summary": record(np.eye(10), 5)["summary"], "arrays": {"Hinv": np.eye(10)}}
@@ -60,13 +60,13 @@ def test_last_five_layers_weights_and_long_distance():
     H2[w[0], w[1]] = H2[w[1], w[0]] = 0.05
     rec2 = {"summary": rec["summary"], "arrays": {"H": H2, "Hinv": H2}}
     # 20 ordered pairs inside the last five, 22 others (two of them 0.05)
-    assert paper.last_block_strength(rec2, "Hinv", "raw") == pytest.approx(0.15 / (0.1 / 22))
+    assert paper.last_block_strength(rec2, "Hinv", "raw") == pytest.approx(0.3 / (0.1 / 22))
     assert paper.weights_dominate(rec2, "Hinv", "raw") == float("inf")  # no bias coupling
     assert paper.long_distance(rec2, "Hinv", "raw") == pytest.approx(1.0)
     rows = paper.figure_claims({}, {"6": rec2})
     assert [r.verdict for r in rows] == ["holds", "holds", "holds", "holds"]
     top = paper.strongest_long_range(rec2, "Hinv", "raw", min_distance=2, top=2)
-    assert {abs(v) for _, _, v in top} == {0.15}
+    assert {abs(v) for _, _, v in top} == {0.3}
 
 
 def test_scale_dependent_verdicts():
