@@ -500,7 +500,8 @@ def _check_safetensors_sizes(
     header: dict, data_bytes: int, max_bytes: int | None, name: str
 ) -> None:
     """Every tensor's dtype, shape and offsets agree and lie in the file; the total, as
-    declared by the header, stays under ``max_bytes``. Nothing is read before this."""
+    declared by the header, stays under ``max_bytes``. Nothing is read before this.
+    """
     total = 0
     for key, entry in header.items():
         if key == "__metadata__":
@@ -620,7 +621,8 @@ def _checked_kwargs(key: str, kwargs: Any, name: str) -> dict:
 
 def _detect(state: Mapping[str, Tensor], name: str) -> tuple[str, dict]:
     """The one default architecture (built-in or registered) whose names and shapes fit
-    ``state``, each built on the ``meta`` device (nothing allocated)."""
+    ``state``, each built on the ``meta`` device (nothing allocated).
+    """
     candidates = sorted(MODELS) + registry.user_model_names()
     matches = [n for n in candidates if _fits_default(n, state)]
     if len(matches) == 1:
@@ -696,7 +698,8 @@ def _check_fit(model: nn.Module, state: Mapping[str, Tensor], what: str) -> None
 def _check_memory(model: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
     """Refuse a model that needs far more memory than the file stores: tensors expanded
     from a few bytes (stride 0) or many names sharing one storage would otherwise make a
-    tiny file allocate gigabytes."""
+    tiny file allocate gigabytes.
+    """
     need = registry.parameter_bytes(model)
     storages = {
         t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()

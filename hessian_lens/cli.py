@@ -295,8 +295,9 @@ def _analyze(args) -> int:
 
 
 def _shard_mode(args, world: int) -> str:
-    """checkpoints or data: ``auto`` splits the data when fewer checkpoints are left than
-    there are ranks."""
+    """Checkpoints or data: ``auto`` splits the data when fewer checkpoints are left than
+    there are ranks.
+    """
     if world == 1 or args.shard != "auto":
         return "checkpoints" if world == 1 else args.shard
     from hessian_lens import runfolder

@@ -70,7 +70,8 @@ def paper_init(model: nn.Module, gain: float, seed: int | None = None) -> nn.Mod
 
 def initialize(model: nn.Module, init: str, activation: str = "relu") -> nn.Module:
     """Apply an initialisation scheme: ``"torch"`` (PyTorch's default, as built) or
-    ``"paper"`` (:func:`paper_init` with the gain of ``activation``)."""
+    ``"paper"`` (:func:`paper_init` with the gain of ``activation``).
+    """
     if init == "torch":
         return model
     if init != "paper":

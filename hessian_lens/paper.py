@@ -88,7 +88,8 @@ def mean_off_diagonal(M: np.ndarray, idx: Sequence[int]) -> float:
 
 def last_block_strength(rec: dict, name: str, scale: str, last: int = 5) -> float:
     """Mean WW coupling between distinct layers among the last ``last`` layers, divided by
-    the mean WW coupling of every other pair of distinct layers."""
+    the mean WW coupling of every other pair of distinct layers.
+    """
     W = kind_matrix(rec, name, scale, ("weight", "weight"))
     n = W.shape[0]
     tail = list(range(max(0, n - last), n))
@@ -104,7 +105,8 @@ def last_block_strength(rec: dict, name: str, scale: str, last: int = 5) -> floa
 
 def weights_dominate(rec: dict, name: str, scale: str, last: int = 5) -> float:
     """Within the last ``last`` layers: mean |WW| off-diagonal over the larger of mean
-    |BB| off-diagonal and mean |WB| (weights of one layer vs biases of another)."""
+    |BB| off-diagonal and mean |WB| (weights of one layer vs biases of another).
+    """
     W = kind_matrix(rec, name, scale, ("weight", "weight"))
     B = kind_matrix(rec, name, scale, ("bias", "bias"))
     WB = kind_matrix(rec, name, scale, ("weight", "bias"))
@@ -122,7 +124,8 @@ def weights_dominate(rec: dict, name: str, scale: str, last: int = 5) -> float:
 
 def long_distance(rec: dict, name: str, scale: str, last: int = 5) -> float:
     """|WW coupling between the first and the last of the last ``last`` layers| over the
-    median |WW coupling| of adjacent layers in that block."""
+    median |WW coupling| of adjacent layers in that block.
+    """
     W = kind_matrix(rec, name, scale, ("weight", "weight"))
     n = W.shape[0]
     first = max(0, n - last)
@@ -175,7 +178,8 @@ def _claim(figure, text, measure, threshold, values: dict[str, float], test) -> 
 
 def figure_claims(lenet: dict[str, dict], vgg: dict[str, dict]) -> list[Claim]:
     """The table of claims for figure 1 (``lenet``: {"1": rec, "21": rec}) and figure 2
-    (``vgg``: {"1": rec, "6": rec}); either may be empty (its rows are then left out)."""
+    (``vgg``: {"1": rec, "6": rec}); either may be empty (its rows are then left out).
+    """
     out = []
     for epoch, rec in lenet.items():
         fig = f"Fig. 1, LeNet-5, epoch {epoch}"

@@ -224,7 +224,8 @@ def build_on_meta(name: str, **kwargs) -> nn.Module:
 
 class _ModulesOnMeta(TorchFunctionMode):
     """Tensor factories called inside an ``nn.Module.__init__`` create ``meta`` tensors;
-    those of the builder's own arithmetic stay on the CPU (thread-local, like every mode)."""
+    those of the builder's own arithmetic stay on the CPU (thread-local, like every mode).
+    """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -205,7 +205,8 @@ def read_optimizer_log(
     folder: str | Path, max_bytes: int = LOG_MAX_BYTES, max_entries: int = LOG_MAX_ENTRIES
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """``optimizer_log.json`` as ``{"labels", "entries"}``, thinned to ``max_entries``
-    per kind (steps and recomputations), with warnings; ``(None, [])`` when absent."""
+    per kind (steps and recomputations), with warnings; ``(None, [])`` when absent.
+    """
     path = Path(folder) / OPTIMIZER_LOG
     if not path.exists():
         return None, []

@@ -100,7 +100,8 @@ def run_folders(root: str | Path) -> list[Path]:
 
 def run_roots(default: str | Path, extra: str | None = None) -> list[Path]:
     """The default root, then those of ``$HESSIAN_LENS_RUNS`` and ``extra``
-    (both separated by ``os.pathsep`` or commas)."""
+    (both separated by ``os.pathsep`` or commas).
+    """
     roots = [Path(default)]
     for text in (os.environ.get(RUNS_ENV, ""), extra or ""):
         roots += [

@@ -191,7 +191,8 @@ class ResultStore:
 
     def put(self, record: Record, owner: str | None = None) -> bool:
         """Insert a record atomically (and drop ``owner``'s claim on it); False when the key
-        was already there (kept as is)."""
+        was already there (kept as is).
+        """
         self._writable()
         blob = _pack(record.arrays)
         key = settings_key(record.settings)
@@ -259,7 +260,8 @@ class ResultStore:
     # ------------------------------------------------------------------ claims
     def claim(self, checkpoint_sha: str, settings: dict[str, Any], owner: str, ttl: float) -> str:
         """Try to take the lease on a checkpoint: ``"taken"``, ``"done"`` (already stored)
-        or ``"busy"`` (another owner's lease is alive). Expired leases are taken over."""
+        or ``"busy"`` (another owner's lease is alive). Expired leases are taken over.
+        """
         self._writable()
         key, now = settings_key(settings), time.time()
         with self._connect() as db:
@@ -317,7 +319,8 @@ _LIGHT_COLUMNS = "checkpoint_sha, settings, checkpoint, epoch, summary, seconds,
 
 class _Closing:
     """``with`` closes the connection (sqlite3's own context manager only commits) and turns
-    SQLite failures (a corrupt or foreign file) into :class:`StoreError`."""
+    SQLite failures (a corrupt or foreign file) into :class:`StoreError`.
+    """
 
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db, self.path = db, path
@@ -334,7 +337,8 @@ class _Closing:
 
 def _readonly_uri(path: Path) -> str:
     """``mode=ro``; ``immutable=1`` too when the folder cannot be written (no -shm file can
-    be made there, so SQLite could not even read a WAL database otherwise)."""
+    be made there, so SQLite could not even read a WAL database otherwise).
+    """
     uri = f"{path.resolve().as_uri()}?mode=ro"
     return uri + "&immutable=1" if not os.access(path.parent, os.W_OK) else uri
 

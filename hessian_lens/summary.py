@@ -380,7 +380,8 @@ def summaries_from_gradient(
     grads, params, u, part: Partition, d3_diagonal: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``g_bar``, ``H_bar`` (and the ``D^(3)`` diagonal) of one loss, from its gradient
-    ``grads`` w.r.t. ``params`` taken with ``create_graph=True`` (what an optimizer has)."""
+    ``grads`` w.r.t. ``params`` taken with ``create_graph=True`` (what an optimizer has).
+    """
     spec = _Spec(full=2, diag=3 if d3_diagonal else 0)
     S, ref = len(part), params[0]
     full = {k: torch.zeros((S,) * k, dtype=ref.dtype, device=ref.device) for k in (1, 2)}
@@ -392,7 +393,8 @@ def summaries_from_gradient(
 
 def accumulate_from_gradient(grads, params, u, part, spec: _Spec, full, diag, weight) -> None:
     """Add ``weight *`` the summaries of a loss into ``full`` / ``diag``, given its gradient
-    ``grads`` w.r.t. ``params`` taken with ``create_graph=True`` (loop back end)."""
+    ``grads`` w.r.t. ``params`` taken with ``create_graph=True`` (loop back end).
+    """
     gu = [g * v for g, v in zip(grads, u, strict=True)]
     _descend((), gu, list(range(len(params))), 1, params, u, part, spec, full, diag, weight)
 
