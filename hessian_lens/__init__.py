@@ -6,6 +6,7 @@ The public API::
     part = hl.Partition.canonical(model)
     res = hl.pseudo_hessian(model, loss_fn, data)      # res.H (S x S), res.g (S)
     D3 = hl.summary_tensor(model, loss_fn, data, order=3)
+    plan = hl.memory_plan(model, loss_fn, batch)        # predicted peak, micro-batch that fits
     eta, info = hl.partition_newton_step(model, loss_fn, data)
     opt = hl.optim.PartitionNewton(model.parameters(), lr=0.3)
     model, meta = hl.load_checkpoint(path)
@@ -17,7 +18,9 @@ from hessian_lens.optim import PartitionNewton, partition_newton_step
 from hessian_lens.partition import Group, Partition, PartitionError
 from hessian_lens.summary import (
     MemoryGuardError,
+    MemoryPlan,
     PseudoHessian,
+    memory_plan,
     pseudo_gradient,
     pseudo_hessian,
     summary_tensor,
@@ -30,12 +33,14 @@ __all__ = [
     "CheckpointError",
     "Group",
     "MemoryGuardError",
+    "MemoryPlan",
     "Partition",
     "PartitionError",
     "PartitionNewton",
     "PseudoHessian",
     "__version__",
     "load_checkpoint",
+    "memory_plan",
     "optim",
     "partition_newton_step",
     "pseudo_gradient",
