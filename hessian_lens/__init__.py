@@ -6,6 +6,7 @@ The public API::
     part = hl.Partition.canonical(model)
     res = hl.pseudo_hessian(model, loss_fn, data)      # res.H (S x S), res.g (S)
     D3 = hl.summary_tensor(model, loss_fn, data, order=3)
+    plan = hl.memory_plan(model, loss_fn, batch)        # predicted peak, micro-batch that fits
     eta, info = hl.partition_newton_step(model, loss_fn, data)
     opt = hl.optim.PartitionNewton(model.parameters(), lr=0.3)
     model = hl.build_model("torchvision:resnet18", num_classes=10)
@@ -33,6 +34,8 @@ _EXPORTS = {
     "Partition": "hessian_lens.partition",
     "PartitionError": "hessian_lens.partition",
     "MemoryGuardError": "hessian_lens.summary",
+    "MemoryPlan": "hessian_lens.summary",
+    "memory_plan": "hessian_lens.summary",
     "PseudoHessian": "hessian_lens.summary",
     "pseudo_gradient": "hessian_lens.summary",
     "pseudo_hessian": "hessian_lens.summary",

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from hessian_lens.linalg import scales
 from hessian_lens.partition import Group, Partition, parameter_kind
-from hessian_lens.summary import pseudo_hessian, summaries_from_gradient
+from hessian_lens.summary import differentiate, pseudo_hessian, summaries_from_gradient
 
 REGULARIZATIONS = ("none", "diag", "cubic")
 DIRECTIONS = ("momentum", "gradient", "adam")
@@ -394,14 +394,15 @@ class PartitionNewton(torch.optim.Optimizer):
         curvature = self.steps % self.config["period"] == 0
         with torch.enable_grad():
             loss = closure()
-            grads = self._grad(loss, params, create_graph=curvature and curvature_closure is None)
+            own_curvature = curvature and curvature_closure is None
+            grads = _loss_gradient(loss, params, create_graph=own_curvature)
         u = self._direction(params, grads)
         if curvature:
             start = time.perf_counter()
             with torch.enable_grad():
                 if curvature_closure is not None:
                     closs = curvature_closure()
-                    cgrads = self._grad(closs, params, create_graph=True)
+                    cgrads = _loss_gradient(closs, params, create_graph=True)
                 else:
                     cgrads = grads
                 self._recompute(params, cgrads, u)
@@ -419,26 +420,6 @@ class PartitionNewton(torch.optim.Optimizer):
         )
         self.steps += 1
         return loss.detach()
-
-    def _grad(self, loss: Tensor, params: list[Tensor], create_graph: bool) -> list[Tensor]:
-        try:
-            return list(
-                torch.autograd.grad(
-                    loss,
-                    params,
-                    create_graph=create_graph,
-                    allow_unused=True,
-                    materialize_grads=True,
-                )
-            )
-        except RuntimeError as err:
-            if "second time" in str(err) or "does not require grad" in str(err):
-                raise RuntimeError(
-                    "PartitionNewton differentiates the closure's loss itself: "
-                    "return the loss without calling backward() in the "
-                    f"closure ({err})"
-                ) from err
-            raise
 
     def _direction(self, params: list[Tensor], grads: list[Tensor]) -> dict[int, Tensor]:
         cfg = self.config
@@ -534,6 +515,13 @@ class PartitionNewton(torch.optim.Optimizer):
                 (tuple(h) for h in extra["history"]), maxlen=self.config["average"]
             )
             self.log = list(extra["log"])
+
+
+def _loss_gradient(loss: Tensor, params: list[Tensor], *, create_graph: bool) -> list[Tensor]:
+    """The closure's gradient (its graph kept only for the curvature passes)."""
+    return differentiate(
+        loss, params, create_graph=create_graph, retain_graph=create_graph, allow_constant=False
+    )
 
 
 def _f64(t: Tensor) -> Tensor:

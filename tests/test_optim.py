@@ -13,6 +13,7 @@ from torch import nn
 import hessian_lens as hl
 from hessian_lens.optim import PartitionNewton, StepError, partition_newton_step, solve_rates
 from hessian_lens.reference import full_derivative
+from tests.compare import EXACT, assert_close
 from tests.tiny import data_for, mlp
 
 F64 = torch.float64
@@ -43,7 +44,7 @@ def test_trivial_partition_is_cauchy_steepest_descent():
         clip_negative=False,
     )
     opt.step(lambda: F.cross_entropy(model.eval()(data[0]), data[1]))
-    assert torch.allclose(flat(model), before - cauchy * g, atol=1e-12)
+    assert_close(flat(model), before - cauchy * g, **EXACT)
 
 
 def logistic():
@@ -68,7 +69,7 @@ def test_discrete_partition_is_newtons_step():
     eta, _ = partition_newton_step(
         model, loss_fn, data, hl.Partition.discrete(model), regularization="none"
     )
-    assert torch.allclose(eta * g, torch.linalg.solve(H, g), atol=1e-12)  # theta - H^-1 g
+    assert_close(eta * g, torch.linalg.solve(H, g), **EXACT)  # theta - H^-1 g
 
 
 class Rescaled(nn.Module):
@@ -114,7 +115,7 @@ def test_trajectory_is_invariant_under_layer_rescaling(regularization, direction
         lb = opt_b.step(lambda: F.cross_entropy(other(x), y))
         assert float(la) == pytest.approx(float(lb), rel=1e-9)
     for p, q, a in zip(base.parameters(), other.p, scales, strict=True):
-        assert torch.allclose(p, a * q, rtol=1e-8, atol=1e-10)
+        assert_close(p, a * q, rtol=1e-8, atol=1e-10)
     assert opt_a.eta is not None and float(opt_a.eta.abs().sum()) > 0
 
 
@@ -150,7 +151,8 @@ def test_cubic_degenerate_cases():
         solve_rates(H, g, torch.zeros(2), "cubic")
     pd = torch.diag(torch.tensor([2.0, 4.0], dtype=F64))
     sol = solve_rates(pd, g, torch.zeros(2), "cubic")
-    assert torch.allclose(sol.eta, torch.tensor([0.5, 0.25], dtype=F64)) and not sol.acted
+    assert_close(sol.eta, torch.tensor([0.5, 0.25], dtype=F64), **EXACT)
+    assert not sol.acted
     sol = solve_rates(H, g, torch.tensor([0.0, 1.0]), "cubic")  # zero d3 on a PD group
     residual, smallest = cubic_residual(H, g, torch.tensor([0.0, 1.0], dtype=F64), sol.eta, 1)
     assert residual < 1e-9 and smallest >= -1e-10
@@ -162,7 +164,7 @@ def test_cubic_degenerate_cases():
         solve_rates(pd, g, None, "diag")
     diag = solve_rates(H, g, torch.tensor([8.0, 27.0]), "diag", eps=1.0)
     expected = torch.linalg.solve(H + torch.diag(torch.tensor([4.0, 9.0], dtype=F64)), g)
-    assert torch.allclose(diag.eta, expected)
+    assert_close(diag.eta, expected, **EXACT)
 
 
 def test_functional_step_reports_diagnostics():

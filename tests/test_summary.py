@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import hessian_lens as hl
-from hessian_lens import summary
 from hessian_lens.reference import full_derivative, reference_summary
+from tests.compare import DEVICES, EXACT, assert_close
 from tests.tiny import MODELS, data_for, loss_fn, mlp
 
 F64 = torch.float64
@@ -25,12 +25,6 @@ PARTITIONS = {
 }
 
 
-def close(a, b, tol=1e-10):
-    scale = max(1.0, float(b.abs().max()))
-    assert a.shape == b.shape
-    assert float((a - b).abs().max()) <= tol * scale, f"max error {(a - b).abs().max()}"
-
-
 @pytest.mark.parametrize("method", ["loop", "vmap"])
 @pytest.mark.parametrize("part_name", list(PARTITIONS))
 @pytest.mark.parametrize("model_name", list(MODELS))
@@ -42,8 +36,8 @@ def test_pseudo_hessian_matches_brute_force(model_name, part_name, method):
         part = PARTITIONS[part_name](model)
     data = data_for(model_name)
     res = hl.pseudo_hessian(model, loss_fn, data, partition=part, method=method)
-    close(res.H, reference_summary(model, loss_fn, data, 2, part))
-    close(res.g, reference_summary(model, loss_fn, data, 1, part))
+    assert_close(res.H, reference_summary(model, loss_fn, data, 2, part), **EXACT)
+    assert_close(res.g, reference_summary(model, loss_fn, data, 1, part), **EXACT)
     assert res.labels == part.labels and res.n_samples == len(data[1])
     assert res.loss == pytest.approx(float(loss_fn(model.eval()(data[0]), data[1])), rel=1e-12)
 
@@ -56,11 +50,11 @@ def test_order3_full_and_diagonal_match_brute_force(model_name, method):
     part = hl.Partition.canonical(model)
     ref = reference_summary(model, loss_fn, data, 3, part)
     d3 = hl.summary_tensor(model, loss_fn, data, 3, method=method)
-    close(d3, ref)
+    assert_close(d3, ref, **EXACT)
     diag = hl.summary_tensor(model, loss_fn, data, 3, method=method, diagonal=True)
-    close(diag, torch.stack([ref[s, s, s] for s in range(len(part))]))
+    assert_close(diag, torch.stack([ref[s, s, s] for s in range(len(part))]), **EXACT)
     res = hl.pseudo_hessian(model, loss_fn, data, method=method, d3_diagonal=True)
-    close(res.d3, diag)
+    assert_close(res.d3, diag, **EXACT)
 
 
 @pytest.mark.parametrize("method", ["loop", "vmap"])
@@ -71,13 +65,14 @@ def test_order4_and_by_layer_order3(method):
     d4 = hl.summary_tensor(model, loss_fn, data, 4, partition=part, method=method)
     assert d4.shape == (3, 3, 3, 3)
     for perm in itertools.permutations(range(4)):
-        close(d4.permute(perm), d4)
+        assert_close(d4.permute(perm), d4, **EXACT)
     u = torch.cat([t.reshape(-1) for t in full_gradient_list(model, data)])
     taylor = hl.taylor_terms(model, loss_fn, data, split_like(u, model), max_order=4)
-    close(d4.sum(), taylor[3], tol=1e-9)
-    close(
+    assert_close(d4.sum(), taylor[3], **EXACT)
+    assert_close(
         hl.summary_tensor(model, loss_fn, data, 3, partition=part, method=method),
         reference_summary(model, loss_fn, data, 3, part),
+        **EXACT,
     )
 
 
@@ -105,11 +100,11 @@ def test_batches_equal_one_big_batch(method):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
     loaded = hl.pseudo_hessian(model, loss_fn, loader, method=method)
     for other in (split, loaded):
-        close(other.H, whole.H)
-        close(other.g, whole.g)
+        assert_close(other.H, whole.H, **EXACT)
+        assert_close(other.g, whole.g, **EXACT)
         assert other.n_samples == 15
         assert other.loss == pytest.approx(whole.loss, rel=1e-12)
-    close(split.d3, whole.d3)
+    assert_close(split.d3, whole.d3, **EXACT)
     # each batch's own gradient as direction is a different (mini-batch) quantity
     per_batch = sum(len(b[1]) * hl.pseudo_hessian(model, loss_fn, b).H for b in pieces) / 15
     assert float((per_batch - whole.H).abs().max()) > 1e-6
@@ -129,7 +124,7 @@ def test_sum_of_entries_is_taylor_term(model_name, order):
     taylor = hl.taylor_terms(model, loss_fn, data, u, max_order=3)
     for make in (hl.Partition.canonical, hl.Partition.by_kind):
         d = hl.summary_tensor(model, loss_fn, data, order, partition=make(model), direction=u)
-        close(d.sum(), taylor[order - 1])
+        assert_close(d.sum(), taylor[order - 1], **EXACT)
 
 
 def test_trivial_partition_is_gT_H_g():
@@ -138,8 +133,8 @@ def test_trivial_partition_is_gT_H_g():
     g = full_derivative(model, loss_fn, data, 1)
     H = full_derivative(model, loss_fn, data, 2)
     res = hl.pseudo_hessian(model, loss_fn, data, partition=hl.Partition.trivial(model))
-    close(res.H, (g @ H @ g).reshape(1, 1))
-    close(res.g, (g @ g).reshape(1))
+    assert_close(res.H, (g @ H @ g).reshape(1, 1), **EXACT)
+    assert_close(res.g, (g @ g).reshape(1), **EXACT)
 
 
 def test_order3_matches_finite_differences_of_H_bar():
@@ -154,7 +149,7 @@ def test_order3_matches_finite_differences_of_H_bar():
         for sign in (1, -1):
             moved = perturbed_copy(model, u, r, sign * eps)
             shifted.append(hl.pseudo_hessian(moved, loss_fn, data, direction=u).H)
-        close((shifted[0] - shifted[1]) / (2 * eps), d3[:, :, r], tol=1e-6)
+        assert_close((shifted[0] - shifted[1]) / (2 * eps), d3[:, :, r], rtol=1e-6, atol=1e-9)
 
 
 def perturbed_copy(model, u, group, eps):
@@ -178,13 +173,13 @@ def test_linear_regression_closed_form(method):
         model, F.mse_loss, (X, t), partition=part, direction=ones, method=method
     )
     Xb = torch.cat([X, torch.ones(20, 1, dtype=F64)], dim=1)
-    close(res.H, 2 * Xb.T @ Xb / 20)
+    assert_close(res.H, 2 * Xb.T @ Xb / 20, **EXACT)
     # u = g: H_bar = G H G with G = Diag(g), g = 2 Xb^T (Xb w - t) / N
     w = torch.cat([model.weight.detach().reshape(-1), model.bias.detach()])
     g = 2 * Xb.T @ (Xb @ w - t.reshape(-1)) / 20
     res = hl.pseudo_hessian(model, F.mse_loss, (X, t), partition=part, method=method)
-    close(res.H, torch.diag(g) @ (2 * Xb.T @ Xb / 20) @ torch.diag(g))
-    close(res.g, g**2)
+    assert_close(res.H, torch.diag(g) @ (2 * Xb.T @ Xb / 20) @ torch.diag(g), **EXACT)
+    assert_close(res.g, g**2, **EXACT)
     assert float(hl.summary_tensor(model, F.mse_loss, (X, t), 3).abs().max()) == 0.0
 
 
@@ -215,7 +210,8 @@ def test_eval_mode_by_default_and_train_mode_on_request():
     model.train()
     data = data_for("bn_dropout")
     evaluated = hl.pseudo_hessian(model, loss_fn, data)
-    close(evaluated.H, reference_summary(model, loss_fn, data, 2))  # reference runs eval
+    reference = reference_summary(model, loss_fn, data, 2)  # the reference runs in eval mode
+    assert_close(evaluated.H, reference, **EXACT)
     torch.manual_seed(0)
     trained = hl.pseudo_hessian(model, loss_fn, data, train_mode=True)
     assert float((trained.H - evaluated.H).abs().max()) > 1e-6
@@ -235,7 +231,7 @@ def test_batch_statistics_in_train_mode_match_brute_force():
     )
     data = data_for("mlp")
     res = hl.pseudo_hessian(model, loss_fn, data, train_mode=True)
-    close(res.H, reference_summary(model, loss_fn, data, 2, train_mode=True))
+    assert_close(res.H, reference_summary(model, loss_fn, data, 2, train_mode=True), **EXACT)
     assert torch.equal(res.H, res.H.T)
 
 
@@ -246,7 +242,7 @@ def test_float32_default_close_to_float64():
     assert res.H.dtype == torch.float32
     ref = hl.pseudo_hessian(model, loss_fn, (x, y), dtype=F64)
     assert ref.H.dtype == F64
-    assert torch.allclose(res.H.double(), ref.H, rtol=1e-3, atol=1e-6 * float(ref.H.abs().max()))
+    assert_close(res.H, ref.H, rtol=1e-4, atol=1e-7 * float(ref.H.abs().max()))
 
 
 def test_explicit_cpu_device_and_dict_direction():
@@ -257,21 +253,29 @@ def test_explicit_cpu_device_and_dict_direction():
     )
     a = hl.pseudo_hessian(model, loss_fn, data, device="cpu", direction=grads)
     b = hl.pseudo_hessian(model, loss_fn, data)
-    close(a.H, b.H)
+    assert_close(a.H, b.H, **EXACT)
     assert a.H.device.type == "cpu"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-def test_cuda_matches_cpu():
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Every device of this machine: ``cpu`` always, ``cuda`` when available."""
+    return torch.device(request.param)
+
+
+@pytest.mark.parametrize("method", ["loop", "vmap"])
+def test_every_device_matches_brute_force(device, method):
     model = MODELS["cnn"]()
-    data = data_for("cnn")
-    for method in ("loop", "vmap"):
-        gpu = hl.pseudo_hessian(model, loss_fn, data, device="cuda", method=method)
-        assert gpu.H.device.type == "cuda"
-        close(gpu.H.cpu(), hl.pseudo_hessian(model, loss_fn, data).H)
+    data = data_for("cnn", n=16)  # more than the probe's 4 samples: the memory plan runs
+    res = hl.pseudo_hessian(model, loss_fn, data, device=device, method=method, d3_diagonal=True)
+    assert res.H.device.type == device.type and res.d3.device.type == device.type
+    assert_close(res.H, reference_summary(model, loss_fn, data, 2), **EXACT)
+    assert_close(res.g, reference_summary(model, loss_fn, data, 1), **EXACT)
+    d3 = reference_summary(model, loss_fn, data, 3)
+    assert_close(res.d3, torch.stack([d3[s, s, s] for s in range(len(res.g))]), **EXACT)
 
 
-def test_progress_callback_counts_batches():
+def test_progress_callback_counts_batches(capsys):
     model = mlp()
     x, y = data_for("mlp", n=12)
     batches = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 12, 4)]
@@ -279,8 +283,16 @@ def test_progress_callback_counts_batches():
     hl.pseudo_hessian(
         model, loss_fn, batches, progress=lambda done, total: seen.append((done, total))
     )
-    assert seen == [(i, 6) for i in range(1, 7)]
+    assert seen == [(i, 6) for i in range(1, 7)]  # 3 batches, 2 passes
+    direction = list(model.parameters())
+    hl.summary_tensor(
+        model, loss_fn, batches, 2, direction=direction, progress=lambda *a: seen.append(a)
+    )
+    assert seen[6:] == [(1, 3), (2, 3), (3, 3)]  # a given direction: pass 2 only
+    capsys.readouterr()
     hl.pseudo_hessian(model, loss_fn, batches, progress=True)
+    bar = capsys.readouterr().err
+    assert "H̄ batches" in bar and "6/6" in bar, bar
 
 
 def test_bad_inputs_have_clear_errors():
@@ -306,9 +318,13 @@ def test_bad_inputs_have_clear_errors():
 
 def test_memory_guard_names_the_size(monkeypatch):
     model = mlp()
-    monkeypatch.setattr(summary, "_free_memory", lambda device: 1_000)
-    with pytest.raises(hl.MemoryGuardError, match=r"D\^\(3\) over S = 6 groups needs"):
+    monkeypatch.setenv("HESSIAN_LENS_MAX_MEMORY_GB", str(4_000 / 2**30))  # 4,000 bytes
+    with pytest.raises(hl.MemoryGuardError, match=r"D\^\(3\) over S = 6 groups needs") as err:
         hl.summary_tensor(model, loss_fn, data_for("mlp"), 3)
+    # 3 copies of 6 + 36 + 216 float64 entries and the direction do not fit 4,000 bytes;
+    # order 2 (3 x 8 x 42 + 8 x 69 = 1,560 bytes) and the diagonal do
+    assert "order <= 2 at S = 6" in str(err.value) and "diagonal=True" in str(err.value)
+    assert "HESSIAN_LENS_MAX_MEMORY_GB" in str(err.value)
 
 
 def test_vmap_refuses_batch_statistics():

@@ -1,0 +1,427 @@
+"""Memory of the engine: how much it may use, how much a computation needs, how to split it.
+
+The budget is what the device has free (CPU: the smaller of ``/proc/meminfo``'s
+MemAvailable and the cgroup's limit minus its usage; CUDA: ``torch.cuda.mem_get_info``
+plus what PyTorch's allocator holds unused), times :data:`MEMORY_HEADROOM`, shared by the
+ranks of one host on the CPU. ``HESSIAN_LENS_MAX_MEMORY_GB`` overrides it. When free memory
+cannot be read the budget is :data:`FALLBACK_BUDGET_BYTES`, with a warning: never "unlimited".
+
+The need is measured, not guessed: the engine runs a truncated copy of its own work (the
+widest chain of derivative passes, or one vmap chunk) on probe batches of
+:data:`PROBE_SAMPLES` samples and records the peak of the memory it allocates (CPU: live
+tensor storages seen by a dispatch mode; CUDA: ``torch.cuda.max_memory_allocated``). A
+straight line through the two probes gives ``peak(m) = fixed + m * per_sample``; with the
+S^d outputs on top, the largest micro-batch ``m`` that fits the budget is what the engine
+uses. Splitting a batch into micro-batches is exact: every summary is sample-weighted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+GIB = 2**30
+MIB = 2**20
+MAX_MEMORY_ENV = "HESSIAN_LENS_MAX_MEMORY_GB"  # in GiB (2**30 bytes); overrides the budget
+MEMORY_HEADROOM = 0.8  # share of the free memory the engine plans to use
+FALLBACK_BUDGET_BYTES = 2 * GIB  # budget when free memory cannot be read
+PROBE_SAMPLES = (2, 4)  # probe batch sizes; batches of at most the larger are never split
+OUTPUT_COPIES = 3  # running sum, one batch's contribution, the symmetrised result
+# Per-sample bytes the probe cannot see, as a factor on what it sees. CPU: scratch inside
+# kernels (im2col, ...) and allocator overhead; measured 1.1-2.5 (resident set peak over
+# tensor bytes) on LeNet-5, VGG-11' and a tiny CNN, orders 2-3, both back ends. CUDA: the
+# allocator's peak already holds kernel workspaces; the margin covers rounding and
+# fragmentation (not yet measured: benchmarks/gpu_check.sh prints predicted vs measured).
+PER_SAMPLE_OVERHEAD = {"cpu": 2.0, "cuda": 1.25}
+UNBOUNDED = 2**62  # micro-batch size when a sample costs no measurable memory
+CGROUP_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
+PROC_MEMINFO = Path("/proc/meminfo")
+PROC_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class MemoryGuardError(MemoryError):
+    """The requested summary would not fit in the memory of the device (the message says
+    what would fit)."""
+
+
+@dataclass
+class MemoryPlan:
+    """How a computation fits its memory budget (all sizes in bytes).
+
+    The predicted peak of a micro-batch of ``m`` samples is
+    ``output_bytes + fixed_bytes + m * per_sample_bytes``.
+
+    Attributes:
+        budget: the bytes the engine may use.
+        source: where the budget comes from (environment, free memory, fallback).
+        output_bytes: the summaries (``OUTPUT_COPIES`` copies of every S^k tensor) and
+            the direction with its running gradient sum.
+        fixed_bytes: the batch-independent part of the probe's peak.
+        per_sample_bytes: the per-sample part of the probe's peak.
+        micro_batch: samples per micro-batch; ``None`` when no probe ran (every batch whole).
+        chunk_size: directions per vectorised call (vmap back end), ``None`` for all.
+        level_peaks: probe peaks per derivative order at the larger probe size (loop).
+    """
+
+    budget: int
+    source: str
+    output_bytes: int
+    fixed_bytes: int = 0
+    per_sample_bytes: int = 0
+    micro_batch: int | None = None
+    chunk_size: int | None = None
+    level_peaks: list[int] = field(default_factory=list)
+
+    def peak(self, samples: int) -> int:
+        """Predicted peak bytes of one micro-batch of ``samples`` samples."""
+        return self.output_bytes + self.fixed_bytes + samples * self.per_sample_bytes
+
+
+# ---------------------------------------------------------------------------- budget
+def memory_budget(device: torch.device) -> tuple[int, str]:
+    """The bytes the engine may use on ``device`` and where that figure comes from.
+
+    ``HESSIAN_LENS_MAX_MEMORY_GB`` (GiB) wins; otherwise
+    ``MEMORY_HEADROOM * free / (ranks on this host)`` (CPU ranks share the host's memory).
+    Unreadable free memory gives ``FALLBACK_BUDGET_BYTES`` and a warning.
+    """
+    override = os.environ.get(MAX_MEMORY_ENV)
+    if override:
+        try:
+            gib = float(override)
+        except ValueError as err:
+            raise ValueError(f"{MAX_MEMORY_ENV}={override!r} is not a number of GiB") from err
+        if not gib > 0:
+            raise ValueError(f"{MAX_MEMORY_ENV} must be > 0, got {override!r}")
+        return int(gib * GIB), f"{MAX_MEMORY_ENV}={override}"
+    free = free_memory(device)
+    if free is None:
+        warnings.warn(
+            f"cannot read the free memory of {device}: planning with "
+            f"{FALLBACK_BUDGET_BYTES / GIB:g} GiB; set {MAX_MEMORY_ENV} to the GiB it may use",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return FALLBACK_BUDGET_BYTES, "fallback (free memory unreadable)"
+    sharers = 1 if device.type == "cuda" else _ranks_on_host()
+    share = f" / {sharers} ranks" if sharers > 1 else ""
+    return int(MEMORY_HEADROOM * free / sharers), (
+        f"{MEMORY_HEADROOM:.0%} of {free / GIB:,.1f} GiB free{share}"
+    )
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device``; ``None`` when no reader works.
+
+    CPU: the smaller of MemAvailable and the cgroup's ``limit - (usage - inactive file
+    cache)`` (v1 and v2, the process's cgroup and its ancestors). CUDA: the device's free
+    memory plus what PyTorch's caching allocator reserved but does not use.
+    """
+    if device.type == "cuda":
+        return _cuda_free(device)
+    readings = [r for r in (_meminfo_available(), _cgroup_available()) if r is not None]
+    return min(readings) if readings else None
+
+
+def _cuda_free(device: torch.device) -> int | None:
+    try:
+        free = torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    except (RuntimeError, AssertionError):
+        return None
+    return int(free + max(cached, 0))
+
+
+def _meminfo_available() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes, or ``None``."""
+    try:
+        for line in PROC_MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_available() -> int | None:
+    """Bytes left under the tightest cgroup memory limit of this process, or ``None``
+    when no limit is set or readable (v2 ``memory.max``, v1 ``memory.limit_in_bytes``)."""
+    found = []
+    for directory, limit_file, usage_file, inactive_key in _cgroup_dirs():
+        for level in (directory, *directory.parents):
+            if not level.is_relative_to(CGROUP_ROOT):
+                break
+            left = _cgroup_left(level, limit_file, usage_file, inactive_key)
+            if left is not None:
+                found.append(left)
+    return min(found) if found else None
+
+
+def _cgroup_dirs() -> list[tuple[Path, str, str, str]]:
+    """The memory cgroup directories of this process (v2 unified, v1 memory controller)."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        rel = parts[2].lstrip("/")
+        if parts[0] == "0" and parts[1] == "":
+            out.append((CGROUP_ROOT / rel, "memory.max", "memory.current", "inactive_file"))
+        elif "memory" in parts[1].split(","):
+            out.append(
+                (
+                    CGROUP_ROOT / "memory" / rel,
+                    "memory.limit_in_bytes",
+                    "memory.usage_in_bytes",
+                    "total_inactive_file",
+                )
+            )
+    return out
+
+
+def _cgroup_left(level: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        raw = (level / limit_file).read_text().strip()
+        if raw == "max" or int(raw) >= CGROUP_UNLIMITED:
+            return None
+        usage = int((level / usage_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    inactive = 0
+    try:
+        for line in (level / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == inactive_key:
+                inactive = int(value)
+    except (OSError, ValueError):
+        pass
+    return max(int(raw) - (usage - inactive), 0)
+
+
+def _ranks_on_host() -> int:
+    try:
+        return max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+# ---------------------------------------------------------------------------- measuring
+class _LiveBytes(TorchDispatchMode):
+    """Live bytes of the tensor storages created while active, and their peak (CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t.untyped_storage())
+        return out
+
+    def _track(self, storage) -> None:
+        try:
+            key, size = storage.data_ptr(), storage.nbytes()
+        except RuntimeError:  # functorch wrappers have no storage of their own
+            return
+        if size == 0 or key in self._sizes:
+            return
+        self._sizes[key] = size
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+
+class PeakMeter:
+    """Peak extra memory allocated inside a ``with`` block; :meth:`peak` reads it so far."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._mode: _LiveBytes | None = None
+        self._base = 0
+
+    def __enter__(self) -> PeakMeter:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._mode = _LiveBytes()
+            self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(*exc)
+
+    def peak(self) -> int:
+        """Peak bytes allocated since entering, beyond what was allocated before."""
+        if self._mode is not None:
+            return self._mode.peak
+        return max(torch.cuda.max_memory_allocated(self.device) - self._base, 0)
+
+
+# ---------------------------------------------------------------------------- planning
+Probe = Callable[[int, int | None], list[int]]  # (samples, chunk) -> peaks per level
+
+
+def output_bytes(S: int, *, full: int, diag: int, item: int, numel: int) -> int:
+    """``OUTPUT_COPIES * item * (sum_{k<=full} S^k + (diag - full) S)`` plus the
+    direction (``item * P``)."""
+    entries = sum(S**k for k in range(1, full + 1)) + max(diag - full, 0) * S
+    return OUTPUT_COPIES * item * entries + item * numel
+
+
+def check_outputs(
+    S: int, *, full: int, diag: int, item: int, numel: int, budget: int, source: str, dtype
+) -> int:
+    """The bytes of the outputs, or :class:`MemoryGuardError` naming the largest order,
+    partition size and diagonal that would fit."""
+    need = output_bytes(S, full=full, diag=diag, item=item, numel=numel)
+    if need <= budget:
+        return need
+    top = max(full, diag)
+
+    def fits(s: int, d: int) -> bool:
+        return output_bytes(s, full=d, diag=0, item=item, numel=numel) <= budget
+
+    order = max((d for d in range(1, top + 1) if fits(S, d)), default=0)
+    groups = max((s for s in _candidates(S) if fits(s, full)), default=0)
+    diag_need = output_bytes(S, full=1, diag=top, item=item, numel=numel)
+    raise MemoryGuardError(
+        f"D^({full}) over S = {S} groups needs about {need / GIB:,.1f} GiB "
+        f"({S}^{full} entries in {dtype}, plus work space) but the budget is "
+        f"{budget / GIB:,.3f} GiB ({source}). Would fit: "
+        + _or(
+            [f"order <= {order} at S = {S}"] * (order >= 1)
+            + [f"a coarser partition, S <= {groups} groups at order {full}"] * (groups >= 1)
+            + [f"diagonal=True ({diag_need / GIB:,.3f} GiB)"] * (diag_need <= budget)
+        )
+    )
+
+
+def _candidates(S: int) -> list[int]:
+    return sorted({max(S >> i, 1) for i in range(S.bit_length() + 1)})
+
+
+def _or(options: list[str]) -> str:
+    return " or ".join(options) if options else f"nothing at all: raise {MAX_MEMORY_ENV}"
+
+
+def fit_line(peaks: Sequence[int], samples: Sequence[int]) -> tuple[int, int]:
+    """``(fixed, per_sample)`` of the straight line through two probe peaks, never below
+    the proportional share ``peak / samples`` of the larger probe's per-sample cost."""
+    (n0, n1), (p0, p1) = samples, peaks
+    per_sample = max((p1 - p0) / (n1 - n0), 0.0)
+    if per_sample == 0.0:
+        per_sample = p1 / n1
+    fixed = max(p1 - per_sample * n1, 0.0)
+    return int(fixed), math.ceil(per_sample)
+
+
+def plan_micro_batch(
+    *,
+    probe: Probe,
+    chunks: Sequence[int | None],
+    batch: int,
+    budget: int,
+    source: str,
+    outputs: int,
+    min_micro_batch: int,
+    overhead: float = 1.0,
+) -> MemoryPlan:
+    """The first chunk (largest first) whose micro-batch reaches ``min(batch,
+    min_micro_batch)`` samples, else the last one that fits a single sample.
+
+    ``probe(n, chunk)`` gives the peaks per order on ``n`` samples; the per-sample slope
+    of the top order is multiplied by ``overhead`` (:data:`PER_SAMPLE_OVERHEAD`).
+
+    Raises:
+        MemoryGuardError: not even one sample fits with the smallest chunk.
+    """
+    best = None
+    for chunk in chunks:
+        plan = _probe_plan(
+            probe, chunk, budget=budget, source=source, outputs=outputs, overhead=overhead
+        )
+        if plan.micro_batch >= 1:
+            best = plan
+            if plan.micro_batch >= min(batch, min_micro_batch):
+                break
+    if best is None:
+        raise MemoryGuardError(_one_sample_message(plan, chunks))
+    return best
+
+
+def _probe_plan(
+    probe: Probe, chunk: int | None, *, budget, source, outputs, overhead
+) -> MemoryPlan:
+    levels = [probe(n, chunk) for n in PROBE_SAMPLES]
+    fixed, per_sample = fit_line([lv[-1] for lv in levels], PROBE_SAMPLES)
+    per_sample = math.ceil(per_sample * overhead)
+    room = budget - outputs - fixed
+    return MemoryPlan(
+        budget=budget,
+        source=source,
+        output_bytes=outputs,
+        fixed_bytes=fixed,
+        per_sample_bytes=per_sample,
+        micro_batch=_fitting(room, per_sample),
+        chunk_size=chunk,
+        level_peaks=levels[-1],
+    )
+
+
+def _fitting(room: float, per_sample: int) -> int:
+    """Samples that fit in ``room`` bytes (``UNBOUNDED`` when a sample costs nothing)."""
+    if room <= 0:
+        return 0
+    return int(room // per_sample) if per_sample > 0 else UNBOUNDED
+
+
+def _one_sample_message(plan: MemoryPlan, chunks: Sequence[int | None]) -> str:
+    chunk = f" with chunk_size={plan.chunk_size}" if len(chunks) > 1 else ""
+    lower = [
+        f"order {k} (micro-batches of {m} samples)"
+        for k, m in _lower_orders(plan)
+        if m >= 1 and k < len(plan.level_peaks)
+    ]
+    hint = _or(lower) if lower else "a smaller model input, float32, or more memory"
+    return (
+        f"one sample{chunk} needs about {plan.peak(1) / MIB:,.1f} MiB (summaries "
+        f"{plan.output_bytes / MIB:,.1f} MiB + {plan.fixed_bytes / MIB:,.1f} MiB + "
+        f"{plan.per_sample_bytes / MIB:,.2f} MiB per sample, measured on probes of "
+        f"{' and '.join(map(str, PROBE_SAMPLES))} samples) but the budget is "
+        f"{plan.budget / MIB:,.1f} MiB ({plan.source}). Would fit: {hint}"
+    )
+
+
+def _lower_orders(plan: MemoryPlan) -> list[tuple[int, int]]:
+    """``(order, micro-batch)`` for each probe level, scaling the per-sample cost by the
+    level's share of the top level's peak (an estimate for the error message only)."""
+    top = plan.level_peaks[-1] if plan.level_peaks else 0
+    out = []
+    for k, peak in enumerate(plan.level_peaks, start=1):
+        per = plan.per_sample_bytes * peak / top if top else 0
+        room = plan.budget - plan.output_bytes - plan.fixed_bytes * peak / max(top, 1)
+        out.append((k, _fitting(room, per)))
+    return out
