@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -198,12 +199,13 @@ def test_inspect_size_limit_and_missing_data(env, tmp_path, monkeypatch):
     data = (run / "epoch_0000.pt").read_bytes()
     monkeypatch.setenv("HESSIAN_LENS_MAX_UPLOAD_MB", "0.1")
     at = upload(page("pages/3_Inspect_checkpoint.py"), "big.pt", data)
-    assert any("over the 0 MB limit" in e.value for e in at.error)
+    assert any("over the 0.1 MB limit" in e.value for e in at.error)
     monkeypatch.delenv("HESSIAN_LENS_MAX_UPLOAD_MB")
     at = upload(page("pages/3_Inspect_checkpoint.py"), "ok.pt", data)
     at.text_input(key="data-source").set_value(str(tmp_path / "nowhere.npz")).run()
     assert not at.exception
-    assert any("CIFAR-10 was not found" in e.value for e in at.error)
+    assert any("was not found at" in e.value and "nowhere.npz" in e.value for e in at.error)
+    assert not (tmp_path / "nowhere.npz").exists()
 
 
 def test_bare_state_dict_with_chosen_architecture(env, tmp_path):
@@ -233,11 +235,17 @@ def test_optimizer_page(env, tmp_path, monkeypatch):
     monkeypatch.setenv("HESSIAN_LENS_RUNS", f"{run.parent},{root}")
     at = page("pages/4_Optimizer.py")
     no_errors(at)
+    at.selectbox(key="optim-pn").set_value("pn-run").run()
+    no_errors(at)
     titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
-    assert "per-group learning rates (at each recomputation)" in titles
-    rates = plotly_specs(at)[titles.index("per-group learning rates (at each recomputation)")]
-    labels = set(hl.Partition.canonical(build_model("lenet5")).labels)
-    assert {t["name"] for t in rates["data"]} <= labels
+    title = "per-group learning rates lr·η_s at each recomputation (× = clipped to 0)"
+    rates = plotly_specs(at)[titles.index(title)]
+    labels = hl.Partition.canonical(build_model("lenet5")).labels
+    assert rates["data"][0]["type"] == "heatmap"
+    assert rates["layout"]["yaxis"]["ticktext"] == labels  # one row per group
+    log = json.loads((root / "pn-run" / "optimizer_log.json").read_text())
+    updates = [e for e in log["entries"] if e.get("eta") is not None]
+    assert len(rates["data"][0]["x"]) == len(updates)  # one column per recomputation
     at.multiselect(key="optim-runs").set_value(["tiny-run"]).run()
     no_errors(at)
     assert any("None of these runs used PartitionNewton" in i.value for i in at.info)

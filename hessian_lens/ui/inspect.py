@@ -26,13 +26,12 @@ def render_inspect(runs: list[Run]) -> None:
     """The whole page below its title."""
     limit = env.upload_limit_bytes()
     cache = env.cache_dir()
-    count, used = uploads.usage(cache)
     upload = st.file_uploader(
         "Checkpoint",
         type=["pt", "pth", "safetensors", "pt2"],
-        help=f"Up to {limit / 2**20:,.0f} MB. Uploads are kept in {cache / uploads.UPLOADS} "
-        f"({count} files, {used / 2**20:,.1f} MB; the least recently used go beyond "
-        f"{env.cache_limit_bytes() / 2**20:,.0f} MB).",
+        key="upload",
+        help=f"Up to {limit / 2**20:,.0f} MB. Uploads are kept in {cache / uploads.UPLOADS}; "
+        f"the least recently used go beyond {env.cache_limit_bytes() / 2**20:,.0f} MB.",
     )
     if upload is None:
         st.info(
@@ -41,6 +40,8 @@ def render_inspect(runs: list[Run]) -> None:
         )
         return
     ins = _open(upload, limit, cache)
+    count, used = uploads.usage(cache)
+    st.caption(f"Upload cache: {count} files, {used / 2**20:,.1f} MB in {cache / uploads.UPLOADS}.")
     architecture, kwargs = architecture_picker(ins)
     model, meta = ins.build(architecture, kwargs)
     n_params = sum(p.numel() for p in model.parameters())
