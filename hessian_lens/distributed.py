@@ -166,3 +166,24 @@ def _unpack(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
         out.append(flat[start : start + t.numel()].reshape(t.shape).to(t.device, t.dtype))
         start += t.numel()
     return out
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """``obj`` of rank ``src`` on every rank (unchanged outside a process group), e.g. the
+    list of checkpoints left to analyse, decided once by rank 0."""
+    if not is_active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def sum_int(value: int) -> int:
+    """The sum of an integer over all ranks (itself outside a process group)."""
+    if not is_active():
+        return int(value)
+    t = torch.tensor([float(value)], dtype=REDUCE_DTYPE)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return int(t.item())

@@ -128,9 +128,11 @@ class ResultStore:
         if self.path.exists():
             self._check_ours(writable=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        with self._connect() as db:  # one transaction: others see no table or all of them
+            db.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}"
+                f"INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');COMMIT;"
+            )
 
     @classmethod
     def reader(cls, path: str | Path) -> ResultStore:
@@ -156,7 +158,11 @@ class ResultStore:
         return _Closing(db, self.path)
 
     def _check_ours(self, writable: bool = False) -> None:
-        """Refuse files that are not a Hessian Lens store, without changing them."""
+        """Refuse files that are not a Hessian Lens store, without changing them.
+
+        A writer also accepts an SQLite file without any table (a store another process
+        is creating at this moment, or an empty file).
+        """
         if not self.path.is_file():
             raise StoreError(f"{self.path}: no such store file.")
         uri = self._uri if self.readonly else _readonly_uri(self.path)
@@ -167,11 +173,17 @@ class ResultStore:
                     name: {c[1] for c in db.execute(f"PRAGMA table_info({name})")}
                     for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
                 }
-                schema = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                schema = (
+                    db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                    if "meta" in tables
+                    else None
+                )
             finally:
                 db.close()
         except sqlite3.Error:
-            tables, schema = {}, None
+            tables, schema = {"?": set()}, None
+        if writable and not tables:
+            return
         if not set(_RESULT_COLUMNS) <= tables.get("results", set()) or schema is None:
             raise StoreError(
                 f"{self.path} is not a Hessian Lens store (an SQLite file of another program, "

@@ -99,3 +99,67 @@ def test_module_entry_point_help():
         check=True,
     ).stdout
     assert "train" in out and "analyze" in out and "inspect" in out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    import os
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "hessian_lens",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("shard", ["checkpoints", "data"])
+def test_torchrun_two_gloo_ranks_fill_the_store_as_one_process(tmp_path, tiny_npz, shard):
+    """2 CPU ranks (gloo): every checkpoint once, records equal to a single process's."""
+    import shutil
+
+    import numpy as np
+
+    from tests.apptools import make_run
+
+    run = make_run(tmp_path / "run", tiny_npz, epochs=2, seed=7)
+    single = tmp_path / "single"
+    shutil.copytree(run, single)
+    common = [
+        "--samples",
+        "63",
+        "--batch-size",
+        "16",
+        "--dtype",
+        "float64",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    assert main(["analyze", str(single), *common]) == 0
+    done = _torchrun(["analyze", str(run), *common, "--shard", shard])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 checkpoints analysed, 0 already" in done.stdout
+    assert f"(2 ranks, --shard {shard})" in done.stdout
+    got = ResultStore(run / "analysis.sqlite").records()
+    want = ResultStore(single / "analysis.sqlite").records()
+    assert [r.checkpoint for r in got] == [r.checkpoint for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert a.settings == b.settings and a.summary["n_samples"] == 63
+        for name in ("H", "g", "Hinv"):
+            np.testing.assert_allclose(a.arrays[name], b.arrays[name], rtol=1e-10, atol=1e-14)
