@@ -241,7 +241,9 @@ def panel_row(
         height=height + COLORBAR_ROOM,
         margin=dict(l=10, r=10, t=top, b=COLORBAR_ROOM),
         plot_bgcolor="white",
-        title=dict(text=title, x=0.0, font=dict(size=14)) if title else None,
+        title=dict(text=title, x=0, xref="paper", xanchor="left", font=dict(size=14))
+        if title
+        else None,
     )
     return fig
 
