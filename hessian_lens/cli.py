@@ -20,9 +20,8 @@ from collections.abc import Sequence
 
 from hessian_lens.data import DATASETS
 from hessian_lens.losses import LOSSES
-from hessian_lens.models import INITS
 from hessian_lens.partition import SCHEMES
-from hessian_lens.train import CURVATURE_DATA, OPTIMIZERS
+from hessian_lens.train import OPTIMIZERS
 
 SHARDS = ("auto", "checkpoints", "data")
 
