@@ -86,6 +86,15 @@ class MemoryPlan:
         """Predicted peak bytes of one micro-batch of ``samples`` samples."""
         return self.output_bytes + self.fixed_bytes + samples * self.per_sample_bytes
 
+    def describe(self, samples: int) -> str:
+        """One line: predicted peak for ``samples``, micro-batch, chunk and budget."""
+        chunk = f", chunk {self.chunk_size}" if self.chunk_size else ""
+        return (
+            f"peak {size(self.peak(samples))} for {samples} samples (micro-batch "
+            f"{min(self.micro_batch or samples, samples)}{chunk}); budget {size(self.budget)} "
+            f"({self.source})"
+        )
+
 
 # ---------------------------------------------------------------------------- budget
 def memory_budget(device: torch.device) -> tuple[int, str]:
@@ -223,6 +232,12 @@ def _ranks_on_host() -> int:
 class _LiveBytes(TorchDispatchMode):
     """Live bytes of the tensor storages created while active, and their peak (CPU)."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Never compiled: no ``torch._disable_dynamo`` wrapper, whose first call imports
+        torch._dynamo (about 2 s)."""
+        return False
+
     def __init__(self) -> None:
         super().__init__()
         self.live = 0
@@ -293,12 +308,17 @@ def output_bytes(S: int, *, full: int, diag: int, item: int, numel: int) -> int:
 
 def check_outputs(
     S: int, *, full: int, diag: int, item: int, numel: int, budget: int, source: str, dtype
-) -> int:
-    """The bytes of the outputs, or :class:`MemoryGuardError` naming the largest order,
-    partition size and diagonal that would fit."""
-    need = output_bytes(S, full=full, diag=diag, item=item, numel=numel)
+) -> list[int]:
+    """The bytes of the outputs at orders 1..top (full orders, then diagonals), or
+    :class:`MemoryGuardError` naming the largest order, partition size and diagonal that
+    would fit."""
+    per_order = [
+        output_bytes(S, full=min(k, full), diag=k if k > full else 0, item=item, numel=numel)
+        for k in range(1, max(full, diag) + 1)
+    ]
+    need = per_order[-1]
     if need <= budget:
-        return need
+        return per_order
     top = max(full, diag)
 
     def fits(s: int, d: int) -> bool:
@@ -308,13 +328,13 @@ def check_outputs(
     groups = max((s for s in _candidates(S) if fits(s, full)), default=0)
     diag_need = output_bytes(S, full=1, diag=top, item=item, numel=numel)
     raise MemoryGuardError(
-        f"D^({full}) over S = {S} groups needs about {need / GIB:,.1f} GiB "
+        f"D^({full}) over S = {S} groups needs about {size(need)} "
         f"({S}^{full} entries in {dtype}, plus work space) but the budget is "
-        f"{budget / GIB:,.3f} GiB ({source}). Would fit: "
+        f"{size(budget)} ({source}). Would fit: "
         + _or(
             [f"order <= {order} at S = {S}"] * (order >= 1)
             + [f"a coarser partition, S <= {groups} groups at order {full}"] * (groups >= 1)
-            + [f"diagonal=True ({diag_need / GIB:,.3f} GiB)"] * (diag_need <= budget)
+            + [f"diagonal=True ({size(diag_need)})"] * (diag_need <= budget)
         )
     )
 
@@ -345,47 +365,52 @@ def plan_micro_batch(
     batch: int,
     budget: int,
     source: str,
-    outputs: int,
+    outputs: Sequence[int],
     min_micro_batch: int,
     overhead: float = 1.0,
 ) -> MemoryPlan:
     """The first chunk (largest first) whose micro-batch reaches ``min(batch,
     min_micro_batch)`` samples, else the last one that fits a single sample.
 
-    ``probe(n, chunk)`` gives the peaks per order on ``n`` samples; the per-sample slope
-    of the top order is multiplied by ``overhead`` (:data:`PER_SAMPLE_OVERHEAD`).
+    Args:
+        probe: ``probe(n, chunk)``, the peaks per order on ``n`` samples.
+        outputs: the output bytes at orders 1, 2, .. (the last: the order asked for).
+        overhead: factor on the per-sample slope (:data:`PER_SAMPLE_OVERHEAD`).
 
     Raises:
-        MemoryGuardError: not even one sample fits with the smallest chunk.
+        MemoryGuardError: not even one sample fits with the smallest chunk (the message
+            names the lower orders that would fit, and their micro-batches).
     """
     best = None
     for chunk in chunks:
-        plan = _probe_plan(
-            probe, chunk, budget=budget, source=source, outputs=outputs, overhead=overhead
-        )
+        levels = [probe(n, chunk) for n in PROBE_SAMPLES]
+        plan = _line_plan(levels, -1, chunk, budget, source, outputs[-1], overhead)
         if plan.micro_batch >= 1:
             best = plan
             if plan.micro_batch >= min(batch, min_micro_batch):
                 break
     if best is None:
-        raise MemoryGuardError(_one_sample_message(plan, chunks))
+        lower = [
+            (k, _line_plan(levels, k - 1, chunk, budget, source, outputs[k - 1], overhead))
+            for k in range(len(levels[-1]) - 1, 0, -1)
+        ]
+        raise MemoryGuardError(_one_sample_message(plan, lower, several_chunks=len(chunks) > 1))
     return best
 
 
-def _probe_plan(
-    probe: Probe, chunk: int | None, *, budget, source, outputs, overhead
+def _line_plan(
+    levels: list[list[int]], level: int, chunk, budget: int, source: str, outputs: int, overhead
 ) -> MemoryPlan:
-    levels = [probe(n, chunk) for n in PROBE_SAMPLES]
-    fixed, per_sample = fit_line([lv[-1] for lv in levels], PROBE_SAMPLES)
+    """The plan from the line through the two probes' peaks at ``level``."""
+    fixed, per_sample = fit_line([peaks[level] for peaks in levels], PROBE_SAMPLES)
     per_sample = math.ceil(per_sample * overhead)
-    room = budget - outputs - fixed
     return MemoryPlan(
         budget=budget,
         source=source,
         output_bytes=outputs,
         fixed_bytes=fixed,
         per_sample_bytes=per_sample,
-        micro_batch=_fitting(room, per_sample),
+        micro_batch=_fitting(budget - outputs - fixed, per_sample),
         chunk_size=chunk,
         level_peaks=levels[-1],
     )
@@ -398,30 +423,33 @@ def _fitting(room: float, per_sample: int) -> int:
     return int(room // per_sample) if per_sample > 0 else UNBOUNDED
 
 
-def _one_sample_message(plan: MemoryPlan, chunks: Sequence[int | None]) -> str:
-    chunk = f" with chunk_size={plan.chunk_size}" if len(chunks) > 1 else ""
-    lower = [
-        f"order {k} (micro-batches of {m} samples)"
-        for k, m in _lower_orders(plan)
-        if m >= 1 and k < len(plan.level_peaks)
+def _one_sample_message(
+    plan: MemoryPlan, lower: list[tuple[int, MemoryPlan]], *, several_chunks: bool
+) -> str:
+    chunk = f" with chunk_size={plan.chunk_size}" if several_chunks else ""
+    fits = [
+        f"order {k} (micro-batches of {p.micro_batch} samples)"
+        for k, p in lower
+        if p.micro_batch >= 1
     ]
-    hint = _or(lower) if lower else "a smaller model input, float32, or more memory"
+    hint = _or(fits) if fits else "a smaller model input, float32, or more memory"
     return (
-        f"one sample{chunk} needs about {plan.peak(1) / MIB:,.1f} MiB (summaries "
-        f"{plan.output_bytes / MIB:,.1f} MiB + {plan.fixed_bytes / MIB:,.1f} MiB + "
-        f"{plan.per_sample_bytes / MIB:,.2f} MiB per sample, measured on probes of "
+        f"one sample{chunk} needs about {size(plan.peak(1))} (summaries "
+        f"{size(plan.output_bytes)} + {size(plan.fixed_bytes)} + "
+        f"{size(plan.per_sample_bytes)} per sample, measured on probes of "
         f"{' and '.join(map(str, PROBE_SAMPLES))} samples) but the budget is "
-        f"{plan.budget / MIB:,.1f} MiB ({plan.source}). Would fit: {hint}"
+        f"{size(plan.budget)} ({plan.source}). Would fit: {hint}"
     )
 
 
-def _lower_orders(plan: MemoryPlan) -> list[tuple[int, int]]:
-    """``(order, micro-batch)`` for each probe level, scaling the per-sample cost by the
-    level's share of the top level's peak (an estimate for the error message only)."""
-    top = plan.level_peaks[-1] if plan.level_peaks else 0
-    out = []
-    for k, peak in enumerate(plan.level_peaks, start=1):
-        per = plan.per_sample_bytes * peak / top if top else 0
-        room = plan.budget - plan.output_bytes - plan.fixed_bytes * peak / max(top, 1)
-        out.append((k, _fitting(room, per)))
-    return out
+def size(nbytes: float) -> str:
+    """``nbytes`` in B, KiB, MiB or GiB.
+
+    Example:
+        >>> size(512), size(3 * 2**20), size(2.5 * 2**30)
+        ('512 B', '3.0 MiB', '2.5 GiB')
+    """
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:,.1f} {unit}"
+    return f"{int(nbytes)} B"

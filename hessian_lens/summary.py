@@ -54,6 +54,7 @@ from hessian_lens.memory import (
     check_outputs,
     memory_budget,
     plan_micro_batch,
+    size,
 )
 from hessian_lens.partition import Partition
 
@@ -800,11 +801,15 @@ class _VmapBackEnd:
         ``VMAP_BASE`` was measured on LeNet-5, VGG-11' and the test models (0.9-1.4 w).
         """
         chunk = chunk or len(partition)
-        if state.device.type != "cuda":
-            loop = _LoopBackEnd(self.loss_fn).probe(
-                state, partition, spec, x, y, chunk=chunk, meter=meter
-            )
-            return [int((VMAP_BASE + _vmap_width(spec, chunk)) * loop[-1])]
+        if state.device.type == "cuda":
+            return self.measure(state, partition, spec, x, y, chunk=chunk, meter=meter)
+        loop = _LoopBackEnd(self.loss_fn).probe(
+            state, partition, spec, x, y, chunk=chunk, meter=meter
+        )
+        return [int((VMAP_BASE + _vmap_width(spec, chunk)) * loop[-1])]
+
+    def measure(self, state, partition, spec, x, y, *, chunk: int, meter: PeakMeter) -> list[int]:
+        """Peak of the vmapped derivatives along the first ``chunk`` basis directions."""
         loss = self.loss_fn(state.forward(x), y)
         u = [g.detach() for g in differentiate(loss, state.params)]
         f = _moved_loss(state, partition, self.loss_fn, x, y, u)
@@ -921,11 +926,12 @@ class _Planner:
         self.state, self.partition, self.spec = state, partition, spec
         self.back_end, self.splittable = back_end, splittable
         self.budget, self.source = memory_budget(state.device)
-        self.outputs: int | None = None
+        self.outputs: list[int] | None = None
         self.plan: MemoryPlan | None = None
 
-    def check_outputs(self) -> int:
-        """The bytes of the S^k outputs; :class:`MemoryGuardError` when they cannot fit."""
+    def check_outputs(self) -> list[int]:
+        """The bytes of the S^k outputs at orders 1..top; :class:`MemoryGuardError` when
+        they cannot fit."""
         if self.outputs is None:
             self.outputs = check_outputs(
                 len(self.partition),
@@ -948,8 +954,8 @@ class _Planner:
             return samples
         if not self.splittable:
             raise MemoryGuardError(
-                f"a batch of {samples} samples needs about {plan.peak(samples) / 2**20:,.0f}"
-                f" MiB but the budget is {plan.budget / 2**20:,.0f} MiB ({plan.source}), and "
+                f"a batch of {samples} samples needs about {size(plan.peak(samples))} but the "
+                f"budget is {size(plan.budget)} ({plan.source}), and "
                 "BatchNorm with batch statistics couples its samples: the engine cannot split "
                 f"it. Would fit: batches of {plan.micro_batch} samples, or eval mode "
                 "(train_mode=False)"
@@ -1004,7 +1010,8 @@ class _Planner:
         """The plan used (unprobed: budget and outputs only, no micro-batch limit)."""
         if self.plan is not None:
             return self.plan
-        return MemoryPlan(budget=self.budget, source=self.source, output_bytes=self.outputs or 0)
+        outputs = self.outputs[-1] if self.outputs else 0
+        return MemoryPlan(budget=self.budget, source=self.source, output_bytes=outputs)
 
 
 # ---------------------------------------------------------------------------- state & data
