@@ -42,6 +42,7 @@ OUTPUT_COPIES = 3  # running sum, one batch's contribution, the symmetrised resu
 # allocator's peak already holds kernel workspaces; the margin covers rounding and
 # fragmentation (not yet measured: benchmarks/gpu_check.sh prints predicted vs measured).
 PER_SAMPLE_OVERHEAD = {"cpu": 2.0, "cuda": 1.25}
+VMAP_MIN_MICRO_BATCH = 32  # vmap: fewer directions at once before micro-batches this small
 UNBOUNDED = 2**62  # micro-batch size when a sample costs no measurable memory
 CGROUP_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
 PROC_MEMINFO = Path("/proc/meminfo")
@@ -453,3 +454,120 @@ def size(nbytes: float) -> str:
         if abs(nbytes) >= scale:
             return f"{nbytes / scale:,.1f} {unit}"
     return f"{int(nbytes)} B"
+
+
+# ---------------------------------------------------------------------------- planner
+_PROBES: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, list[int]]] = (
+    weakref.WeakKeyDictionary()
+)  # probe peaks per model: a probe costs a few passes on tiny batches
+
+
+class Planner:
+    """Micro-batch and chunk sizes that fit the memory budget, probed on the first batch
+    of more than ``PROBE_SAMPLES[-1]`` samples (smaller batches are never split).
+
+    Args:
+        state: the engine's working copies (``device``, ``dtype``, ``params``, ``model``).
+        partition: the groups (S).
+        spec: the orders (``full``, ``diag``).
+        back_end: what computes: ``name``, ``loss_fn``, ``chunk_size`` (set here),
+            ``chunks(S)`` (chunk sizes to try, largest first) and
+            ``probe(state, partition, spec, x, y, chunk=, meter=)`` (peaks per order).
+        splittable: ``False`` when samples are coupled (BatchNorm batch statistics).
+    """
+
+    def __init__(self, *, state, partition, spec, back_end, splittable: bool) -> None:
+        self.state, self.partition, self.spec = state, partition, spec
+        self.back_end, self.splittable = back_end, splittable
+        self.budget, self.source = memory_budget(state.device)
+        self.outputs: list[int] | None = None
+        self.plan: MemoryPlan | None = None
+
+    def check_outputs(self) -> list[int]:
+        """The bytes of the S^k outputs at orders 1..top; :class:`MemoryGuardError` when
+        they cannot fit."""
+        if self.outputs is None:
+            self.outputs = check_outputs(
+                len(self.partition),
+                full=self.spec.full,
+                diag=self.spec.diag,
+                item=torch.empty((), dtype=self.state.dtype).element_size(),
+                numel=sum(p.numel() for p in self.state.params),
+                budget=self.budget,
+                source=self.source,
+                dtype=self.state.dtype,
+            )
+        return self.outputs
+
+    def micro_batch(self, x, y, samples: int) -> int:
+        """Samples per micro-batch for this batch (``samples``: no split)."""
+        if samples <= PROBE_SAMPLES[-1]:
+            return samples
+        plan = self.plan if self.plan is not None else self.probe(x, y, samples)
+        if plan.micro_batch >= samples:
+            return samples
+        if not self.splittable:
+            raise MemoryGuardError(
+                f"a batch of {samples} samples needs about {size(plan.peak(samples))} but the "
+                f"budget is {size(plan.budget)} ({plan.source}), and "
+                "BatchNorm with batch statistics couples its samples: the engine cannot split "
+                f"it. Would fit: batches of {plan.micro_batch} samples, or eval mode "
+                "(train_mode=False)"
+            )
+        return plan.micro_batch
+
+    def probe(self, x, y, samples: int) -> MemoryPlan:
+        """Measure the back end on the first samples of this batch; set the chunk size."""
+        self.plan = plan_micro_batch(
+            probe=lambda n, chunk: self._measure(_head(x, n), y[:n], chunk),
+            chunks=self.back_end.chunks(len(self.partition)),
+            batch=samples,
+            budget=self.budget,
+            source=self.source,
+            outputs=self.check_outputs(),
+            min_micro_batch=VMAP_MIN_MICRO_BATCH,
+            overhead=PER_SAMPLE_OVERHEAD.get(self.state.device.type, 1.0),
+        )
+        self.back_end.chunk_size = self.plan.chunk_size
+        return self.plan
+
+    def _measure(self, x, y, chunk: int | None) -> list[int]:
+        """Probe peaks per order on the batch ``(x, y)``, remembered per model (below)."""
+        key = self._probe_key(x, y, chunk)
+        cache = _PROBES.setdefault(self.state.model, {})
+        if key not in cache:
+            device = self.state.device
+            rng_devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=rng_devices), PeakMeter(device) as meter:
+                args = (self.state, self.partition, self.spec, x, y)
+                cache[key] = self.back_end.probe(*args, chunk=chunk, meter=meter)
+        return cache[key]
+
+    def _probe_key(self, x, y, chunk: int | None) -> tuple:
+        """What a probe's peaks depend on: back end, orders, partition, loss, device, dtype,
+        mode and the shapes of the probe batch (not the parameter values)."""
+        inputs = x if isinstance(x, tuple) else (x,)
+        part = self.partition
+        return (
+            self.back_end.name,
+            chunk,
+            self.spec,
+            (part.scheme, tuple(part.names), tuple(part.labels)),
+            id(self.back_end.loss_fn),
+            self.state.device,
+            self.state.dtype,
+            self.state.model.training,
+            tuple((tuple(t.shape), t.dtype) for t in (*inputs, y)),
+        )
+
+    def report(self) -> MemoryPlan:
+        """The plan used (unprobed: budget and outputs only, no micro-batch limit)."""
+        if self.plan is not None:
+            return self.plan
+        outputs = self.outputs[-1] if self.outputs else 0
+        return MemoryPlan(budget=self.budget, source=self.source, output_bytes=outputs)
+
+
+def _head(x, n: int):
+    """The first ``n`` samples of a model input (a tensor or a tuple of tensors)."""
+    return tuple(t[:n] for t in x) if isinstance(x, tuple) else x[:n]
