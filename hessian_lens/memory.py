@@ -385,14 +385,15 @@ def plan_micro_batch(
     best = None
     for chunk in chunks:
         levels = [probe(n, chunk) for n in PROBE_SAMPLES]
-        plan = _line_plan(levels, -1, chunk, budget, source, outputs[-1], overhead)
+        common = {"chunk": chunk, "budget": budget, "source": source, "overhead": overhead}
+        plan = _line_plan(levels, -1, outputs=outputs[-1], **common)
         if plan.micro_batch >= 1:
             best = plan
             if plan.micro_batch >= min(batch, min_micro_batch):
                 break
     if best is None:
         lower = [
-            (k, _line_plan(levels, k - 1, chunk, budget, source, outputs[k - 1], overhead))
+            (k, _line_plan(levels, k - 1, outputs=outputs[k - 1], **common))
             for k in range(len(levels[-1]) - 1, 0, -1)
         ]
         raise MemoryGuardError(_one_sample_message(plan, lower, several_chunks=len(chunks) > 1))
@@ -400,7 +401,14 @@ def plan_micro_batch(
 
 
 def _line_plan(
-    levels: list[list[int]], level: int, chunk, budget: int, source: str, outputs: int, overhead
+    levels: list[list[int]],
+    level: int,
+    *,
+    chunk: int | None,
+    budget: int,
+    source: str,
+    outputs: int,
+    overhead: float,
 ) -> MemoryPlan:
     """The plan from the line through the two probes' peaks at ``level``."""
     fixed, per_sample = fit_line([peaks[level] for peaks in levels], PROBE_SAMPLES)
@@ -539,8 +547,15 @@ class Planner:
             device = self.state.device
             rng_devices = [device] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=rng_devices), PeakMeter(device) as meter:
-                args = (self.state, self.partition, self.spec, x, y)
-                cache[key] = self.back_end.probe(*args, chunk=chunk, meter=meter)
+                cache[key] = self.back_end.probe(
+                    state=self.state,
+                    partition=self.partition,
+                    spec=self.spec,
+                    x=x,
+                    y=y,
+                    chunk=chunk,
+                    meter=meter,
+                )
         return cache[key]
 
     def _probe_key(self, x, y, chunk: int | None) -> tuple:

@@ -501,32 +501,46 @@ def _run(
         if not on:
             planner.check_outputs()  # fail before pass 1 (when distributed: inside it)
         acc = _Accumulator.zeros(state=st, partition=part, spec=spec)
-        _passes(acc, batches, direction, back_end, planner=planner, progress=progress, on=on)
+        _passes(
+            acc,
+            batches,
+            direction=direction,
+            back_end=back_end,
+            planner=planner,
+            progress=progress,
+            on=on,
+        )
         return acc.means(method=method, memory=planner.report())
 
 
-def _passes(acc, batches, direction, back_end, *, planner, progress, on: bool) -> None:
+def _passes(
+    acc: _Accumulator, batches, *, direction, back_end: BackEnd, planner: Planner, progress, on
+) -> None:
     """Set ``acc.direction`` (given, pass 1, or the single batch's own gradient), then
     accumulate pass 2 into ``acc``."""
-    shortcut = direction is None and not on and _whole_single_batch(batches, acc.state, planner)
+    shortcut = False
+    if direction is None and not on:  # ranks need the union's gradient: never a shortcut
+        shortcut, batches = _whole_single_batch(batches, acc.state, planner)
     tick = _progress(progress, batches, passes=1 if direction is not None or shortcut else 2)
+    passes = {"planner": planner, "tick": tick, "on": on}
     if direction is not None:
         acc.direction = _check_direction(direction, acc.partition, acc.state.params)
     elif not shortcut:  # a single batch taken whole gets its own gradient inside pass 2
-        acc.direction = _mean_gradient(acc.state, back_end.loss_fn, batches, planner, tick, on)
-    _summary_pass(acc, batches, back_end, planner, tick, on)
+        acc.direction = _mean_gradient(acc.state, batches, loss_fn=back_end.loss_fn, **passes)
+    _summary_pass(acc, batches, back_end=back_end, **passes)
     tick.close()
 
 
-def _whole_single_batch(batches, state, planner: Planner) -> bool:
-    """One batch, processed without splitting (its own gradient is then the direction)."""
+def _whole_single_batch(batches, state: _State, planner: Planner) -> tuple[bool, Iterable]:
+    """Whether ``batches`` is one batch processed without splitting (its own gradient is
+    then the direction), and the batches (that one moved to the device once)."""
     if not (isinstance(batches, list) and len(batches) == 1):
-        return False
+        return False, batches
     x, y, samples = _prepare(*batches[0], state)
-    return planner.micro_batch(x, y, samples) >= samples
+    return planner.micro_batch(x, y, samples) >= samples, [(x, y)]
 
 
-def _mean_gradient(state, loss_fn, batches, planner, tick, on: bool) -> list[Tensor]:
+def _mean_gradient(state: _State, batches, *, loss_fn, planner, tick, on: bool) -> list[Tensor]:
     """Pass 1: ``u = sum_b n_b grad L_b / sum_b n_b`` over all batches (and ranks)."""
 
     def local() -> list[Tensor]:
@@ -545,7 +559,7 @@ def _mean_gradient(state, loss_fn, batches, planner, tick, on: bool) -> list[Ten
     return [total / n for total in sums]
 
 
-def _summary_pass(acc: _Accumulator, batches, back_end, planner, tick, on: bool) -> None:
+def _summary_pass(acc: _Accumulator, batches, *, back_end, planner, tick, on: bool) -> None:
     """Pass 2: ``sum_b n_b D^(k)_b(u)``, ``sum_b n_b L_b`` and ``sum_b n_b`` (all ranks)."""
 
     def local() -> list[Tensor]:
@@ -675,7 +689,7 @@ class _LoopBackEnd:
     def chunks(self, S: int) -> list[int | None]:
         return [None]
 
-    def probe(self, state, partition, spec, x, y, *, chunk, meter: PeakMeter) -> list[int]:
+    def probe(self, *, state, partition, spec, x, y, chunk, meter: PeakMeter) -> list[int]:
         """Peak after each order of the widest chain: the gradient, then ``D^(k)[0, .., 0, s]``
         for k = 2..top, every pass w.r.t. all parameters (row 0 of every order)."""
         loss = self.loss_fn(state.forward(x), y)
@@ -779,7 +793,7 @@ class _VmapBackEnd:
             return [self.chunk_size]
         return sorted({max(S >> i, 1) for i in range(S.bit_length() + 1)}, reverse=True)
 
-    def probe(self, state, partition, spec, x, y, *, chunk, meter: PeakMeter) -> list[int]:
+    def probe(self, *, state, partition, spec, x, y, chunk, meter: PeakMeter) -> list[int]:
         """Peak of one chunk of ``chunk`` basis directions at every order.
 
         On CUDA it is measured. On the CPU it is the loop's chain peak times
@@ -789,14 +803,13 @@ class _VmapBackEnd:
         ``VMAP_BASE`` was measured on LeNet-5, VGG-11' and the test models (0.9-1.4 w).
         """
         chunk = chunk or len(partition)
+        batch = {"state": state, "partition": partition, "spec": spec, "x": x, "y": y}
         if state.device.type == "cuda":
-            return self.measure(state, partition, spec, x, y, chunk=chunk, meter=meter)
-        loop = _LoopBackEnd(self.loss_fn).probe(
-            state, partition, spec, x, y, chunk=chunk, meter=meter
-        )
+            return self.measure(**batch, chunk=chunk, meter=meter)
+        loop = _LoopBackEnd(self.loss_fn).probe(**batch, chunk=None, meter=meter)
         return [int((VMAP_BASE + _vmap_width(spec, chunk)) * loop[-1])]
 
-    def measure(self, state, partition, spec, x, y, *, chunk: int, meter: PeakMeter) -> list[int]:
+    def measure(self, *, state, partition, spec, x, y, chunk: int, meter: PeakMeter) -> list[int]:
         """Peak of the vmapped derivatives along the first ``chunk`` basis directions."""
         loss = self.loss_fn(state.forward(x), y)
         u = [g.detach() for g in differentiate(loss, state.params)]
