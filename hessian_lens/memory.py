@@ -17,6 +17,7 @@ uses. Splitting a batch into micro-batches is exact: every summary is sample-wei
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -167,7 +168,7 @@ def _cgroup_available() -> int | None:
     """Bytes left under the tightest cgroup memory limit of this process, or ``None``
     when no limit is set or readable (v2 ``memory.max``, v1 ``memory.limit_in_bytes``)."""
     found = []
-    for directory, limit_file, usage_file, inactive_key in _cgroup_dirs():
+    for directory, limit_file, usage_file, inactive_key in _cgroup_dirs(PROC_CGROUP, CGROUP_ROOT):
         for level in (directory, *directory.parents):
             if not level.is_relative_to(CGROUP_ROOT):
                 break
@@ -177,12 +178,14 @@ def _cgroup_available() -> int | None:
     return min(found) if found else None
 
 
-def _cgroup_dirs() -> list[tuple[Path, str, str, str]]:
-    """The memory cgroup directories of this process (v2 unified, v1 memory controller)."""
+@functools.lru_cache(maxsize=8)
+def _cgroup_dirs(proc_cgroup: Path, root: Path) -> tuple[tuple[Path, str, str, str], ...]:
+    """The memory cgroup directories of this process (v2 unified, v1 memory controller),
+    from ``/proc/self/cgroup`` (read once: a process does not change cgroup)."""
     try:
-        lines = PROC_CGROUP.read_text().splitlines()
+        lines = proc_cgroup.read_text().splitlines()
     except OSError:
-        return []
+        return ()
     out = []
     for line in lines:
         parts = line.split(":", 2)
@@ -190,17 +193,17 @@ def _cgroup_dirs() -> list[tuple[Path, str, str, str]]:
             continue
         rel = parts[2].lstrip("/")
         if parts[0] == "0" and parts[1] == "":
-            out.append((CGROUP_ROOT / rel, "memory.max", "memory.current", "inactive_file"))
+            out.append((root / rel, "memory.max", "memory.current", "inactive_file"))
         elif "memory" in parts[1].split(","):
             out.append(
                 (
-                    CGROUP_ROOT / "memory" / rel,
+                    root / "memory" / rel,
                     "memory.limit_in_bytes",
                     "memory.usage_in_bytes",
                     "total_inactive_file",
                 )
             )
-    return out
+    return tuple(out)
 
 
 def _cgroup_left(level: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
