@@ -272,7 +272,12 @@ class _LiveBytes(TorchDispatchMode):
 
 
 class PeakMeter:
-    """Peak extra memory allocated inside a ``with`` block; :meth:`peak` reads it so far."""
+    """Peak extra memory allocated inside a ``with`` block; :meth:`peak` reads it so far.
+
+    On CUDA it resets the device's peak statistics (``torch.cuda.reset_peak_memory_stats``):
+    a caller measuring its own peak across an engine call that probes (the first call per
+    model, batch shape and orders) sees the peak from the probe on.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
