@@ -140,6 +140,8 @@ def sum_over_ranks(
     rank, world = rank_and_world()
     try:
         local, error = compute(), None
+        if sum(t.numel() for t in local) != numel:
+            raise AssertionError(f"partial sums hold {sum(t.numel() for t in local)} != {numel}")
     except Exception as err:  # joins the all-reduce below, then re-raised
         local, error = None, err
     where = reduce_device(device)

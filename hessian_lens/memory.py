@@ -17,6 +17,7 @@ uses. Splitting a batch into micro-batches is exact: every summary is sample-wei
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -42,6 +43,7 @@ OUTPUT_COPIES = 3  # running sum, one batch's contribution, the symmetrised resu
 # allocator's peak already holds kernel workspaces; the margin covers rounding and
 # fragmentation (not yet measured: benchmarks/gpu_check.sh prints predicted vs measured).
 PER_SAMPLE_OVERHEAD = {"cpu": 2.0, "cuda": 1.25}
+VMAP_MIN_MICRO_BATCH = 32  # vmap: fewer directions at once before micro-batches this small
 UNBOUNDED = 2**62  # micro-batch size when a sample costs no measurable memory
 CGROUP_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
 PROC_MEMINFO = Path("/proc/meminfo")
@@ -85,6 +87,15 @@ class MemoryPlan:
     def peak(self, samples: int) -> int:
         """Predicted peak bytes of one micro-batch of ``samples`` samples."""
         return self.output_bytes + self.fixed_bytes + samples * self.per_sample_bytes
+
+    def describe(self, samples: int) -> str:
+        """One line: predicted peak for ``samples``, micro-batch, chunk and budget."""
+        chunk = f", chunk {self.chunk_size}" if self.chunk_size else ""
+        return (
+            f"peak {size(self.peak(samples))} for {samples} samples (micro-batch "
+            f"{min(self.micro_batch or samples, samples)}{chunk}); budget {size(self.budget)} "
+            f"({self.source})"
+        )
 
 
 # ---------------------------------------------------------------------------- budget
@@ -157,7 +168,7 @@ def _cgroup_available() -> int | None:
     """Bytes left under the tightest cgroup memory limit of this process, or ``None``
     when no limit is set or readable (v2 ``memory.max``, v1 ``memory.limit_in_bytes``)."""
     found = []
-    for directory, limit_file, usage_file, inactive_key in _cgroup_dirs():
+    for directory, limit_file, usage_file, inactive_key in _cgroup_dirs(PROC_CGROUP, CGROUP_ROOT):
         for level in (directory, *directory.parents):
             if not level.is_relative_to(CGROUP_ROOT):
                 break
@@ -167,12 +178,14 @@ def _cgroup_available() -> int | None:
     return min(found) if found else None
 
 
-def _cgroup_dirs() -> list[tuple[Path, str, str, str]]:
-    """The memory cgroup directories of this process (v2 unified, v1 memory controller)."""
+@functools.lru_cache(maxsize=8)
+def _cgroup_dirs(proc_cgroup: Path, root: Path) -> tuple[tuple[Path, str, str, str], ...]:
+    """The memory cgroup directories of this process (v2 unified, v1 memory controller),
+    from ``/proc/self/cgroup`` (read once: a process does not change cgroup)."""
     try:
-        lines = PROC_CGROUP.read_text().splitlines()
+        lines = proc_cgroup.read_text().splitlines()
     except OSError:
-        return []
+        return ()
     out = []
     for line in lines:
         parts = line.split(":", 2)
@@ -180,17 +193,17 @@ def _cgroup_dirs() -> list[tuple[Path, str, str, str]]:
             continue
         rel = parts[2].lstrip("/")
         if parts[0] == "0" and parts[1] == "":
-            out.append((CGROUP_ROOT / rel, "memory.max", "memory.current", "inactive_file"))
+            out.append((root / rel, "memory.max", "memory.current", "inactive_file"))
         elif "memory" in parts[1].split(","):
             out.append(
                 (
-                    CGROUP_ROOT / "memory" / rel,
+                    root / "memory" / rel,
                     "memory.limit_in_bytes",
                     "memory.usage_in_bytes",
                     "total_inactive_file",
                 )
             )
-    return out
+    return tuple(out)
 
 
 def _cgroup_left(level: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
@@ -223,6 +236,12 @@ def _ranks_on_host() -> int:
 class _LiveBytes(TorchDispatchMode):
     """Live bytes of the tensor storages created while active, and their peak (CPU)."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Never compiled: no ``torch._disable_dynamo`` wrapper, whose first call imports
+        torch._dynamo (about 2 s)."""
+        return False
+
     def __init__(self) -> None:
         super().__init__()
         self.live = 0
@@ -253,7 +272,12 @@ class _LiveBytes(TorchDispatchMode):
 
 
 class PeakMeter:
-    """Peak extra memory allocated inside a ``with`` block; :meth:`peak` reads it so far."""
+    """Peak extra memory allocated inside a ``with`` block; :meth:`peak` reads it so far.
+
+    On CUDA it resets the device's peak statistics (``torch.cuda.reset_peak_memory_stats``):
+    a caller measuring its own peak across an engine call that probes (the first call per
+    model, batch shape and orders) sees the peak from the probe on.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -293,12 +317,17 @@ def output_bytes(S: int, *, full: int, diag: int, item: int, numel: int) -> int:
 
 def check_outputs(
     S: int, *, full: int, diag: int, item: int, numel: int, budget: int, source: str, dtype
-) -> int:
-    """The bytes of the outputs, or :class:`MemoryGuardError` naming the largest order,
-    partition size and diagonal that would fit."""
-    need = output_bytes(S, full=full, diag=diag, item=item, numel=numel)
+) -> list[int]:
+    """The bytes of the outputs at orders 1..top (full orders, then diagonals), or
+    :class:`MemoryGuardError` naming the largest order, partition size and diagonal that
+    would fit."""
+    per_order = [
+        output_bytes(S, full=min(k, full), diag=k if k > full else 0, item=item, numel=numel)
+        for k in range(1, max(full, diag) + 1)
+    ]
+    need = per_order[-1]
     if need <= budget:
-        return need
+        return per_order
     top = max(full, diag)
 
     def fits(s: int, d: int) -> bool:
@@ -308,13 +337,13 @@ def check_outputs(
     groups = max((s for s in _candidates(S) if fits(s, full)), default=0)
     diag_need = output_bytes(S, full=1, diag=top, item=item, numel=numel)
     raise MemoryGuardError(
-        f"D^({full}) over S = {S} groups needs about {need / GIB:,.1f} GiB "
+        f"D^({full}) over S = {S} groups needs about {size(need)} "
         f"({S}^{full} entries in {dtype}, plus work space) but the budget is "
-        f"{budget / GIB:,.3f} GiB ({source}). Would fit: "
+        f"{size(budget)} ({source}). Would fit: "
         + _or(
             [f"order <= {order} at S = {S}"] * (order >= 1)
             + [f"a coarser partition, S <= {groups} groups at order {full}"] * (groups >= 1)
-            + [f"diagonal=True ({diag_need / GIB:,.3f} GiB)"] * (diag_need <= budget)
+            + [f"diagonal=True ({size(diag_need)})"] * (diag_need <= budget)
         )
     )
 
@@ -345,47 +374,60 @@ def plan_micro_batch(
     batch: int,
     budget: int,
     source: str,
-    outputs: int,
+    outputs: Sequence[int],
     min_micro_batch: int,
     overhead: float = 1.0,
 ) -> MemoryPlan:
     """The first chunk (largest first) whose micro-batch reaches ``min(batch,
     min_micro_batch)`` samples, else the last one that fits a single sample.
 
-    ``probe(n, chunk)`` gives the peaks per order on ``n`` samples; the per-sample slope
-    of the top order is multiplied by ``overhead`` (:data:`PER_SAMPLE_OVERHEAD`).
+    Args:
+        probe: ``probe(n, chunk)``, the peaks per order on ``n`` samples.
+        outputs: the output bytes at orders 1, 2, .. (the last: the order asked for).
+        overhead: factor on the per-sample slope (:data:`PER_SAMPLE_OVERHEAD`).
 
     Raises:
-        MemoryGuardError: not even one sample fits with the smallest chunk.
+        MemoryGuardError: not even one sample fits with the smallest chunk (the message
+            names the lower orders that would fit, and their micro-batches).
     """
     best = None
     for chunk in chunks:
-        plan = _probe_plan(
-            probe, chunk, budget=budget, source=source, outputs=outputs, overhead=overhead
-        )
+        levels = [probe(n, chunk) for n in PROBE_SAMPLES]
+        common = {"chunk": chunk, "budget": budget, "source": source, "overhead": overhead}
+        plan = _line_plan(levels, -1, outputs=outputs[-1], **common)
         if plan.micro_batch >= 1:
             best = plan
             if plan.micro_batch >= min(batch, min_micro_batch):
                 break
     if best is None:
-        raise MemoryGuardError(_one_sample_message(plan, chunks))
+        lower = [
+            (k, _line_plan(levels, k - 1, outputs=outputs[k - 1], **common))
+            for k in range(len(levels[-1]) - 1, 0, -1)
+        ]
+        raise MemoryGuardError(_one_sample_message(plan, lower, several_chunks=len(chunks) > 1))
     return best
 
 
-def _probe_plan(
-    probe: Probe, chunk: int | None, *, budget, source, outputs, overhead
+def _line_plan(
+    levels: list[list[int]],
+    level: int,
+    *,
+    chunk: int | None,
+    budget: int,
+    source: str,
+    outputs: int,
+    overhead: float,
 ) -> MemoryPlan:
-    levels = [probe(n, chunk) for n in PROBE_SAMPLES]
-    fixed, per_sample = fit_line([lv[-1] for lv in levels], PROBE_SAMPLES)
+    """The plan from the line through the two probes' peaks at ``level``."""
+    fixed, per_sample = fit_line([peaks[level] for peaks in levels], PROBE_SAMPLES)
     per_sample = math.ceil(per_sample * overhead)
-    room = budget - outputs - fixed
     return MemoryPlan(
         budget=budget,
         source=source,
         output_bytes=outputs,
         fixed_bytes=fixed,
         per_sample_bytes=per_sample,
-        micro_batch=_fitting(room, per_sample),
+        micro_batch=_fitting(budget - outputs - fixed, per_sample),
         chunk_size=chunk,
         level_peaks=levels[-1],
     )
@@ -398,30 +440,157 @@ def _fitting(room: float, per_sample: int) -> int:
     return int(room // per_sample) if per_sample > 0 else UNBOUNDED
 
 
-def _one_sample_message(plan: MemoryPlan, chunks: Sequence[int | None]) -> str:
-    chunk = f" with chunk_size={plan.chunk_size}" if len(chunks) > 1 else ""
-    lower = [
-        f"order {k} (micro-batches of {m} samples)"
-        for k, m in _lower_orders(plan)
-        if m >= 1 and k < len(plan.level_peaks)
+def _one_sample_message(
+    plan: MemoryPlan, lower: list[tuple[int, MemoryPlan]], *, several_chunks: bool
+) -> str:
+    chunk = f" with chunk_size={plan.chunk_size}" if several_chunks else ""
+    fits = [
+        f"order {k} (micro-batches of {p.micro_batch} samples)"
+        for k, p in lower
+        if p.micro_batch >= 1
     ]
-    hint = _or(lower) if lower else "a smaller model input, float32, or more memory"
+    hint = _or(fits) if fits else "a smaller model input, float32, or more memory"
     return (
-        f"one sample{chunk} needs about {plan.peak(1) / MIB:,.1f} MiB (summaries "
-        f"{plan.output_bytes / MIB:,.1f} MiB + {plan.fixed_bytes / MIB:,.1f} MiB + "
-        f"{plan.per_sample_bytes / MIB:,.2f} MiB per sample, measured on probes of "
+        f"one sample{chunk} needs about {size(plan.peak(1))} (summaries "
+        f"{size(plan.output_bytes)} + {size(plan.fixed_bytes)} + "
+        f"{size(plan.per_sample_bytes)} per sample, measured on probes of "
         f"{' and '.join(map(str, PROBE_SAMPLES))} samples) but the budget is "
-        f"{plan.budget / MIB:,.1f} MiB ({plan.source}). Would fit: {hint}"
+        f"{size(plan.budget)} ({plan.source}). Would fit: {hint}"
     )
 
 
-def _lower_orders(plan: MemoryPlan) -> list[tuple[int, int]]:
-    """``(order, micro-batch)`` for each probe level, scaling the per-sample cost by the
-    level's share of the top level's peak (an estimate for the error message only)."""
-    top = plan.level_peaks[-1] if plan.level_peaks else 0
-    out = []
-    for k, peak in enumerate(plan.level_peaks, start=1):
-        per = plan.per_sample_bytes * peak / top if top else 0
-        room = plan.budget - plan.output_bytes - plan.fixed_bytes * peak / max(top, 1)
-        out.append((k, _fitting(room, per)))
-    return out
+def size(nbytes: float) -> str:
+    """``nbytes`` in B, KiB, MiB or GiB.
+
+    Example:
+        >>> size(512), size(3 * 2**20), size(2.5 * 2**30)
+        ('512 B', '3.0 MiB', '2.5 GiB')
+    """
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:,.1f} {unit}"
+    return f"{int(nbytes)} B"
+
+
+# ---------------------------------------------------------------------------- planner
+_PROBES: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, list[int]]] = (
+    weakref.WeakKeyDictionary()
+)  # probe peaks per model: a probe costs a few passes on tiny batches
+
+
+class Planner:
+    """Micro-batch and chunk sizes that fit the memory budget, probed on the first batch
+    of more than ``PROBE_SAMPLES[-1]`` samples (smaller batches are never split).
+
+    Args:
+        state: the engine's working copies (``device``, ``dtype``, ``params``, ``model``).
+        partition: the groups (S).
+        spec: the orders (``full``, ``diag``).
+        back_end: what computes: ``name``, ``loss_fn``, ``chunk_size`` (set here),
+            ``chunks(S)`` (chunk sizes to try, largest first) and
+            ``probe(state, partition, spec, x, y, chunk=, meter=)`` (peaks per order).
+        splittable: ``False`` when samples are coupled (BatchNorm batch statistics).
+    """
+
+    def __init__(self, *, state, partition, spec, back_end, splittable: bool) -> None:
+        self.state, self.partition, self.spec = state, partition, spec
+        self.back_end, self.splittable = back_end, splittable
+        self.budget, self.source = memory_budget(state.device)
+        self.outputs: list[int] | None = None
+        self.plan: MemoryPlan | None = None
+
+    def check_outputs(self) -> list[int]:
+        """The bytes of the S^k outputs at orders 1..top; :class:`MemoryGuardError` when
+        they cannot fit."""
+        if self.outputs is None:
+            self.outputs = check_outputs(
+                len(self.partition),
+                full=self.spec.full,
+                diag=self.spec.diag,
+                item=torch.empty((), dtype=self.state.dtype).element_size(),
+                numel=sum(p.numel() for p in self.state.params),
+                budget=self.budget,
+                source=self.source,
+                dtype=self.state.dtype,
+            )
+        return self.outputs
+
+    def micro_batch(self, x, y, samples: int) -> int:
+        """Samples per micro-batch for this batch (``samples``: no split)."""
+        if samples <= PROBE_SAMPLES[-1]:
+            return samples
+        plan = self.plan if self.plan is not None else self.probe(x, y, samples)
+        if plan.micro_batch >= samples:
+            return samples
+        if not self.splittable:
+            raise MemoryGuardError(
+                f"a batch of {samples} samples needs about {size(plan.peak(samples))} but the "
+                f"budget is {size(plan.budget)} ({plan.source}), and "
+                "BatchNorm with batch statistics couples its samples: the engine cannot split "
+                f"it. Would fit: batches of {plan.micro_batch} samples, or eval mode "
+                "(train_mode=False)"
+            )
+        return plan.micro_batch
+
+    def probe(self, x, y, samples: int) -> MemoryPlan:
+        """Measure the back end on the first samples of this batch; set the chunk size."""
+        self.plan = plan_micro_batch(
+            probe=lambda n, chunk: self._measure(_head(x, n), y[:n], chunk),
+            chunks=self.back_end.chunks(len(self.partition)),
+            batch=samples,
+            budget=self.budget,
+            source=self.source,
+            outputs=self.check_outputs(),
+            min_micro_batch=VMAP_MIN_MICRO_BATCH,
+            overhead=PER_SAMPLE_OVERHEAD.get(self.state.device.type, 1.0),
+        )
+        self.back_end.chunk_size = self.plan.chunk_size
+        return self.plan
+
+    def _measure(self, x, y, chunk: int | None) -> list[int]:
+        """Probe peaks per order on the batch ``(x, y)``, remembered per model (below)."""
+        key = self._probe_key(x, y, chunk)
+        cache = _PROBES.setdefault(self.state.model, {})
+        if key not in cache:
+            device = self.state.device
+            rng_devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=rng_devices), PeakMeter(device) as meter:
+                cache[key] = self.back_end.probe(
+                    state=self.state,
+                    partition=self.partition,
+                    spec=self.spec,
+                    x=x,
+                    y=y,
+                    chunk=chunk,
+                    meter=meter,
+                )
+        return cache[key]
+
+    def _probe_key(self, x, y, chunk: int | None) -> tuple:
+        """What a probe's peaks depend on: back end, orders, partition, loss, device, dtype,
+        mode and the shapes of the probe batch (not the parameter values)."""
+        inputs = x if isinstance(x, tuple) else (x,)
+        part = self.partition
+        return (
+            self.back_end.name,
+            chunk,
+            self.spec,
+            (part.scheme, tuple(part.names), tuple(part.labels)),
+            id(self.back_end.loss_fn),
+            self.state.device,
+            self.state.dtype,
+            self.state.model.training,
+            tuple((tuple(t.shape), t.dtype) for t in (*inputs, y)),
+        )
+
+    def report(self) -> MemoryPlan:
+        """The plan used (unprobed: budget and outputs only, no micro-batch limit)."""
+        if self.plan is not None:
+            return self.plan
+        outputs = self.outputs[-1] if self.outputs else 0
+        return MemoryPlan(budget=self.budget, source=self.source, output_bytes=outputs)
+
+
+def _head(x, n: int):
+    """The first ``n`` samples of a model input (a tensor or a tuple of tensors)."""
+    return tuple(t[:n] for t in x) if isinstance(x, tuple) else x[:n]

@@ -233,7 +233,9 @@ def partition_newton_step(
     """The S learning rates of one PartitionNewton step (the model is not changed).
 
     Apply them as ``theta_p -= eta[s] * u_p`` for p in group s (u: ``direction``, by
-    default the gradient). Keyword ``engine`` arguments go to :func:`pseudo_hessian`.
+    default the gradient). Keyword ``engine`` arguments go to :func:`pseudo_hessian`
+    (``device``, ``dtype``, ``method``, ``distributed``, ...): inside a process group each
+    rank passes its shard and every rank gets the same rates, those of the union.
 
     Returns:
         ``(eta, diagnostics)`` with ``H``, ``g``, ``d3``, ``regularization``, ``acted``,

@@ -34,7 +34,6 @@ process group every rank passes its shard and gets the union's result
 from __future__ import annotations
 
 import itertools
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,16 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hessian_lens import distributed as dist
-from hessian_lens.memory import (
-    PER_SAMPLE_OVERHEAD,
-    PROBE_SAMPLES,
-    MemoryGuardError,
-    MemoryPlan,
-    PeakMeter,
-    check_outputs,
-    memory_budget,
-    plan_micro_batch,
-)
+from hessian_lens.memory import PROBE_SAMPLES, MemoryGuardError, MemoryPlan, PeakMeter, Planner
 from hessian_lens.partition import Partition
 
 __all__ = [
@@ -74,7 +64,6 @@ __all__ = [
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Progress = bool | Callable[[int, int | None], None]
 METHODS = ("auto", "loop", "vmap")
-VMAP_MIN_MICRO_BATCH = 32  # vmap: smaller chunks before micro-batches below this many samples
 VMAP_BASE = 1.0  # vmap peak on the CPU ~ (VMAP_BASE + directions at once) x the loop's peak
 NO_GRAPH_HINTS = ("second time", "does not require grad")  # autograd: the graph is gone
 NO_HIGHER_ORDER_HINT = "does not support"  # autograd: no derivative of that order
@@ -449,7 +438,7 @@ def memory_plan(
     part.check(model)
     spec = _Spec.of(order, diagonal=diagonal, d3_diagonal=d3_diagonal)
     with _functional_state(model, part, device, dtype, train_mode) as st:
-        planner = _Planner(
+        planner = Planner(
             state=st,
             partition=part,
             spec=spec,
@@ -502,7 +491,7 @@ def _run(
     with _functional_state(model, part, device, dtype, train_mode) as st:
         _check_back_end(method, model, train_mode)
         back_end = _back_end(method, loss_fn, chunk_size)
-        planner = _Planner(
+        planner = Planner(
             state=st,
             partition=part,
             spec=spec,
@@ -512,32 +501,46 @@ def _run(
         if not on:
             planner.check_outputs()  # fail before pass 1 (when distributed: inside it)
         acc = _Accumulator.zeros(state=st, partition=part, spec=spec)
-        _passes(acc, batches, direction, back_end, planner=planner, progress=progress, on=on)
+        _passes(
+            acc,
+            batches,
+            direction=direction,
+            back_end=back_end,
+            planner=planner,
+            progress=progress,
+            on=on,
+        )
         return acc.means(method=method, memory=planner.report())
 
 
-def _passes(acc, batches, direction, back_end, *, planner, progress, on: bool) -> None:
+def _passes(
+    acc: _Accumulator, batches, *, direction, back_end: BackEnd, planner: Planner, progress, on
+) -> None:
     """Set ``acc.direction`` (given, pass 1, or the single batch's own gradient), then
     accumulate pass 2 into ``acc``."""
-    shortcut = direction is None and not on and _whole_single_batch(batches, acc.state, planner)
+    shortcut = False
+    if direction is None and not on:  # ranks need the union's gradient: never a shortcut
+        shortcut, batches = _whole_single_batch(batches, acc.state, planner)
     tick = _progress(progress, batches, passes=1 if direction is not None or shortcut else 2)
+    passes = {"planner": planner, "tick": tick, "on": on}
     if direction is not None:
         acc.direction = _check_direction(direction, acc.partition, acc.state.params)
     elif not shortcut:  # a single batch taken whole gets its own gradient inside pass 2
-        acc.direction = _mean_gradient(acc.state, back_end.loss_fn, batches, planner, tick, on)
-    _summary_pass(acc, batches, back_end, planner, tick, on)
+        acc.direction = _mean_gradient(acc.state, batches, loss_fn=back_end.loss_fn, **passes)
+    _summary_pass(acc, batches, back_end=back_end, **passes)
     tick.close()
 
 
-def _whole_single_batch(batches, state, planner: _Planner) -> bool:
-    """One batch, processed without splitting (its own gradient is then the direction)."""
+def _whole_single_batch(batches, state: _State, planner: Planner) -> tuple[bool, Iterable]:
+    """Whether ``batches`` is one batch processed without splitting (its own gradient is
+    then the direction), and the batches (that one moved to the device once)."""
     if not (isinstance(batches, list) and len(batches) == 1):
-        return False
+        return False, batches
     x, y, samples = _prepare(*batches[0], state)
-    return planner.micro_batch(x, y, samples) >= samples
+    return planner.micro_batch(x, y, samples) >= samples, [(x, y)]
 
 
-def _mean_gradient(state, loss_fn, batches, planner, tick, on: bool) -> list[Tensor]:
+def _mean_gradient(state: _State, batches, *, loss_fn, planner, tick, on: bool) -> list[Tensor]:
     """Pass 1: ``u = sum_b n_b grad L_b / sum_b n_b`` over all batches (and ranks)."""
 
     def local() -> list[Tensor]:
@@ -556,7 +559,7 @@ def _mean_gradient(state, loss_fn, batches, planner, tick, on: bool) -> list[Ten
     return [total / n for total in sums]
 
 
-def _summary_pass(acc: _Accumulator, batches, back_end, planner, tick, on: bool) -> None:
+def _summary_pass(acc: _Accumulator, batches, *, back_end, planner, tick, on: bool) -> None:
     """Pass 2: ``sum_b n_b D^(k)_b(u)``, ``sum_b n_b L_b`` and ``sum_b n_b`` (all ranks)."""
 
     def local() -> list[Tensor]:
@@ -686,7 +689,7 @@ class _LoopBackEnd:
     def chunks(self, S: int) -> list[int | None]:
         return [None]
 
-    def probe(self, state, partition, spec, x, y, *, chunk, meter: PeakMeter) -> list[int]:
+    def probe(self, *, state, partition, spec, x, y, chunk, meter: PeakMeter) -> list[int]:
         """Peak after each order of the widest chain: the gradient, then ``D^(k)[0, .., 0, s]``
         for k = 2..top, every pass w.r.t. all parameters (row 0 of every order)."""
         loss = self.loss_fn(state.forward(x), y)
@@ -790,7 +793,7 @@ class _VmapBackEnd:
             return [self.chunk_size]
         return sorted({max(S >> i, 1) for i in range(S.bit_length() + 1)}, reverse=True)
 
-    def probe(self, state, partition, spec, x, y, *, chunk, meter: PeakMeter) -> list[int]:
+    def probe(self, *, state, partition, spec, x, y, chunk, meter: PeakMeter) -> list[int]:
         """Peak of one chunk of ``chunk`` basis directions at every order.
 
         On CUDA it is measured. On the CPU it is the loop's chain peak times
@@ -800,11 +803,14 @@ class _VmapBackEnd:
         ``VMAP_BASE`` was measured on LeNet-5, VGG-11' and the test models (0.9-1.4 w).
         """
         chunk = chunk or len(partition)
-        if state.device.type != "cuda":
-            loop = _LoopBackEnd(self.loss_fn).probe(
-                state, partition, spec, x, y, chunk=chunk, meter=meter
-            )
-            return [int((VMAP_BASE + _vmap_width(spec, chunk)) * loop[-1])]
+        batch = {"state": state, "partition": partition, "spec": spec, "x": x, "y": y}
+        if state.device.type == "cuda":
+            return self.measure(**batch, chunk=chunk, meter=meter)
+        loop = _LoopBackEnd(self.loss_fn).probe(**batch, chunk=None, meter=meter)
+        return [int((VMAP_BASE + _vmap_width(spec, chunk)) * loop[-1])]
+
+    def measure(self, *, state, partition, spec, x, y, chunk: int, meter: PeakMeter) -> list[int]:
+        """Peak of the vmapped derivatives along the first ``chunk`` basis directions."""
         loss = self.loss_fn(state.forward(x), y)
         u = [g.detach() for g in differentiate(loss, state.params)]
         f = _moved_loss(state, partition, self.loss_fn, x, y, u)
@@ -905,108 +911,6 @@ def _back_end(method: str, loss_fn: LossFn, chunk_size: int | None) -> BackEnd:
     return _LoopBackEnd(loss_fn) if method == "loop" else _VmapBackEnd(loss_fn, chunk_size)
 
 
-# ---------------------------------------------------------------------------- memory
-_PROBES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[int]]] = (
-    weakref.WeakKeyDictionary()
-)  # probe peaks per model: a probe costs a few passes on tiny batches
-
-
-class _Planner:
-    """Micro-batch and chunk sizes that fit the memory budget, probed on the first batch
-    of more than ``PROBE_SAMPLES[-1]`` samples (smaller batches are never split)."""
-
-    def __init__(
-        self, *, state: _State, partition: Partition, spec: _Spec, back_end, splittable: bool
-    ) -> None:
-        self.state, self.partition, self.spec = state, partition, spec
-        self.back_end, self.splittable = back_end, splittable
-        self.budget, self.source = memory_budget(state.device)
-        self.outputs: int | None = None
-        self.plan: MemoryPlan | None = None
-
-    def check_outputs(self) -> int:
-        """The bytes of the S^k outputs; :class:`MemoryGuardError` when they cannot fit."""
-        if self.outputs is None:
-            self.outputs = check_outputs(
-                len(self.partition),
-                full=self.spec.full,
-                diag=self.spec.diag,
-                item=torch.empty((), dtype=self.state.dtype).element_size(),
-                numel=sum(p.numel() for p in self.state.params),
-                budget=self.budget,
-                source=self.source,
-                dtype=self.state.dtype,
-            )
-        return self.outputs
-
-    def micro_batch(self, x, y, samples: int) -> int:
-        """Samples per micro-batch for this batch (``samples``: no split)."""
-        if samples <= PROBE_SAMPLES[-1]:
-            return samples
-        plan = self.plan if self.plan is not None else self.probe(x, y, samples)
-        if plan.micro_batch >= samples:
-            return samples
-        if not self.splittable:
-            raise MemoryGuardError(
-                f"a batch of {samples} samples needs about {plan.peak(samples) / 2**20:,.0f}"
-                f" MiB but the budget is {plan.budget / 2**20:,.0f} MiB ({plan.source}), and "
-                "BatchNorm with batch statistics couples its samples: the engine cannot split "
-                f"it. Would fit: batches of {plan.micro_batch} samples, or eval mode "
-                "(train_mode=False)"
-            )
-        return plan.micro_batch
-
-    def probe(self, x, y, samples: int) -> MemoryPlan:
-        """Measure the back end on the first samples of this batch; set the chunk size."""
-        self.plan = plan_micro_batch(
-            probe=lambda n, chunk: self._measure(_rows(x, 0, n), y[:n], chunk),
-            chunks=self.back_end.chunks(len(self.partition)),
-            batch=samples,
-            budget=self.budget,
-            source=self.source,
-            outputs=self.check_outputs(),
-            min_micro_batch=VMAP_MIN_MICRO_BATCH,
-            overhead=PER_SAMPLE_OVERHEAD.get(self.state.device.type, 1.0),
-        )
-        self.back_end.chunk_size = self.plan.chunk_size
-        return self.plan
-
-    def _measure(self, x, y, chunk: int | None) -> list[int]:
-        """Probe peaks per order on the batch ``(x, y)``, remembered per model (below)."""
-        key = self._probe_key(x, y, chunk)
-        cache = _PROBES.setdefault(self.state.model, {})
-        if key not in cache:
-            device = self.state.device
-            rng_devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=rng_devices), PeakMeter(device) as meter:
-                args = (self.state, self.partition, self.spec, x, y)
-                cache[key] = self.back_end.probe(*args, chunk=chunk, meter=meter)
-        return cache[key]
-
-    def _probe_key(self, x, y, chunk: int | None) -> tuple:
-        """What a probe's peaks depend on: back end, orders, partition, loss, device, dtype,
-        mode and the shapes of the probe batch (not the parameter values)."""
-        inputs = x if isinstance(x, tuple) else (x,)
-        part = self.partition
-        return (
-            self.back_end.name,
-            chunk,
-            self.spec,
-            (part.scheme, tuple(part.names), tuple(part.labels)),
-            id(self.back_end.loss_fn),
-            self.state.device,
-            self.state.dtype,
-            self.state.model.training,
-            tuple((tuple(t.shape), t.dtype) for t in (*inputs, y)),
-        )
-
-    def report(self) -> MemoryPlan:
-        """The plan used (unprobed: budget and outputs only, no micro-batch limit)."""
-        if self.plan is not None:
-            return self.plan
-        return MemoryPlan(budget=self.budget, source=self.source, output_bytes=self.outputs or 0)
-
-
 # ---------------------------------------------------------------------------- state & data
 @dataclass
 class _State:
@@ -1103,7 +1007,7 @@ def _as_batches(data, two_passes: bool = True) -> Iterable:
 
 
 def _micro_batches(
-    batches: Iterable, state: _State, *, planner: _Planner | None = None, tick=None
+    batches: Iterable, state: _State, *, planner: Planner | None = None, tick=None
 ) -> Iterator[tuple[object, Tensor, int]]:
     """The one data loop: ``(inputs, targets, n)`` on the device, each batch cut into
     micro-batches that fit (``planner``), empty batches skipped; ``tick()`` per batch."""

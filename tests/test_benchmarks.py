@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -47,3 +48,30 @@ def test_optim_compare_smoke(tmp_path, tiny_npz):
     assert [r["optimizer"] for r in rows] == ["partition-newton"] * 2 + ["sgd"] * 3
     assert rows[0]["curvature_share"] is not None and rows[2]["curvature_share"] is None
     assert (tmp_path / "table.md").read_text().count("\n") == 7
+
+
+def test_gpu_check_quick_on_cpu():
+    out = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--quick", "--device", "cpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO)},
+    ).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert not [r for r in rows if "error" in r or "skipped" in r], rows
+    whats = [r["what"] for r in rows]
+    assert whats[0] == "env" and whats[-1] == "done" and whats.count("d3") == 2
+    assert all(r["max_rel_error"] < 1e-12 for r in rows if r["what"] == "exactness")
+    hbar = {(r["model"], r["method"]) for r in rows if r["what"] == "hbar"}
+    assert hbar == {
+        ("lenet5", "loop"),
+        ("lenet5", "vmap"),
+        ("vgg11p", "loop"),
+        ("resnet18", "loop"),
+    }
+    assert all(
+        r["x_gradient"] > 0 and r["predicted_peak_mib"] > 0 for r in rows if r["what"] == "hbar"
+    )
+    assert next(r for r in rows if r["what"] == "dataset")["samples"] == 64
