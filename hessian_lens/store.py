@@ -240,16 +240,21 @@ class ResultStore:
         return [_record(r) if arrays else _record((*r, None)) for r in rows]
 
     def settings(self) -> list[dict[str, Any]]:
-        """The distinct settings present, most rows first."""
+        """The distinct settings present, most rows first.
+
+        Only settings that :meth:`records` can find again are listed: a row whose settings
+        text does not hash to its key (edited by hand or by another program) is left out,
+        so a picker never offers a choice that shows nothing.
+        """
         with self._connect() as db:
             rows = db.execute(
-                "SELECT settings, COUNT(*) AS n FROM results GROUP BY settings_key "
+                "SELECT settings, settings_key, COUNT(*) AS n FROM results GROUP BY settings_key "
                 "ORDER BY n DESC, MIN(created)"
             ).fetchall()
         out = []
-        for (text,) in ((r[0],) for r in rows):
+        for text, key, _ in rows:
             value = _summary(text, "settings")
-            if isinstance(value, dict):
+            if isinstance(value, dict) and settings_key(value) == key:
                 out.append(value)
         return out
 
