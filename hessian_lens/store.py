@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sqlite3
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -125,12 +126,47 @@ class ResultStore:
             self._uri = _readonly_uri(self.path)
             self._check_ours()
             return
-        if self.path.exists():
-            self._check_ours(writable=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self._create()
+        self._check_ours(writable=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+    def _create(self) -> None:
+        """Create the file with its tables under a temporary name, then link it into place:
+        another process opening the same path never finds a file without its tables (which
+        it would rightly refuse as foreign). Where hard links are not supported, a rename.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent
+        )
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        try:
+            os.chmod(tmp, 0o666 & ~umask)
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.executescript(_SCHEMA)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                with contextlib.suppress(sqlite3.OperationalError):
+                    db.execute("PRAGMA journal_mode = WAL")
+            finally:
+                db.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process created it first: checked as any existing file
+            except OSError:
+                if not self.path.exists():
+                    os.replace(tmp, self.path)
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot create the store ({err}).") from None
+        finally:
+            for extra in ("", "-wal", "-shm", "-journal"):
+                Path(f"{tmp}{extra}").unlink(missing_ok=True)
 
     @classmethod
     def reader(cls, path: str | Path) -> ResultStore:
