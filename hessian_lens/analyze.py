@@ -266,6 +266,8 @@ def analyze_run(
     spec = data or manifest.data.get("name") or "cifar10"
     source = data_source or manifest.data.get("source")
     batches, fingerprint = analysis_batches(source, settings, str(spec))
+    files = runfolder.list_checkpoints(run)
+    _check_data_fits_first(run, files, batches)
     job = _Job(
         ResultStore(run / runfolder.STORE_FILE),
         settings,
@@ -275,7 +277,6 @@ def analyze_run(
         owner_id(),
         lease_s,
     )
-    files = runfolder.list_checkpoints(run)
     bar = _bar(progress, len(files))
     pending, seconds, done = list(files), [], 0
     while pending:
@@ -304,6 +305,15 @@ def analyze_run(
         "store": str(job.store.path),
         "seconds": seconds,
     }
+
+
+def _check_data_fits_first(run: Path, files: list[Path], batches) -> None:
+    """Before a run's first store is created: the data fits its first checkpoint's model
+    (labels within its outputs, input shape), so a wrong data set leaves nothing behind.
+    """
+    if files and hasattr(batches, "data") and not (run / runfolder.STORE_FILE).exists():
+        model, _ = load_checkpoint(files[0], max_bytes=None)
+        check_model_fits(model, batches.data)
 
 
 @dataclass

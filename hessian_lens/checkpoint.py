@@ -19,6 +19,7 @@ import json
 import math
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -338,7 +339,9 @@ def _check_zip_sizes(path: Path, max_bytes: int | None, name: str) -> None:
 
 def _torch_load(path: Path, name: str) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on odd tensors: refused below anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         detail = str(err).split("\n")
         why = next(

@@ -14,6 +14,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Callable
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -123,26 +124,25 @@ def loads_bounded(text: str | bytes, what: str = "JSON") -> Any:
         raise UnsafeFileError(f"{what} is not valid JSON ({str(err)[:120]}).") from None
 
 
-def json_text_depth(text: str) -> int:
-    """Deepest bracket nesting of a JSON text (brackets inside strings ignored)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
+def json_text_depth(text: str | bytes) -> int:
+    r"""Deepest bracket nesting of a JSON text (brackets inside strings ignored).
+
+    Linear and at C speed (a 50 MB log in a fraction of a second; a character loop in
+    Python took seconds per render): escapes are dropped (``\\`` first, then ``\"``),
+    then every byte but brackets and quotes; what lies between quotes is inside a string.
+
+    Example:
+        >>> json_text_depth('{"a": "[[[", "b": [[1], {"c": "\\]"}]}')
+        3
+    """
+    raw = text.encode("utf-8", "replace") if isinstance(text, str) else bytes(text)
+    raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    steps = b"".join(raw.split(b'"')[::2]).translate(_STEP)  # [ { -> 2, ] } -> 0
+    return max(0, max(accumulate(b - 1 for b in steps), default=0))
+
+
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+_STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 
 
 def object_depth(obj: Any, limit: int = MAX_JSON_DEPTH) -> int:

@@ -206,10 +206,34 @@ def read_optimizer_log(
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """``optimizer_log.json`` as ``{"labels", "entries"}``, thinned to ``max_entries``
     per kind (steps and recomputations), with warnings; ``(None, [])`` when absent.
+
+    The thinned result of the last few files is kept in memory, keyed by the file's
+    identity, size and modification time: parsing a 40 MB log takes seconds, and a page
+    asks for it again on every interaction. Treat what is returned as read-only.
     """
     path = Path(folder) / OPTIMIZER_LOG
-    if not path.exists():
+    try:
+        st = path.stat()
+    except OSError:
         return None, []
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, max_bytes, max_entries)
+    if key in _LOG_CACHE:
+        _LOG_CACHE[key] = _LOG_CACHE.pop(key)  # most recently used last
+        return _LOG_CACHE[key]
+    result = _read_optimizer_log(path, max_bytes, max_entries)
+    _LOG_CACHE[key] = result
+    while len(_LOG_CACHE) > _LOG_CACHE_SIZE:
+        _LOG_CACHE.pop(next(iter(_LOG_CACHE)))
+    return result
+
+
+_LOG_CACHE: dict[tuple, tuple[dict[str, Any] | None, list[str]]] = {}
+_LOG_CACHE_SIZE = 4
+
+
+def _read_optimizer_log(
+    path: Path, max_bytes: int, max_entries: int
+) -> tuple[dict[str, Any] | None, list[str]]:
     try:
         log = read_json(path, max_bytes)
     except UnsafeFileError as err:

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sqlite3
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -125,14 +126,49 @@ class ResultStore:
             self._uri = _readonly_uri(self.path)
             self._check_ours()
             return
-        if self.path.exists():
-            self._check_ours(writable=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self._create()
+        self._check_ours(writable=True)
         with self._connect() as db:  # one transaction: others see no table or all of them
             db.executescript(
                 f"BEGIN IMMEDIATE;{_SCHEMA}"
                 f"INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');COMMIT;"
             )
+
+    def _create(self) -> None:
+        """Create the file with its tables under a temporary name, then link it into place:
+        another process opening the same path never finds a file without its tables (which
+        it would rightly refuse as foreign). Where hard links are not supported, a rename.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent
+        )
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        try:
+            os.chmod(tmp, 0o666 & ~umask)
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.executescript(_SCHEMA)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                with contextlib.suppress(sqlite3.OperationalError):
+                    db.execute("PRAGMA journal_mode = WAL")
+            finally:
+                db.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process created it first: checked as any existing file
+            except OSError:
+                if not self.path.exists():
+                    os.replace(tmp, self.path)
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot create the store ({err}).") from None
+        finally:
+            for extra in ("", "-wal", "-shm", "-journal"):
+                Path(f"{tmp}{extra}").unlink(missing_ok=True)
 
     @classmethod
     def reader(cls, path: str | Path) -> ResultStore:
@@ -252,16 +288,21 @@ class ResultStore:
         return [_record(r) if arrays else _record((*r, None)) for r in rows]
 
     def settings(self) -> list[dict[str, Any]]:
-        """The distinct settings present, most rows first."""
+        """The distinct settings present, most rows first.
+
+        Only settings that :meth:`records` can find again are listed: a row whose settings
+        text does not hash to its key (edited by hand or by another program) is left out,
+        so a picker never offers a choice that shows nothing.
+        """
         with self._connect() as db:
             rows = db.execute(
-                "SELECT settings, COUNT(*) AS n FROM results GROUP BY settings_key "
+                "SELECT settings, settings_key, COUNT(*) AS n FROM results GROUP BY settings_key "
                 "ORDER BY n DESC, MIN(created)"
             ).fetchall()
         out = []
-        for (text,) in ((r[0],) for r in rows):
+        for text, key, _ in rows:
             value = _summary(text, "settings")
-            if isinstance(value, dict):
+            if isinstance(value, dict) and settings_key(value) == key:
                 out.append(value)
         return out
 

@@ -1,0 +1,1032 @@
+"""Issue 11's attacks, run against a source tree in bounded subprocesses; one JSON line each.
+
+Usage::
+
+    python benchmarks/attacks.py --tree /path/to/checkout [--only 1,13] [--list]
+
+Every attempt builds its files in a fresh folder, then runs one subprocess on the tree
+(``python -m hessian_lens ...``, a short script, or a dashboard page through Streamlit's
+``AppTest``) with the tree first on ``PYTHONPATH``, ``HOME`` and the cache inside that folder,
+``OMP_NUM_THREADS=1``, an address-space limit (``RLIMIT_AS``, 6 GiB unless the attempt says
+otherwise: torch and Streamlit alone reserve about 3 GiB of address space) and a wall-clock
+limit. It reports:
+
+``rc``
+    exit status (``null`` when killed at the time limit: ``timed_out``).
+``traceback``
+    whether stderr holds a Python traceback.
+``stderr_lines``
+    lines on stderr.
+``message``
+    the last stderr line, or what the page showed (first error / exception).
+``peak_mb``
+    the subprocess's peak resident memory (``ru_maxrss``, interpreter and imports included:
+    about 350 MB for the CLI, 550 MB for a page).
+``seconds``
+    wall time, imports included.
+``created``
+    paths that appeared in the attempt's folder (or were removed: ``-path``), the inputs
+    excluded.
+``extra``
+    what the attempt checks besides (cards drawn, SQLite journal mode, files in the cache).
+
+Safe to run on a shared machine: one subprocess at a time, each bounded in memory and time;
+a bind mount (item 7, root only) is always unmounted; nothing is written outside the
+temporary folder (the "/etc" of item 9 is a copy-like folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import pickle
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parents[1]
+PY = sys.executable
+GiB = 2**30
+RESULT = "@@RESULT "
+
+
+# ---------------------------------------------------------------------------- fixtures
+def lenet_state(num_classes: int = 10, in_channels: int = 3) -> dict:
+    """LeNet-5's state_dict built with plain torch (the same names in every tree)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers = {
+        "conv1": nn.Conv2d(in_channels, 6, 5),
+        "conv2": nn.Conv2d(6, 16, 5),
+        "fc1": nn.Linear(400, 120),
+        "fc2": nn.Linear(120, 84),
+        "fc3": nn.Linear(84, num_classes),
+    }
+    return {
+        f"{n}.{k}": v.detach().clone() for n, m in layers.items() for k, v in m.state_dict().items()
+    }
+
+
+LENET = {"model": {"name": "lenet5", "kwargs": {}}}
+
+
+def save_pt(path: Path, state: dict, meta) -> Path:
+    import torch
+
+    torch.save({"state_dict": state, "meta": meta}, path)
+    return path
+
+
+def memo_bomb(levels: int = 12):
+    """``[[...] * 10] * 10 ...``: 10**levels leaves, a few hundred bytes pickled (memo)."""
+    bomb: object = "x"
+    for _ in range(levels):
+        bomb = [bomb] * 10
+    return bomb
+
+
+def deep_meta_pt(path: Path, depth: int) -> Path:
+    """A .pt whose meta is a list nested ``depth`` deep, written as pickle opcodes."""
+    save_pt(path, lenet_state(), "PLACEHOLDER-META")
+    with zipfile.ZipFile(path) as z:
+        contents = {n: z.read(n) for n in z.namelist()}
+    pkl = next(n for n in contents if n.endswith("data.pkl"))
+    at = contents[pkl].index(b"PLACEHOLDER-META") - 5
+    deep = b"]" * depth + b"a" * (depth - 1)
+    contents[pkl] = contents[pkl][:at] + deep + contents[pkl][at + 5 + 16 :]
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in contents.items():
+            z.writestr(n, data)
+    return path
+
+
+def deflated_pt(path: Path, mib: int) -> Path:
+    """A .pt whose single storage (``mib`` MiB of zeros) is deflated: a zip bomb."""
+    import torch
+
+    plain = path.with_suffix(".plain")
+    torch.save({"state_dict": {"w": torch.zeros(mib * 2**18)}, "meta": {}}, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            with src.open(info) as r, dst.open(info.filename, "w", force_zip64=True) as w:
+                while chunk := r.read(1 << 22):
+                    w.write(chunk)
+    plain.unlink()
+    return path
+
+
+def tiny_npz(path: Path, n: int = 64, shape=(32, 32, 3), labels=None, **extra) -> Path:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, n).astype(np.int64) if labels is None else labels
+    arrays = {
+        "x_train": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+        "y_train": y,
+        "x_test": rng.integers(0, 256, (n // 2, *shape), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, n // 2).astype(np.int64),
+    }
+    arrays.update(extra)
+    np.savez(path, **arrays)
+    return path
+
+
+def manifest(name: str = "run", **over) -> dict:
+    m = {
+        "name": name,
+        "model": {"name": "lenet5", "kwargs": {}},
+        "data": {"name": "cifar10", "source": "", "train_size": 64},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "batch_size": 32,
+        "history": [
+            {"epoch": 1, "train_loss": 2.3, "test_acc": 0.1},
+            {"epoch": 2, "train_loss": 2.2, "test_acc": 0.12},
+        ],
+    }
+    m.update(over)
+    return m
+
+
+def write_run(folder: Path, man, checkpoints: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    if man is not None:
+        (folder / "run.json").write_text(man if isinstance(man, str) else json.dumps(man))
+    for e in range(checkpoints):
+        save_pt(folder / f"epoch_{e:04d}.pt", lenet_state(), {**LENET, "epoch": e})
+    return folder
+
+
+_ANALYSED: Path | None = None
+
+
+def analysed_run(work: Path) -> Path:
+    """A 2-epoch LeNet-5 run on 64 synthetic images, analysed (made once with this script's
+    own tree through its CLI; the store format is the same in every tree), copied to ``work``.
+    """
+    global _ANALYSED
+    if _ANALYSED is None:
+        base = Path(tempfile.mkdtemp(prefix="hl-analysed-"))
+        npz = tiny_npz(base / "tiny.npz")
+        run = base / "runs" / "tiny-run"
+        env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
+        common = ["--device", "cpu", "--no-progress"]
+        subprocess.run(
+            [PY, "-m", "hessian_lens", "train", "--data-root", str(npz), "--train-size", "64",
+             "--test-size", "32", "--epochs", "2", "--batch-size", "32", "--lr", "0.05",
+             "--out", str(run), *common],
+            cwd=HERE, env=env, check=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+        subprocess.run(
+            [PY, "-m", "hessian_lens", "analyze", str(run), "--samples", "64",
+             "--batch-size", "32", *common],
+            cwd=HERE, env=env, check=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+        for extra in ("-wal", "-shm"):
+            Path(f"{run}/analysis.sqlite{extra}").unlink(missing_ok=True)
+        _ANALYSED = base
+    shutil.copytree(_ANALYSED, work / "analysed")
+    return work / "analysed"
+
+
+# ---------------------------------------------------------------------------- pages
+PAGE = """
+import json, sys
+{pre}
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({file!r}, default_timeout=900)
+{state}
+at.run()
+def upload(name, data):
+    at.file_uploader[0].set_value((name, data, "application/octet-stream"))
+    at.run()
+act_error = None
+try:
+{act}
+except Exception as err:  # a widget the page never drew
+    act_error = f"{{type(err).__name__}}: {{err}}"
+def vals(xs):
+    return [str(x.value)[:400] for x in xs]
+out = dict(
+    exception=vals(at.exception), error=vals(at.error), warning=vals(at.warning),
+    info=vals(at.info), subheaders=len(at.subheader), success=vals(at.success),
+    caption_chars=sum(len(str(c.value)) for c in at.caption), act_error=act_error,
+    markdown_chars=sum(len(str(m.value)) for m in at.markdown),
+)
+{post}
+print({marker!r} + json.dumps(out))
+"""
+
+
+def page_code(
+    tree: Path, page: str, act: str = "", state: str = "", pre: str = "", post: str = ""
+) -> str:
+    act = "\n".join("    " + line for line in (act or "pass").splitlines())
+    return PAGE.format(
+        file=str(tree / page), act=act, state=state, pre=pre, post=post, marker=RESULT
+    )
+
+
+PICK_PN = "at.selectbox(key='optim-pn').set_value('pn').run()"
+COUNT_LOADS = """
+import torch
+_load, loads = torch.load, []
+def counting(*a, **k):
+    loads.append(1)
+    return _load(*a, **k)
+torch.load = counting
+"""
+
+
+# ---------------------------------------------------------------------------- attempts
+@dataclass
+class Call:
+    """What to run: ``python ARGS`` in the tree, with more environment variables."""
+
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float = 120.0
+    mem: int = 6 * GiB
+    check: Callable[[], dict] | None = None  # after the run: more facts
+    teardown: Callable[[], None] | None = None
+
+
+@dataclass
+class Attempt:
+    item: int
+    name: str
+    make: Callable[[Path, Path], Call]  # (work folder, tree) -> Call
+
+
+ATTEMPTS: list[Attempt] = []
+
+
+def attempt(item: int, name: str):
+    def add(make):
+        ATTEMPTS.append(Attempt(item, name, make))
+        return make
+
+    return add
+
+
+def cli(*args: str, **kw) -> Call:
+    return Call(["-m", "hessian_lens", *args], **kw)
+
+
+def code(text: str, **kw) -> Call:
+    return Call(["-c", text], **kw)
+
+
+# ---- 1. metadata bombs
+@attempt(1, "inspect CLI: 252 KB .pt, meta [[...]*10]*10 x12")
+def _(w, t):
+    save_pt(w / "bomb.pt", lenet_state(), {**LENET, "junk": memo_bomb()})
+    return cli("inspect", str(w / "bomb.pt"), timeout=60, mem=5 * GiB)
+
+
+@attempt(1, "Inspect page: the bomb in the declared kwargs (caption)")
+def _(w, t):
+    save_pt(
+        w / "bomb.pt", lenet_state(), {"model": {"name": "lenet5", "kwargs": {"j": memo_bomb()}}}
+    )
+    act = f"upload('bomb.pt', open({str(w / 'bomb.pt')!r}, 'rb').read())"
+    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), timeout=90, mem=5 * GiB)
+
+
+@attempt(1, "inspect CLI: meta nested 200,000 deep (.pt)")
+def _(w, t):
+    deep_meta_pt(w / "deep.pt", 200_000)
+    return cli("inspect", str(w / "deep.pt"))
+
+
+@attempt(1, "inspect CLI: meta nested 200,000 deep (.safetensors)")
+def _(w, t):
+    from safetensors.torch import save_file
+
+    save_file(lenet_state(), str(w / "deep.safetensors"),
+              metadata={"hessian_lens": "[" * 200_000 + "]" * 200_000})  # fmt: skip
+    return cli("inspect", str(w / "deep.safetensors"))
+
+
+# ---- 2. zip bombs
+@attempt(2, "inspect CLI: 1 MB .pt deflating to 1 GiB")
+def _(w, t):
+    deflated_pt(w / "zip.pt", 1024)
+    return cli("inspect", str(w / "zip.pt"), timeout=120, mem=6 * GiB)
+
+
+@attempt(2, "Inspect page: torch.load calls for one good upload")
+def _(w, t):
+    save_pt(w / "good.pt", lenet_state(), LENET)
+    act = f"upload('good.pt', open({str(w / 'good.pt')!r}, 'rb').read())"
+    post = "out['torch_load_calls'] = len(loads)"
+    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act, pre=COUNT_LOADS, post=post))
+
+
+# ---- 3. architectures from metadata
+@attempt(3, "inspect CLI: meta mlp sizes [16384, 16384] (1 GiB of weights)")
+def _(w, t):
+    state = {
+        "layers.0.weight": __import__("torch").zeros(4, 8),
+        "layers.0.bias": __import__("torch").zeros(4),
+    }
+    save_pt(w / "mlp.pt", state, {"model": {"name": "mlp", "kwargs": {"sizes": [16384, 16384]}}})
+    return cli("inspect", str(w / "mlp.pt"), mem=6 * GiB)
+
+
+@attempt(3, "inspect CLI: meta mlp sizes [131072, 131072] (64 GiB)")
+def _(w, t):
+    import torch
+
+    state = {"layers.0.weight": torch.zeros(4, 8), "layers.0.bias": torch.zeros(4)}
+    save_pt(w / "mlp.pt", state, {"model": {"name": "mlp", "kwargs": {"sizes": [131072, 131072]}}})
+    return cli("inspect", str(w / "mlp.pt"), mem=6 * GiB)
+
+
+@attempt(3, "Inspect page: kwargs typed {sizes: [131072, 131072]} for a bare state_dict")
+def _(w, t):
+    import torch
+
+    torch.save(
+        {"layers.0.weight": torch.zeros(4, 8), "layers.0.bias": torch.zeros(4)}, w / "bare.pt"
+    )
+    act = (
+        f"upload('bare.pt', open({str(w / 'bare.pt')!r}, 'rb').read())\n"
+        "at.selectbox(key='arch-name').set_value('mlp')\n"
+        "at.text_input(key='arch-kwargs').set_value('{\"sizes\": [131072, 131072]}').run()"
+    )
+    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), mem=6 * GiB)
+
+
+# ---- 4. odd tensors, bad kwargs
+def _odd_tensor(make: str):
+    def build(w, t):
+        import torch
+
+        state = lenet_state()
+        state["fc3.bias"] = eval(make, {"torch": torch})
+        save_pt(w / "odd.pt", state, LENET)
+        return cli("inspect", str(w / "odd.pt"))
+
+    return build
+
+
+attempt(4, "inspect CLI: a meta-device tensor")(_odd_tensor("torch.empty(10, device='meta')"))
+attempt(4, "inspect CLI: a sparse COO tensor")(_odd_tensor("torch.zeros(10).to_sparse()"))
+
+
+def _bad_kwargs(kwargs):
+    def build(w, t):
+        save_pt(w / "args.pt", lenet_state(), {"model": {"name": "lenet5", "kwargs": kwargs}})
+        return cli("inspect", str(w / "args.pt"))
+
+    return build
+
+
+for _kw in ({"num_classes": -1}, {"num_classes": [10]}, {"activation": 5}, "ab"):
+    attempt(4, f"inspect CLI: meta kwargs {json.dumps(_kw)}")(_bad_kwargs(_kw))
+
+
+# ---- 5. stores and logs
+@attempt(5, "Interactions page: 0.8 MB store whose arrays inflate to 800 MB")
+def _(w, t):
+    run = analysed_run(w) / "runs" / "tiny-run"
+    buf = io.BytesIO()
+    np.savez_compressed(buf, H=np.zeros(10**8))
+    with sqlite3.connect(run / "analysis.sqlite") as db:
+        db.execute("UPDATE results SET arrays=?", (buf.getvalue(),))
+    db.close()
+    state = f"at.session_state['run_path'] = {str(run)!r}"
+    return code(
+        page_code(t, "pages/1_Layer_interactions.py", state=state),
+        env={"HESSIAN_LENS_RUNS": str(run.parent)},
+        mem=7 * GiB,
+        timeout=180,
+    )
+
+
+@attempt(5, "Optimizer page: 44 MB optimizer_log.json")
+def _(w, t):
+    run = write_run(
+        w / "runs" / "pn", manifest("pn", optimizer={"name": "partition-newton", "lr": 0.3})
+    )
+    labels = [f"g{i}" for i in range(10)]
+    rng = np.random.default_rng(0)
+    entries = []
+    for step in range(450_000):
+        entries.append({"step": step, "loss": float(rng.random())})
+        if step % 3 == 0:
+            entries.append(
+                {"step": step, "eta": rng.random(10).round(6).tolist(), "lr": [0.3] * 10}
+            )
+    (run / "optimizer_log.json").write_text(json.dumps({"labels": labels, "entries": entries}))
+    post = f"out['log_mb'] = {round((run / 'optimizer_log.json').stat().st_size / 2**20, 1)}"
+    return code(
+        page_code(t, "pages/4_Optimizer.py", PICK_PN, post=post),
+        env={"HESSIAN_LENS_RUNS": str(run.parent)},
+        timeout=300,
+    )
+
+
+@attempt(5, "home page: 500 runs")
+def _(w, t):
+    for i in range(500):
+        write_run(w / "runs" / f"run{i:03d}", manifest(f"run{i:03d}"))
+    return code(page_code(t, "app.py"), env={"HESSIAN_LENS_RUNS": str(w / "runs")}, timeout=300)
+
+
+# ---- 6. foreign SQLite
+def _sqlite_facts(path: Path) -> dict:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {
+            "journal_mode": db.execute("PRAGMA journal_mode").fetchone()[0],
+            "tables": sorted(
+                r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ),
+        }
+    finally:
+        db.close()
+
+
+@attempt(6, "home page: a folder holding someone else's analysis.sqlite")
+def _(w, t):
+    run = write_run(w / "runs" / "theirs", manifest("theirs"))
+    db = sqlite3.connect(run / "analysis.sqlite")
+    db.execute("CREATE TABLE users (name TEXT)")
+    db.execute("INSERT INTO users VALUES ('alice')")
+    db.commit()
+    db.close()
+    return code(
+        page_code(t, "app.py"),
+        env={"HESSIAN_LENS_RUNS": str(run.parent)},
+        check=lambda: _sqlite_facts(run / "analysis.sqlite"),
+    )
+
+
+# ---- 7. read-only mounts
+def _readonly(w: Path, page: str) -> Call:
+    src = analysed_run(w)
+    (src / "cache").mkdir()
+    ro = w / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True)
+    if mounted.returncode != 0:
+        raise RuntimeError("cannot bind-mount (needs root)")
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+    run = ro / "runs" / "tiny-run"
+    return Call(
+        [],
+        env={"HESSIAN_LENS_RUNS": str(run.parent), "HESSIAN_LENS_CACHE": str(ro / "cache")},
+        teardown=lambda: subprocess.run(["umount", str(ro)], check=True),
+    ), f"at.session_state['run_path'] = {str(run)!r}"
+
+
+@attempt(7, "home page: runs and cache on a read-only bind mount")
+def _(w, t):
+    call, state = _readonly(w, "app.py")
+    call.args = ["-c", page_code(t, "app.py", state=state)]
+    return call
+
+
+@attempt(7, "Interactions page: runs and cache on a read-only bind mount")
+def _(w, t):
+    call, state = _readonly(w, "pages/1_Layer_interactions.py")
+    call.args = ["-c", page_code(t, "pages/1_Layer_interactions.py", state=state)]
+    return call
+
+
+# ---- 8. the Inspect page's data field
+@attempt(8, "Inspect page: data source = a folder that does not exist")
+def _(w, t):
+    save_pt(w / "good.pt", lenet_state(), LENET)
+    act = (
+        f"upload('good.pt', open({str(w / 'good.pt')!r}, 'rb').read())\n"
+        f"at.text_input(key='data-source').set_value({str(w / 'nowhere' / 'cifar')!r}).run()"
+    )
+    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), timeout=120)
+
+
+# ---- 9. analyze outside runs
+@attempt(9, "analyze CLI: a folder that does not exist")
+def _(w, t):
+    return cli("analyze", str(w / "nonexistent"), "--device", "cpu", "--no-progress")
+
+
+@attempt(9, "analyze CLI: a system folder (an /etc look-alike)")
+def _(w, t):
+    etc = w / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (etc / "hostname").write_text("box\n")
+    tiny_npz(w / "tiny.npz")
+    return cli("analyze", str(etc), "--data-root", str(w / "tiny.npz"), "--samples", "32",
+               "--device", "cpu", "--no-progress")  # fmt: skip
+
+
+# ---- 10. the upload cache
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@attempt(10, "Inspect page: refused uploads (pickled os.system, text) left in the cache")
+def _(w, t):
+    evil = pickle.dumps({"state_dict": _Evil()}, protocol=2)
+    act = f"upload('evil.pt', {evil!r})\nupload('text.pt', b'hello, not a checkpoint')"
+    uploads = w / "cache" / "uploads"
+    return code(
+        page_code(t, "pages/3_Inspect_checkpoint.py", act),
+        check=lambda: {"cached": sorted(p.name for p in uploads.glob("*"))},
+    )
+
+
+@attempt(10, "Inspect page: 4 uploads of 250 kB with HESSIAN_LENS_CACHE_MB=0.6")
+def _(w, t):
+    import torch
+
+    names = []
+    for i in range(4):
+        state = lenet_state()
+        state["fc3.bias"] = torch.full((10,), float(i))
+        save_pt(w / f"m{i}.pt", state, LENET)
+        names.append(f"m{i}.pt")
+    act = "\n".join(f"upload({n!r}, open({str(w / n)!r}, 'rb').read())" for n in names)
+    uploads = w / "cache" / "uploads"
+    return code(
+        page_code(t, "pages/3_Inspect_checkpoint.py", act),
+        env={"HESSIAN_LENS_CACHE_MB": "0.6"},
+        check=lambda: {"cached": len(list(uploads.glob("*")))},
+    )
+
+
+@attempt(10, "Inspect page: a corrupt inspect.sqlite in the cache")
+def _(w, t):
+    tiny_npz(w / "tiny.npz")
+    (w / "cache").mkdir()
+    (w / "cache" / "inspect.sqlite").write_bytes(b"\x00garbage" * 1000)
+    save_pt(w / "good.pt", lenet_state(), LENET)
+    act = f"upload('good.pt', open({str(w / 'good.pt')!r}, 'rb').read())"
+    return code(
+        page_code(t, "pages/3_Inspect_checkpoint.py", act),
+        env={"HESSIAN_LENS_DATA": str(w / "tiny.npz")},
+        check=lambda: {"cache": sorted(p.name for p in (w / "cache").iterdir())},
+    )
+
+
+# ---- 11. one bad folder spoils nothing
+@attempt(11, "home page: 7 bad run folders and one good run")
+def _(w, t):
+    runs = w / "runs"
+    analysed = analysed_run(w) / "runs" / "tiny-run"
+    shutil.copytree(analysed, runs / "a-good")
+    write_run(runs / "b-checkpoints-only", None, checkpoints=1)
+    write_run(runs / "c-list-json", [1, 2, 3])
+    write_run(runs / "d-bad-json", "{not json")
+    write_run(runs / "e-int-name", manifest(5))
+    write_run(runs / "f-no-epochs", manifest("f", history=[{"train_loss": 1.0}, {"x": 2}]))
+    write_run(runs / "g-model-list", manifest("g", model=["lenet5"]))
+    garbage = write_run(runs / "h-garbage-store", manifest("h"))
+    (garbage / "analysis.sqlite").write_bytes(b"\x00garbage" * 100)
+    return code(page_code(t, "app.py"), env={"HESSIAN_LENS_RUNS": str(runs)})
+
+
+def _key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _settings_run(w: Path, t: Path, settings: dict, key: str) -> Call:
+    run = analysed_run(w) / "runs" / "tiny-run"
+    with sqlite3.connect(run / "analysis.sqlite") as db:
+        db.execute("UPDATE results SET settings=?, settings_key=?", (json.dumps(settings), key))
+    db.close()
+    return code(
+        page_code(
+            t, "pages/1_Layer_interactions.py", state=f"at.session_state['run_path'] = {str(run)!r}"
+        ),
+        env={"HESSIAN_LENS_RUNS": str(run.parent)},
+    )
+
+
+@attempt(11, "Interactions page: a store whose settings say samples 'many'")
+def _(w, t):
+    return _settings_run(w, t, {"samples": "many"}, _key({"samples": "many"}))
+
+
+@attempt(11, "Interactions page: a store whose settings text disagrees with its key")
+def _(w, t):
+    return _settings_run(w, t, {"samples": 10}, "0123456789abcdef")
+
+
+@attempt(11, "Optimizer page: a malformed optimizer_log.json")
+def _(w, t):
+    run = write_run(w / "runs" / "pn", manifest("pn"))
+    log = {
+        "labels": ["a", "b"],
+        "entries": [{"step": "x"}, 5, {"step": 1, "eta": [1]}, {"loss": 2}],
+    }
+    (run / "optimizer_log.json").write_text(json.dumps(log))
+    return code(
+        page_code(t, "pages/4_Optimizer.py", PICK_PN), env={"HESSIAN_LENS_RUNS": str(run.parent)}
+    )
+
+
+# ---- 12. numbers and special files
+def _run_with(w: Path, meta_epoch) -> Path:
+    npz = tiny_npz(w / "tiny.npz")
+    run = write_run(w / "run", manifest("r", data={"name": "cifar10", "source": str(npz)}))
+    save_pt(run / "epoch_0001.pt", lenet_state(), {**LENET, "epoch": meta_epoch})
+    return run
+
+
+def _stored_rows(path: Path) -> Callable[[], dict]:
+    def check() -> dict:
+        if not path.exists():
+            return {"rows": None}
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return {"rows": db.execute("SELECT COUNT(*) FROM results").fetchone()[0]}
+        finally:
+            db.close()
+
+    return check
+
+
+def _analyze(run: Path, **kw) -> Call:
+    args = ["analyze", str(run), "--samples", "32", "--batch-size", "32", "--device", "cpu"]
+    return cli(*args, "--no-progress", check=_stored_rows(run / "analysis.sqlite"), **kw)
+
+
+@attempt(12, "analyze CLI: epoch = 10**30 in a checkpoint's meta")
+def _(w, t):
+    return _analyze(_run_with(w, 10**30))
+
+
+@attempt(12, "analyze CLI: a FIFO named epoch_0002.pt")
+def _(w, t):
+    run = _run_with(w, 1)
+    os.mkfifo(run / "epoch_0002.pt")
+    return _analyze(run, timeout=60)
+
+
+@attempt(12, "analyze CLI: epoch_0002.pt -> /dev/zero")
+def _(w, t):
+    run = _run_with(w, 1)
+    (run / "epoch_0002.pt").symlink_to("/dev/zero")
+    return _analyze(run, timeout=60)
+
+
+for _v in ("inf", "abc", "-1"):
+
+    def _limit(w, t, v=_v):
+        return code(
+            page_code(t, "pages/3_Inspect_checkpoint.py"), env={"HESSIAN_LENS_MAX_UPLOAD_MB": v}
+        )
+
+    attempt(12, f"Inspect page: HESSIAN_LENS_MAX_UPLOAD_MB={_v}")(_limit)
+
+
+# ---- 13. the CLI: exit 2 and one line
+TRAIN = ["train", "--epochs", "1", "--train-size", "32", "--test-size", "16", "--batch-size",
+         "16", "--device", "cpu", "--no-progress"]  # fmt: skip
+
+
+def _train(npz: Callable[[Path], Path] | None, *more: str, out: str = "out"):
+    def build(w, t):
+        root = str(npz(w)) if npz else str(tiny_npz(w / "tiny.npz"))
+        return cli(*TRAIN, "--data-root", root, "--out", str(w / out), *more)
+
+    return build
+
+
+def _npz_labels(labels_fn):
+    return lambda w: tiny_npz(w / "bad.npz", labels=labels_fn())
+
+
+def _analyze_labels(labels_fn):
+    def build(w, t):
+        run = _run_with(w, 1)
+        bad = tiny_npz(w / "bad.npz", labels=labels_fn())
+        return cli("analyze", str(run), "--data-root", str(bad), "--samples", "32",
+                   "--batch-size", "32", "--device", "cpu", "--no-progress",
+                   check=_stored_rows(run / "analysis.sqlite"))  # fmt: skip
+
+    return build
+
+
+_LABELS = {
+    "10": lambda: np.full(64, 10),
+    "-1": lambda: np.full(64, -1),
+    "NaN": lambda: np.full(64, np.nan),
+    "-100 (all)": lambda: np.full(64, -100),
+}
+for _k, _f in _LABELS.items():
+    attempt(13, f"train CLI: labels {_k} in the npz")(_train(_npz_labels(_f)))
+    attempt(13, f"analyze CLI: labels {_k} in the npz")(_analyze_labels(_f))
+
+
+@attempt(13, "train CLI: --out an existing file")
+def _(w, t):
+    (w / "file").write_text("x")
+    return _train(None, out="file")(w, t)
+
+
+@attempt(13, "train CLI: --out a path under a file")
+def _(w, t):
+    (w / "file").write_text("x")
+    return _train(None, out="file/run")(w, t)
+
+
+attempt(13, "train CLI: 28x28 images into LeNet-5")(
+    _train(lambda w: tiny_npz(w / "mnist.npz", shape=(28, 28, 1)))
+)
+attempt(13, "train CLI: 1-channel 32x32 images into a 3-channel LeNet-5")(
+    _train(lambda w: tiny_npz(w / "gray.npz", shape=(32, 32, 1)))
+)
+
+
+@attempt(13, "train CLI: an empty npz")
+def _(w, t):
+    np.savez(w / "empty.npz")
+    return _train(lambda w: w / "empty.npz")(w, t)
+
+
+@attempt(13, "train CLI: a garbage npz")
+def _(w, t):
+    (w / "garbage.npz").write_bytes(os.urandom(4096))
+    return _train(lambda w: w / "garbage.npz")(w, t)
+
+
+attempt(13, "train CLI: 2-D y")(
+    _train(lambda w: tiny_npz(w / "y2.npz", labels=np.zeros((64, 2), int)))
+)
+attempt(13, "train CLI: --lr nan")(_train(None, "--lr", "nan"))
+attempt(13, "train CLI: --optimizer-kwargs '{\"bogus\": 1}'")(
+    _train(None, "--optimizer-kwargs", '{"bogus": 1}')
+)
+attempt(13, "train CLI: --device bogus")(_train(None, "--device", "bogus"))
+attempt(13, "train CLI: --device cuda without a GPU")(_train(None, "--device", "cuda"))
+attempt(13, "train CLI: --model-kwargs '{\"num_classes\": 0}'")(
+    _train(None, "--model-kwargs", '{"num_classes": 0}')
+)
+
+
+# ---------------------------------------------------------------------------- runner
+def _limits(mem: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+def _snapshot(root: Path) -> set[str]:
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for n in dirnames + filenames:
+            out.add(os.path.normpath(os.path.join(rel, n)))
+    return out
+
+
+def run_attempt(a: Attempt, tree: Path) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="hl-attack-"))
+    row: dict = {"item": a.item, "attempt": a.name, "tree": str(tree)}
+    call = None
+    try:
+        (work / "home").mkdir()
+        call = a.make(work, tree)
+        before = _snapshot(work)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HESSIAN_LENS_", "PYTHON"))}
+        env.update(
+            PYTHONPATH=str(tree),
+            HOME=str(work / "home"),
+            HESSIAN_LENS_CACHE=str(work / "cache"),
+            OMP_NUM_THREADS="1",
+            TORCH_HOME=str(work / "home" / "torch"),
+            CUDA_VISIBLE_DEVICES="",
+        )
+        env.update(call.env)
+        out, err = work / ".stdout", work / ".stderr"
+        t0 = time.perf_counter()
+        with out.open("wb") as fo, err.open("wb") as fe:
+            proc = subprocess.Popen(
+                [PY, *call.args], cwd=tree, env=env, stdout=fo, stderr=fe,
+                stdin=subprocess.DEVNULL, preexec_fn=_limits(call.mem), start_new_session=True,
+            )  # fmt: skip
+            status, usage, timed_out = _wait(proc.pid, call.timeout)
+        seconds = time.perf_counter() - t0
+        stderr = err.read_text(errors="replace")
+        stdout = out.read_text(errors="replace")
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        rc = None if timed_out else _exit_code(status)
+        row.update(
+            rc=rc,
+            timed_out=timed_out,
+            traceback="Traceback (most recent call last)" in stderr,
+            stderr_lines=len(lines),
+            message=(lines[-1][:300] if lines else ""),
+            peak_mb=round(usage.ru_maxrss / 1024),
+            seconds=round(seconds, 1),
+        )
+        page = [ln for ln in stdout.splitlines() if ln.startswith(RESULT)]
+        if page:
+            facts = json.loads(page[-1][len(RESULT) :])
+            shown = facts["exception"] or facts["error"]
+            row["message"] = (shown[0] if shown else row["message"])[:300]
+            row["page"] = facts
+        elif call.args and call.args[0] == "-c" and "AppTest" in call.args[1]:
+            row["page"] = None  # the page never finished
+        os.unlink(out)
+        os.unlink(err)
+        after = _snapshot(work) - {".stdout", ".stderr"}
+        row["created"] = sorted(after - before)[:12] + [f"-{p}" for p in sorted(before - after)][:6]
+        if call.check is not None:
+            row["extra"] = call.check()
+    except Exception as exc:  # a broken attempt is a row, not a stopped benchmark
+        row["setup_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    finally:
+        if call is not None and call.teardown is not None:
+            call.teardown()
+        shutil.rmtree(work, ignore_errors=True)
+    return row
+
+
+def _wait(pid: int, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        got, status, usage = os.wait4(pid, os.WNOHANG)
+        if got == pid:
+            return status, usage, False
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            _, status, usage = os.wait4(pid, 0)
+            return status, usage, True
+        time.sleep(0.05)
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tree", type=Path, default=HERE, help="checkout to attack (default: this)")
+    ap.add_argument("--only", default="", help="items, e.g. 1,13 (default: all)")
+    ap.add_argument("--match", default="", help="only attempts whose name holds this text")
+    ap.add_argument("--list", action="store_true", help="list the attempts and stop")
+    ap.add_argument(
+        "--table",
+        nargs=2,
+        type=Path,
+        metavar=("BEFORE", "AFTER"),
+        help="print the markdown table of two JSON-lines outputs and stop",
+    )
+    args = ap.parse_args(argv)
+    if args.table:
+        print(table(*args.table))
+        return 0
+    items = {int(i) for i in args.only.split(",") if i.strip()}
+    chosen = [
+        a
+        for a in ATTEMPTS
+        if (not items or a.item in items) and args.match.lower() in a.name.lower()
+    ]
+    for a in chosen:
+        if args.list:
+            print(f"{a.item:>2}  {a.name}")
+            continue
+        print(json.dumps(run_attempt(a, args.tree.resolve())), flush=True)
+    if _ANALYSED is not None:
+        shutil.rmtree(_ANALYSED, ignore_errors=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------- the table
+CLI_TESTS = "test_cli_errors.py::test_bad_input_exits_2_with_one_line_and_creates_nothing"
+H = "test_hardening.py::"
+PINS = {
+    "inspect CLI: 252 KB": f"{CLI_TESTS}[inspect a meta bomb]; test_checkpoint.py::"
+    "test_metadata_bombs_are_refused_at_read_time",
+    "Inspect page: the bomb": H
+    + "test_inspect_page_refuses_a_metadata_bomb_in_the_declared_arguments",
+    "inspect CLI: meta nested": "test_checkpoint.py::test_metadata_bombs_are_refused_at_read_time",
+    "inspect CLI: 1 MB .pt": "test_checkpoint.py::"
+    "test_zip_bomb_is_refused_before_inflating_anything",
+    "Inspect page: torch.load": H + "test_inspect_page_parses_an_upload_once",
+    "inspect CLI: meta mlp": "test_checkpoint.py::"
+    "test_architecture_from_metadata_is_checked_on_meta_before_allocating",
+    "Inspect page: kwargs typed": H
+    + "test_inspect_page_checks_typed_arguments_on_meta_before_allocating",
+    "inspect CLI: a meta-device": "test_checkpoint.py::"
+    "test_tensors_that_are_not_dense_real_cpu_tensors_are_refused[meta]",
+    "inspect CLI: a sparse": f"{CLI_TESTS}[inspect a sparse tensor]",
+    "inspect CLI: meta kwargs": "test_checkpoint.py::test_bad_arguments_get_one_clear_message; "
+    f"{CLI_TESTS}[inspect num_classes -1], [inspect kwargs 'ab']",
+    "Interactions page: 0.8 MB": H
+    + "test_interactions_page_refuses_a_store_blob_bomb_before_inflating",
+    "Optimizer page: 44 MB": H + "test_a_large_optimizer_log_is_thinned_and_parsed_once",
+    "home page: 500 runs": H + "test_home_page_pages_and_filters_many_runs",
+    "home page: a folder holding": H + "test_home_page_leaves_a_foreign_sqlite_file_untouched",
+    "home page: runs and cache": H + "test_pages_work_on_a_read_only_mount",
+    "Interactions page: runs and cache": H + "test_pages_work_on_a_read_only_mount",
+    "Inspect page: data source": H + "test_inspect_data_field_never_creates_a_folder",
+    "analyze CLI: a folder": f"{CLI_TESTS}[analyze a missing folder]",
+    "analyze CLI: a system": f"{CLI_TESTS}[analyze a system folder]",
+    "Inspect page: refused": H + "test_refused_uploads_are_deleted_and_the_cache_is_bounded",
+    "Inspect page: 4 uploads": H + "test_refused_uploads_are_deleted_and_the_cache_is_bounded",
+    "Inspect page: a corrupt": H + "test_a_corrupt_results_cache_is_moved_aside",
+    "home page: 7 bad": H + "test_each_bad_run_folder_gets_its_own_warning",
+    "Interactions page: a store whose settings say": H
+    + "test_stored_settings_that_are_odd_are_messages[True]",
+    "Interactions page: a store whose settings text": H
+    + "test_stored_settings_that_are_odd_are_messages[False]",
+    "Optimizer page: a malformed": H + "test_a_malformed_optimizer_log_is_a_warning",
+    "analyze CLI: epoch = 10**30": H
+    + "test_an_absurd_epoch_in_meta_is_stored_as_the_file_name_says",
+    "analyze CLI: a FIFO": H + "test_analyze_skips_a_fifo_and_dev_zero_named_like_checkpoints",
+    "analyze CLI: epoch_0002.pt ->": H
+    + "test_analyze_skips_a_fifo_and_dev_zero_named_like_checkpoints",
+    "Inspect page: HESSIAN_LENS_MAX": H + "test_a_bad_upload_limit_is_a_message_on_the_page",
+}
+
+
+def _pin(name: str) -> str:
+    if name.startswith(("train CLI", "analyze CLI: labels")):
+        return CLI_TESTS
+    return next((test for prefix, test in PINS.items() if name.startswith(prefix)), "")
+
+
+def outcome(row: dict | None) -> str:
+    """One table cell: status, traceback, what was shown, memory, time, files."""
+    if row is None:
+        return "not run"
+    if "setup_error" in row:
+        return f"setup failed ({row['setup_error'][:80]})"
+    parts = []
+    page = row.get("page")
+    if row.get("timed_out"):
+        parts.append(f"**killed at {row['seconds']:.0f} s** (did not finish)")
+    elif "page" in row:
+        if page is None:
+            parts.append(f"page script died (exit {row['rc']})")
+        else:
+            shown = page["exception"] or page["error"]
+            kind = "exception" if page["exception"] else "error"
+            parts.append(f"page {kind}: “{_short(shown[0])}”" if shown else "page drawn")
+            if page.get("warning"):
+                parts.append(f"{len(page['warning'])} warnings: “{_short(page['warning'][0])}”")
+            if page.get("subheaders"):
+                parts.append(f"{page['subheaders']} cards")
+            if page.get("torch_load_calls") is not None:
+                parts.append(f"torch.load × {page['torch_load_calls']}")
+    else:
+        parts.append(f"exit {row['rc']}")
+        if row["traceback"]:
+            parts.append(f"**traceback** ({row['stderr_lines']} lines)")
+        elif row["stderr_lines"] > 1:
+            parts.append(f"{row['stderr_lines']} stderr lines")
+        if row["message"]:
+            parts.append(f"“{_short(row['message'].removeprefix('hessian-lens '))}”")
+    parts.append(f"{row['peak_mb']:,} MB, {row['seconds']:.1f} s")
+    created = [c for c in row.get("created", []) if not c.startswith("cache")]
+    if created:
+        parts.append("created: " + ", ".join(f"`{c}`" for c in created[:3]))
+    if row.get("extra"):
+        parts.append(json.dumps(row["extra"]).replace("|", "/"))
+    return "; ".join(parts).replace("|", "/")
+
+
+def _short(text: str, n: int = 90) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def table(before: Path, after: Path) -> str:
+    rows_b = {json.loads(x)["attempt"]: json.loads(x) for x in before.read_text().splitlines()}
+    rows_a = {json.loads(x)["attempt"]: json.loads(x) for x in after.read_text().splitlines()}
+    lines = ["| # | attempt | before (fe81ed9) | after | pinned by |", "|---|---|---|---|---|"]
+    for a in ATTEMPTS:
+        b, n = rows_b.get(a.name), rows_a.get(a.name)
+        pin = _pin(a.name)
+        lines.append(f"| {a.item} | {a.name} | {outcome(b)} | {outcome(n)} | `{pin}` |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
