@@ -172,7 +172,8 @@ def _unpack(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
 
 def broadcast_object(obj: T, src: int = 0) -> T:
     """``obj`` of rank ``src`` on every rank (unchanged outside a process group), e.g. the
-    list of checkpoints left to analyse, decided once by rank 0."""
+    list of checkpoints left to analyse, decided once by rank 0.
+    """
     if not is_active():
         return obj
     box = [obj]

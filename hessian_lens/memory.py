@@ -53,7 +53,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 class MemoryGuardError(MemoryError):
     """The requested summary would not fit in the memory of the device (the message says
-    what would fit)."""
+    what would fit).
+    """
 
 
 @dataclass
@@ -166,7 +167,8 @@ def _meminfo_available() -> int | None:
 
 def _cgroup_available() -> int | None:
     """Bytes left under the tightest cgroup memory limit of this process, or ``None``
-    when no limit is set or readable (v2 ``memory.max``, v1 ``memory.limit_in_bytes``)."""
+    when no limit is set or readable (v2 ``memory.max``, v1 ``memory.limit_in_bytes``).
+    """
     found = []
     for directory, limit_file, usage_file, inactive_key in _cgroup_dirs(PROC_CGROUP, CGROUP_ROOT):
         for level in (directory, *directory.parents):
@@ -181,7 +183,8 @@ def _cgroup_available() -> int | None:
 @functools.lru_cache(maxsize=8)
 def _cgroup_dirs(proc_cgroup: Path, root: Path) -> tuple[tuple[Path, str, str, str], ...]:
     """The memory cgroup directories of this process (v2 unified, v1 memory controller),
-    from ``/proc/self/cgroup`` (read once: a process does not change cgroup)."""
+    from ``/proc/self/cgroup`` (read once: a process does not change cgroup).
+    """
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
@@ -239,7 +242,8 @@ class _LiveBytes(TorchDispatchMode):
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
         """Never compiled: no ``torch._disable_dynamo`` wrapper, whose first call imports
-        torch._dynamo (about 2 s)."""
+        torch._dynamo (about 2 s).
+        """
         return False
 
     def __init__(self) -> None:
@@ -310,7 +314,8 @@ Probe = Callable[[int, int | None], list[int]]  # (samples, chunk) -> peaks per 
 
 def output_bytes(S: int, *, full: int, diag: int, item: int, numel: int) -> int:
     """``OUTPUT_COPIES * item * (sum_{k<=full} S^k + (diag - full) S)`` plus the
-    direction (``item * P``)."""
+    direction (``item * P``).
+    """
     entries = sum(S**k for k in range(1, full + 1)) + max(diag - full, 0) * S
     return OUTPUT_COPIES * item * entries + item * numel
 
@@ -320,7 +325,8 @@ def check_outputs(
 ) -> list[int]:
     """The bytes of the outputs at orders 1..top (full orders, then diagonals), or
     :class:`MemoryGuardError` naming the largest order, partition size and diagonal that
-    would fit."""
+    would fit.
+    """
     per_order = [
         output_bytes(S, full=min(k, full), diag=k if k > full else 0, item=item, numel=numel)
         for k in range(1, max(full, diag) + 1)
@@ -358,7 +364,8 @@ def _or(options: list[str]) -> str:
 
 def fit_line(peaks: Sequence[int], samples: Sequence[int]) -> tuple[int, int]:
     """``(fixed, per_sample)`` of the straight line through two probe peaks, never below
-    the proportional share ``peak / samples`` of the larger probe's per-sample cost."""
+    the proportional share ``peak / samples`` of the larger probe's per-sample cost.
+    """
     (n0, n1), (p0, p1) = samples, peaks
     per_sample = max((p1 - p0) / (n1 - n0), 0.0)
     if per_sample == 0.0:
@@ -501,7 +508,8 @@ class Planner:
 
     def check_outputs(self) -> list[int]:
         """The bytes of the S^k outputs at orders 1..top; :class:`MemoryGuardError` when
-        they cannot fit."""
+        they cannot fit.
+        """
         if self.outputs is None:
             self.outputs = check_outputs(
                 len(self.partition),
@@ -568,7 +576,8 @@ class Planner:
 
     def _probe_key(self, x, y, chunk: int | None) -> tuple:
         """What a probe's peaks depend on: back end, orders, partition, loss, device, dtype,
-        mode and the shapes of the probe batch (not the parameter values)."""
+        mode and the shapes of the probe batch (not the parameter values).
+        """
         inputs = x if isinstance(x, tuple) else (x,)
         part = self.partition
         return (

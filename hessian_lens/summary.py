@@ -112,7 +112,8 @@ class _Spec:
     @classmethod
     def of(cls, order: int, *, diagonal: bool = False, d3_diagonal: bool = False) -> _Spec:
         """Full orders up to ``order`` (only its diagonal with ``diagonal=True``), plus the
-        order-3 diagonal with ``d3_diagonal=True``."""
+        order-3 diagonal with ``d3_diagonal=True``.
+        """
         if not isinstance(order, int) or order < 1:
             raise ValueError(f"order must be an integer >= 1, got {order!r}")
         if diagonal and order > 1:
@@ -337,7 +338,8 @@ def summaries_from_gradient(
     grads, params, u, part: Partition, d3_diagonal: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """``g_bar``, ``H_bar`` (and the ``D^(3)`` diagonal) of one loss, from its gradient
-    ``grads`` w.r.t. ``params`` taken with ``create_graph=True`` (what an optimizer has)."""
+    ``grads`` w.r.t. ``params`` taken with ``create_graph=True`` (what an optimizer has).
+    """
     acc = _Accumulator.zeros(
         state=_State.of_tensors(params),
         partition=part,
@@ -517,7 +519,8 @@ def _passes(
     acc: _Accumulator, batches, *, direction, back_end: BackEnd, planner: Planner, progress, on
 ) -> None:
     """Set ``acc.direction`` (given, pass 1, or the single batch's own gradient), then
-    accumulate pass 2 into ``acc``."""
+    accumulate pass 2 into ``acc``.
+    """
     shortcut = False
     if direction is None and not on:  # ranks need the union's gradient: never a shortcut
         shortcut, batches = _whole_single_batch(batches, acc.state, planner)
@@ -533,7 +536,8 @@ def _passes(
 
 def _whole_single_batch(batches, state: _State, planner: Planner) -> tuple[bool, Iterable]:
     """Whether ``batches`` is one batch processed without splitting (its own gradient is
-    then the direction), and the batches (that one moved to the device once)."""
+    then the direction), and the batches (that one moved to the device once).
+    """
     if not (isinstance(batches, list) and len(batches) == 1):
         return False, batches
     x, y, samples = _prepare(*batches[0], state)
@@ -691,7 +695,8 @@ class _LoopBackEnd:
 
     def probe(self, *, state, partition, spec, x, y, chunk, meter: PeakMeter) -> list[int]:
         """Peak after each order of the widest chain: the gradient, then ``D^(k)[0, .., 0, s]``
-        for k = 2..top, every pass w.r.t. all parameters (row 0 of every order)."""
+        for k = 2..top, every pass w.r.t. all parameters (row 0 of every order).
+        """
         loss = self.loss_fn(state.forward(x), y)
         grads = differentiate(loss, state.params, create_graph=spec.top > 1)
         u = [g.detach() for g in grads]
@@ -708,7 +713,8 @@ class _LoopBackEnd:
 
 def _add_from_gradient(acc: _Accumulator, grads: Sequence[Tensor], *, weight: float) -> None:
     """Add ``weight *`` the summaries of a loss into ``acc``, given its gradient ``grads``
-    w.r.t. ``acc.state.params`` taken with ``create_graph=True`` (loop back end)."""
+    w.r.t. ``acc.state.params`` taken with ``create_graph=True`` (loop back end).
+    """
     gu = [g * v for g, v in zip(grads, acc.direction, strict=True)]
     _descend(acc, prefix=(), gu=gu, which=list(range(len(grads))), weight=weight)
 
@@ -743,7 +749,8 @@ def _next_pass(
     acc: _Accumulator, *, s: int, gu: list[Tensor], which: list[int], order: int
 ) -> tuple[list[int], list[Tensor]]:
     """One backward pass: ``grad(sum_{p in I_s} gu_p) * u`` w.r.t. the groups ``s..S`` for
-    a full order (symmetry), w.r.t. group s alone for a diagonal one."""
+    a full order (symmetry), w.r.t. group s alone for a diagonal one.
+    """
     part, spec, params = acc.partition, acc.spec, acc.state.params
     nxt = part.params_from(s) if order <= spec.full else part.params_of(s)
     grads = differentiate(
@@ -821,7 +828,8 @@ class _VmapBackEnd:
 
 def _vmap_width(spec: _Spec, chunk: int) -> int:
     """Directions the vmap back end differentiates at once: ``chunk^(full-1)`` for the
-    full orders (nested vmaps), ``chunk`` for the diagonals."""
+    full orders (nested vmaps), ``chunk`` for the diagonals.
+    """
     full = chunk ** (spec.full - 1) if spec.full > 1 else 1
     return max(full, chunk if spec.diag > spec.full else 1)
 
@@ -843,7 +851,8 @@ def _vmap_summaries(
     f: Callable[[Tensor], Tensor], spec: _Spec, basis: Tensor, chunk_size: int | None
 ) -> tuple[dict[int, Tensor], dict[int, Tensor], Tensor]:
     """``D^(k) = (-1)^k d^k f`` at 0 along the ``basis`` rows: full orders, diagonals and
-    the loss ``f(0)``."""
+    the loss ``f(0)``.
+    """
     zero = torch.zeros(basis.shape[1], dtype=basis.dtype, device=basis.device)
     grad_f, loss = torch.func.grad_and_value(f)(zero)
     full = {1: -grad_f}
@@ -915,7 +924,8 @@ def _back_end(method: str, loss_fn: LossFn, chunk_size: int | None) -> BackEnd:
 @dataclass
 class _State:
     """Working copies of the differentiated tensors (device, dtype), and of the model's
-    other parameters and buffers for :meth:`forward`."""
+    other parameters and buffers for :meth:`forward`.
+    """
 
     device: torch.device
     dtype: torch.dtype
@@ -1010,7 +1020,8 @@ def _micro_batches(
     batches: Iterable, state: _State, *, planner: Planner | None = None, tick=None
 ) -> Iterator[tuple[object, Tensor, int]]:
     """The one data loop: ``(inputs, targets, n)`` on the device, each batch cut into
-    micro-batches that fit (``planner``), empty batches skipped; ``tick()`` per batch."""
+    micro-batches that fit (``planner``), empty batches skipped; ``tick()`` per batch.
+    """
     for x, y in batches:
         x, y, samples = _prepare(x, y, state)
         size = planner.micro_batch(x, y, samples) if planner is not None else samples
@@ -1063,7 +1074,8 @@ def _check_direction(direction, part: Partition, params: Sequence[Tensor]) -> li
 
 def _pick_method(method: str) -> str:
     """``auto`` -> the loop: measured fastest on CPU (design.md); GPU numbers not yet
-    measured (``benchmarks/gpu_check.sh``)."""
+    measured (``benchmarks/gpu_check.sh``).
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     return "loop" if method == "auto" else method

@@ -1,0 +1,91 @@
+"""Analysis time per checkpoint vs one gradient pass over the same samples.
+
+For LeNet-5, VGG-11' and torchvision ResNet-18 (CIFAR-10 shapes, canonical partition):
+the median time of ``analyze_model`` (g_bar, H_bar, inverse, comparisons) and of one
+gradient pass over the same samples and batches, measured alternately in the same run, and
+their ratio next to S (the pruned double-backward loop needs about S gradients' worth of
+backward work at most: row s of H_bar only differentiates groups s..S). One JSON line each.
+
+    python benchmarks/bench_analysis.py --samples 500 --batch-size 250 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hessian_lens.analyze import AnalysisSettings, analyze_model
+from hessian_lens.registry import build_model
+
+MODELS = {
+    "lenet5": ("lenet5", {}),
+    "vgg11p": ("vgg11p", {}),
+    "resnet18": ("torchvision:resnet18", {"num_classes": 10}),
+}
+
+
+def gradient_pass(model, batches) -> None:
+    """One gradient of the mean loss over all batches (what an epoch step costs per sample)."""
+    model.zero_grad(set_to_none=True)
+    n = sum(len(y) for _, y in batches)
+    for x, y in batches:
+        (F.cross_entropy(model(x), y) * (len(y) / n)).backward()
+
+
+def measure(name: str, samples: int, batch_size: int, repeats: int) -> dict:
+    arch, kwargs = MODELS[name]
+    torch.manual_seed(0)
+    model = build_model(arch, **kwargs).eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(samples, 3, 32, 32, generator=gen)
+    y = torch.randint(0, 10, (samples,), generator=gen)
+    batches = [
+        (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, samples, batch_size)
+    ]
+    settings = AnalysisSettings(samples=samples, batch_size=batch_size)
+    grads, analyses = [], []
+    gradient_pass(model, batches)  # warm-up
+    summary, _ = analyze_model(model, batches, settings)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        gradient_pass(model, batches)
+        grads.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        analyze_model(model, batches, settings)
+        analyses.append(time.perf_counter() - t0)
+    g, a = statistics.median(grads), statistics.median(analyses)
+    return {
+        "model": name,
+        "S": len(summary["labels"]),
+        "samples": samples,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "gradient_s": round(g, 3),
+        "analysis_s": round(a, 3),
+        "ratio": round(a / g, 2),
+        "ratio_per_group": round(a / g / len(summary["labels"]), 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    for name in args.models:
+        print(json.dumps(measure(name, args.samples, args.batch_size, args.repeats)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
