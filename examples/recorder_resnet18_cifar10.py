@@ -82,12 +82,22 @@ def main() -> None:
     # A fixed set of training samples, the same at every epoch: H̄ is measured on it.
     keep = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(1))
     keep = keep[: args.analysis_samples]
-    analysis = [(normalize(x_tr[keep[i : i + 250]]), y_tr[keep[i : i + 250]])
-                for i in range(0, len(keep), 250)]
+    analysis = [
+        (normalize(x_tr[keep[i : i + 250]]), y_tr[keep[i : i + 250]])
+        for i in range(0, len(keep), 250)
+    ]
 
-    with hl.Recorder(args.out, model, F.cross_entropy, analysis, name=Path(args.out).name,
-                     architecture="torchvision:resnet18", architecture_kwargs={"num_classes": 10},
-                     partition=args.partition, progress=True) as rec:
+    with hl.Recorder(
+        args.out,
+        model,
+        F.cross_entropy,
+        analysis,
+        name=Path(args.out).name,
+        architecture="torchvision:resnet18",
+        architecture_kwargs={"num_classes": 10},
+        partition=args.partition,
+        progress=True,
+    ) as rec:
         test_loss, test_acc = evaluate(model, x_te, y_te)
         rec.log(0, test_loss=test_loss, test_acc=test_acc)
         for epoch in range(1, args.epochs + 1):
@@ -105,10 +115,19 @@ def main() -> None:
             scheduler.step()
             seconds = time.perf_counter() - t0
             test_loss, test_acc = evaluate(model, x_te, y_te)
-            rec.log(epoch, train_loss=total / seen, test_loss=test_loss, test_acc=test_acc,
-                    seconds=seconds, lr=scheduler.get_last_lr()[0])
-            print(f"epoch {epoch}: train loss {total / seen:.3f}, test accuracy {test_acc:.1%}, "
-                  f"{seconds:.0f} s", flush=True)
+            rec.log(
+                epoch,
+                train_loss=total / seen,
+                test_loss=test_loss,
+                test_acc=test_acc,
+                seconds=seconds,
+                lr=scheduler.get_last_lr()[0],
+            )
+            print(
+                f"epoch {epoch}: train loss {total / seen:.3f}, test accuracy {test_acc:.1%}, "
+                f"{seconds:.0f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

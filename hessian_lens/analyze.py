@@ -308,8 +308,10 @@ def analyze_run(
 
 
 def _check_data_fits_first(run: Path, files: list[Path], batches) -> None:
-    """Before a run's first store is created: the data fits its first checkpoint's model
-    (labels within its outputs, input shape), so a wrong data set leaves nothing behind.
+    """Check that the data fits a run's first checkpoint, before the run's store is created.
+
+    The first checkpoint's model must take the data's inputs (input shape) and cover its
+    labels (labels within its outputs), so a wrong data set leaves nothing behind.
     """
     if files and hasattr(batches, "data") and not (run / runfolder.STORE_FILE).exists():
         model, _ = load_checkpoint(files[0], max_bytes=None)
@@ -376,9 +378,10 @@ def analyze_run_data_parallel(
     progress: bool | ProgressFn = True,
     data: str | None = None,
 ) -> dict[str, Any]:
-    """Every checkpoint of a run, each one's samples split over the ranks of the process
-    group (for few, large checkpoints): every rank computes its shard's summaries, they
-    are all-reduced, rank 0 stores the record. All ranks must call it.
+    """Every checkpoint of a run, each one's samples split over the ranks of the process group.
+
+    Meant for few, large checkpoints: every rank computes its shard's summaries, they are
+    all-reduced, rank 0 stores the record. All ranks must call it.
 
     Returns:
         As :func:`analyze_run` (on every rank).
@@ -469,4 +472,5 @@ def _bar(progress, total: int):
 
 
 def as_numpy(t) -> np.ndarray:
+    """``t`` as a NumPy array: a tensor detached, in float64 on the CPU; else ``np.asarray(t)``."""
     return t.detach().double().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)

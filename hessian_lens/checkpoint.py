@@ -502,8 +502,10 @@ def _safetensors_header(path: Path, size: int, name: str) -> tuple[dict, int]:
 def _check_safetensors_sizes(
     header: dict, data_bytes: int, max_bytes: int | None, name: str
 ) -> None:
-    """Every tensor's dtype, shape and offsets agree and lie in the file; the total, as
-    declared by the header, stays under ``max_bytes``. Nothing is read before this.
+    """Check a safetensors header against the file before any tensor data is read.
+
+    Every tensor's dtype, shape and offsets must agree and lie in the file; the total, as
+    declared by the header, must stay under ``max_bytes``.
     """
     total = 0
     for key, entry in header.items():
@@ -623,8 +625,10 @@ def _checked_kwargs(key: str, kwargs: Any, name: str) -> dict:
 
 
 def _detect(state: Mapping[str, Tensor], name: str) -> tuple[str, dict]:
-    """The one default architecture (built-in or registered) whose names and shapes fit
-    ``state``, each built on the ``meta`` device (nothing allocated).
+    """The one default architecture (built-in or registered) that fits ``state``.
+
+    An architecture fits when its parameter names and shapes are those of ``state``; each
+    candidate is built on the ``meta`` device (nothing allocated).
     """
     candidates = sorted(MODELS) + registry.user_model_names()
     matches = [n for n in candidates if _fits_default(n, state)]
@@ -699,9 +703,10 @@ def _check_fit(model: nn.Module, state: Mapping[str, Tensor], what: str) -> None
 
 
 def _check_memory(model: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
-    """Refuse a model that needs far more memory than the file stores: tensors expanded
-    from a few bytes (stride 0) or many names sharing one storage would otherwise make a
-    tiny file allocate gigabytes.
+    """Refuse a model that needs far more memory than the file stores.
+
+    Tensors expanded from a few bytes (stride 0) or many names sharing one storage would
+    otherwise make a tiny file allocate gigabytes.
     """
     need = registry.parameter_bytes(model)
     storages = {

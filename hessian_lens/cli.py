@@ -1,8 +1,8 @@
-"""Command line: ``python -m hessian_lens train | analyze | inspect``.
+r"""Command line: ``python -m hessian_lens train | analyze | inspect``.
 
 Examples::
 
-    python -m hessian_lens train --model lenet5 --init paper --data cifar10 --epochs 21 \\
+    python -m hessian_lens train --model lenet5 --init paper --data cifar10 --epochs 21 \
         --data-root shared/datasets/cifar10/cifar10.npz --out checkpoints/lenet5-cifar10
     python -m hessian_lens analyze checkpoints/lenet5-cifar10 --samples 10000
     torchrun --nproc-per-node 4 -m hessian_lens analyze checkpoints/big-run --shard data
@@ -188,8 +188,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; a device torch cannot use is a
-    ValueError saying so.
+    """Resolve a device name: ``auto`` -> ``cuda`` when available, else ``cpu``.
+
+    Any other name is checked: a device torch cannot use is a ValueError saying so.
 
     Raises:
         ValueError: not a device name, or CUDA asked for on a machine without a GPU.
@@ -295,8 +296,9 @@ def _analyze(args) -> int:
 
 
 def _shard_mode(args, world: int) -> str:
-    """Checkpoints or data: ``auto`` splits the data when fewer checkpoints are left than
-    there are ranks.
+    """How the ranks share the work, ``checkpoints`` or ``data``, under ``--shard``.
+
+    ``auto`` splits the data when fewer checkpoints are left than there are ranks.
     """
     if world == 1 or args.shard != "auto":
         return "checkpoints" if world == 1 else args.shard

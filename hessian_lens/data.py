@@ -296,8 +296,9 @@ def load_dataset(
 def load_cifar10(
     source: str | os.PathLike | None = None, train: bool = True, download: bool = False
 ) -> ImageData:
-    """CIFAR-10 from an ``.npz`` file, a folder holding ``cifar10.npz``, or torchvision's
-    root folder (``None``: ``$HESSIAN_LENS_DATA`` or ``~/.cache/hessian_lens/data``).
+    """CIFAR-10 from an ``.npz`` file, a folder holding ``cifar10.npz``, or torchvision's root.
+
+    ``source=None`` means ``$HESSIAN_LENS_DATA`` or ``~/.cache/hessian_lens/data``.
     """
     source = _root(source)
     if source.suffix == ".npz" or (source.is_file() and source.suffix != ""):
@@ -384,8 +385,9 @@ def _statistics(key: str, x: Tensor) -> tuple[tuple[float, ...], tuple[float, ..
 
 
 def split_validation(data: ImageData, size: int) -> tuple[ImageData, ImageData]:
-    """``(train, validation)``: ``size`` samples held out by a fixed permutation
-    (:data:`SPLIT_SEED`, the same for every run seed).
+    """``(train, validation)``: ``size`` samples held out by a fixed permutation.
+
+    The permutation is seeded with :data:`SPLIT_SEED`, the same for every run seed.
     """
     if not 0 < size < len(data):
         raise DataError(f"--val-size must be between 1 and {len(data) - 1}, got {size}")

@@ -62,9 +62,10 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def init_from_env(device: str | torch.device | None = None) -> torch.device:
-    """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``,
-    ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and return this rank's device.
+    """Join the process group ``torchrun`` describes and return this rank's device.
 
+    The group is read from ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT``.
     ``device="cuda"`` maps the rank to GPU ``LOCAL_RANK`` and uses NCCL; otherwise gloo.
     Without ``WORLD_SIZE`` (or with 1) nothing is initialised and the device is returned.
 
@@ -89,8 +90,10 @@ def init_from_env(device: str | torch.device | None = None) -> torch.device:
 
 
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
-    """The items of rank ``rank`` out of ``world`` (round robin: rank, rank + world, ...),
-    e.g. the checkpoints each rank analyses.
+    """The items of rank ``rank`` out of ``world``, dealt round robin.
+
+    Rank ``rank`` gets the items at rank, rank + world, rank + 2 world, ...; for instance
+    the checkpoints each rank analyses.
 
     Example:
         >>> shard(["e1", "e2", "e3", "e4", "e5"], 1, 2)
@@ -101,8 +104,10 @@ def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
 
 
 def split_indices(n: int, rank: int, world: int) -> range:
-    """The contiguous block of ``range(n)`` of rank ``rank``: sizes differ by at most one,
-    the first ``n % world`` ranks take one more (a rank may get none when ``n < world``).
+    """The contiguous block of ``range(n)`` of rank ``rank`` out of ``world``.
+
+    Block sizes differ by at most one: the first ``n % world`` ranks take one more (a rank
+    may get none when ``n < world``).
 
     Example:
         >>> [list(split_indices(5, r, 2)) for r in range(2)]
@@ -171,8 +176,9 @@ def _unpack(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:
-    """``obj`` of rank ``src`` on every rank (unchanged outside a process group), e.g. the
-    list of checkpoints left to analyse, decided once by rank 0.
+    """``obj`` of rank ``src`` on every rank (unchanged outside a process group).
+
+    For instance the list of checkpoints left to analyse, decided once by rank 0.
     """
     if not is_active():
         return obj

@@ -108,8 +108,10 @@ def read_json(path: str | os.PathLike, max_bytes: int = DEFAULT_JSON_BYTES) -> A
 
 
 def loads_bounded(text: str | bytes, what: str = "JSON") -> Any:
-    """``json.loads`` that refuses nesting deeper than :data:`MAX_JSON_DEPTH` (checked on
-    the raw text first, so a 200,000-deep document never reaches the recursive parser).
+    """``json.loads`` that refuses nesting deeper than :data:`MAX_JSON_DEPTH`.
+
+    The depth is checked on the raw text first, so a 200,000-deep document never reaches
+    the recursive parser.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")

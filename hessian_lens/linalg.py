@@ -1,5 +1,6 @@
-"""Small (S x S) linear algebra on pseudo-Hessians: invariant normalisation, spectrum,
-regularised inverse, block-diagonal comparisons. Everything in float64.
+"""Small (S x S) linear algebra on pseudo-Hessians, everything in float64.
+
+Invariant normalisation, spectrum, regularised inverse, block-diagonal comparisons.
 
 Under a per-group rescaling ``T_s -> alpha_s T_s`` the pseudo-Hessian becomes
 ``D H D`` with ``D`` diagonal; the normalised matrix

@@ -23,6 +23,7 @@ def mse(outputs: Tensor, targets: Tensor) -> Tensor:
     """Mean squared error; class indices become one-hot rows of the outputs' width.
 
     Example:
+        >>> import torch
         >>> out = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
         >>> float(mse(out, torch.tensor([0, 1]))), float(mse(out, torch.zeros(2, 2)))
         (0.25, 0.25)

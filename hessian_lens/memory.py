@@ -52,8 +52,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class MemoryGuardError(MemoryError):
-    """The requested summary would not fit in the memory of the device (the message says
-    what would fit).
+    """The requested summary would not fit in the memory of the device.
+
+    The message says what would fit.
     """
 
 
@@ -166,8 +167,10 @@ def _meminfo_available() -> int | None:
 
 
 def _cgroup_available() -> int | None:
-    """Bytes left under the tightest cgroup memory limit of this process, or ``None``
-    when no limit is set or readable (v2 ``memory.max``, v1 ``memory.limit_in_bytes``).
+    """Bytes left under the tightest cgroup memory limit of this process, or ``None``.
+
+    ``None`` when no limit is set or readable (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``).
     """
     found = []
     for directory, limit_file, usage_file, inactive_key in _cgroup_dirs(PROC_CGROUP, CGROUP_ROOT):
@@ -182,8 +185,9 @@ def _cgroup_available() -> int | None:
 
 @functools.lru_cache(maxsize=8)
 def _cgroup_dirs(proc_cgroup: Path, root: Path) -> tuple[tuple[Path, str, str, str], ...]:
-    """The memory cgroup directories of this process (v2 unified, v1 memory controller),
-    from ``/proc/self/cgroup`` (read once: a process does not change cgroup).
+    """The memory cgroup directories of this process (v2 unified, v1 memory controller).
+
+    Read from ``/proc/self/cgroup`` once: a process does not change cgroup.
     """
     try:
         lines = proc_cgroup.read_text().splitlines()
@@ -241,8 +245,9 @@ class _LiveBytes(TorchDispatchMode):
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
-        """Never compiled: no ``torch._disable_dynamo`` wrapper, whose first call imports
-        torch._dynamo (about 2 s).
+        """Never compiled: no ``torch._disable_dynamo`` wrapper.
+
+        That wrapper's first call imports torch._dynamo (about 2 s).
         """
         return False
 
@@ -313,8 +318,10 @@ Probe = Callable[[int, int | None], list[int]]  # (samples, chunk) -> peaks per 
 
 
 def output_bytes(S: int, *, full: int, diag: int, item: int, numel: int) -> int:
-    """``OUTPUT_COPIES * item * (sum_{k<=full} S^k + (diag - full) S)`` plus the
-    direction (``item * P``).
+    """The bytes of the summaries of orders up to ``full`` (then diagonals up to ``diag``).
+
+    ``OUTPUT_COPIES * item * (sum_{k<=full} S^k + (diag - full) S)`` plus the direction
+    (``item * P``, ``P = numel``).
     """
     entries = sum(S**k for k in range(1, full + 1)) + max(diag - full, 0) * S
     return OUTPUT_COPIES * item * entries + item * numel
@@ -323,9 +330,11 @@ def output_bytes(S: int, *, full: int, diag: int, item: int, numel: int) -> int:
 def check_outputs(
     S: int, *, full: int, diag: int, item: int, numel: int, budget: int, source: str, dtype
 ) -> list[int]:
-    """The bytes of the outputs at orders 1..top (full orders, then diagonals), or
-    :class:`MemoryGuardError` naming the largest order, partition size and diagonal that
-    would fit.
+    """The bytes of the outputs at orders 1..top (full orders, then diagonals).
+
+    Raises:
+        MemoryGuardError: the outputs exceed ``budget`` (the message names the largest
+            order, partition size and diagonal that would fit).
     """
     per_order = [
         output_bytes(S, full=min(k, full), diag=k if k > full else 0, item=item, numel=numel)
@@ -363,8 +372,10 @@ def _or(options: list[str]) -> str:
 
 
 def fit_line(peaks: Sequence[int], samples: Sequence[int]) -> tuple[int, int]:
-    """``(fixed, per_sample)`` of the straight line through two probe peaks, never below
-    the proportional share ``peak / samples`` of the larger probe's per-sample cost.
+    """``(fixed, per_sample)`` of the straight line through two probe peaks.
+
+    The per-sample slope is never negative; when it is zero, the proportional share
+    ``peak / samples`` of the larger probe is used instead.
     """
     (n0, n1), (p0, p1) = samples, peaks
     per_sample = max((p1 - p0) / (n1 - n0), 0.0)
@@ -385,12 +396,20 @@ def plan_micro_batch(
     min_micro_batch: int,
     overhead: float = 1.0,
 ) -> MemoryPlan:
-    """The first chunk (largest first) whose micro-batch reaches ``min(batch,
-    min_micro_batch)`` samples, else the last one that fits a single sample.
+    """The plan of the first chunk size whose micro-batch is large enough.
+
+    Chunks are tried largest first; the first whose micro-batch reaches
+    ``min(batch, min_micro_batch)`` samples wins, else the last one that fits a single sample.
 
     Args:
         probe: ``probe(n, chunk)``, the peaks per order on ``n`` samples.
+        chunks: the chunk sizes to try, largest first (``None``: all directions at once).
+        batch: the number of samples in the batch.
+        budget: the bytes the engine may use.
+        source: where the budget comes from (shown in the plan and in error messages).
         outputs: the output bytes at orders 1, 2, .. (the last: the order asked for).
+        min_micro_batch: a micro-batch this large (capped at ``batch``) stops the search;
+            below it, the next smaller chunk is tried.
         overhead: factor on the per-sample slope (:data:`PER_SAMPLE_OVERHEAD`).
 
     Raises:
@@ -486,8 +505,10 @@ _PROBES: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, list[int]]] = (
 
 
 class Planner:
-    """Micro-batch and chunk sizes that fit the memory budget, probed on the first batch
-    of more than ``PROBE_SAMPLES[-1]`` samples (smaller batches are never split).
+    """Micro-batch and chunk sizes that fit the memory budget.
+
+    They are probed on the first batch of more than ``PROBE_SAMPLES[-1]`` samples (smaller
+    batches are never split).
 
     Args:
         state: the engine's working copies (``device``, ``dtype``, ``params``, ``model``).
@@ -507,8 +528,10 @@ class Planner:
         self.plan: MemoryPlan | None = None
 
     def check_outputs(self) -> list[int]:
-        """The bytes of the S^k outputs at orders 1..top; :class:`MemoryGuardError` when
-        they cannot fit.
+        """The bytes of the S^k outputs at orders 1..top (computed once).
+
+        Raises:
+            MemoryGuardError: they cannot fit the budget.
         """
         if self.outputs is None:
             self.outputs = check_outputs(
@@ -575,8 +598,10 @@ class Planner:
         return cache[key]
 
     def _probe_key(self, x, y, chunk: int | None) -> tuple:
-        """What a probe's peaks depend on: back end, orders, partition, loss, device, dtype,
-        mode and the shapes of the probe batch (not the parameter values).
+        """What a probe's peaks depend on (not the parameter values).
+
+        Back end, chunk, orders, partition, loss, device, dtype, mode and the shapes of the
+        probe batch.
         """
         inputs = x if isinstance(x, tuple) else (x,)
         part = self.partition

@@ -1,5 +1,6 @@
-"""Models of the paper's experiments (``MODELS``: name -> constructor) and their
-initialisations; :mod:`hessian_lens.registry` builds them by name.
+"""Models of the paper's experiments (``MODELS``: name -> constructor) and their initialisations.
+
+:mod:`hessian_lens.registry` builds them by name.
 
 Parameter order follows the layers (input to output), so the canonical partition reads
 ``conv1.weight, conv1.bias, ..., fc3.bias``.
@@ -69,8 +70,10 @@ def paper_init(model: nn.Module, gain: float, seed: int | None = None) -> nn.Mod
 
 
 def initialize(model: nn.Module, init: str, activation: str = "relu") -> nn.Module:
-    """Apply an initialisation scheme: ``"torch"`` (PyTorch's default, as built) or
-    ``"paper"`` (:func:`paper_init` with the gain of ``activation``).
+    """Apply an initialisation scheme to ``model`` and return it.
+
+    ``"torch"`` is PyTorch's default (the model as built); ``"paper"`` is
+    :func:`paper_init` with the gain of ``activation``.
     """
     if init == "torch":
         return model
@@ -80,8 +83,9 @@ def initialize(model: nn.Module, init: str, activation: str = "relu") -> nn.Modu
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 for 32 x 32 RGB images (CIFAR-10): conv 3->6 5x5, pool, conv 6->16 5x5,
-    pool, fc 400->120->84->classes; tanh by default as in the paper's experiments.
+    """LeNet-5 for 32 x 32 RGB images (CIFAR-10), tanh by default as in the paper's experiments.
+
+    Layers: conv 3->6 5x5, pool, conv 6->16 5x5, pool, fc 400->120->84->classes.
 
     Example:
         >>> import torch
@@ -110,6 +114,7 @@ class LeNet5(nn.Module):
         self.pool = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Class logits of a batch of images ``x`` (N, C, 32, 32)."""
         x = self.pool(self.act(self.conv1(x)))
         x = self.pool(self.act(self.conv2(x)))
         x = x.flatten(1)
@@ -119,8 +124,10 @@ class LeNet5(nn.Module):
 
 
 class VGG11Prime(nn.Module):
-    """VGG-11' : the VGG-11 ("A") convolutions (3x3, padding 1), no BatchNorm, ELU by
-    default, and a single ``Linear(512, classes)`` head instead of three.
+    """VGG-11': the VGG-11 ("A") convolutions with a single linear head, ELU by default.
+
+    The convolutions are 3x3 with padding 1, without BatchNorm; the head is one
+    ``Linear(512, classes)`` instead of three.
 
     Example:
         >>> import torch
@@ -151,6 +158,7 @@ class VGG11Prime(nn.Module):
         self.input_shape = (in_channels, 32, 32)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Class logits of a batch of images ``x`` (N, C, 32, 32)."""
         return self.classifier(self.features(x).flatten(1))
 
 
@@ -180,6 +188,7 @@ class MLP(nn.Module):
         self.input_features = sizes[0]
 
     def forward(self, x: Tensor) -> Tensor:
+        """Outputs of a batch ``x``, flattened to (N, sizes[0]) first."""
         return self.layers(x.flatten(1))
 
 

@@ -87,7 +87,9 @@ def mean_off_diagonal(M: np.ndarray, idx: Sequence[int]) -> float:
 
 
 def last_block_strength(rec: dict, name: str, scale: str, last: int = 5) -> float:
-    """Mean WW coupling between distinct layers among the last ``last`` layers, divided by
+    """How much stronger the WW coupling is within the last ``last`` layers than elsewhere.
+
+    The mean WW coupling between distinct layers among the last ``last`` layers, divided by
     the mean WW coupling of every other pair of distinct layers.
     """
     W = kind_matrix(rec, name, scale, ("weight", "weight"))
@@ -104,8 +106,10 @@ def last_block_strength(rec: dict, name: str, scale: str, last: int = 5) -> floa
 
 
 def weights_dominate(rec: dict, name: str, scale: str, last: int = 5) -> float:
-    """Within the last ``last`` layers: mean |WW| off-diagonal over the larger of mean
-    |BB| off-diagonal and mean |WB| (weights of one layer vs biases of another).
+    """How much the weight-weight couplings dominate within the last ``last`` layers.
+
+    Mean |WW| off-diagonal over the larger of mean |BB| off-diagonal and mean |WB|
+    (weights of one layer vs biases of another).
     """
     W = kind_matrix(rec, name, scale, ("weight", "weight"))
     B = kind_matrix(rec, name, scale, ("bias", "bias"))
@@ -123,7 +127,9 @@ def weights_dominate(rec: dict, name: str, scale: str, last: int = 5) -> float:
 
 
 def long_distance(rec: dict, name: str, scale: str, last: int = 5) -> float:
-    """|WW coupling between the first and the last of the last ``last`` layers| over the
+    """How strong the long-distance coupling is within the last ``last`` layers.
+
+    |WW coupling between the first and the last of the last ``last`` layers| over the
     median |WW coupling| of adjacent layers in that block.
     """
     W = kind_matrix(rec, name, scale, ("weight", "weight"))
@@ -177,8 +183,10 @@ def _claim(figure, text, measure, threshold, values: dict[str, float], test) -> 
 
 
 def figure_claims(lenet: dict[str, dict], vgg: dict[str, dict]) -> list[Claim]:
-    """The table of claims for figure 1 (``lenet``: {"1": rec, "21": rec}) and figure 2
-    (``vgg``: {"1": rec, "6": rec}); either may be empty (its rows are then left out).
+    """The table of claims for figure 1 (LeNet-5) and figure 2 (VGG-11').
+
+    ``lenet`` is ``{"1": rec, "21": rec}`` and ``vgg`` is ``{"1": rec, "6": rec}``; either
+    may be empty (its rows are then left out).
     """
     out = []
     for epoch, rec in lenet.items():

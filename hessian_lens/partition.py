@@ -57,8 +57,10 @@ class Group:
 
 
 def parameter_kind(name: str, norm: bool = False) -> str:
-    """Classify a parameter: ``"bias"`` or ``"weight"`` by its name; ``"norm_bias"`` /
-    ``"norm_weight"`` when it belongs to a normalisation layer (BatchNorm, LayerNorm, ...).
+    """Classify a parameter as ``"weight"``, ``"bias"``, ``"norm_weight"`` or ``"norm_bias"``.
+
+    ``"bias"`` or ``"weight"`` by its name; ``"norm_bias"`` / ``"norm_weight"`` when it
+    belongs to a normalisation layer (BatchNorm, LayerNorm, ...).
 
     Example:
         >>> parameter_kind("fc1.bias"), parameter_kind("bn1.weight", norm=True)
@@ -142,7 +144,8 @@ class Partition:
 
     @classmethod
     def by_module(cls, model: nn.Module, depth: int = 1) -> Partition:
-        """The tensors under one module prefix of ``depth`` dotted components together:
+        """The tensors under one module prefix of ``depth`` dotted components together.
+
         ``layer1.0.conv1.weight`` is in group ``layer1`` at depth 1, ``layer1.0`` at 2.
 
         Example:
@@ -158,8 +161,9 @@ class Partition:
 
     @classmethod
     def by_regex(cls, model: nn.Module, rules: Sequence[tuple[str, str]]) -> Partition:
-        """Groups by ordered ``(pattern, label)`` rules: the first ``re.search`` match wins;
-        parameters matching no rule keep their own group (their name).
+        """Groups by ordered ``(pattern, label)`` rules: the first ``re.search`` match wins.
+
+        Parameters matching no rule keep their own group (their name).
 
         Example:
             >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
@@ -343,8 +347,9 @@ class Partition:
                 )
 
     def blocks(self, by: str) -> list[list[int]]:
-        """Group indices cut into blocks: ``"layer"``, ``"tensor"`` (each group alone),
-        or ``"kind"`` (weights vs biases).
+        """Group indices cut into blocks by ``"layer"``, ``"tensor"`` or ``"kind"``.
+
+        ``"tensor"`` puts each group alone; ``"kind"`` separates weights from biases.
 
         Example:
             >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))

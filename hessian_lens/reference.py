@@ -106,7 +106,13 @@ def reference_summary(
     """D^(order)(u) by contracting the full derivative with the rows of ``U`` (S x P).
 
     Args:
+        model: a tiny ``nn.Module`` (see :data:`MAX_PARAMETERS`).
+        loss_fn: ``loss_fn(outputs, targets)`` returning the batch *mean* loss.
+        data: one ``(inputs, targets)`` batch or an iterable of batches.
+        order: the derivative order ``d`` (1: gradient, 2: pseudo-Hessian, ...).
+        partition: the groups; ``None`` means :meth:`Partition.canonical`.
         direction: flat ``u`` (P,); ``None`` means the full gradient.
+        train_mode: run the model in train mode (BatchNorm batch statistics, dropout).
     """
     part = partition if partition is not None else Partition.canonical(model)
     u = (

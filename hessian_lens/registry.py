@@ -77,8 +77,9 @@ def user_model_names() -> list[str]:
 
 
 def load_model_files(paths: str | os.PathLike | list) -> list[str]:
-    """Import the user's model files (``FILE.py``, or several joined by ``os.pathsep``);
-    returns the names they registered.
+    """Import the user's model files and return the names they registered.
+
+    ``paths`` is one ``FILE.py``, several joined by ``os.pathsep``, or a list.
 
     Raises:
         ArchitectureError: a missing file, or one that fails to import (with its error).
@@ -223,8 +224,9 @@ def build_on_meta(name: str, **kwargs) -> nn.Module:
 
 
 class _ModulesOnMeta(TorchFunctionMode):
-    """Tensor factories called inside an ``nn.Module.__init__`` create ``meta`` tensors;
-    those of the builder's own arithmetic stay on the CPU (thread-local, like every mode).
+    """Tensor factories called inside an ``nn.Module.__init__`` create ``meta`` tensors.
+
+    Those of the builder's own arithmetic stay on the CPU (thread-local, like every mode).
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):

@@ -111,6 +111,7 @@ class Manifest:
 
     @property
     def name(self) -> str | None:
+        """The run's ``name``, ``None`` when missing, empty or not a string."""
         value = self.raw.get("name")
         return value if isinstance(value, str) and value else None
 
@@ -121,11 +122,13 @@ class Manifest:
 
     @property
     def data(self) -> dict[str, Any]:
+        """The ``data`` entry (data set settings), ``{}`` when missing or not a dict."""
         value = self.raw.get("data")
         return value if isinstance(value, dict) else {}
 
     @property
     def optimizer(self) -> dict[str, Any]:
+        """The ``optimizer`` entry (its settings), ``{}`` when missing or not a dict."""
         value = self.raw.get("optimizer")
         return value if isinstance(value, dict) else {}
 
@@ -204,8 +207,9 @@ def _model_entry(value: Any) -> dict[str, Any]:
 def read_optimizer_log(
     folder: str | Path, max_bytes: int = LOG_MAX_BYTES, max_entries: int = LOG_MAX_ENTRIES
 ) -> tuple[dict[str, Any] | None, list[str]]:
-    """``optimizer_log.json`` as ``{"labels", "entries"}``, thinned to ``max_entries``
-    per kind (steps and recomputations), with warnings; ``(None, [])`` when absent.
+    """``optimizer_log.json`` as ``{"labels", "entries"}`` with warnings; ``(None, [])`` if absent.
+
+    The entries are thinned to ``max_entries`` per kind (steps and recomputations).
 
     The thinned result of the last few files is kept in memory, keyed by the file's
     identity, size and modification time: parsing a 40 MB log takes seconds, and a page

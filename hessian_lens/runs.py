@@ -31,18 +31,22 @@ class Run:
 
     @property
     def name(self) -> str:
+        """The manifest's name, else the folder's name."""
         return self.manifest.name or self.path.name
 
     @property
     def store_path(self) -> Path:
+        """The path of the run's results store in its folder (it may not exist yet)."""
         return self.path / runfolder.STORE_FILE
 
     @property
     def history(self) -> list[dict[str, Any]]:
+        """The manifest's training history (entries with a numeric ``epoch``)."""
         return self.manifest.history
 
     @property
     def warnings(self) -> list[str]:
+        """A copy of what could not be read in the manifest."""
         return list(self.manifest.warnings)
 
     def store(self) -> ResultStore | None:
@@ -99,8 +103,9 @@ def run_folders(root: str | Path) -> list[Path]:
 
 
 def run_roots(default: str | Path, extra: str | None = None) -> list[Path]:
-    """The default root, then those of ``$HESSIAN_LENS_RUNS`` and ``extra``
-    (both separated by ``os.pathsep`` or commas).
+    """The default root, then those of ``$HESSIAN_LENS_RUNS`` and ``extra``.
+
+    Both list their roots separated by ``os.pathsep`` or commas.
     """
     roots = [Path(default)]
     for text in (os.environ.get(RUNS_ENV, ""), extra or ""):

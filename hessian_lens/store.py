@@ -136,8 +136,9 @@ class ResultStore:
             )
 
     def _create(self) -> None:
-        """Create the file with its tables under a temporary name, then link it into place:
-        another process opening the same path never finds a file without its tables (which
+        """Create the file with its tables under a temporary name, then link it into place.
+
+        Another process opening the same path never finds a file without its tables (which
         it would rightly refuse as foreign). Where hard links are not supported, a rename.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,8 +239,9 @@ class ResultStore:
         return row is not None
 
     def put(self, record: Record, owner: str | None = None) -> bool:
-        """Insert a record atomically (and drop ``owner``'s claim on it); False when the key
-        was already there (kept as is).
+        """Insert a record atomically (and drop ``owner``'s claim on it).
+
+        Returns False when the key was already there (the stored record is kept as is).
         """
         self._writable()
         blob = _pack(record.arrays)
@@ -312,8 +314,10 @@ class ResultStore:
 
     # ------------------------------------------------------------------ claims
     def claim(self, checkpoint_sha: str, settings: dict[str, Any], owner: str, ttl: float) -> str:
-        """Try to take the lease on a checkpoint: ``"taken"``, ``"done"`` (already stored)
-        or ``"busy"`` (another owner's lease is alive). Expired leases are taken over.
+        """Try to take the lease on a checkpoint: ``"taken"``, ``"done"`` or ``"busy"``.
+
+        ``"done"``: already stored; ``"busy"``: another owner's lease is alive. Expired
+        leases are taken over.
         """
         self._writable()
         key, now = settings_key(settings), time.time()
@@ -371,8 +375,10 @@ _LIGHT_COLUMNS = "checkpoint_sha, settings, checkpoint, epoch, summary, seconds,
 
 
 class _Closing:
-    """``with`` closes the connection (sqlite3's own context manager only commits) and turns
-    SQLite failures (a corrupt or foreign file) into :class:`StoreError`.
+    """A connection whose ``with`` block closes it and turns SQLite failures into StoreError.
+
+    sqlite3's own context manager only commits; SQLite failures (a corrupt or foreign file)
+    become :class:`StoreError`.
     """
 
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
@@ -389,8 +395,10 @@ class _Closing:
 
 
 def _readonly_uri(path: Path) -> str:
-    """``mode=ro``; ``immutable=1`` too when the folder cannot be written (no -shm file can
-    be made there, so SQLite could not even read a WAL database otherwise).
+    """The SQLite URI opening ``path`` read-only: ``mode=ro``, plus ``immutable=1`` if needed.
+
+    ``immutable=1`` is added when the folder cannot be written: no -shm file can be made
+    there, so SQLite could not even read a WAL database otherwise.
     """
     uri = f"{path.resolve().as_uri()}?mode=ro"
     return uri + "&immutable=1" if not os.access(path.parent, os.W_OK) else uri

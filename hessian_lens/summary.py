@@ -111,8 +111,10 @@ class _Spec:
 
     @classmethod
     def of(cls, order: int, *, diagonal: bool = False, d3_diagonal: bool = False) -> _Spec:
-        """Full orders up to ``order`` (only its diagonal with ``diagonal=True``), plus the
-        order-3 diagonal with ``d3_diagonal=True``.
+        """The orders to compute: full orders up to ``order``, or only its diagonal.
+
+        Only the diagonal of ``order`` with ``diagonal=True``; plus the order-3 diagonal
+        with ``d3_diagonal=True``.
         """
         if not isinstance(order, int) or order < 1:
             raise ValueError(f"order must be an integer >= 1, got {order!r}")
@@ -253,9 +255,9 @@ def summary_tensor(
     *,
     distributed: bool | None = None,
 ) -> Tensor:
-    """The order-d summary ``D^(d)(u)[s1, .., sd] = d^d L[U^s1, .., U^sd]``, shape
-    ``(S,) * order`` (S^(d-1) passes).
+    """The order-d summary ``D^(d)(u)[s1, .., sd] = d^d L[U^s1, .., U^sd]``.
 
+    Its shape is ``(S,) * order`` (S^(d-1) passes).
     Entries are symmetric in their indices and sum to the Taylor term ``d^d L[u, .., u]``.
     With ``diagonal=True`` only ``D^(d)[s, .., s]`` is computed (shape ``(S,)``, S chains
     of d - 1 passes): what the optimizer needs at order 3.
@@ -337,8 +339,10 @@ def taylor_terms(
 def summaries_from_gradient(
     grads, params, u, part: Partition, d3_diagonal: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``g_bar``, ``H_bar`` (and the ``D^(3)`` diagonal) of one loss, from its gradient
-    ``grads`` w.r.t. ``params`` taken with ``create_graph=True`` (what an optimizer has).
+    """``g_bar``, ``H_bar`` (and the ``D^(3)`` diagonal) of one loss, from its gradient.
+
+    ``grads`` is the gradient w.r.t. ``params`` taken with ``create_graph=True`` (what an
+    optimizer has).
     """
     acc = _Accumulator.zeros(
         state=_State.of_tensors(params),
@@ -365,6 +369,8 @@ def differentiate(
     The one gradient call of the engine and of :mod:`hessian_lens.optim`.
 
     Args:
+        output: the tensor to differentiate (a loss, or a sum of gradient entries).
+        inputs: the tensors to differentiate with respect to.
         create_graph: keep the graph of the result (for a further derivative).
         retain_graph: keep the graph of ``output`` (for another pass through it).
         allow_constant: an ``output`` without graph has zero derivatives; ``False`` raises.
@@ -426,8 +432,10 @@ def memory_plan(
     train_mode: bool = False,
     chunk_size: int | None = None,
 ) -> MemoryPlan:
-    """The memory plan the engine would follow for one ``(inputs, targets)`` batch of more
-    than ``PROBE_SAMPLES[-1]`` samples: probes it, computes nothing else.
+    """The memory plan the engine would follow for one ``(inputs, targets)`` batch.
+
+    The batch must have more than ``PROBE_SAMPLES[-1]`` samples; it is probed, nothing
+    else is computed.
 
     ``plan.peak(n)`` predicts the peak extra bytes of a micro-batch of ``n`` samples;
     ``plan.micro_batch`` is the largest that fits the budget. Arguments as in
@@ -518,8 +526,9 @@ def _run(
 def _passes(
     acc: _Accumulator, batches, *, direction, back_end: BackEnd, planner: Planner, progress, on
 ) -> None:
-    """Set ``acc.direction`` (given, pass 1, or the single batch's own gradient), then
-    accumulate pass 2 into ``acc``.
+    """Set ``acc.direction``, then accumulate pass 2 into ``acc``.
+
+    The direction is the given one, pass 1's gradient, or the single batch's own gradient.
     """
     shortcut = False
     if direction is None and not on:  # ranks need the union's gradient: never a shortcut
@@ -535,8 +544,9 @@ def _passes(
 
 
 def _whole_single_batch(batches, state: _State, planner: Planner) -> tuple[bool, Iterable]:
-    """Whether ``batches`` is one batch processed without splitting (its own gradient is
-    then the direction), and the batches (that one moved to the device once).
+    """Whether ``batches`` is one batch processed without splitting, and the batches.
+
+    Such a batch's own gradient is then the direction; it is moved to the device once.
     """
     if not (isinstance(batches, list) and len(batches) == 1):
         return False, batches
@@ -597,7 +607,9 @@ def _samples(n: Tensor) -> int:
 # ---------------------------------------------------------------------------- accumulator
 @dataclass
 class _Accumulator:
-    """Running sample-weighted sums of pass 2 with the fixed direction ``u``::
+    """Running sample-weighted sums of pass 2 with the fixed direction ``u``.
+
+    With ``n_b`` the samples of batch ``b``::
 
         full[k] = sum_b n_b D^(k)_b(u)           (k <= spec.full; entries at s1 <= .. <= sk
                                                   for the loop, all entries for vmap)
@@ -694,8 +706,10 @@ class _LoopBackEnd:
         return [None]
 
     def probe(self, *, state, partition, spec, x, y, chunk, meter: PeakMeter) -> list[int]:
-        """Peak after each order of the widest chain: the gradient, then ``D^(k)[0, .., 0, s]``
-        for k = 2..top, every pass w.r.t. all parameters (row 0 of every order).
+        """Peak bytes after each order of the widest chain of passes.
+
+        The chain is the gradient, then ``D^(k)[0, .., 0, s]`` for k = 2..top, every pass
+        w.r.t. all parameters (row 0 of every order).
         """
         loss = self.loss_fn(state.forward(x), y)
         grads = differentiate(loss, state.params, create_graph=spec.top > 1)
@@ -712,8 +726,10 @@ class _LoopBackEnd:
 
 
 def _add_from_gradient(acc: _Accumulator, grads: Sequence[Tensor], *, weight: float) -> None:
-    """Add ``weight *`` the summaries of a loss into ``acc``, given its gradient ``grads``
-    w.r.t. ``acc.state.params`` taken with ``create_graph=True`` (loop back end).
+    """Add ``weight *`` the summaries of a loss into ``acc`` (loop back end).
+
+    ``grads`` is the loss's gradient w.r.t. ``acc.state.params`` taken with
+    ``create_graph=True``.
     """
     gu = [g * v for g, v in zip(grads, acc.direction, strict=True)]
     _descend(acc, prefix=(), gu=gu, which=list(range(len(grads))), weight=weight)
@@ -722,8 +738,9 @@ def _add_from_gradient(acc: _Accumulator, grads: Sequence[Tensor], *, weight: fl
 def _descend(
     acc: _Accumulator, *, prefix: tuple[int, ...], gu: list[Tensor], which: list[int], weight
 ) -> None:
-    """Record ``D^(k)[prefix, s]`` from ``gu = grad(D^(k-1)[prefix]) * u`` (on the
-    parameters ``which``), then recurse into order k + 1.
+    """Record ``D^(k)[prefix, s]`` from ``gu``, then recurse into order k + 1.
+
+    ``gu = grad(D^(k-1)[prefix]) * u`` on the parameters ``which``.
 
     Full orders record every ``s >= prefix[-1]`` (the rest follows by symmetry); beyond
     ``spec.full`` only the diagonal ``s = prefix[-1]`` is followed, w.r.t. group s alone.
@@ -748,8 +765,10 @@ def _descend(
 def _next_pass(
     acc: _Accumulator, *, s: int, gu: list[Tensor], which: list[int], order: int
 ) -> tuple[list[int], list[Tensor]]:
-    """One backward pass: ``grad(sum_{p in I_s} gu_p) * u`` w.r.t. the groups ``s..S`` for
-    a full order (symmetry), w.r.t. group s alone for a diagonal one.
+    """One backward pass: ``grad(sum_{p in I_s} gu_p) * u``.
+
+    It is taken w.r.t. the groups ``s..S`` for a full order (symmetry), w.r.t. group s
+    alone for a diagonal one.
     """
     part, spec, params = acc.partition, acc.spec, acc.state.params
     nxt = part.params_from(s) if order <= spec.full else part.params_of(s)
@@ -827,8 +846,9 @@ class _VmapBackEnd:
 
 
 def _vmap_width(spec: _Spec, chunk: int) -> int:
-    """Directions the vmap back end differentiates at once: ``chunk^(full-1)`` for the
-    full orders (nested vmaps), ``chunk`` for the diagonals.
+    """Directions the vmap back end differentiates at once.
+
+    ``chunk^(full-1)`` for the full orders (nested vmaps), ``chunk`` for the diagonals.
     """
     full = chunk ** (spec.full - 1) if spec.full > 1 else 1
     return max(full, chunk if spec.diag > spec.full else 1)
@@ -850,8 +870,9 @@ def _moved_loss(state, partition, loss_fn, x, y, u) -> Callable[[Tensor], Tensor
 def _vmap_summaries(
     f: Callable[[Tensor], Tensor], spec: _Spec, basis: Tensor, chunk_size: int | None
 ) -> tuple[dict[int, Tensor], dict[int, Tensor], Tensor]:
-    """``D^(k) = (-1)^k d^k f`` at 0 along the ``basis`` rows: full orders, diagonals and
-    the loss ``f(0)``.
+    """``D^(k) = (-1)^k d^k f`` at 0 along the ``basis`` rows.
+
+    Returns the full orders, the diagonals and the loss ``f(0)``.
     """
     zero = torch.zeros(basis.shape[1], dtype=basis.dtype, device=basis.device)
     grad_f, loss = torch.func.grad_and_value(f)(zero)
@@ -870,8 +891,10 @@ def _vmap_summaries(
 def _derivative_tensor(
     f: Callable[[Tensor], Tensor], at: Tensor, basis: Tensor, k: int, chunk_size: int | None
 ) -> Tensor:
-    """All k-th derivatives of ``f`` at ``at``: reverse mode over k - 1 nested forward-mode
-    directional derivatives, vmapped over the basis directions (one axis each).
+    """All k-th derivatives of ``f`` at ``at`` along the ``basis`` directions.
+
+    Reverse mode over k - 1 nested forward-mode directional derivatives, vmapped over the
+    basis directions (one axis each).
 
     (Forward over reverse, ``jvp(grad f)``, trips on ZeroTensors in some backward formulas,
     e.g. ``mse_loss``'s, on torch 2.14; this order does not.)
@@ -923,8 +946,9 @@ def _back_end(method: str, loss_fn: LossFn, chunk_size: int | None) -> BackEnd:
 # ---------------------------------------------------------------------------- state & data
 @dataclass
 class _State:
-    """Working copies of the differentiated tensors (device, dtype), and of the model's
-    other parameters and buffers for :meth:`forward`.
+    """Working copies of the differentiated tensors (device, dtype) and of the rest.
+
+    The rest is the model's other parameters and buffers, for :meth:`forward`.
     """
 
     device: torch.device
@@ -1019,8 +1043,10 @@ def _as_batches(data, two_passes: bool = True) -> Iterable:
 def _micro_batches(
     batches: Iterable, state: _State, *, planner: Planner | None = None, tick=None
 ) -> Iterator[tuple[object, Tensor, int]]:
-    """The one data loop: ``(inputs, targets, n)`` on the device, each batch cut into
-    micro-batches that fit (``planner``), empty batches skipped; ``tick()`` per batch.
+    """The one data loop: ``(inputs, targets, n)`` on the device.
+
+    Each batch is cut into micro-batches that fit (``planner``), empty batches are skipped;
+    ``tick()`` is called per batch.
     """
     for x, y in batches:
         x, y, samples = _prepare(x, y, state)
@@ -1073,8 +1099,9 @@ def _check_direction(direction, part: Partition, params: Sequence[Tensor]) -> li
 
 
 def _pick_method(method: str) -> str:
-    """``auto`` -> the loop: measured fastest on CPU (design.md); GPU numbers not yet
-    measured (``benchmarks/gpu_check.sh``).
+    """``auto`` -> the loop: measured fastest on CPU (design.md).
+
+    GPU numbers are not yet measured (``benchmarks/gpu_check.sh``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

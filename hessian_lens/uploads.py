@@ -1,5 +1,7 @@
-"""The upload cache of the Inspect page: files by content hash, bounded, least recently used
-out first; refused files deleted at once; a broken results cache moved aside.
+"""The upload cache of the Inspect page: files by content hash, bounded in size.
+
+The least recently used files go out first; refused files are deleted at once; a broken
+results cache is moved aside.
 
 Layout under the cache folder (:func:`hessian_lens.settings.cache_dir`)::
 
