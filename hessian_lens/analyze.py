@@ -25,12 +25,12 @@ from torch import nn
 
 from hessian_lens import linalg, runfolder
 from hessian_lens.checkpoint import load_checkpoint
-from hessian_lens.data import Batches, check_model_fits, load_dataset
+from hessian_lens.data import Batches, ImageData, check_model_fits, load_dataset
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.partition import Partition, check_scheme
 from hessian_lens.store import Record, ResultStore
-from hessian_lens.summary import pseudo_hessian
+from hessian_lens.summary import PseudoHessian, pseudo_hessian
 
 ENGINE_VERSION = "1"
 BLOCKS = ("layer", "tensor", "kind")
@@ -119,15 +119,26 @@ def analyze_model(
         d3_diagonal=settings.order3,
         distributed=distributed,
     )
+    return stored_parts(res, part, settings.loss)
+
+
+def stored_parts(
+    res: PseudoHessian, part: Partition, loss_name: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """What a store keeps of a :func:`pseudo_hessian` result: ``(summary, arrays)``.
+
+    The arrays of :func:`derived` (and ``d3`` when computed) as float64 numpy; the summary
+    of :func:`derived` plus the loss value and name, sample count, back end and device.
+    """
     arrays, summary = derived(res.H, res.g, part)
     if res.d3 is not None:
         arrays["d3"] = res.d3
     summary.update(
         loss=res.loss,
-        loss_fn=settings.loss,
+        loss_fn=loss_name,
         n_samples=res.n_samples,
         method=res.method,
-        device=str(device or "cpu"),
+        device=str(res.H.device),
     )
     return summary, {k: as_numpy(v) for k, v in arrays.items()}
 
@@ -204,6 +215,26 @@ def checkpoint_epoch(name: str, meta: dict[str, Any]) -> float | None:
     return runfolder.epoch_of(name)
 
 
+def run_data(
+    run: Path, settings: AnalysisSettings, data: str | None, data_source: str | None
+) -> ImageData:
+    """The training subset a run is analysed on (its own data set unless overridden).
+
+    Raises:
+        NotARunError: the folder holds neither run.json nor a checkpoint (nothing created).
+    """
+    if not runfolder.is_run(run):
+        raise NotARunError(
+            f"{run} is not a run folder: it has no run.json and no checkpoint "
+            f"({', '.join('epoch_*' + s for s in runfolder.CHECKPOINT_SUFFIXES)}). Give the "
+            "folder that `hessian-lens train --out` wrote, or a folder of checkpoints."
+        )
+    manifest = runfolder.read_manifest(run)
+    spec = str(data or manifest.data.get("name") or "cifar10")
+    source = data_source or manifest.data.get("source")
+    return load_dataset(spec, source, train=True).subset(settings.samples, settings.seed)
+
+
 def analysis_batches(
     data_source: str | None, settings: AnalysisSettings, data: str = "cifar10"
 ) -> tuple[Batches, str]:
@@ -256,16 +287,8 @@ def analyze_run(
         NotARunError: the folder holds neither run.json nor a checkpoint (nothing created).
     """
     run = Path(run)
-    if not runfolder.is_run(run):
-        raise NotARunError(
-            f"{run} is not a run folder: it has no run.json and no checkpoint "
-            f"({', '.join('epoch_*' + s for s in runfolder.CHECKPOINT_SUFFIXES)}). Give the "
-            "folder that `hessian-lens train --out` wrote, or a folder of checkpoints."
-        )
-    manifest = runfolder.read_manifest(run)
-    spec = data or manifest.data.get("name") or "cifar10"
-    source = data_source or manifest.data.get("source")
-    batches, fingerprint = analysis_batches(source, settings, str(spec))
+    subset = run_data(run, settings, data, data_source)
+    batches, fingerprint = subset.batches(settings.batch_size), subset.fingerprint()
     files = runfolder.list_checkpoints(run)
     _check_data_fits_first(run, files, batches)
     job = _Job(
@@ -390,12 +413,7 @@ def analyze_run_data_parallel(
 
     run = Path(run)
     rank, world = dist.rank_and_world()
-    if not runfolder.is_run(run):
-        raise NotARunError(f"{run} is not a run folder: it has no run.json and no checkpoint.")
-    manifest = runfolder.read_manifest(run)
-    spec = data or manifest.data.get("name") or "cifar10"
-    subset = load_dataset(str(spec), data_source or manifest.data.get("source"), train=True)
-    subset = subset.subset(settings.samples, settings.seed)
+    subset = run_data(run, settings, data, data_source)
     fingerprint = subset.fingerprint()
     mine = subset.take(
         torch.as_tensor(list(dist.split_indices(len(subset), rank, world))),

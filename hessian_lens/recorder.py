@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from hessian_lens import runfolder
-from hessian_lens.analyze import ENGINE_VERSION, as_numpy, checkpoint_epoch, derived
+from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import get_loss
@@ -178,17 +178,8 @@ class Recorder:
         )
         if self.rank != 0:
             return None
-        arrays, summary = derived(res.H, res.g, part)
-        if res.d3 is not None:
-            arrays["d3"] = res.d3
-        summary.update(
-            loss=res.loss,
-            loss_fn=self.loss_name,
-            n_samples=res.n_samples,
-            method=res.method,
-            device=str(res.H.device),
-            model=self.model_entry,
-        )
+        summary, arrays = stored_parts(res, part, self.loss_name)
+        summary["model"] = self.model_entry
         settings = self._settings(part, res.n_samples)
         sha = file_sha256(checkpoint) if checkpoint is not None else _state_sha(self.model)
         name = checkpoint.name if checkpoint is not None else runfolder.checkpoint_name(epoch)
@@ -198,7 +189,7 @@ class Recorder:
             name,
             checkpoint_epoch(name, {"epoch": epoch}),
             summary,
-            {k: as_numpy(v) for k, v in arrays.items()},
+            arrays,
             time.perf_counter() - t0,
         )
         ResultStore(self.path / runfolder.STORE_FILE).put(record)
