@@ -34,7 +34,7 @@ MANIFEST_MAX_BYTES = 16 * 2**20
 LOG_MAX_BYTES = 64 * 2**20
 LOG_MAX_ENTRIES = 2000
 _EPOCH_RE = re.compile(r"epoch_(\d+)(?:\.(\d+))?$")
-_TRAILING_RE = re.compile(r"(\d+)$")
+_TRAILING_RE = re.compile(r"(?:^|[_\-]|epoch|ep)(\d+)$", re.IGNORECASE)  # not "resnet18"
 
 
 # ---------------------------------------------------------------------------- names

@@ -26,6 +26,8 @@ def test_names_round_trip_whole_and_fractional_epochs():
     assert checkpoint_name(0.25, ".safetensors") == "epoch_0000.250.safetensors"
     assert epoch_of("epoch_0007.pth") == 7 and epoch_of("model_12.pt") == 12
     assert epoch_of("final.pt2") is None
+    assert epoch_of("resnet18.pt") is None and epoch_of("vgg11.safetensors") is None
+    assert epoch_of("ckpt-7.pt") == 7 and epoch_of("epoch12.pt") == 12
     for bad in (-1, float("nan"), float("inf")):
         with pytest.raises(ValueError):
             checkpoint_name(bad)
