@@ -111,7 +111,7 @@ def main() -> None:
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
                 optimizer.step()
-                total, seen = total + float(loss) * len(y), seen + len(y)
+                total, seen = total + loss.item() * len(y), seen + len(y)
             scheduler.step()
             seconds = time.perf_counter() - t0
             test_loss, test_acc = evaluate(model, x_te, y_te)
