@@ -384,15 +384,15 @@ class _Geometry:
 
     @property
     def total_height(self) -> int:
-        return round(self.top + self.plot_height + self.bottom)
+        return self.top + math.ceil(self.plot_height) + math.ceil(self.bottom)
 
     def margin(self) -> dict:
         """Fixed margins: plotly must not grow them (that would move the colour bars)."""
         return dict(
-            l=round(self.left),
-            r=round(self.right),
+            l=math.ceil(self.left),
+            r=math.ceil(self.right),
             t=self.top,
-            b=round(self.bottom),
+            b=math.ceil(self.bottom),
             autoexpand=False,
         )
 
