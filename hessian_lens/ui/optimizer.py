@@ -28,6 +28,10 @@ def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
     _curves(picked, key)
     logs = {r.name: optimizer_log(r) for r in picked}
     newton = [r for r in picked if logs[r.name][0] is not None]
+    for r in picked:  # a log that cannot be read: say so, not "no PartitionNewton run"
+        if logs[r.name][0] is None:
+            for warning in logs[r.name][1]:
+                st.warning(f"{r.name}: {warning}")
     if not newton:
         st.info(
             "None of these runs used PartitionNewton. Train one with `python -m "
