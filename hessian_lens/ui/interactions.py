@@ -24,11 +24,12 @@ FILTER_ABOVE = 24  # more groups than this: offer the module filter open
 def group_filter(summary: dict, key: str) -> list[int]:
     """Indices of the groups to show: all, or those of chosen top-level modules / a regex."""
     labels = summary["labels"]
-    heads = list(dict.fromkeys(label.split(".")[0] for label in labels))
+    module_of = plots.module_prefixes(labels)
+    heads = list(dict.fromkeys(module_of))
     with st.expander(f"Groups: {len(labels)}", expanded=len(labels) > FILTER_ABOVE):
         c1, c2 = st.columns([2, 1])
         chosen = c1.multiselect(
-            "Top-level modules",
+            "Modules",
             heads,
             default=heads,
             key=f"{key}-modules",
@@ -43,7 +44,7 @@ def group_filter(summary: dict, key: str) -> list[int]:
     keep = [
         i
         for i, label in enumerate(labels)
-        if label.split(".")[0] in chosen and (rx is None or rx.search(label))
+        if module_of[i] in chosen and (rx is None or rx.search(label))
     ]
     if len(keep) < len(labels):
         st.caption(
@@ -89,10 +90,11 @@ def render_interactions(recs: Sequence[dict], key: str) -> None:
     )
     scale = c2.radio("Scale", plots.SCALES, key=f"{key}-scale", horizontal=True, help=SCALE_HELP)
     same = c3.toggle(
-        "Same colour range for all epochs",
+        "Fixed colour range",
         key=f"{key}-same",
         disabled=len(recs) < 2,
-        help="Limits = max |value| over every epoch, so change over time shows.",
+        help="The same limits for every epoch (max |value| over all of them), so change "
+        "over time shows.",
     )
     rec = select_epoch(recs, key=f"{key}-epoch")
     inverse_note(rec["summary"])
