@@ -65,7 +65,9 @@ def render_block_diagonal(recs: Sequence[dict], key: str) -> None:
     st.plotly_chart(
         plots.side_by_side(comparison_panels(rec, by, scale), colorbar=scale),
         key=f"{key}-side",
-        config=plots.export_config(f"blockdiag_{by}_{fmt_epoch(rec['epoch'])}"),
+        config=plots.export_config(
+            f"blockdiag_{by}" + (f"_{fmt_epoch(rec['epoch'])}" if rec["epoch"] is not None else "")
+        ),
     )
     rows = metric_rows(rec["summary"]["compare"][by])
     for start in (0, 3):  # two rows of three: six columns truncate the numbers at 1100 px

@@ -223,6 +223,10 @@ def _analysis(ins, runs: list[Run], architecture, kwargs) -> None:
     else:
         st.caption(f"From the store (computed in {record.seconds:.1f} s).")
     rec = as_dict(record)
+    # the epoch the file says, never one read from its name ("resnet18.pt" is no epoch 18)
+    epoch = ins.meta.get("epoch")
+    ok = isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and epoch >= 0
+    rec["epoch"] = epoch if ok else None
     tab1, tab2 = st.tabs(["Layer interactions", "Block-diagonal vs full"])
     with tab1:
         render_interactions([rec], key="inspect")

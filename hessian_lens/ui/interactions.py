@@ -100,7 +100,7 @@ def render_interactions(recs: Sequence[dict], key: str) -> None:
     inverse_note(rec["summary"])
     big = len(keep) > FILTER_ABOVE
     for name in MATRICES:
-        st.markdown(f"**{MATRICES[name]}** — epoch {fmt_epoch(rec['epoch'])}")
+        st.markdown(f"**{MATRICES[name]}**{_at(rec)}")
         panels = matrix_panels(rec, name, scale, view, keep)
         limits = _limits(recs, name, scale, view, keep) if same else None
         fig = plots.panel_row(
@@ -112,7 +112,7 @@ def render_interactions(recs: Sequence[dict], key: str) -> None:
         st.plotly_chart(
             fig,
             key=f"{key}-{name}",
-            config=plots.export_config(f"{name}_{view}_{fmt_epoch(rec['epoch'])}"),
+            config=plots.export_config(f"{name}_{view}{_at(rec, '_epoch')}"),
         )
     if len(recs) > 1 and st.toggle("Animate across epochs", key=f"{key}-animate"):
         _animation(recs, key, scale, view, keep)
@@ -175,7 +175,7 @@ def _downloads(rec: dict, scale: str, key: str) -> None:
         **{n: arrays[n] for n in MATRICES},
         **{f"{n}_shown": v for n, v in shown.items()},
     )
-    stem = f"epoch{fmt_epoch(rec['epoch'])}_{scale.replace(' ', '_')}"
+    stem = f"{_at(rec, 'epoch')}_{scale.replace(' ', '_')}".lstrip("_")
     c1, c2, c3 = st.columns(3)
     c1.download_button(
         "⬇ NPZ (H̄, H̄⁻¹, labels)", buf.getvalue(), f"hbar_{stem}.npz", key=f"{key}-npz"
@@ -188,3 +188,8 @@ def _downloads(rec: dict, scale: str, key: str) -> None:
             mime="text/csv",
             key=f"{key}-csv-{name}",
         )
+
+
+def _at(rec: dict, prefix: str = " — epoch ") -> str:
+    """``prefix`` and the record's epoch; nothing when it has none (an uploaded file)."""
+    return f"{prefix}{fmt_epoch(rec['epoch'])}" if rec["epoch"] is not None else ""
