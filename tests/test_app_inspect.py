@@ -258,7 +258,7 @@ def test_torchvision_resnet18_state_dict_num_classes_inferred(app_env, tmp_path)
             sha,
             settings.key(fingerprint),
             "resnet18.pt",
-            None,
+            18.0,  # what analyze.checkpoint_epoch reads from the name "resnet18.pt"
             summary,
             {k: np.asarray(v) for k, v in arrays.items()},
         )
@@ -276,6 +276,8 @@ def test_torchvision_resnet18_state_dict_num_classes_inferred(app_env, tmp_path)
         "layer4",
         "fc",
     ]
+    titles = [m.value for m in at.markdown if m.value.startswith("**H̄")]
+    assert titles == ["**H̄ (pseudo-Hessian)**", "**H̄⁻¹ (inverse)**"]  # no "epoch 18"
 
 
 class Stranger(nn.Module):
@@ -373,6 +375,7 @@ def test_checkpoint_of_a_user_registered_model(app_env, user_models, tmp_path):
     at.radio(key="inspect-view").set_value("full").run()
     spec = chart(at, "inspect-H")
     assert spec["layout"]["yaxis"]["ticktext"] == ["1.weight", "1.bias", "3.weight", "3.bias"]
+    assert "**H̄ (pseudo-Hessian)** — epoch 4" in [m.value for m in at.markdown]
     np.testing.assert_allclose(heatmap_z(spec), independent_H(model, npz), rtol=1e-4, atol=1e-7)
     # a bare state_dict of it: the picker offers the user's name
     buf = io.BytesIO()
