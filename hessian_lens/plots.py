@@ -418,8 +418,8 @@ def _flat_bar(domain: Sequence[float], title: str, inner_px: float, limit: float
     """A horizontal colour bar at the bottom, under the x-domain ``domain`` of a subplot.
 
     The bar and its numbers (-limit, 0, limit: the ends are what matters) stay inside the
-    domain at the narrowest width; its title sits above its left end (plotly.js puts a
-    "right" title of a horizontal bar there too, on the numbers).
+    domain at the narrowest width; its title goes under the numbers (plotly.js 4 draws a
+    "top" title of a horizontal bar on the bar, and a "right" one on its left).
     """
     ends = [short_number(-limit), short_number(limit)]
     half = _text_px(max(ends, key=len), BAR_FONT) / 2 + 4
@@ -428,7 +428,7 @@ def _flat_bar(domain: Sequence[float], title: str, inner_px: float, limit: float
     length = max(width - 2 * pad, 0.25 * width)
     middle = length * inner_px - 20 >= 4 * half  # room for "0" between the ends
     return dict(
-        title=dict(text=title, side="top", font=dict(size=BAR_FONT)),
+        title=dict(text=title, side="bottom", font=dict(size=BAR_FONT)),
         orientation="h",
         x=domain[0] + pad,
         xanchor="left",

@@ -45,7 +45,8 @@ _COLLECT = """
     });
     plot.querySelectorAll('.infolayer g.colorbar').forEach((cb, i) => {
       cb.querySelectorAll('.cbfills rect, .cbfill').forEach((t) => add('cbfill', 'cb' + i, t));
-      cb.querySelectorAll('text').forEach((t) => add('colorbar', 'cb' + i, t));
+      cb.querySelectorAll('.cbaxis text').forEach((t) => add('colorbar', 'cb' + i, t));
+      cb.querySelectorAll('.cbtitle text').forEach((t) => add('cbtitle', 'cb' + i, t));
     });
     plot.querySelectorAll('.infolayer .annotation text, .infolayer .g-gtitle text')
       .forEach((t, i) => add('title', 't' + i, t));
@@ -96,11 +97,12 @@ def _clash(p: dict, q: dict) -> bool:
     if kinds == {"heatmap"} or kinds == {"cbfill"}:
         return False  # panels never overlap (make_subplots domains); a bar's fill is slices
     if p["owner"] == q["owner"]:
-        # texts of one axis or one colour bar must not touch, nor a heatmap its own labels;
-        # a bar's fill and its own numbers may, and so may a panel's x and y labels
+        # texts of one axis or one colour bar must not touch, nor a heatmap its own labels,
+        # nor a colour bar's title anything; a bar's fill and its own numbers may, and so
+        # may a panel's x and y labels
         if p["kind"] == q["kind"]:
             return p["kind"] in ("xtick", "ytick", "colorbar")
-        return "heatmap" in kinds
+        return "heatmap" in kinds or "cbtitle" in kinds
     return True
 
 
