@@ -44,7 +44,8 @@ def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
     for warning in warnings:
         st.warning(warning)
     _rates(log, key)
-    with st.expander("Taylor view: why did a step help or hurt?", expanded=False):
+    drawn = st.session_state.get(f"{key}-taylor-done") is not None  # keep it open once drawn
+    with st.expander("Taylor view: why did a step help or hurt?", expanded=drawn):
         render_taylor(run, key=f"{key}-taylor")
 
 
@@ -123,7 +124,7 @@ def render_taylor(run: Run, key: str) -> None:
     period = int(run.manifest.optimizer.get("period") or 10)
     updates = c1.radio(
         "Step",
-        [1, period],
+        sorted({1, max(period, 1)}),  # a period of 1: one choice (two equal options confused it)
         key=f"{key}-updates",
         horizontal=True,
         format_func=lambda k: "first update" if k == 1 else f"first {k} updates (one period)",
