@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from streamlit.testing.v1 import AppTest
 
 from hessian_lens.analyze import AnalysisSettings, analyze_run
@@ -211,3 +212,65 @@ class Downloads:
             return original(storage, path_or_data, mimetype, kind, filename)
 
         monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+
+
+# ---------------------------------------------------------------------------- files to upload
+class Stranger(torch.nn.Module):
+    """A model the project has never seen (conv, group norm, tanh, linear)."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(3, 4, 3, stride=2)
+        self.norm = nn.GroupNorm(2, 4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 15 * 15, 10))
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.norm(self.stem(x))))
+
+
+def export_stranger(path: Path) -> torch.nn.Module:
+    """Write a Stranger's torch.export archive (any batch size) to ``path``; the model."""
+    torch.manual_seed(0)
+    model = Stranger().eval()
+    program = torch.export.export(
+        model, (torch.randn(2, 3, 32, 32),), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}
+    )
+    torch.export.save(program, path)
+    return model
+
+
+#: The operator's model file ($HESSIAN_LENS_MODELS) of the user-model tests.
+USER_MODELS = """
+from torch import nn
+
+import hessian_lens
+
+
+@hessian_lens.register_model("tiny-user-net")
+def tiny_user_net(num_classes: int = 10, width: int = 6):
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(3 * 32 * 32, width), nn.Tanh(), nn.Linear(width, num_classes)
+    )
+"""
+
+
+def user_net() -> torch.nn.Module:
+    """A "tiny-user-net" (width 6) with fixed weights, built without the registry."""
+    nn = torch.nn
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 6), nn.Tanh(), nn.Linear(6, 10))
+
+
+def metadata_bomb() -> bytes:
+    """A ~250 KB .pt whose meta is 10^12 lists (12 levels of [x] * 10, memo-shared)."""
+    import io
+
+    from hessian_lens.registry import build_model
+
+    meta = [0]
+    for _ in range(12):
+        meta = [meta] * 10
+    buf = io.BytesIO()
+    torch.save({"state_dict": build_model("lenet5").state_dict(), "meta": meta}, buf)
+    return buf.getvalue()

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import hessian_lens as hl
 from hessian_lens.analyze import AnalysisSettings, analysis_batches, derived
@@ -20,7 +19,16 @@ from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.partition import Partition
 from hessian_lens.registry import build_model, unregister_model
 from hessian_lens.store import Record, ResultStore
-from tests.apptools import chart, heatmap_z, no_errors, open_page
+from tests.apptools import (
+    USER_MODELS,
+    chart,
+    export_stranger,
+    heatmap_z,
+    metadata_bomb,
+    no_errors,
+    open_page,
+    user_net,
+)
 
 INSPECT = "pages/3_Inspect_checkpoint.py"
 SAMPLES = 10  # the smallest the page accepts: the analyses stay fast
@@ -73,16 +81,6 @@ def test_run_checkpoint_computes_then_comes_from_the_store(app_env):
     )
 
 
-def _bomb() -> bytes:
-    """A ~250 KB .pt whose meta is 10^12 lists (12 levels of [x] * 10, memo-shared)."""
-    meta = [0]
-    for _ in range(12):
-        meta = [meta] * 10
-    buf = io.BytesIO()
-    torch.save({"state_dict": build_model("lenet5").state_dict(), "meta": meta}, buf)
-    return buf.getvalue()
-
-
 def _bad_files(tmp_path, stranger_pt2: bytes) -> dict[str, tuple[bytes, str]]:
     torch.manual_seed(0)
     good = build_model("lenet5")
@@ -111,7 +109,7 @@ def _bad_files(tmp_path, stranger_pt2: bytes) -> dict[str, tuple[bytes, str]]:
     path = tmp_path / "good.pt"
     save_checkpoint(path, good, {"model": {"name": "lenet5", "kwargs": {}}})
     files["truncated.pt"] = (path.read_bytes()[:5000], "corrupt or truncated")
-    files["bomb.pt"] = (_bomb(), "its metadata is larger than 1 MB as JSON")
+    files["bomb.pt"] = (metadata_bomb(), "its metadata is larger than 1 MB as JSON")
     files["notes.txt.pt2"] = (b"plain text", "is not a torch.export archive")
     files["cut.pt2"] = (stranger_pt2[: len(stranger_pt2) // 2], "maybe truncated")
     buf = io.BytesIO()
@@ -280,30 +278,11 @@ def test_torchvision_resnet18_state_dict_num_classes_inferred(app_env, tmp_path)
     assert titles == ["**H̄ (pseudo-Hessian)**", "**H̄⁻¹ (inverse)**"]  # no "epoch 18"
 
 
-class Stranger(nn.Module):
-    """A model the project has never seen (conv, group norm, tanh, linear)."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, stride=2)
-        self.norm = nn.GroupNorm(2, 4)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 15 * 15, 10))
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.norm(self.stem(x))))
-
-
 @pytest.fixture(scope="session")
 def stranger(tmp_path_factory):
     """A Stranger and its torch.export archive (dynamic batch)."""
-    torch.manual_seed(0)
-    model = Stranger().eval()
-    program = torch.export.export(
-        model, (torch.randn(2, 3, 32, 32),), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}
-    )
     path = tmp_path_factory.mktemp("export") / "stranger.pt2"
-    torch.export.save(program, path)
-    return {"model": model, "pt2": path.read_bytes()}
+    return {"model": export_stranger(path), "pt2": path.read_bytes()}
 
 
 def test_exported_program_of_a_model_never_seen_needs_no_architecture(app_env, stranger):
@@ -330,20 +309,6 @@ def test_exported_program_of_a_model_never_seen_needs_no_architecture(app_env, s
     )
 
 
-USER_MODELS = """
-from torch import nn
-
-import hessian_lens
-
-
-@hessian_lens.register_model("tiny-user-net")
-def tiny_user_net(num_classes: int = 10, width: int = 6):
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(3 * 32 * 32, width), nn.Tanh(), nn.Linear(width, num_classes)
-    )
-"""
-
-
 @pytest.fixture
 def user_models(tmp_path, monkeypatch):
     path = tmp_path / "my_models.py"
@@ -353,14 +318,9 @@ def user_models(tmp_path, monkeypatch):
     unregister_model("tiny-user-net")
 
 
-def _user_net():
-    torch.manual_seed(3)
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 6), nn.Tanh(), nn.Linear(6, 10))
-
-
 def test_checkpoint_of_a_user_registered_model(app_env, user_models, tmp_path):
     _, npz = app_env
-    model = _user_net()
+    model = user_net()
     path = tmp_path / "user.pt"
     save_checkpoint(
         path, model, {"model": {"name": "tiny-user-net", "kwargs": {"width": 6}}, "epoch": 4}
