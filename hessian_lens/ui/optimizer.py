@@ -44,8 +44,7 @@ def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
     for warning in warnings:
         st.warning(warning)
     _rates(log, key)
-    drawn = st.session_state.get(f"{key}-taylor-done") is not None  # keep it open once drawn
-    with st.expander("Taylor view: why did a step help or hurt?", expanded=drawn):
+    with st.expander("Taylor view: why did a step help or hurt?", expanded=False):
         render_taylor(run, key=f"{key}-taylor")
 
 
