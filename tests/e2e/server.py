@@ -109,10 +109,10 @@ def chromium_page(width: int = 1500, height: int = 1100):
 
 
 def wait_for_heatmaps(page, count: int, timeout_ms: int = 90_000) -> None:
-    """Wait until at least ``count`` plotly heatmaps are drawn."""
+    """Wait until at least ``count`` plotly heatmaps are drawn (one image each: the image
+    and its ``g.hm`` group used to be counted twice)."""
     page.wait_for_function(
-        f"document.querySelectorAll('.js-plotly-plot .heatmaplayer image, "
-        f".js-plotly-plot .hm').length >= {count}",
+        f"document.querySelectorAll('.js-plotly-plot .heatmaplayer image').length >= {count}",
         timeout=timeout_ms,
     )
 
@@ -179,3 +179,29 @@ def settle(page, timeout_ms: int = 120_000) -> None:
         "[data-testid=stStatusWidgetRunningManIcon]')",
         timeout=timeout_ms,
     )
+
+
+def heatmap_count(page) -> int:
+    """How many plotly heatmaps the page draws."""
+    return page.locator(".js-plotly-plot .heatmaplayer image").count()
+
+
+def open_expander(page, title: str, inside, attempts: int = 4) -> None:
+    """Unfold the expander titled ``title`` until ``inside`` (a locator) shows.
+
+    A click that lands while a script run re-renders the page can be lost, or fold an
+    expander that the run just unfolded: look again after each click.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(attempts):
+        settle(page)
+        if inside.count() and inside.first.is_visible():
+            return
+        page.get_by_text(title).first.click()
+        try:
+            inside.first.wait_for(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"the expander {title!r} does not show what it holds")
