@@ -6,6 +6,7 @@ limits ``[-zmax, zmax]``; hovering shows both group labels and the exact (raw) v
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,18 @@ COLORSCALE = [
     [1.0, "#67001f"],
 ]
 BLOCK_NAMES = {"WW": "weights × weights", "BB": "biases × biases", "WB": "weights × biases"}
+
+# Layout, in pixels (see _Geometry)
+MIN_WIDTH = 620  # px: the narrowest figure a row must stay legible at
+CHAR_EM = 0.55  # width of a tick-label character in ems (Source Sans measures 0.45-0.5)
+LINE_EM = 1.4  # height of a line of text in ems
+LABEL_GAP = 8  # px between an axis and its tick labels (tick mark and stand-off)
+COLORBAR_ROOM = 50  # px under a row for the flat colour bars and their numbers
+BAR_TITLE_ROOM = 18  # px more for a colour bar's title
+TITLE_FONT = 14
+BAR_FONT = 11
+SMALL_FONT = 9  # tick labels of crowded axes
+MAX_TICKS = 40  # more rows than this: ticks at module boundaries only
 
 
 @dataclass
@@ -113,18 +126,23 @@ def symmetric_limit(*arrays: np.ndarray) -> float:
 
 
 def heatmap(
-    panel: Panel, zmax: float | None = None, colorbar: str = "", height: int = 360
+    panel: Panel,
+    zmax: float | None = None,
+    colorbar: str = "",
+    height: int = 360,
+    min_width: int = MIN_WIDTH,
 ) -> go.Figure:
-    """A diverging heatmap of a panel (row 0 at the top)."""
+    """A diverging heatmap of a panel (row 0 at the top), its colour bar on the right."""
     zmax = symmetric_limit(panel.z) if zmax is None else zmax
     fig = go.Figure(_trace(panel, zmax, colorbar))
+    geo = _Geometry.of([panel], height, min_width, bar_right=True)
     fig.update_layout(
-        title=dict(text=panel.title, x=0.5, font=dict(size=14)),
-        height=height,
-        margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(text=panel.title, x=0.5, font=dict(size=TITLE_FONT)),
+        height=geo.total_height,
+        margin=geo.margin(),
         plot_bgcolor="white",
     )
-    _label_axes(fig, panel)
+    _label_axes(fig, panel, geo.x[0], geo.y[0])
     return fig
 
 
@@ -135,15 +153,18 @@ def animated_heatmap(
     height: int = 480,
     duration_ms: int = 600,
 ) -> go.Figure:
-    """One heatmap animated across epochs: play / pause buttons and an epoch slider."""
+    """One heatmap animated across epochs: play / pause buttons and an epoch slider, both
+    under the tick labels."""
     if not frames:
         raise ValueError("no epochs to animate")
     first = frames[0][1]
     fig = heatmap(first, zmax, colorbar, height)
+    geo = _Geometry.of([first], height, MIN_WIDTH, bar_right=True)
     fig.frames = [go.Frame(data=[_trace(p, zmax, colorbar)], name=str(e)) for e, p in frames]
     play = dict(
         frame=dict(duration=duration_ms, redraw=True), fromcurrent=True, transition=dict(duration=0)
     )
+    below = -(geo.x[0].extent + 6) / geo.plot_height  # paper units: just under the tick labels
     fig.update_layout(
         title=dict(text=f"{first.title} — epoch {frames[0][0]}"),
         updatemenus=[
@@ -151,7 +172,9 @@ def animated_heatmap(
                 type="buttons",
                 direction="left",
                 x=0.0,
-                y=-0.12,
+                xanchor="left",
+                y=below - ANIMATION_SLIDER / geo.plot_height,
+                yanchor="top",
                 showactive=False,
                 buttons=[
                     dict(label="▶ Play", method="animate", args=[None, play]),
@@ -166,7 +189,10 @@ def animated_heatmap(
         sliders=[
             dict(
                 active=0,
-                y=-0.05,
+                y=below,
+                yanchor="top",
+                len=1.0,
+                pad=dict(t=0, b=0),
                 currentvalue=dict(prefix="epoch "),
                 steps=[
                     dict(
@@ -181,9 +207,14 @@ def animated_heatmap(
                 ],
             )
         ],
-        margin=dict(l=10, r=10, t=40, b=90),
+        height=geo.total_height + ANIMATION_SLIDER + ANIMATION_BUTTONS,
+        margin=dict(geo.margin(), b=geo.bottom + ANIMATION_SLIDER + ANIMATION_BUTTONS),
     )
     return fig
+
+
+ANIMATION_SLIDER = 70  # px under the tick labels for the epoch slider (with its value)
+ANIMATION_BUTTONS = 40  # px under the slider for play / pause
 
 
 def panel_row(
@@ -193,34 +224,40 @@ def panel_row(
     height: int = 380,
     shared: bool = False,
     title: str = "",
+    min_width: int = MIN_WIDTH,
 ) -> go.Figure:
     """Panels in one figure, one row: a symmetric colour scale per panel, or one shared.
 
-    Each colour bar lies flat under its own panel (never over a neighbour's tick labels);
-    a shared scale has one bar under the whole row.
+    Nothing overlaps down to a figure ``min_width`` pixels wide (the page's main column
+    in a 1100 px window): margins and gaps are sized from the tick labels (never left to
+    plotly's automatic margins), tick labels are rotated, then thinned, until neighbours do
+    not touch, each colour bar lies flat under its own panel with its title inside that
+    panel's width, and a shared scale has one bar under the whole row.
 
     Args:
         zmax: limits: None (each panel's own max |z|, or the max over all when shared),
             one number for every panel, or one per panel (None entries: their own).
         shared: one colour scale (and colour bar) for all panels.
         title: a title above the row (the panels keep their own).
+        height: the height of the heatmaps plus 80 px (the colour bars and tick labels
+            add their own room).
     """
     from plotly.subplots import make_subplots
 
     limits = _row_limits(panels, zmax, shared)
-    longest = max((len(label) for p in panels for label in _ticks(p.rows)[1]), default=4)
+    geo = _Geometry.of(panels, height, min_width, title=bool(title), bar_title=bool(colorbar))
     fig = make_subplots(
         rows=1,
         cols=len(panels),
         subplot_titles=[p.title for p in panels],
-        horizontal_spacing=min(0.2, 0.03 + 0.0075 * longest) if len(panels) > 1 else 0.0,
+        horizontal_spacing=geo.spacing,
     )
     for i, (p, limit) in enumerate(zip(panels, limits, strict=True), start=1):
         axis = "coloraxis" if shared or i == 1 else f"coloraxis{i}"
         trace = _trace(p, limit, colorbar)
         trace.update(coloraxis=axis)
         fig.add_trace(trace, row=1, col=i)
-        _label_axes(fig, p, row=1, col=i)
+        _label_axes(fig, p, geo.x[i - 1], geo.y[i - 1], row=1, col=i)
         if shared and i > 1:
             continue
         domain = fig.layout[f"xaxis{i if i > 1 else ''}"].domain
@@ -234,37 +271,181 @@ def panel_row(
             cmin=-limit,
             cmax=limit,
             cmid=0,
-            colorbar=_flat_bar(domain, colorbar),
+            colorbar=_flat_bar(domain, colorbar, geo.inner_width, limit),
         )
-    top = 70 if title else 40
+    for note in fig.layout.annotations:  # the subplot titles, sized to their panel
+        note.font = dict(size=_title_size(note.text, geo.panel_width))
     fig.update_layout(
-        height=height + COLORBAR_ROOM,
-        margin=dict(l=10, r=10, t=top, b=COLORBAR_ROOM),
+        height=geo.total_height,
+        margin=geo.margin(),
         plot_bgcolor="white",
-        title=dict(text=title, x=0, xref="paper", xanchor="left", font=dict(size=14))
+        title=dict(text=title, x=0, xref="paper", xanchor="left", font=dict(size=TITLE_FONT))
         if title
         else None,
     )
     return fig
 
 
-COLORBAR_ROOM = 70  # pixels under a row of heatmaps for the flat colour bars
+# ---------------------------------------------------------------------------- geometry
 
 
-def _flat_bar(domain: Sequence[float], title: str) -> dict:
-    """A horizontal colour bar under the x-domain ``domain`` of a subplot."""
+def _text_px(text: str, font: float) -> float:
+    """A generous estimate of the width of ``text`` in pixels at ``font`` px."""
+    return len(text) * CHAR_EM * font
+
+
+def _title_size(text: str, width_px: float) -> int:
+    """The largest title font (10..14 px) at which ``text`` fits ``width_px``."""
+    for size in range(TITLE_FONT, 9, -1):
+        if _text_px(text, size) <= width_px:
+            return size
+    return 10
+
+
+@dataclass
+class _Axis:
+    """Tick positions and texts of one axis, their font, angle and reach from the axis (px)."""
+
+    vals: list[int]
+    texts: list[str]
+    font: int
+    angle: int = 0
+    extent: float = 0.0
+
+
+def _widest(texts: Sequence[str], font: int) -> float:
+    return max((_text_px(t, font) for t in texts), default=0.0)
+
+
+def _y_axis(labels: Sequence[str], row_px: float, font: int) -> _Axis:
+    """Horizontal labels, thinned so that lines of text never touch."""
+    vals, texts = _ticks(labels, min_gap=math.ceil(LINE_EM * font / max(row_px, 1e-9)))
+    return _Axis(vals, texts, font, 0, _widest(texts, font) + LABEL_GAP)
+
+
+def _x_axis(labels: Sequence[str], cell_px: float, font: int) -> _Axis:
+    """The largest font and flattest angle (0, -45, -90 degrees) at which no label is dropped
+    and neighbours do not touch; else the smallest font at -90 degrees, labels thinned."""
+    vals, texts = _ticks(labels)
+    small = min(font, SMALL_FONT)
+    for f in dict.fromkeys((font, small)):
+        line, widest = LINE_EM * f, _widest(texts, f)
+        for angle, need in ((0, widest + 6), (-45, line * 1.45), (-90, line)):
+            if _ticks(labels, min_gap=math.ceil(need / max(cell_px, 1e-9)))[0] == vals:
+                extent = {0: line, -45: (widest + line) * 0.72, -90: widest}[angle]
+                return _Axis(vals, texts, f, angle, extent + LABEL_GAP)
+    vals, texts = _ticks(labels, min_gap=math.ceil(LINE_EM * small / max(cell_px, 1e-9)))
+    return _Axis(vals, texts, small, -90, _widest(texts, small) + LABEL_GAP)
+
+
+@dataclass
+class _Geometry:
+    """Margins, gaps and tick layouts of a row of panels, decided at ``min_width`` px.
+
+    Panels with the same row labels show them once, on the first panel.
+    """
+
+    top: int
+    left: float
+    right: float
+    bottom: float
+    spacing: float
+    inner_width: float
+    panel_width: float
+    plot_height: float
+    x: list[_Axis]
+    y: list[_Axis]
+
+    @classmethod
+    def of(
+        cls,
+        panels: Sequence[Panel],
+        height: int,
+        min_width: int,
+        title: bool = False,
+        bar_right: bool = False,
+        bar_title: bool = False,
+    ) -> _Geometry:
+        n = len(panels)
+        font = 11 if max(max(len(p.rows), len(p.cols)) for p in panels) <= 20 else SMALL_FONT
+        top = 70 if title else 40
+        plot_height = max(height - 80, 120)
+        y = [_y_axis(p.rows, plot_height / max(len(p.rows), 1), font) for p in panels]
+        if all(p.rows == panels[0].rows for p in panels):
+            y[1:] = [_Axis([], [], font) for _ in y[1:]]
+        left = y[0].extent + 6
+        right = 110 if bar_right else 10  # a vertical colour bar on the right
+        inner = max(min_width - left - right, 100)
+        gap = max((a.extent for a in y[1:]), default=0.0) + 16
+        spacing = min(0.3, gap / inner) if n > 1 else 0.0
+        panel_width = inner * (1 - spacing * (n - 1)) / n
+        x = [_x_axis(p.cols, panel_width / max(len(p.cols), 1), font) for p in panels]
+        bar = 10 if bar_right else COLORBAR_ROOM + (BAR_TITLE_ROOM if bar_title else 0)
+        bottom = max(a.extent for a in x) + bar
+        return cls(top, left, right, bottom, spacing, inner, panel_width, plot_height, x, y)
+
+    @property
+    def total_height(self) -> int:
+        return self.top + math.ceil(self.plot_height) + math.ceil(self.bottom)
+
+    def margin(self) -> dict:
+        """Fixed margins: plotly must not grow them (that would move the colour bars)."""
+        return dict(
+            l=math.ceil(self.left),
+            r=math.ceil(self.right),
+            t=self.top,
+            b=math.ceil(self.bottom),
+            autoexpand=False,
+        )
+
+
+def short_number(value: float) -> str:
+    """A colour-bar number in at most 7 characters.
+
+    Example:
+        >>> short_number(0.5), short_number(-1.5e6), short_number(0.0077), short_number(-1090.4)
+        ('0.5', '-1.5e6', '7.7e-3', '-1090')
+    """
+    if value == 0 or not math.isfinite(value):
+        return "0" if value == 0 else str(value)
+    if 1e-2 <= abs(value) < 1e3:
+        return f"{value:.3g}"
+    if 1e3 <= abs(value) < 1e5:
+        return f"{value:.0f}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+def _flat_bar(domain: Sequence[float], title: str, inner_px: float, limit: float) -> dict:
+    """A horizontal colour bar at the bottom, under the x-domain ``domain`` of a subplot.
+
+    The bar and its numbers (-limit, 0, limit: the ends are what matters) stay inside the
+    domain at the narrowest width; its title goes under the numbers (plotly.js 4 draws a
+    "top" title of a horizontal bar on the bar, and a "right" one on its left).
+    """
+    ends = [short_number(-limit), short_number(limit)]
+    half = _text_px(max(ends, key=len), BAR_FONT) / 2 + 4
     width = domain[1] - domain[0]
+    pad = half / inner_px
+    length = max(width - 2 * pad, 0.25 * width)
+    middle = length * inner_px - 20 >= 4 * half  # room for "0" between the ends
     return dict(
-        title=dict(text=title, side="right"),
+        title=dict(text=title, side="bottom", font=dict(size=BAR_FONT)),
         orientation="h",
-        x=(domain[0] + domain[1]) / 2,
-        xanchor="center",
-        len=0.9 * width,
+        x=domain[0] + pad,
+        xanchor="left",
+        len=length,
         lenmode="fraction",
         y=0,
         yref="container",
         yanchor="bottom",
+        xpad=0,
+        ypad=8,
         thickness=10,
+        tickmode="array",
+        tickvals=[-limit, 0.0, limit] if middle else [-limit, limit],
+        ticktext=[ends[0], "0", ends[1]] if middle else ends,
+        tickfont=dict(size=BAR_FONT),
     )
 
 
@@ -395,53 +576,84 @@ def export_config(filename: str) -> dict:
     return {"toImageButtonOptions": {"format": "svg", "filename": filename}, "displaylogo": False}
 
 
-MAX_TICKS = 40  # more rows than this: ticks at module boundaries only
+def module_prefixes(labels: Sequence[str]) -> list[str]:
+    """Each label's module at the shallowest depth that tells two modules apart (the labels
+    themselves when none does).
+
+    Example:
+        >>> module_prefixes(["conv1.weight", "layer1.0.conv1.weight", "fc.bias"])
+        ['conv1', 'layer1', 'fc']
+        >>> module_prefixes(["layers.0.weight", "layers.0.bias", "layers.1.weight"])
+        ['layers.0', 'layers.0', 'layers.1']
+    """
+    parts = [str(label).split(".") for label in labels]
+    for depth in range(1, max((len(p) for p in parts), default=1)):
+        heads = [".".join(p[:depth]) for p in parts]
+        if len(set(heads)) >= 2:
+            return heads
+    return [str(label) for label in labels]
 
 
-def _ticks(labels: Sequence[str], max_ticks: int = MAX_TICKS) -> tuple[list[int], list[str]]:
+def _ticks(
+    labels: Sequence[str], max_ticks: int = MAX_TICKS, min_gap: int = 1
+) -> tuple[list[int], list[str]]:
     """Tick positions and texts that do not collide.
 
     Up to ``max_ticks`` labels: every one. More (deep networks, S up to a few hundred): one
-    tick where the top-level module changes (``layer1``, ``layer2``, ...), the prefix as
-    text, thinned evenly if still too many; hovering still names every cell.
+    tick where the module changes (``layer1``, ``layer2``, ...; see
+    :func:`module_prefixes`), the prefix as text. Then ticks closer than ``min_gap`` rows
+    to the previous one kept are dropped, and the rest thinned evenly to ``max_ticks``;
+    hovering still names every cell.
 
     Example:
         >>> _ticks(["a.w", "a.b", "b.w"], max_ticks=2)
         ([0, 2], ['a', 'b'])
+        >>> _ticks(["a", "b", "c", "d", "e"], min_gap=2)
+        ([0, 2, 4], ['a', 'c', 'e'])
     """
-    labels = list(labels)
+    labels = [str(label) for label in labels]
     if len(labels) <= max_ticks:
-        return list(range(len(labels))), labels
-    heads = [label.split(".")[0] for label in labels]
-    starts = [i for i, h in enumerate(heads) if i == 0 or h != heads[i - 1]]
-    if len(starts) > max_ticks:
-        step = -(-len(starts) // max_ticks)
-        starts = starts[::step]
-    return starts, [heads[i] for i in starts]
+        starts, texts = list(range(len(labels))), labels
+    else:
+        texts = module_prefixes(labels)
+        starts = [i for i, h in enumerate(texts) if i == 0 or h != texts[i - 1]]
+    kept: list[int] = []
+    for i in starts:
+        if not kept or i - kept[-1] >= min_gap:
+            kept.append(i)
+    if len(kept) > max_ticks:
+        kept = kept[:: -(-len(kept) // max_ticks)]
+    return kept, [texts[i] for i in kept]
 
 
-def _label_axes(fig: go.Figure, panel: Panel, **where) -> None:
-    """Group labels as ticks (positions are integers: labels may repeat across blocks)."""
-    cols, rows = _ticks(panel.cols), _ticks(panel.rows)
-    size = 11 if max(len(panel.cols), len(panel.rows)) <= 20 else 9
-    fig.update_xaxes(
+def _label_axes(fig: go.Figure, panel: Panel, x: _Axis, y: _Axis, **where) -> None:
+    """Group labels as ticks (positions are integers: labels may repeat across blocks).
+
+    Margins are fixed by :class:`_Geometry`, so axes never push them (``automargin``).
+    """
+    common = dict(
         tickmode="array",
-        tickvals=cols[0],
-        ticktext=cols[1],
-        tickangle=-45,
-        tickfont=dict(size=size),
+        ticks="outside",
+        ticklen=3,
         showgrid=False,
         zeroline=False,
+        automargin=False,
+    )
+    fig.update_xaxes(
+        tickvals=x.vals,
+        ticktext=x.texts,
+        tickangle=x.angle,
+        tickfont=dict(size=x.font),
+        **common,
         **where,
     )
     fig.update_yaxes(
-        tickmode="array",
-        tickvals=rows[0],
-        ticktext=rows[1],
-        tickfont=dict(size=size),
+        tickvals=y.vals,
+        ticktext=y.texts,
+        tickangle=0,
+        tickfont=dict(size=y.font),
         autorange="reversed",
-        showgrid=False,
-        zeroline=False,
+        **common,
         **where,
     )
 

@@ -42,3 +42,27 @@ def write_tiny_npz(path: Path, n_train: int = 120, n_test: int = 40, seed: int =
 @pytest.fixture
 def tiny_npz(tmp_path) -> Path:
     return write_tiny_npz(tmp_path / "tiny.npz")
+
+
+@pytest.fixture(scope="session")
+def app_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 2-epoch LeNet-5 run on synthetic data, analysed (shared by the dashboard tests)."""
+    from tests.apptools import make_analysed_run
+
+    return make_analysed_run(tmp_path_factory.mktemp("app"))
+
+
+@pytest.fixture
+def app_env(app_run, tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """The dashboard's settings pointing at ``app_run``, a fresh cache, clean st caches."""
+    import streamlit as st
+
+    run, npz = app_run
+    monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run.parent))
+    monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HESSIAN_LENS_DATA", str(npz))
+    for name in ("HESSIAN_LENS_MODELS", "HESSIAN_LENS_CACHE_MB", "HESSIAN_LENS_MAX_UPLOAD_MB"):
+        monkeypatch.delenv(name, raising=False)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    return run, npz

@@ -1,251 +1,400 @@
-"""The dashboard pages through streamlit.testing.v1.AppTest (no browser)."""
+"""The Layer interactions and Block-diagonal pages through streamlit.testing.v1.AppTest.
+
+Every check compares what a page drew with the stored arrays (exact content), so a view
+that draws the wrong matrix, epoch, scale, subset or limits fails.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import pickle
+import csv
+import io
 
 import numpy as np
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 
-import hessian_lens as hl
-from hessian_lens import plots
-from hessian_lens.checkpoint import save_checkpoint
-from hessian_lens.registry import build_model
+from hessian_lens import linalg, plots
+from hessian_lens.partition import blocks_of
 from hessian_lens.store import ResultStore
-from tests.apptools import heatmap_z, make_analysed_run, make_run, plotly_specs
-from tests.conftest import REPO
+from tests.apptools import (
+    Downloads,
+    chart,
+    fake_partition,
+    heatmap_z,
+    make_fake_run,
+    no_errors,
+    open_page,
+)
+from tests.layoutcheck import layout_problems
 
-TIMEOUT = 120
-
-
-@pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
-    return make_analysed_run(tmp_path_factory.mktemp("app"))
-
-
-@pytest.fixture
-def env(analysed, tmp_path, monkeypatch):
-    run, npz = analysed
-    monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run.parent))
-    monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HESSIAN_LENS_DATA", str(npz))
-    return run, npz
-
-
-def page(name: str, run=None) -> AppTest:
-    at = AppTest.from_file(str(REPO / name), default_timeout=TIMEOUT)
-    if run is not None:
-        at.session_state["run_path"] = str(run)
-    return at.run()
+INTERACTIONS = "pages/1_Layer_interactions.py"
+BLOCKDIAG = "pages/2_Block_diagonal.py"
 
 
 def stored(run):
     return ResultStore(run / "analysis.sqlite").records()
 
 
-def no_errors(at):
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+def blocks(rec, name="H", scale="raw"):
+    s = rec.summary
+    return plots.interaction_blocks(
+        plots.transform(rec.arrays[name], scale), s["kinds"], s["layers"]
+    )
 
 
-def test_home_lists_runs_with_cards(env):
-    run, _ = env
-    at = page("app.py", run)
+def zs(spec):
+    return [heatmap_z(spec, i) for i in range(len(spec["data"]))]
+
+
+def test_interactions_draws_the_stored_blocks_of_the_last_epoch(app_env):
+    run, _ = app_env
+    at = open_page(INTERACTIONS, run)
     no_errors(at)
-    text = " ".join(m.value for m in at.markdown)
-    assert "tiny-run" in " ".join(h.value for h in at.subheader)
-    assert "lenet5" in text and "Analysed** 3 checkpoints" in text
-    assert len(plotly_specs(at)) >= 1  # training curves
-
-
-def test_interactions_page_shows_the_stored_blocks(env):
-    run, _ = env
-    at = page("pages/1_Layer_interactions.py", run)
-    no_errors(at)
-    specs = plotly_specs(at)
-    assert len(specs) == 2  # one row of WW, BB, WB for H and one for its inverse
     last = stored(run)[-1]
-    blocks = plots.interaction_blocks(
-        last.arrays["H"], last.summary["kinds"], last.summary["layers"]
-    )
-    assert np.allclose(heatmap_z(specs[0], 0), blocks["WW"].z)
-    assert np.allclose(heatmap_z(specs[0], 2), blocks["WB"].z)
-    for axis in ("coloraxis", "coloraxis2", "coloraxis3"):
-        limits = specs[0]["layout"][axis]
-        assert limits["cmin"] == -limits["cmax"] > -np.inf
-    inv = plots.interaction_blocks(
-        last.arrays["Hinv"], last.summary["kinds"], last.summary["layers"]
-    )
-    assert np.allclose(heatmap_z(specs[1], 0), inv["WW"].z)
+    for name in ("H", "Hinv"):
+        spec = chart(at, f"interactions-{name}")
+        want = blocks(last, name)
+        assert len(spec["data"]) == 3
+        for z, key in zip(zs(spec), ("WW", "BB", "WB"), strict=True):
+            np.testing.assert_array_equal(z, want[key].z)
+        assert [a["text"] for a in spec["layout"]["annotations"]] == [
+            "weights × weights",
+            "biases × biases",
+            "weights × biases",
+        ]
+        assert spec["layout"]["yaxis"]["ticktext"] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+        for i, (axis, key) in enumerate(zip(("", "2", "3"), ("WW", "BB", "WB"), strict=True)):
+            limits = spec["layout"][f"coloraxis{axis}"]
+            assert limits["cmax"] == -limits["cmin"] == np.abs(want[key].z).max(), i
+        assert layout_problems(spec) == []
+    assert f"epoch {int(last.epoch)}" in " ".join(m.value for m in at.markdown)
 
 
-def test_slider_changes_the_epoch_shown(env):
-    run, _ = env
-    at = page("pages/1_Layer_interactions.py", run)
+def test_slider_changes_the_epoch_shown(app_env):
+    run, _ = app_env
+    at = open_page(INTERACTIONS, run)
     assert at.select_slider(key="interactions-epoch").value == "2"
     at.select_slider(key="interactions-epoch").set_value("0").run()
     no_errors(at)
     first = stored(run)[0]
-    block = plots.interaction_blocks(
-        first.arrays["H"], first.summary["kinds"], first.summary["layers"]
-    )["BB"]
-    assert np.allclose(heatmap_z(plotly_specs(at)[0], 1), block.z)
-    assert any("epoch 0" in m.value for m in at.markdown)
+    np.testing.assert_array_equal(zs(chart(at, "interactions-H"))[1], blocks(first)["BB"].z)
+    np.testing.assert_array_equal(
+        zs(chart(at, "interactions-Hinv"))[0], blocks(first, "Hinv")["WW"].z
+    )
+    assert any("— epoch 0" in m.value for m in at.markdown)
 
 
-def test_scales_views_and_same_range(env):
-    run, _ = env
-    at = page("pages/1_Layer_interactions.py", run)
-    at.radio(key="interactions-view").set_value("full")
+@pytest.mark.parametrize("scale", plots.SCALES)
+def test_every_scale_in_both_views(app_env, scale):
+    run, _ = app_env
+    at = open_page(INTERACTIONS, run)
+    at.radio(key="interactions-scale").set_value(scale).run()
+    no_errors(at)
+    last = stored(run)[-1]
+    np.testing.assert_allclose(
+        zs(chart(at, "interactions-Hinv"))[2], blocks(last, "Hinv", scale)["WB"].z
+    )
+    at.radio(key="interactions-view").set_value("full").run()
+    no_errors(at)
+    for name in ("H", "Hinv"):
+        spec = chart(at, f"interactions-{name}")
+        np.testing.assert_allclose(heatmap_z(spec), plots.transform(last.arrays[name], scale))
+        assert spec["layout"]["yaxis"]["ticktext"] == last.summary["labels"]
+        assert layout_problems(spec) == []
+
+
+def test_fixed_colour_range_is_the_max_over_epochs(app_env):
+    run, _ = app_env
+    at = open_page(INTERACTIONS, run)
+    at.radio(key="interactions-scale").set_value("signed log")
+    at.toggle(key="interactions-same").set_value(True).run()
+    no_errors(at)
+    recs = stored(run)
+    wider = 0
+    for name in ("H", "Hinv"):
+        spec = chart(at, f"interactions-{name}")
+        for axis, key in zip(("", "2", "3"), ("WW", "BB", "WB"), strict=True):
+            top = max(np.abs(blocks(r, name, "signed log")[key].z).max() for r in recs)
+            assert spec["layout"][f"coloraxis{axis}"]["cmax"] == pytest.approx(top)
+            wider += top > np.abs(blocks(recs[-1], name, "signed log")[key].z).max()
+    assert wider >= 2  # the limits really come from other epochs than the one shown
+    at.toggle(key="interactions-same").set_value(False).run()
+    own = np.abs(blocks(recs[-1], "H", "signed log")["BB"].z).max()
+    assert chart(at, "interactions-H")["layout"]["coloraxis2"]["cmax"] == pytest.approx(own)
+
+
+def test_animation_has_every_epoch_of_the_chosen_block(app_env):
+    run, _ = app_env
+    at = open_page(INTERACTIONS, run)
+    at.toggle(key="interactions-animate").set_value(True).run()
+    at.selectbox(key="interactions-anim-matrix").set_value("Hinv")
+    at.selectbox(key="interactions-anim-block").set_value(1).run()  # biases × biases
+    no_errors(at)
+    anim = chart(at, "interactions-anim")
+    recs = stored(run)
+    assert [f["name"] for f in anim["frames"]] == ["0", "1", "2"]
+    assert [s["label"] for s in anim["layout"]["sliders"][0]["steps"]] == ["0", "1", "2"]
+    frames = [blocks(r, "Hinv")["BB"].z for r in recs]
+    for frame, want in zip(anim["frames"], frames, strict=True):
+        np.testing.assert_array_equal(heatmap_z(frame), want)
+    assert anim["data"][0]["zmax"] == pytest.approx(max(np.abs(f).max() for f in frames))
+    assert anim["layout"]["title"]["text"] == "biases × biases — epoch 0"
+
+
+def test_downloads_hold_the_matrices_shown(app_env, monkeypatch):
+    run, _ = app_env
+    downloads = Downloads(monkeypatch)
+    at = open_page(INTERACTIONS, run)
     at.radio(key="interactions-scale").set_value("normalized").run()
     no_errors(at)
-    specs = plotly_specs(at)
-    assert len(specs) == 2
-    H = stored(run)[-1].arrays["H"]
-    assert np.allclose(heatmap_z(specs[0]), plots.transform(H, "normalized"))
-    at.toggle(key="interactions-same").set_value(True).run()
-    top = max(np.abs(plots.transform(r.arrays["H"], "normalized")).max() for r in stored(run))
-    assert plotly_specs(at)[0]["layout"]["coloraxis"]["cmax"] == pytest.approx(top)
-    at.toggle(key="interactions-animate").set_value(True).run()
-    no_errors(at)
-    anim = plotly_specs(at)[-1]
-    assert [f["name"] for f in anim["frames"]] == ["0", "1", "2"]
-    assert len(at.get("download_button")) == 3
+    last = stored(run)[-1]
+    labels = last.summary["labels"]
+    with np.load(io.BytesIO(downloads.files["hbar_epoch2_normalized.npz"])) as z:
+        assert z["labels"].tolist() == labels
+        assert z["kinds"].tolist() == last.summary["kinds"] and int(z["epoch"]) == 2
+        for name in ("H", "Hinv", "g"):
+            np.testing.assert_array_equal(z[name], last.arrays[name])
+        np.testing.assert_allclose(z["H_shown"], plots.transform(last.arrays["H"], "normalized"))
+    for name in ("H", "Hinv"):
+        rows = list(
+            csv.reader(io.StringIO(downloads.files[f"{name}_epoch2_normalized.csv"].decode()))
+        )
+        assert rows[0] == ["", *labels] and [r[0] for r in rows[1:]] == labels
+        values = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+        np.testing.assert_allclose(
+            values, plots.transform(last.arrays[name], "normalized"), rtol=1e-9
+        )
+    assert [b.label for b in at.get("download_button")] == [
+        "⬇ NPZ (H̄, H̄⁻¹, labels)",
+        "⬇ CSV H̄ (normalized)",
+        "⬇ CSV H̄⁻¹ (normalized)",
+    ]
 
 
-def test_block_diagonal_page_metrics_and_trends(env):
-    run, _ = env
-    at = page("pages/2_Block_diagonal.py", run)
+# ---------------------------------------------------------------------------- deep models
+@pytest.fixture(scope="module")
+def deep_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deep")
+    make_fake_run(
+        root / "resnet18-fake",
+        fake_partition("torchvision:resnet18", num_classes=10),
+        model="torchvision:resnet18",
+        epochs=(0, 1),
+    )
+    make_fake_run(
+        root / "resnet50-fake",
+        fake_partition("torchvision:resnet50", num_classes=10),
+        model="torchvision:resnet50",
+        epochs=(3,),
+    )
+    make_fake_run(
+        root / "mlp45-fake",
+        fake_partition("mlp", sizes=[3072] + [16] * 44 + [10]),
+        model="mlp",
+        epochs=(0, 1),
+    )
+    return root
+
+
+@pytest.fixture
+def deep_env(app_env, deep_runs, monkeypatch):
+    monkeypatch.setenv("HESSIAN_LENS_RUNS", str(deep_runs))
+    return deep_runs
+
+
+def test_resnet18_ticks_at_module_boundaries_and_the_group_filter(deep_env):
+    run = deep_env / "resnet18-fake"
+    at = open_page(INTERACTIONS, run)
     no_errors(at)
-    m = stored(run)[-1].summary["compare"]["layer"]
+    last = stored(run)[-1]
+    labels = last.summary["labels"]
+    assert len(labels) == 62
+    assert at.radio(key="interactions-view").options == ["full S × S"]  # no bias blocks
+    modules = at.multiselect(key="interactions-modules")
+    assert modules.options == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    spec = chart(at, "interactions-H")
+    np.testing.assert_array_equal(heatmap_z(spec), last.arrays["H"])
+    starts = {}
+    for i, label in enumerate(labels):
+        starts.setdefault(label.split(".")[0], i)
+    assert list(starts.values()) == [0, 1, 3, 15, 30, 45, 60]
+    for axis in ("xaxis", "yaxis"):  # bn1 starts one row after conv1: no room for its tick
+        assert spec["layout"][axis]["ticktext"] == [
+            "conv1",
+            "layer1",
+            "layer2",
+            "layer3",
+            "layer4",
+            "fc",
+        ]
+        assert spec["layout"][axis]["tickvals"] == [0, 3, 15, 30, 45, 60]
+    assert layout_problems(spec) == []
+
+    modules.set_value(["layer1"]).run()
+    no_errors(at)
+    keep = [i for i, label in enumerate(labels) if label.startswith("layer1.")]
+    assert len(keep) == 12
+    for name in ("H", "Hinv"):
+        spec = chart(at, f"interactions-{name}")
+        np.testing.assert_array_equal(heatmap_z(spec), last.arrays[name][np.ix_(keep, keep)])
+        assert spec["layout"]["yaxis"]["ticktext"] == [labels[i] for i in keep]
+        assert layout_problems(spec) == []
+    assert any("Showing 12 of 62 groups" in c.value for c in at.caption)
+
+    at.text_input(key="interactions-regex").set_value(r"\.bn\d\.weight").run()
+    no_errors(at)
+    keep = [i for i in keep if ".bn" in labels[i] and labels[i].endswith("weight")]
+    np.testing.assert_array_equal(
+        heatmap_z(chart(at, "interactions-H")), last.arrays["H"][np.ix_(keep, keep)]
+    )
+    at.text_input(key="interactions-regex").set_value("(").run()
+    assert not at.exception
+    assert any("Not a regular expression" in w.value for w in at.warning)
+    modules.set_value([]).run()
+    assert any("No group left" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+
+
+def test_resnet50_full_matrix_of_161_groups(deep_env):
+    run = deep_env / "resnet50-fake"
+    at = open_page(INTERACTIONS, run)
+    no_errors(at)
+    rec = stored(run)[-1]
+    spec = chart(at, "interactions-Hinv")
+    np.testing.assert_array_equal(heatmap_z(spec), rec.arrays["Hinv"])
+    assert heatmap_z(spec).shape == (161, 161)
+    assert spec["layout"]["yaxis"]["ticktext"] == [
+        "conv1",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "fc",
+    ]
+    assert layout_problems(spec) == []
+
+
+def test_deep_mlp_blocks_of_a_chosen_subset(deep_env):
+    run = deep_env / "mlp45-fake"
+    at = open_page(INTERACTIONS, run)
+    no_errors(at)
+    rec = stored(run)[-1]
+    modules = at.multiselect(key="interactions-modules")
+    layers = [f"layers.{2 * i}" for i in range(45)]  # Linear, activation, Linear, ...
+    assert modules.options == layers  # the second level: the first is only "layers"
+    spec = chart(at, "interactions-H")
+    assert len(spec["layout"]["yaxis"]["ticktext"]) < 45  # thinned to the row height
+    assert layout_problems(spec) == []
+    modules.set_value(layers[3:9]).run()
+    no_errors(at)
+    keep = [i for i, lay in enumerate(rec.summary["layers"]) if lay in layers[3:9]]
+    s = rec.summary
+    want = plots.interaction_blocks(
+        rec.arrays["Hinv"][np.ix_(keep, keep)],
+        [s["kinds"][i] for i in keep],
+        [s["layers"][i] for i in keep],
+    )
+    spec = chart(at, "interactions-Hinv")
+    for z, key in zip(zs(spec), ("WW", "BB", "WB"), strict=True):
+        np.testing.assert_array_equal(z, want[key].z)
+        assert want[key].z.shape == (6, 6)
+    assert spec["layout"]["yaxis"]["ticktext"] == layers[3:9]
+
+
+# ---------------------------------------------------------------------------- block-diagonal
+def _stored_bd(S, by):
+    """A blockdiag(H̄)⁻¹ no computation would give, to tell stored from recomputed."""
+    return np.full((S, S), {"layer": 0.25, "tensor": -0.5, "kind": 0.75}[by]) + np.eye(S)
+
+
+@pytest.fixture(scope="module")
+def bd_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bd")
+    part = fake_partition("lenet5")
+    S = len(part.labels)
+    overrides = {
+        e: {f"Hinv_bd_{by}": _stored_bd(S, by) for by in ("layer", "tensor", "kind")}
+        for e in (0, 1, 5)
+    }
+    make_fake_run(root / "stored-bd", part, epochs=(0, 1, 5), overrides=overrides)
+    old = make_fake_run(root / "old-records", part, epochs=(4,))
+    store = ResultStore(old / "analysis.sqlite")  # a record from before Hinv_bd_* were stored
+    rec = store.records()[0]
+    rec.arrays = {k: v for k, v in rec.arrays.items() if not k.startswith("Hinv_bd_")}
+    rec.checkpoint_sha, rec.checkpoint, rec.epoch = "old-sha", "epoch_0005.pt", 5
+    store.put(rec)
+    return root
+
+
+@pytest.mark.parametrize("by", ["layer", "tensor", "kind"])
+def test_block_diagonal_draws_the_stored_inverse(app_env, bd_runs, monkeypatch, by):
+    monkeypatch.setenv("HESSIAN_LENS_RUNS", str(bd_runs))
+    run = bd_runs / "stored-bd"
+    at = open_page(BLOCKDIAG, run)
+    at.radio(key="blockdiag-by").set_value(by).run()
+    no_errors(at)
+    recs = stored(run)
+    last = recs[-1]
+    S = len(last.summary["labels"])
+    full, bd, diff = zs(chart(at, "blockdiag-side"))
+    np.testing.assert_array_equal(full, last.arrays["Hinv"])
+    np.testing.assert_array_equal(bd, _stored_bd(S, by))
+    np.testing.assert_array_equal(diff, last.arrays["Hinv"] - _stored_bd(S, by))
+    m = last.summary["compare"][by]
     metrics = {x.label: x.value for x in at.metric}
-    assert metrics["relative error"] == f"{m['rel_error']:.3f}"
-    assert metrics["cos(η_full, η_bd)"] == f"{m['cos_eta']:.3f}"
-    assert len(plotly_specs(at)) == 3  # side by side + two trend charts
+    assert metrics == {
+        "relative error": f"{m['rel_error']:.3f}",
+        "|H̄| outside": f"{m['off_share_H']:.1%}",
+        "|H̄⁻¹| outside": f"{m['off_share_Hinv']:.1%}",
+        "cos(η_full, η_bd)": f"{m['cos_eta']:.3f}",
+        "decrease, full": f"{m['decrease_full']:.4g}",
+        "decrease, block-diag": f"{m['decrease_bd']:.4g}",
+    }
+    trend = chart(at, "blockdiag-trend")
+    assert [t["name"] for t in trend["data"]] == [
+        "rel_error",
+        "off_share_H",
+        "off_share_Hinv",
+        "cos_eta",
+    ]
+    for t in trend["data"]:
+        assert t["x"] == [0, 1, 5]
+        assert t["y"] == [r.summary["compare"][by][t["name"]] for r in recs]
+    decrease = chart(at, "blockdiag-decrease")
+    assert decrease["data"][1]["y"] == [r.summary["compare"][by]["decrease_bd"] for r in recs]
+    spec = chart(at, "blockdiag-side")
+    assert spec["layout"]["coloraxis"]["cmax"] == pytest.approx(
+        max(np.abs(M).max() for M in (full, bd, diff))
+    )
+    assert layout_problems(spec) == []
+
+
+def test_block_diagonal_normalized_scale(app_env, bd_runs, monkeypatch):
+    monkeypatch.setenv("HESSIAN_LENS_RUNS", str(bd_runs))
+    run = bd_runs / "stored-bd"
+    at = open_page(BLOCKDIAG, run)
+    at.radio(key="blockdiag-scale").set_value("normalized").run()
+    no_errors(at)
+    Hinv = stored(run)[-1].arrays["Hinv"]
+    s = 1 / np.sqrt(np.abs(np.diag(Hinv)))
+    full, bd, _ = zs(chart(at, "blockdiag-side"))
+    np.testing.assert_allclose(full, s[:, None] * Hinv * s[None, :])
+    np.testing.assert_allclose(bd, s[:, None] * _stored_bd(len(s), "layer") * s[None, :])
+    np.testing.assert_allclose(np.abs(np.diag(full)), 1.0)
+
+
+def test_block_diagonal_recomputes_for_records_without_the_stored_inverse(
+    app_env, bd_runs, monkeypatch
+):
+    monkeypatch.setenv("HESSIAN_LENS_RUNS", str(bd_runs))
+    run = bd_runs / "old-records"
+    at = open_page(BLOCKDIAG, run)
     at.radio(key="blockdiag-by").set_value("kind").run()
     no_errors(at)
-    m = stored(run)[-1].summary["compare"]["kind"]
-    assert {x.label: x.value for x in at.metric}["relative error"] == f"{m['rel_error']:.3f}"
-
-
-def upload(at: AppTest, name: str, data: bytes) -> AppTest:
-    at.file_uploader[0].set_value((name, data, "application/octet-stream"))
-    return at.run()
-
-
-def test_inspect_good_upload_computes_then_comes_from_the_store(env):
-    run, _ = env
-    data = (run / "epoch_0001.pt").read_bytes()
-    at = page("pages/3_Inspect_checkpoint.py")
-    no_errors(at)
-    upload(at, "epoch_0001.pt", data)
-    no_errors(at)
-    at.number_input(key="samples").set_value(100)
-    at.button(key="compute").click().run()
-    no_errors(at)
-    assert len(plotly_specs(at)) >= 3  # H and inverse rows, block-diagonal comparison
-    again = page("pages/3_Inspect_checkpoint.py")
-    upload(again, "copy.pt", data)
-    again.number_input(key="samples").set_value(100).run()
-    no_errors(again)
-    assert any("From the store" in c.value for c in again.caption)
-    assert len(plotly_specs(again)) >= 3
-
-
-def _bad_files(tmp_path) -> dict[str, tuple[bytes, str]]:
-    torch.manual_seed(0)
-    good = build_model("lenet5")
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    files = {}
-    files["text.pt"] = (b"hello, not a checkpoint", "not a checkpoint")
-    files["evil.pt"] = (pickle.dumps({"state_dict": Evil()}, protocol=2), "pickled Python objects")
-    path = tmp_path / "arch.pt"
-    save_checkpoint(path, good, {"model": {"name": "transformer", "kwargs": {}}})
-    files["arch.pt"] = (path.read_bytes(), "unknown architecture 'transformer'")
-    path = tmp_path / "shape.pt"
-    save_checkpoint(
-        path, build_model("lenet5", num_classes=4), {"model": {"name": "lenet5", "kwargs": {}}}
+    old = stored(run)[-1]
+    assert old.epoch == 5 and "Hinv_bd_kind" not in old.arrays
+    s = old.summary
+    want = linalg.block_inverse(
+        torch.from_numpy(old.arrays["H"]), blocks_of("kind", s["layers"], s["kinds"])
     )
-    files["shape.pt"] = (path.read_bytes(), "shape mismatch for fc3.weight")
-    nan = build_model("lenet5")
-    with torch.no_grad():
-        nan.fc2.weight[0, 0] = float("nan")
-    path = tmp_path / "nan.safetensors"
-    save_checkpoint(path, nan, {"model": {"name": "lenet5", "kwargs": {}}})
-    files["nan.safetensors"] = (path.read_bytes(), "non-finite weights: fc2.weight")
-    path = tmp_path / "good.pt"
-    save_checkpoint(path, good, {"model": {"name": "lenet5", "kwargs": {}}})
-    files["truncated.pt"] = (path.read_bytes()[:5000], "corrupt or truncated")
-    return files
-
-
-def test_inspect_bad_files_each_get_their_error(env, tmp_path):
-    for name, (data, message) in _bad_files(tmp_path).items():
-        at = upload(page("pages/3_Inspect_checkpoint.py"), name, data)
-        assert not at.exception, name
-        assert any(message in e.value for e in at.error), (name, [e.value for e in at.error])
-
-
-def test_inspect_size_limit_and_missing_data(env, tmp_path, monkeypatch):
-    run, _ = env
-    data = (run / "epoch_0000.pt").read_bytes()
-    monkeypatch.setenv("HESSIAN_LENS_MAX_UPLOAD_MB", "0.1")
-    at = upload(page("pages/3_Inspect_checkpoint.py"), "big.pt", data)
-    assert any("over the 0.1 MB limit" in e.value for e in at.error)
-    monkeypatch.delenv("HESSIAN_LENS_MAX_UPLOAD_MB")
-    at = upload(page("pages/3_Inspect_checkpoint.py"), "ok.pt", data)
-    at.text_input(key="data-source").set_value(str(tmp_path / "nowhere.npz")).run()
-    assert not at.exception
-    assert any("was not found at" in e.value and "nowhere.npz" in e.value for e in at.error)
-    assert not (tmp_path / "nowhere.npz").exists()
-
-
-def test_bare_state_dict_with_chosen_architecture(env, tmp_path):
-    mlp = build_model("mlp", sizes=[3072, 16, 10])
-    path = tmp_path / "bare.pt"
-    torch.save(mlp.state_dict(), path)
-    at = upload(page("pages/3_Inspect_checkpoint.py"), "bare.pt", path.read_bytes())
-    assert any("bare state_dict" in e.value for e in at.error)
-    at.selectbox(key="arch-name").set_value("mlp")
-    at.text_input(key="arch-kwargs").set_value('{"sizes": [3072, 16, 10]}').run()
-    no_errors(at)
-    assert any("`mlp`" in s.value for s in at.success)
-
-
-def test_optimizer_page(env, tmp_path, monkeypatch):
-    run, npz = env
-    root = tmp_path / "pn-runs"
-    make_run(
-        root / "pn-run",
-        npz,
-        epochs=1,
-        batch_size=16,
-        optimizer="partition-newton",
-        lr=0.3,
-        optimizer_kwargs={"period": 1, "average": 1},
-    )
-    monkeypatch.setenv("HESSIAN_LENS_RUNS", f"{run.parent},{root}")
-    at = page("pages/4_Optimizer.py")
-    no_errors(at)
-    at.selectbox(key="optim-pn").set_value("pn-run").run()
-    no_errors(at)
-    titles = [s["layout"]["title"]["text"] for s in plotly_specs(at)]
-    title = "per-group learning rates lr·η_s at each recomputation (× = clipped to 0)"
-    rates = plotly_specs(at)[titles.index(title)]
-    labels = hl.Partition.canonical(build_model("lenet5")).labels
-    assert rates["data"][0]["type"] == "heatmap"
-    assert rates["layout"]["yaxis"]["ticktext"] == labels  # one row per group
-    log = json.loads((root / "pn-run" / "optimizer_log.json").read_text())
-    updates = [e for e in log["entries"] if e.get("eta") is not None]
-    assert len(rates["data"][0]["x"]) == len(updates)  # one column per recomputation
-    at.multiselect(key="optim-runs").set_value(["tiny-run"]).run()
-    no_errors(at)
-    assert any("None of these runs used PartitionNewton" in i.value for i in at.info)
+    np.testing.assert_allclose(zs(chart(at, "blockdiag-side"))[1], want.numpy())

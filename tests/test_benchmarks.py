@@ -1,13 +1,37 @@
-"""The benchmark scripts keep running and printing their JSON lines (smoke runs)."""
+"""The benchmark scripts measure what they say (each check fails when its benchmark breaks).
+
+bench_summary: the ratios divide by the gradient measured in the same run, every workload
+computes what it is named after (H̄ of each back end = the plain HVP loop, the gradient,
+D^(3)), and the peak-memory probe sees an allocation of known size. optim_compare: its
+summary of a run is what the run folder holds, and its tables list every run.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
+from argparse import Namespace
 
-from tests.conftest import REPO
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hessian_lens as hl
+from tests.compare import assert_close
+from tests.conftest import REPO, write_tiny_npz
+
+
+def load(script: str):
+    """A benchmark script as a module (its functions, without running main)."""
+    spec = importlib.util.spec_from_file_location(script.replace("/", "_")[:-3], REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_script(*args: str) -> list[dict]:
@@ -17,8 +41,17 @@ def run_script(*args: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-def test_bench_summary_quick():
-    rows = run_script("benchmarks/bench_summary.py", "--quick", "--models", "lenet5", "--no-d3")
+def test_bench_summary_ratios_are_to_the_gradient_of_the_same_run():
+    rows = run_script(
+        "benchmarks/bench_summary.py",
+        "--batches",
+        "8",
+        "--repeats",
+        "3",
+        "--models",
+        "lenet5",
+        "--no-d3",
+    )
     assert [r["what"] for r in rows] == [
         "gradient",
         "hbar_auto",
@@ -26,28 +59,90 @@ def test_bench_summary_quick():
         "hbar_vmap",
         "plain_hvp_loop",
     ]
-    assert rows[0]["x_gradient"] == 1.0 and all(r["median_s"] > 0 for r in rows)
-    assert all(r["peak_extra_mb"] >= 0 and r["S"] == 10 for r in rows)
+    assert {(r["S"], r["batch"], r["repeats"]) for r in rows} == {(10, 8, 3)}
+    gradient = rows[0]["median_s"]
+    for r in rows:
+        # both are rounded (ratio to 2 decimals, seconds to 5): 1% covers that, a ratio to
+        # itself or to another row does not
+        assert r["x_gradient"] == pytest.approx(r["median_s"] / gradient, rel=0.01, abs=0.006), r
+    for r in rows[1:]:  # S = 10 Hessian-vector products each: slower than one gradient
+        assert r["x_gradient"] > 1.5, r
+    for r in rows:  # each call allocates (its graph, at least): a probe that sees nothing broke
+        assert r["peak_extra_mb"] > 0, r
 
 
-def test_optim_compare_smoke(tmp_path, tiny_npz):
-    rows = run_script(
-        "benchmarks/optim_compare.py",
-        "--data",
-        str(tiny_npz),
-        "--epochs",
-        "1",
-        "--out",
-        str(tmp_path / "runs"),
-        "--only",
-        "partition-newton",
-        "sgd",
-        "--markdown",
-        str(tmp_path / "table.md"),
+def test_bench_summary_workloads_compute_what_they_are_named_after():
+    bench = load("benchmarks/bench_summary.py")
+    model, x, y = bench.setup("lenet5", 8, torch.device("cpu"))
+    jobs = bench.workloads(model, x, y, with_d3=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    want = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    for got, ref in zip(jobs["gradient"](), want, strict=True):
+        assert_close(got, ref, rtol=1e-6, atol=1e-9)
+    plain = jobs["plain_hvp_loop"]()
+    reference = hl.pseudo_hessian(model, F.cross_entropy, (x, y), dtype=torch.float64).H
+    assert_close(plain.double(), reference, rtol=1e-3, atol=1e-6)  # the brute-force H̄
+    for what in ("hbar_auto", "hbar_loop", "hbar_vmap"):
+        assert_close(jobs[what]().H, plain, rtol=1e-4, atol=1e-7)
+    d3 = hl.summary_tensor(model, F.cross_entropy, (x, y), order=3)
+    assert_close(jobs["d3_full"](), d3, rtol=1e-5, atol=1e-9)
+
+
+def test_peak_memory_probe_sees_a_known_allocation():
+    bench = load("benchmarks/bench_summary.py")
+    with bench.PeakMemory(torch.device("cpu")) as mem:
+        block = torch.ones(64 * 2**20 // 4 * 4)  # 256 MB, every page touched
+        time.sleep(0.05)  # the probe samples every 2 ms
+    del block
+    assert 230 * 2**20 <= mem.peak <= 400 * 2**20, mem.peak / 2**20
+
+
+def test_optim_compare_summarises_what_each_run_holds(tmp_path):
+    optim = load("benchmarks/optim_compare.py")
+    npz = write_tiny_npz(
+        tmp_path / "data.npz", n_train=5300, n_test=40
+    )  # 5,000 for validation, 3 steps
+    args = Namespace(data=str(npz), epochs=1, out=str(tmp_path / "runs"), device="cpu")
+    rows = [
+        {
+            "family": "partition-newton",
+            **optim.run_one(
+                args, "pn", "partition-newton", 0.3, {"optimizer_kwargs": optim.PN_PAPER}, 0
+            ),
+        },
+        {"family": "sgd", **optim.run_one(args, "sgd", "sgd", 0.01, {"momentum": 0.9}, 0)},
+        {"family": "sgd", **optim.run_one(args, "sgd", "sgd", 0.01, {"momentum": 0.9}, 1)},
+    ]
+    for r in rows:
+        history = json.loads(
+            (tmp_path / "runs" / f"{r['run']}-seed{r['seed']}" / "run.json").read_text()
+        )["history"]
+        assert r["epochs"] == 1 and r["diverged"] is None
+        assert r["final_train_nll"] == history[-1]["train_loss"]
+        assert (
+            r["final_test_acc"] == history[-1]["test_acc"]
+            and r["final_val_acc"] == history[-1]["val_acc"]
+        )
+        assert r["sec_per_epoch"] == history[-1]["seconds"] > 0
+    assert 0 < rows[0]["curvature_share"] < 1  # PartitionNewton spends time on H̄
+    assert rows[1]["curvature_share"] is None
+    assert optim.best_of(rows, "sgd") is rows[1]  # seed 0 only
+    (summary,) = optim.aggregate(rows)
+    assert summary["run"] == "sgd" and summary["seeds"] == 2
+    assert summary["nll_mean"] == pytest.approx(
+        statistics.mean(r["final_train_nll"] for r in rows[1:])
     )
-    assert [r["optimizer"] for r in rows] == ["partition-newton"] * 2 + ["sgd"] * 3
-    assert rows[0]["curvature_share"] is not None and rows[2]["curvature_share"] is None
-    assert (tmp_path / "table.md").read_text().count("\n") == 7
+    table = optim.markdown(rows, [summary])
+    assert [
+        line.split(" | ")[:2]
+        for line in table.splitlines()
+        if line.startswith("| pn") or line.startswith("| sgd")
+    ] == [
+        ["| pn", "0"],
+        ["| sgd", "0"],
+        ["| sgd", "1"],
+        ["| sgd", f"{summary['nll_mean']:.4f} ± {summary['nll_std']:.4f}"],
+    ]
 
 
 def test_gpu_check_quick_on_cpu():

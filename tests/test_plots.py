@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hessian_lens import plots
+from tests.layoutcheck import layout_problems
 
 KINDS = ["weight", "bias"] * 3
 LAYERS = ["conv1", "conv1", "fc1", "fc1", "fc2", "fc2"]
@@ -110,3 +111,75 @@ def test_panel_row_has_one_symmetric_scale_per_panel():
     assert fixed.layout.coloraxis.cmax == 5.0 and fixed.layout.coloraxis3.cmax == 2.0
     assert fixed.layout.coloraxis2.cmax == np.abs(panels[1].z).max()
     assert list(fig.layout.xaxis3.ticktext) == ["conv1", "fc1", "fc2"]
+
+
+# ---------------------------------------------------------------------------- layout
+def _deep_labels(n_modules: int, per_module: int) -> list[str]:
+    return [f"layer{m}.{k}.conv.weight" for m in range(n_modules) for k in range(per_module)]
+
+
+def _rows_of_panels():
+    """Rows the pages draw: LeNet blocks, full matrices side by side, deep networks."""
+    M = sym(10)
+    lenet = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    labels = [f"{lay}.{k}" for lay in lenet for k in ("weight", "bias")]
+    kinds = ["weight", "bias"] * 5
+    layers = [lay for lay in lenet for _ in range(2)]
+    blocks = list(plots.interaction_blocks(M, kinds, layers).values())
+    full = [plots.full_panel(sym(10, s), labels, title=t) for s, t in enumerate("abc")]
+    deep = _deep_labels(6, 11)  # S = 66: ticks at module boundaries
+    resnet = ["conv1.weight", "bn1.weight", "bn1.bias", *deep]
+    big = plots.full_panel(sym(len(resnet)), resnet)
+    mlp = [f"layers.{i}.{k}" for i in range(45) for k in ("weight", "bias")]
+    mlp_blocks = plots.interaction_blocks(
+        sym(90), ["weight", "bias"] * 45, [m.rsplit(".", 1)[0] for m in mlp]
+    )
+    return {
+        "lenet blocks": plots.panel_row(blocks, colorbar="normalized"),
+        "lenet blocks raw": plots.panel_row(blocks),
+        "block-diagonal page": plots.side_by_side(full, colorbar="raw"),
+        "resnet full": plots.panel_row([big], height=760),
+        "mlp blocks": plots.panel_row(list(mlp_blocks.values()), colorbar="signed log"),
+        "paper row": plots.panel_row(blocks, height=320, title="H̄, epoch 1"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_rows_of_panels()))
+def test_rows_of_panels_do_not_overlap_at_the_narrowest_width(name):
+    fig = _rows_of_panels()[name]
+    assert layout_problems(fig) == []
+    json.loads(fig.to_json())
+
+
+def test_deep_networks_get_ticks_at_module_boundaries_that_do_not_collide():
+    fig = _rows_of_panels()["resnet full"]
+    # conv1 and bn1 are one row apart: only conv1 keeps a tick
+    assert list(fig.layout.yaxis.ticktext) == ["conv1", *[f"layer{m}" for m in range(6)]]
+    assert list(fig.layout.yaxis.tickvals) == [0, *range(3, 69, 11)]
+    mlp = _rows_of_panels()["mlp blocks"]
+    texts = list(mlp.layout.yaxis.ticktext)
+    assert texts[0] == "layers.0" and len(texts) < 45  # second level, thinned
+    assert plots.module_prefixes(["fc.weight", "fc.bias"]) == ["fc.weight", "fc.bias"]
+    assert plots.module_prefixes(["weight", "bias"]) == ["weight", "bias"]
+
+
+def test_layout_check_catches_overlaps():
+    """The checker above fails on the layouts that used to overlap."""
+    fig = _rows_of_panels()["lenet blocks"]
+    fig.update_layout(margin=dict(autoexpand=True))
+    assert "margins may grow" in layout_problems(fig)[0]
+    fig = _rows_of_panels()["block-diagonal page"]
+    fig.update_xaxes(tickangle=0)
+    assert any("x tick labels touch" in p for p in layout_problems(fig))
+    fig = _rows_of_panels()["lenet blocks"]
+    fig.update_layout(coloraxis2_colorbar=dict(x=0.5, len=0.6))
+    assert any("leaves its panel" in p for p in layout_problems(fig))
+    fig = _rows_of_panels()["lenet blocks"]
+    fig.update_layout(margin=dict(b=60))
+    assert any("reach the colour bars" in p for p in layout_problems(fig))
+    fig = _rows_of_panels()["block-diagonal page"]
+    fig.update_yaxes(tickvals=[0, 1, 2], ticktext=["conv1.weight"] * 3, row=1, col=2)
+    assert any("reach into the panel on their left" in p for p in layout_problems(fig))
+    fig = _rows_of_panels()["resnet full"]
+    fig.update_yaxes(tickvals=[0, 1], ticktext=["conv1", "bn1"])
+    assert any("y tick labels touch" in p for p in layout_problems(fig))

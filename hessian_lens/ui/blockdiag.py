@@ -65,12 +65,14 @@ def render_block_diagonal(recs: Sequence[dict], key: str) -> None:
     st.plotly_chart(
         plots.side_by_side(comparison_panels(rec, by, scale), colorbar=scale),
         key=f"{key}-side",
-        config=plots.export_config(f"blockdiag_{by}_{fmt_epoch(rec['epoch'])}"),
+        config=plots.export_config(
+            f"blockdiag_{by}" + (f"_{fmt_epoch(rec['epoch'])}" if rec["epoch"] is not None else "")
+        ),
     )
-    for col, (label, value, help_) in zip(
-        st.columns(6), metric_rows(rec["summary"]["compare"][by]), strict=True
-    ):
-        col.metric(label, value, help=help_)
+    rows = metric_rows(rec["summary"]["compare"][by])
+    for start in (0, 3):  # two rows of three: six columns truncate the numbers at 1100 px
+        for col, (label, value, help_) in zip(st.columns(3), rows[start : start + 3], strict=True):
+            col.metric(label, value, help=help_)
     if len(recs) > 1:
         _trends(recs, by, key)
 

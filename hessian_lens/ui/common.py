@@ -76,7 +76,7 @@ def select_run(runs: Sequence[Run]) -> Run | None:
         )
         return None
     paths = [str(r.path) for r in runs]
-    wanted = st.session_state.get("run_path")
+    wanted = st.session_state.get("run_path") or _run_from_url(runs)
     index = (
         paths.index(wanted)
         if wanted in paths
@@ -87,6 +87,14 @@ def select_run(runs: Sequence[Run]) -> Run | None:
     )
     st.session_state["run_path"] = choice
     return runs[paths.index(choice)]
+
+
+def _run_from_url(runs: Sequence[Run]) -> str | None:
+    """The run a link names (``?run=<name or folder>``), for a session without a choice yet."""
+    name = st.query_params.get("run")
+    if not name:
+        return None
+    return next((str(r.path) for r in runs if name in (r.name, r.path.name, str(r.path))), None)
 
 
 def select_settings(run: Run) -> dict[str, Any] | None:

@@ -49,11 +49,11 @@ def _card_body(run: Run, left, right) -> None:
     left.markdown(
         f"**Architecture** `{model['name']}` {model['kwargs'] or ''}"
         + (f" · init {m.raw['init']}" if isinstance(m.raw.get("init"), str) else "")
-        + f"  \n**Data** {data.get('name', '?')}"
-        + (f" · {train_size:,} training images" if isinstance(train_size, int) else "")
-        + f"  \n**Optimizer** {opt.get('name', '?')} (lr {opt.get('lr', '?')}"
-        + (f", momentum {momentum}" if momentum else "")
-        + f") · batch {m.raw.get('batch_size', '?')}  \n"
+        + f"  \n**Data** {_shown(data.get('name'))}"
+        + (f" · {train_size:,} training images" if _count(train_size) else "")
+        + f"  \n**Optimizer** {_shown(opt.get('name'))} (lr {_shown(opt.get('lr'))}"
+        + (f", momentum {_shown(momentum)}" if momentum else "")
+        + f") · batch {_shown(m.raw.get('batch_size'))}  \n"
         f"**Epochs** {fmt_epoch(max((h['epoch'] for h in run.history), default=0))} trained"
         f" · {len(run.checkpoints)} checkpoints"
     )
@@ -81,3 +81,18 @@ def _analysed(run: Run, left) -> None:
         )
     else:
         left.info(f"Not analysed yet: `python -m hessian_lens analyze {run.path}`")
+
+
+def _shown(value) -> str:
+    """A run.json value as card text: strings and numbers as they are, anything else "?"
+    (a list or an object where a name or a number belongs is a broken file, not a label).
+    """
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return "?"
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -14,6 +14,7 @@ import streamlit as st
 from hessian_lens import settings as env
 from hessian_lens import uploads
 from hessian_lens.runs import Run
+from hessian_lens.settings import MODELS_ENV
 from hessian_lens.ui.blockdiag import render_block_diagonal
 from hessian_lens.ui.interactions import render_interactions
 from hessian_lens.ui.reads import as_dict
@@ -24,6 +25,7 @@ AUTO = "auto-detect"
 
 def render_inspect(runs: list[Run]) -> None:
     """The whole page below its title."""
+    _user_models()
     limit = env.upload_limit_bytes()
     cache = env.cache_dir()
     upload = st.file_uploader(
@@ -45,9 +47,11 @@ def render_inspect(runs: list[Run]) -> None:
     architecture, kwargs = architecture_picker(ins)
     model, meta = ins.build(architecture, kwargs)
     n_params = sum(p.numel() for p in model.parameters())
+    kwargs_shown = meta["model"].get("kwargs")
     st.success(
-        f"**{upload.name}**: `{meta['model']['name']}` {meta['model'].get('kwargs') or ''}"
-        f" · {n_params:,} parameters"
+        f"**{upload.name}**: `{meta['model']['name']}`"
+        + (f" {kwargs_shown}" if kwargs_shown else "")
+        + f" · {n_params:,} parameters"
         + (f" · epoch {meta['epoch']}" if isinstance(meta.get("epoch"), (int, float)) else "")
     )
     _analysis(ins, runs, architecture, kwargs)
@@ -55,21 +59,31 @@ def render_inspect(runs: list[Run]) -> None:
 
 def _open(upload, limit: int, cache: Path):
     """Save the upload (bounded cache) and read it once per session; refused files go."""
-    from hessian_lens.checkpoint import CheckpointError
+    from hessian_lens.checkpoint import (
+        CheckpointError,
+        _check_finite,  # the library's own message
+    )
     from hessian_lens.inspection import Inspection
 
     data = upload.getvalue()
     path, sha = uploads.save_upload(env.cache_dir(create=True), upload.name, data, limit)
-    uploads.evict(cache, env.cache_limit_bytes(), keep=path)
     opened = st.session_state.setdefault("inspections", {})
     key = (sha, upload.name)
     if key not in opened:
+        opened.clear()  # one file at a time in memory
         try:
-            opened.clear()  # one file at a time in memory
-            opened[key] = Inspection.open(path, display_name=upload.name, max_bytes=limit)
-        except CheckpointError:
+            ins = Inspection.open(path, display_name=upload.name, max_bytes=limit)
+            if ins.state is not None:  # unusable whatever the architecture: refused too
+                _check_finite(ins.state, upload.name)
+        except BaseException as err:  # any file that cannot be opened is refused: deleted
             uploads.discard(path)
-            raise
+            if isinstance(err, (CheckpointError, MemoryError, KeyboardInterrupt)):
+                raise
+            raise CheckpointError(
+                f"{upload.name} cannot be read ({type(err).__name__}: {str(err)[:200]})."
+            ) from None
+        opened[key] = ins
+    uploads.evict(cache, env.cache_limit_bytes(), keep=path)  # only for a file kept
     return opened[key]
 
 
@@ -102,11 +116,29 @@ def architecture_picker(ins) -> tuple[str | None, dict | None]:
     return (None, None) if name == AUTO else (name, _kwargs(text))
 
 
-@st.cache_data(show_spinner=False)
-def _names() -> list[str]:
-    from hessian_lens.registry import load_env_models, model_names
+def _user_models() -> None:
+    """Register the operator's models (``$HESSIAN_LENS_MODELS``, imported once): a file may
+    name one, so before any file is read; a broken model file is a warning, not a stop."""
+    from hessian_lens.registry import ArchitectureError, load_env_models
 
-    load_env_models()
+    try:
+        load_env_models()
+    except ArchitectureError as err:
+        st.warning(f"{MODELS_ENV}: {err}")
+
+
+def _names() -> list[str]:
+    from hessian_lens.registry import user_model_names
+
+    return _names_with(tuple(user_model_names()))
+
+
+@st.cache_data(show_spinner=False)
+def _names_with(user: tuple[str, ...]) -> list[str]:
+    """Every architecture name (the torchvision list is slow to build: cached per set of
+    user models)."""
+    from hessian_lens.registry import model_names
+
     return model_names()
 
 
@@ -169,8 +201,10 @@ def _analysis(ins, runs: list[Run], architecture, kwargs) -> None:
         spec, source, settings.samples, settings.seed, settings.batch_size
     )
     store, note = uploads.inspect_store(env.cache_dir(create=True))
-    if note:
-        st.warning(note)
+    if note:  # kept for the session: the next rerun would hide it at once
+        st.session_state["inspect-store-note"] = note
+    if st.session_state.get("inspect-store-note"):
+        st.warning(st.session_state["inspect-store-note"])
     record = ins.stored(store, settings, fingerprint)
     if record is None:
         if not st.button("Compute H̄", type="primary", key="compute"):
@@ -189,6 +223,10 @@ def _analysis(ins, runs: list[Run], architecture, kwargs) -> None:
     else:
         st.caption(f"From the store (computed in {record.seconds:.1f} s).")
     rec = as_dict(record)
+    # the epoch the file says, never one read from its name ("resnet18.pt" is no epoch 18)
+    epoch = ins.meta.get("epoch")
+    ok = isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and epoch >= 0
+    rec["epoch"] = epoch if ok else None
     tab1, tab2 = st.tabs(["Layer interactions", "Block-diagonal vs full"])
     with tab1:
         render_interactions([rec], key="inspect")

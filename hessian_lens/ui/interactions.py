@@ -24,11 +24,12 @@ FILTER_ABOVE = 24  # more groups than this: offer the module filter open
 def group_filter(summary: dict, key: str) -> list[int]:
     """Indices of the groups to show: all, or those of chosen top-level modules / a regex."""
     labels = summary["labels"]
-    heads = list(dict.fromkeys(label.split(".")[0] for label in labels))
+    module_of = plots.module_prefixes(labels)
+    heads = list(dict.fromkeys(module_of))
     with st.expander(f"Groups: {len(labels)}", expanded=len(labels) > FILTER_ABOVE):
         c1, c2 = st.columns([2, 1])
         chosen = c1.multiselect(
-            "Top-level modules",
+            "Modules",
             heads,
             default=heads,
             key=f"{key}-modules",
@@ -43,7 +44,7 @@ def group_filter(summary: dict, key: str) -> list[int]:
     keep = [
         i
         for i, label in enumerate(labels)
-        if label.split(".")[0] in chosen and (rx is None or rx.search(label))
+        if module_of[i] in chosen and (rx is None or rx.search(label))
     ]
     if len(keep) < len(labels):
         st.caption(
@@ -89,16 +90,17 @@ def render_interactions(recs: Sequence[dict], key: str) -> None:
     )
     scale = c2.radio("Scale", plots.SCALES, key=f"{key}-scale", horizontal=True, help=SCALE_HELP)
     same = c3.toggle(
-        "Same colour range for all epochs",
+        "Fixed colour range",
         key=f"{key}-same",
         disabled=len(recs) < 2,
-        help="Limits = max |value| over every epoch, so change over time shows.",
+        help="The same limits for every epoch (max |value| over all of them), so change "
+        "over time shows.",
     )
     rec = select_epoch(recs, key=f"{key}-epoch")
     inverse_note(rec["summary"])
     big = len(keep) > FILTER_ABOVE
     for name in MATRICES:
-        st.markdown(f"**{MATRICES[name]}** — epoch {fmt_epoch(rec['epoch'])}")
+        st.markdown(f"**{MATRICES[name]}**{_at(rec)}")
         panels = matrix_panels(rec, name, scale, view, keep)
         limits = _limits(recs, name, scale, view, keep) if same else None
         fig = plots.panel_row(
@@ -110,7 +112,7 @@ def render_interactions(recs: Sequence[dict], key: str) -> None:
         st.plotly_chart(
             fig,
             key=f"{key}-{name}",
-            config=plots.export_config(f"{name}_{view}_{fmt_epoch(rec['epoch'])}"),
+            config=plots.export_config(f"{name}_{view}{_at(rec, '_epoch')}"),
         )
     if len(recs) > 1 and st.toggle("Animate across epochs", key=f"{key}-animate"):
         _animation(recs, key, scale, view, keep)
@@ -173,7 +175,7 @@ def _downloads(rec: dict, scale: str, key: str) -> None:
         **{n: arrays[n] for n in MATRICES},
         **{f"{n}_shown": v for n, v in shown.items()},
     )
-    stem = f"epoch{fmt_epoch(rec['epoch'])}_{scale.replace(' ', '_')}"
+    stem = f"{_at(rec, 'epoch')}_{scale.replace(' ', '_')}".lstrip("_")
     c1, c2, c3 = st.columns(3)
     c1.download_button(
         "⬇ NPZ (H̄, H̄⁻¹, labels)", buf.getvalue(), f"hbar_{stem}.npz", key=f"{key}-npz"
@@ -186,3 +188,8 @@ def _downloads(rec: dict, scale: str, key: str) -> None:
             mime="text/csv",
             key=f"{key}-csv-{name}",
         )
+
+
+def _at(rec: dict, prefix: str = " — epoch ") -> str:
+    """``prefix`` and the record's epoch; nothing when it has none (an uploaded file)."""
+    return f"{prefix}{fmt_epoch(rec['epoch'])}" if rec["epoch"] is not None else ""

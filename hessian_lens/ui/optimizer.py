@@ -28,6 +28,10 @@ def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
     _curves(picked, key)
     logs = {r.name: optimizer_log(r) for r in picked}
     newton = [r for r in picked if logs[r.name][0] is not None]
+    for r in picked:  # a log that cannot be read: say so, not "no PartitionNewton run"
+        if logs[r.name][0] is None:
+            for warning in logs[r.name][1]:
+                st.warning(f"{r.name}: {warning}")
     if not newton:
         st.info(
             "None of these runs used PartitionNewton. Train one with `python -m "
@@ -119,7 +123,7 @@ def render_taylor(run: Run, key: str) -> None:
     period = int(run.manifest.optimizer.get("period") or 10)
     updates = c1.radio(
         "Step",
-        [1, period],
+        sorted({1, max(period, 1)}),  # a period of 1: one choice (two equal options confused it)
         key=f"{key}-updates",
         horizontal=True,
         format_func=lambda k: "first update" if k == 1 else f"first {k} updates (one period)",

@@ -31,16 +31,24 @@ def pick_run(runs: Sequence[Run], names: Sequence[str], arch: str, key: str) -> 
 
 
 def records_at(run: Run, epochs: Sequence[float]) -> dict[str, dict]:
-    """The analysed records of a run at the given epochs (the most complete analysis)."""
-    settings = run.settings()
-    if not settings:
-        return {}
-    recs = reads.records(run, settings[0])
-    return {fmt_epoch(r["epoch"]): r for r in recs if r["epoch"] in epochs}
+    """The analysed records of a run at the given epochs, from the most complete analysis
+    whose partition has the paper's weight / bias blocks (the canonical one)."""
+    for settings in run.settings():
+        recs = reads.records(run, settings)
+        found = {fmt_epoch(r["epoch"]): r for r in recs if r["epoch"] in epochs}
+        if found and all(_has_blocks(r["summary"]) for r in found.values()):
+            return found
+    return {}
+
+
+def _has_blocks(summary: dict) -> bool:
+    kinds = summary.get("kinds") or []
+    return "weight" in kinds and "bias" in kinds
 
 
 def render_paper(runs: Sequence[Run], key: str = "paper") -> None:
-    """Both figures side by side at the paper's epochs, then the claims with their numbers."""
+    """Each figure at the paper's epochs (one after the other, at full width), then the
+    claims with their numbers."""
     scale = st.radio(
         "Scale",
         ["raw", "normalized"],
@@ -49,21 +57,26 @@ def render_paper(runs: Sequence[Run], key: str = "paper") -> None:
         help="raw: as the paper draws them; normalized: rescaling-invariant",
     )
     chosen = {}
-    for col, (fig_id, (title, names, epochs, arch)) in zip(
-        st.columns(2), FIGURES.items(), strict=True
-    ):
-        with col:
-            st.subheader(title)
-            run = pick_run(runs, names, arch, f"{key}-run{fig_id}")
-            if run is None:
-                st.info(
-                    f"No analysed {arch} run found; the repository ships one under checkpoints/."
-                )
-                chosen[fig_id] = {}
-                continue
-            recs = records_at(run, epochs)
-            chosen[fig_id] = recs
-            _figure(recs, scale, f"{key}-{fig_id}")
+    for fig_id, (title, names, epochs, arch) in FIGURES.items():
+        st.subheader(title)
+        run = pick_run(runs, names, arch, f"{key}-run{fig_id}")
+        if run is None:
+            st.info(
+                f"No analysed {arch} run found: train one (`python -m hessian_lens train "
+                f"--model {arch} --data cifar10 --epochs {max(epochs)} --out checkpoints/"
+                f"{names[0]}`) and analyse it (`python -m hessian_lens analyze checkpoints/"
+                f"{names[0]}`)."
+            )
+            chosen[fig_id] = {}
+            continue
+        recs = records_at(run, epochs)
+        chosen[fig_id] = recs
+        if not recs:
+            st.warning(
+                f"{run.name} has no canonical analysis at the paper's epochs "
+                f"({', '.join(fmt_epoch(e) for e in epochs)})."
+            )
+        _figure(recs, scale, f"{key}-{fig_id}")
     st.subheader("The claims, measured")
     rows = paper.figure_claims(chosen.get("1", {}), chosen.get("2", {}))
     st.dataframe(
@@ -92,9 +105,6 @@ def render_paper(runs: Sequence[Run], key: str = "paper") -> None:
 
 
 def _figure(recs: dict[str, dict], scale: str, key: str) -> None:
-    if not recs:
-        st.warning("This run has no analysis at the paper's epochs.")
-        return
     for epoch, rec in recs.items():
         summary = rec["summary"]
         for name, label in (("H", "H̄"), ("Hinv", "H̄⁻¹")):
@@ -106,7 +116,7 @@ def _figure(recs: dict[str, dict], scale: str, key: str) -> None:
                 plots.panel_row(
                     list(panels.values()),
                     colorbar=scale if scale != "raw" else "",
-                    height=260,
+                    height=320,
                     title=f"{label}, epoch {epoch}",
                 ),
                 key=f"{key}-{epoch}-{name}",
