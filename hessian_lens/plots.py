@@ -153,8 +153,10 @@ def animated_heatmap(
     height: int = 480,
     duration_ms: int = 600,
 ) -> go.Figure:
-    """One heatmap animated across epochs: play / pause buttons and an epoch slider, both
-    under the tick labels."""
+    """One heatmap animated across epochs, with play / pause buttons and an epoch slider.
+
+    Both controls sit under the tick labels.
+    """
     if not frames:
         raise ValueError("no epochs to animate")
     first = frames[0][1]
@@ -235,10 +237,13 @@ def panel_row(
     panel's width, and a shared scale has one bar under the whole row.
 
     Args:
+        panels: the matrices to draw, left to right.
         zmax: limits: None (each panel's own max |z|, or the max over all when shared),
             one number for every panel, or one per panel (None entries: their own).
         shared: one colour scale (and colour bar) for all panels.
+        colorbar: the colour bars' title (the scale, e.g. "normalized").
         title: a title above the row (the panels keep their own).
+        min_width: the narrowest figure, in pixels, that must show without overlap.
         height: the height of the heatmaps plus 80 px (the colour bars and tick labels
             add their own room).
     """
@@ -324,8 +329,11 @@ def _y_axis(labels: Sequence[str], row_px: float, font: int) -> _Axis:
 
 
 def _x_axis(labels: Sequence[str], cell_px: float, font: int) -> _Axis:
-    """The largest font and flattest angle (0, -45, -90 degrees) at which no label is dropped
-    and neighbours do not touch; else the smallest font at -90 degrees, labels thinned."""
+    """The x-axis ticks: the largest font and flattest angle that fit.
+
+    Angles 0, -45 and -90 degrees are tried so that no label is dropped and neighbours do not
+    touch; when none fits, the smallest font at -90 degrees with labels thinned.
+    """
     vals, texts = _ticks(labels)
     small = min(font, SMALL_FONT)
     for f in dict.fromkeys((font, small)):
@@ -577,8 +585,9 @@ def export_config(filename: str) -> dict:
 
 
 def module_prefixes(labels: Sequence[str]) -> list[str]:
-    """Each label's module at the shallowest depth that tells two modules apart (the labels
-    themselves when none does).
+    """Each label's module at the shallowest depth that tells two modules apart.
+
+    The labels themselves when no depth does.
 
     Example:
         >>> module_prefixes(["conv1.weight", "layer1.0.conv1.weight", "fc.bias"])

@@ -145,7 +145,7 @@ def read_manifest(folder: str | Path) -> Manifest:
         return Manifest()
     try:
         raw = read_json(path, MANIFEST_MAX_BYTES)
-    except UnsafeFileError as err:
+    except (UnsafeFileError, OSError) as err:
         return Manifest({}, [f"run.json unreadable: {err}"])
     if not isinstance(raw, dict):
         return Manifest({}, [f"run.json holds a {type(raw).__name__}, not an object"])
@@ -240,7 +240,7 @@ def _read_optimizer_log(
 ) -> tuple[dict[str, Any] | None, list[str]]:
     try:
         log = read_json(path, max_bytes)
-    except UnsafeFileError as err:
+    except (UnsafeFileError, OSError) as err:
         return None, [f"optimizer_log.json unreadable: {err}"]
     if not isinstance(log, dict) or not isinstance(log.get("entries"), list):
         return None, ["optimizer_log.json has no list of 'entries'; ignored"]

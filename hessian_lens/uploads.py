@@ -59,35 +59,45 @@ def discard(path: Path) -> None:
 def evict(cache: Path, limit: int, keep: Path | None = None) -> list[Path]:
     """Delete the least recently used uploads until the folder is under ``limit`` bytes.
 
+    Files another session deletes meanwhile are simply skipped.
+
     Returns:
         The files deleted.
     """
-    folder = cache / UPLOADS
-    try:
-        files = sorted(
-            (p for p in folder.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime
-        )
-    except OSError:
-        return []
-    total, gone = sum(p.stat().st_size for p in files), []
-    for p in files:
+    files = sorted(_sizes(cache).items(), key=lambda item: item[1][0])
+    total, gone = sum(size for _, size in (v for _, v in files)), []
+    for path, (_, size) in files:
         if total <= limit:
             break
-        if keep is not None and p == keep:
+        if keep is not None and path == keep:
             continue
-        total -= p.stat().st_size
-        p.unlink(missing_ok=True)
-        gone.append(p)
+        path.unlink(missing_ok=True)
+        total -= size
+        gone.append(path)
     return gone
+
+
+def _sizes(cache: Path) -> dict[Path, tuple[float, int]]:
+    """``{upload: (mtime, bytes)}`` of the files that still exist."""
+    out = {}
+    try:
+        entries = list((cache / UPLOADS).iterdir())
+    except OSError:
+        return out
+    for p in entries:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if p.is_file():
+            out[p] = (st.st_mtime, st.st_size)
+    return out
 
 
 def usage(cache: Path) -> tuple[int, int]:
     """(number of uploads, bytes) in the cache."""
-    try:
-        files = [p for p in (cache / UPLOADS).iterdir() if p.is_file()]
-    except OSError:
-        return 0, 0
-    return len(files), sum(p.stat().st_size for p in files)
+    sizes = _sizes(cache)
+    return len(sizes), sum(size for _, size in sizes.values())
 
 
 def inspect_store(cache: Path) -> tuple[ResultStore, str | None]:

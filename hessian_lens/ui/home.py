@@ -84,8 +84,9 @@ def _analysed(run: Run, left) -> None:
 
 
 def _shown(value) -> str:
-    """A run.json value as card text: strings and numbers as they are, anything else "?"
-    (a list or an object where a name or a number belongs is a broken file, not a label).
+    """A run.json value as card text: strings and numbers as they are, anything else "?".
+
+    A list or an object where a name or a number belongs is a broken file, not a label.
     """
     if isinstance(value, str) and value:
         return value

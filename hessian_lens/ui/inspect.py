@@ -1,6 +1,8 @@
-"""The Inspect page: upload a checkpoint, pick its architecture when it does not say,
-compute H̄ with a progress bar, browse the same views. Every bad file gets a message;
-refused uploads are deleted; the cache is bounded; nothing is created from the data field.
+"""The Inspect page: upload a checkpoint, analyse it, browse the same views.
+
+Pick the architecture when the file does not say, compute H̄ with a progress bar. Every bad
+file gets a message; refused uploads are deleted; the cache is bounded; nothing is created
+from the data field.
 """
 
 from __future__ import annotations
@@ -117,8 +119,11 @@ def architecture_picker(ins) -> tuple[str | None, dict | None]:
 
 
 def _user_models() -> None:
-    """Register the operator's models (``$HESSIAN_LENS_MODELS``, imported once): a file may
-    name one, so before any file is read; a broken model file is a warning, not a stop."""
+    """Register the operator's models (``$HESSIAN_LENS_MODELS``, imported once).
+
+    Done before any file is read, since a file may name one; a broken model file is a
+    warning, not a stop.
+    """
     from hessian_lens.registry import ArchitectureError, load_env_models
 
     try:
@@ -135,8 +140,10 @@ def _names() -> list[str]:
 
 @st.cache_data(show_spinner=False)
 def _names_with(user: tuple[str, ...]) -> list[str]:
-    """Every architecture name (the torchvision list is slow to build: cached per set of
-    user models)."""
+    """Every architecture name, cached per set of user models.
+
+    The torchvision list is slow to build.
+    """
     from hessian_lens.registry import model_names
 
     return model_names()

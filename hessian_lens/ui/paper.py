@@ -31,8 +31,11 @@ def pick_run(runs: Sequence[Run], names: Sequence[str], arch: str, key: str) -> 
 
 
 def records_at(run: Run, epochs: Sequence[float]) -> dict[str, dict]:
-    """The analysed records of a run at the given epochs, from the most complete analysis
-    whose partition has the paper's weight / bias blocks (the canonical one)."""
+    """The analysed records of a run at the given epochs.
+
+    From the most complete analysis whose partition has the paper's weight / bias blocks
+    (the canonical one).
+    """
     for settings in run.settings():
         recs = reads.records(run, settings)
         found = {fmt_epoch(r["epoch"]): r for r in recs if r["epoch"] in epochs}
@@ -47,8 +50,10 @@ def _has_blocks(summary: dict) -> bool:
 
 
 def render_paper(runs: Sequence[Run], key: str = "paper") -> None:
-    """Each figure at the paper's epochs (one after the other, at full width), then the
-    claims with their numbers."""
+    """Each figure at the paper's epochs, then the claims with their numbers.
+
+    The figures come one after the other, at full width.
+    """
     scale = st.radio(
         "Scale",
         ["raw", "normalized"],
