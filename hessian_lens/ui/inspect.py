@@ -15,13 +15,15 @@ import streamlit as st
 
 from hessian_lens import settings as env
 from hessian_lens import uploads
+from hessian_lens.partition import SCHEMES
 from hessian_lens.runs import Run
 from hessian_lens.settings import MODELS_ENV
 from hessian_lens.ui.blockdiag import render_block_diagonal
 from hessian_lens.ui.interactions import render_interactions
 from hessian_lens.ui.reads import as_dict
 
-PARTITIONS = ("canonical", "by_layer", "by_module:1", "by_module:2", "by_kind")
+PARTITIONS = (*SCHEMES[:3], "by_module:2", "by_kind")
+BATCH_SIZE = 500
 AUTO = "auto-detect"
 
 
@@ -182,6 +184,24 @@ def analysis_data(spec: str, source: str, samples: int, seed: int, batch_size: i
     return analysis_batches(source or None, settings, spec)
 
 
+def batch_plan(meta: dict, samples: int) -> tuple[int, int]:
+    """``(batch size, samples)`` of an analysis of a file with this meta.
+
+    A ``.pt2`` exported with a fixed batch size gets batches of exactly that size (the
+    samples rounded down to a multiple of it).
+
+    Example:
+        >>> batch_plan({"static_batch_size": 8}, 1000), batch_plan({}, 1000)
+        ((8, 1000), (500, 1000))
+        >>> batch_plan({"static_batch_size": 300}, 1000)
+        (300, 900)
+    """
+    fixed = meta.get("static_batch_size")
+    if isinstance(fixed, int) and fixed > 0:
+        return fixed, max(fixed, samples - samples % fixed)
+    return BATCH_SIZE, samples
+
+
 def _analysis(ins, runs: list[Run], architecture, kwargs) -> None:
     from hessian_lens.analyze import AnalysisSettings
 
@@ -201,8 +221,11 @@ def _analysis(ins, runs: list[Run], architecture, kwargs) -> None:
     samples = c2.number_input("Samples", 10, 50000, 1000, step=500, key="samples")
     partition = c3.selectbox("Partition", PARTITIONS, key="partition")
     order3 = c4.checkbox("D³ diagonal", key="order3")
+    batch_size, samples = batch_plan(ins.meta, int(samples))
+    if batch_size != BATCH_SIZE:
+        st.caption(f"This export fixes its batch size: batches of {batch_size}, {samples} samples.")
     settings = AnalysisSettings(
-        samples=int(samples), partition=partition, order3=order3, batch_size=500
+        samples=samples, partition=partition, order3=order3, batch_size=batch_size
     )
     batches, fingerprint = analysis_data(
         spec, source, settings.samples, settings.seed, settings.batch_size
