@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.server import chromium_page, streamlit_server, wait_for_heatmaps
+from hessian_lens.browser import chromium_page, streamlit_server, wait_for_heatmaps
 
 
 def paint_seconds(page, url: str) -> float:

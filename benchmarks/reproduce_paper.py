@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hessian_lens import paper, plots
+from hessian_lens.browser import figure_png
 from hessian_lens.runs import load_run
 
 LENET_EPOCHS, VGG_EPOCHS = (1, 21), (1, 6)
@@ -52,19 +52,6 @@ def shares(recs: dict[float, dict]) -> list[dict]:
         row["status"] = rec["summary"]["inverse"]["status"]
         rows.append(row)
     return rows
-
-
-def figure_png(fig, path: Path, width: int = 1100) -> None:
-    """A plotly figure rendered to PNG by Chromium (plotly.js embedded, no network)."""
-    from tests.e2e.server import chromium_page
-
-    with tempfile.TemporaryDirectory() as tmp:
-        html = Path(tmp) / "fig.html"
-        fig.write_html(html, include_plotlyjs=True, full_html=True)
-        with chromium_page(width=width, height=int(fig.layout.height or 450) + 40) as page:
-            page.goto(html.as_uri())
-            page.wait_for_selector(".js-plotly-plot .heatmaplayer", timeout=60_000)
-            page.locator(".js-plotly-plot").first.screenshot(path=str(path))
 
 
 def draw(recs: dict, epochs, name: str, out: Path) -> list[str]:

@@ -1,120 +1,23 @@
-"""Start the dashboard on a free local port and drive Debian's Chromium with Playwright."""
+"""Browser-test helpers on top of :mod:`hessian_lens.browser` (server, Chromium page)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("HESSIAN_LENS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-
-
-def missing_browser() -> str | None:
-    """Why the browser test cannot run here, or None."""
-    if not Path(CHROMIUM).exists():
-        return f"{CHROMIUM} not found (apt-get install -y chromium chromium-driver)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright (Python) is not installed"
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def streamlit_server(env: dict[str, str], log: Path, timeout: float = 90.0) -> Iterator[str]:
-    """``streamlit run app.py`` headless on 127.0.0.1; yields its base URL."""
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app.py",
-        "--server.headless",
-        "true",
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_healthy(url, proc, timeout, log)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early:\n{log.read_text()[-2000:]}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r,
-        ):
-            if r.read().strip() == b"ok":
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not answer within {timeout:.0f} s")
-
-
-@contextlib.contextmanager
-def chromium_page(width: int = 1500, height: int = 1100):
-    """A Playwright page in headless Debian Chromium (never a downloaded browser)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            yield page
-        finally:
-            browser.close()
-
-
-def wait_for_heatmaps(page, count: int, timeout_ms: int = 90_000) -> None:
-    """Wait until at least ``count`` plotly heatmaps are drawn (one image each: the image
-    and its ``g.hm`` group used to be counted twice)."""
-    page.wait_for_function(
-        f"document.querySelectorAll('.js-plotly-plot .heatmaplayer image').length >= {count}",
-        timeout=timeout_ms,
-    )
+from hessian_lens.browser import (  # noqa: F401  (re-exported for the tests)
+    CHROMIUM,
+    REPO,
+    chromium_page,
+    free_port,
+    heatmap_count,
+    missing_browser,
+    streamlit_server,
+    wait_for_heatmaps,
+)
 
 
 def not_blank(png: Path) -> tuple[bool, int]:
@@ -179,11 +82,6 @@ def settle(page, timeout_ms: int = 120_000) -> None:
         "[data-testid=stStatusWidgetRunningManIcon]')",
         timeout=timeout_ms,
     )
-
-
-def heatmap_count(page) -> int:
-    """How many plotly heatmaps the page draws."""
-    return page.locator(".js-plotly-plot .heatmaplayer image").count()
 
 
 def open_expander(page, title: str, inside, attempts: int = 4) -> None:
