@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,6 +247,31 @@ LEASE_S = 600.0  # a claim not renewed for this long is taken over
 POLL_S = 5.0  # how often to look again at checkpoints other processes are computing
 
 
+def select_checkpoints(run: str | Path, epochs: Sequence[float] | None = None) -> list[Path]:
+    """The run's checkpoints in epoch order, or only those of the given epochs.
+
+    Args:
+        run: the run folder.
+        epochs: e.g. ``[1, 21]`` (the paper's epochs); None: all of them.
+
+    Raises:
+        ValueError: an asked-for epoch has no checkpoint (the message lists those there are).
+    """
+    files = runfolder.list_checkpoints(run)
+    if epochs is None:
+        return files
+    wanted = {float(e) for e in epochs}
+    have = {runfolder.epoch_of(p) for p in files}
+    missing = sorted(wanted - have)
+    if missing:
+        there = ", ".join(f"{e:g}" for e in sorted(e for e in have if e is not None))
+        raise ValueError(
+            f"{run}: no checkpoint of epoch {', '.join(f'{e:g}' for e in missing)} "
+            f"(the run has epochs {there or 'none'})"
+        )
+    return [p for p in files if runfolder.epoch_of(p) in wanted]
+
+
 def owner_id() -> str:
     """This process's name in claims: host, pid and a random tag."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -261,6 +286,7 @@ def analyze_run(
     data: str | None = None,
     lease_s: float = LEASE_S,
     poll_s: float = POLL_S,
+    epochs: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Analyse every checkpoint of a run into ``<run>/analysis.sqlite`` (resumable).
 
@@ -279,6 +305,7 @@ def analyze_run(
         data: data set spec; default: the run's own (``run.json``), else ``cifar10``.
         lease_s: how long a claim lives without a heartbeat.
         poll_s: how long to wait before looking again at others' checkpoints.
+        epochs: only the checkpoints of these epochs (default: all).
 
     Returns:
         ``{"computed": n, "skipped": m, "store": path, "seconds": [...]}``.
@@ -287,9 +314,9 @@ def analyze_run(
         NotARunError: the folder holds neither run.json nor a checkpoint (nothing created).
     """
     run = Path(run)
+    files = select_checkpoints(run, epochs)
     subset = run_data(run, settings, data, data_source)
     batches, fingerprint = subset.batches(settings.batch_size), subset.fingerprint()
-    files = runfolder.list_checkpoints(run)
     _check_data_fits_first(run, files, batches)
     job = _Job(
         ResultStore(run / runfolder.STORE_FILE),
@@ -400,11 +427,13 @@ def analyze_run_data_parallel(
     device: torch.device | None = None,
     progress: bool | ProgressFn = True,
     data: str | None = None,
+    epochs: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Every checkpoint of a run, each one's samples split over the ranks of the process group.
 
     Meant for few, large checkpoints: every rank computes its shard's summaries, they are
-    all-reduced, rank 0 stores the record. All ranks must call it.
+    all-reduced, rank 0 stores the record. All ranks must call it. ``epochs`` selects
+    checkpoints as in :func:`analyze_run`.
 
     Returns:
         As :func:`analyze_run` (on every rank).
@@ -412,6 +441,7 @@ def analyze_run_data_parallel(
     from hessian_lens import distributed as dist
 
     run = Path(run)
+    files = select_checkpoints(run, epochs)
     rank, world = dist.rank_and_world()
     subset = run_data(run, settings, data, data_source)
     fingerprint = subset.fingerprint()
@@ -421,7 +451,9 @@ def analyze_run_data_parallel(
     )
     batches = mine.batches(settings.batch_size)
     store = ResultStore(run / runfolder.STORE_FILE) if rank == 0 else None
-    todo = dist.broadcast_object(_missing(store, settings, fingerprint, run) if rank == 0 else None)
+    todo = dist.broadcast_object(
+        _missing(store, settings, fingerprint, files) if rank == 0 else None
+    )
     bar = _bar(progress if rank == 0 else False, len(todo))
     seconds = []
     for path in todo:
@@ -445,18 +477,17 @@ def analyze_run_data_parallel(
             bar.update(1)
     if bar is not None:
         bar.close()
-    total = len(runfolder.list_checkpoints(run))
     return {
         "computed": len(todo),
-        "skipped": total - len(todo),
+        "skipped": len(files) - len(todo),
         "store": str(run / runfolder.STORE_FILE),
         "seconds": seconds,
     }
 
 
-def _missing(store: ResultStore, settings: AnalysisSettings, fingerprint: str, run: Path):
+def _missing(store: ResultStore, settings: AnalysisSettings, fingerprint: str, files: list[Path]):
     key = settings.key(fingerprint)
-    return [p for p in runfolder.list_checkpoints(run) if not store.has(file_sha256(p), key)]
+    return [p for p in files if not store.has(file_sha256(p), key)]
 
 
 def _wait(progress, count: int, poll_s: float) -> None:

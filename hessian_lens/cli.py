@@ -26,6 +26,15 @@ from hessian_lens.train import OPTIMIZERS
 SHARDS = ("auto", "checkpoints", "data")
 
 
+def _floats(text: str) -> list[float]:
+    """``"1,21"`` → ``[1.0, 21.0]`` for argparse."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        msg = f"expected numbers separated by commas, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def _json_dict(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -141,6 +150,12 @@ def _add_analyze(sub) -> None:
         help=" | ".join(SCHEMES) + " (by_module:K for any depth K)",
     )
     p.add_argument("--order3", action="store_true", help="also the diagonal of D^(3)")
+    p.add_argument(
+        "--epochs",
+        type=_floats,
+        default=None,
+        help="only these epochs' checkpoints, e.g. 1,21 (default: all)",
+    )
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0, help="seed of the sample subset")
     p.add_argument("--data", default=None, help="data set spec (default: the run's)")
@@ -277,6 +292,7 @@ def _analyze(args) -> int:
         "device": device,
         "data": args.data,
         "progress": not args.no_progress and rank == 0,
+        "epochs": args.epochs,
     }
     mode = _shard_mode(args, world)
     if mode == "data":
@@ -302,9 +318,9 @@ def _shard_mode(args, world: int) -> str:
     """
     if world == 1 or args.shard != "auto":
         return "checkpoints" if world == 1 else args.shard
-    from hessian_lens import runfolder
+    from hessian_lens.analyze import select_checkpoints
 
-    left = len(runfolder.list_checkpoints(args.run))
+    left = len(select_checkpoints(args.run, args.epochs))
     return "checkpoints" if left >= world else "data"
 
 

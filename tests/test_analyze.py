@@ -67,6 +67,18 @@ def test_interrupted_analysis_resumes(tiny_run):
     assert [r.epoch for r in store.records(arrays=False)] == [0, 1, 2]
 
 
+def test_only_the_asked_epochs_are_analysed(tiny_run):
+    done = analyze_run(tiny_run, SETTINGS, progress=False, epochs=[0, 2])
+    store = ResultStore(tiny_run / "analysis.sqlite")
+    assert done["computed"] == 2 and done["skipped"] == 0
+    assert [r.epoch for r in store.records(arrays=False)] == [0, 2]
+    with pytest.raises(
+        ValueError, match=r"no checkpoint of epoch 7 \(the run has epochs 0, 1, 2\)"
+    ):
+        analyze_run(tiny_run, SETTINGS, progress=False, epochs=[1, 7])
+    assert len(store.records(arrays=False)) == 2  # nothing computed for a bad selection
+
+
 def _analyze_in_process(run: str, barrier) -> None:
     torch.set_num_threads(1)
     barrier.wait()

@@ -130,6 +130,10 @@ CASES = {
         "is not a run folder",
     ),
     "analyze a system folder": (etc_like, "is not a run folder"),
+    "analyze an epoch the run lacks": (
+        lambda t: ["analyze", str(lenet_run(t)), "--epochs", "1,5", "--no-progress"],
+        "no checkpoint of epoch 5 (the run has epochs 1)",
+    ),
     # items 1 and 4: files the inspector refuses
     "inspect a meta bomb": (inspect_meta(lambda: {**LENET, "junk": memo_bomb()}), "1 MB"),
     "inspect a sparse tensor": (inspect_meta(lambda: LENET, sparse_state), "sparse_coo"),
