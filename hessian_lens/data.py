@@ -9,8 +9,9 @@ A data set spec names what to load (:func:`load_dataset`):
                             takes an npz file as source.
 ``imagefolder:DIR``         ``DIR/train/<class>/*.png`` and ``DIR/test/<class>/...``
                             (or one level of class folders, used for both splits).
-``npz:PATH``                ``x_train, y_train, x_test, y_test``: uint8 NHWC images or
-                            float NCHW arrays; integer labels.
+``npz:PATH``                ``x_train, y_train, x_test, y_test`` (or ``x, y`` for both
+                            splits): uint8 NHWC images or float NCHW arrays;
+                            integer labels.
 ``PATH.safetensors``        tensors ``inputs`` / ``targets`` (both splits), or
                             ``train_inputs`` ... ``test_targets``.
 ==========================  =====================================================
@@ -336,14 +337,25 @@ def _read_npz(path: str, mtime_ns: int, train: bool) -> tuple[Tensor, Tensor]:
     except (OSError, EOFError, ValueError, AttributeError) as err:
         raise DataError(f"{path} is not a readable npz file ({err})") from None
     with z:
-        missing = [k for k in NPZ_KEYS if k not in files]
-        if missing:
-            raise DataError(f"{path} lacks keys {missing}; an npz data set needs {list(NPZ_KEYS)}")
+        keys = _npz_keys(path, files, split)
         try:
-            x, y = z[f"x_{split}"], z[f"y_{split}"]
+            x, y = z[keys[0]], z[keys[1]]
         except (ValueError, OSError, EOFError) as err:
-            raise DataError(f"{path}: cannot read x_{split} / y_{split} ({err})") from None
-    return _images(x, f"{Path(path).name}:x_{split}"), _labels(y, f"{Path(path).name}:y_{split}")
+            raise DataError(f"{path}: cannot read {keys[0]} / {keys[1]} ({err})") from None
+    return _images(x, f"{Path(path).name}:{keys[0]}"), _labels(y, f"{Path(path).name}:{keys[1]}")
+
+
+def _npz_keys(path: str, files: list[str], split: str) -> tuple[str, str]:
+    """``x_<split>`` / ``y_<split>``, or ``x`` / ``y`` (one set serving both splits)."""
+    if all(k in files for k in NPZ_KEYS):
+        return f"x_{split}", f"y_{split}"
+    if "x" in files and "y" in files:
+        return "x", "y"
+    missing = [k for k in NPZ_KEYS if k not in files]
+    raise DataError(
+        f"{path} lacks keys {missing}; an npz data set needs {list(NPZ_KEYS)} "
+        "(or x and y, used for both splits)"
+    )
 
 
 def _images(x: np.ndarray, what: str) -> Tensor:

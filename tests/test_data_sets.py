@@ -75,6 +75,18 @@ def test_npz_float_nchw_and_labels_checked(tmp_path):
         load_dataset(str(empty))
 
 
+def test_npz_with_plain_x_and_y_serves_both_splits(tmp_path):
+    path = tmp_path / "xy.npz"
+    x = np.random.default_rng(1).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    np.savez(path, x=x, y=np.array([0, 1, 2, 3, 1]))
+    train, test = load_dataset(f"npz:{path}"), load_dataset(f"npz:{path}", train=False)
+    assert train.shape == (1, 8, 8) and train.num_classes == 4 and len(train.y) == 5
+    assert torch.equal(train.x, test.x) and torch.equal(train.x[:, 0], torch.as_tensor(x[..., 0]))
+    np.savez(tmp_path / "x-only.npz", x=x)
+    with pytest.raises(DataError, match=r"lacks keys .* \(or x and y, used for both splits\)"):
+        load_dataset(str(tmp_path / "x-only.npz"))
+
+
 def test_safetensors_data_with_splits(tmp_path):
     path = tmp_path / "d.safetensors"
     x = torch.randint(0, 256, (5, 8, 8, 3), dtype=torch.uint8)  # NHWC
