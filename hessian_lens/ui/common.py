@@ -65,6 +65,10 @@ def all_runs() -> list[Run]:
     return reads.runs(tuple(str(r) for r in run_roots(default_root(), extra)))
 
 
+#: The run the pages open on when nothing is chosen yet (the shipped 22-checkpoint demo).
+DEMO_RUN = "lenet5-cifar10"
+
+
 def select_run(runs: Sequence[Run]) -> Run | None:
     """Sidebar run picker; the choice is kept across pages."""
     if not runs:
@@ -77,16 +81,20 @@ def select_run(runs: Sequence[Run]) -> Run | None:
         return None
     paths = [str(r.path) for r in runs]
     wanted = st.session_state.get("run_path") or _run_from_url(runs)
-    index = (
-        paths.index(wanted)
-        if wanted in paths
-        else next((i for i, r in enumerate(runs) if r.store_path.exists()), 0)
-    )
+    index = paths.index(wanted) if wanted in paths else _first_choice(runs)
     choice = st.sidebar.selectbox(
         "Run", paths, index=index, key="run_select", format_func=lambda p: Path(p).name
     )
     st.session_state["run_path"] = choice
     return runs[paths.index(choice)]
+
+
+def _first_choice(runs: Sequence[Run]) -> int:
+    """The demo run (:data:`DEMO_RUN`) when it is there, else the first analysed run."""
+    for i, r in enumerate(runs):
+        if r.path.name == DEMO_RUN and r.store_path.exists():
+            return i
+    return next((i for i, r in enumerate(runs) if r.store_path.exists()), 0)
 
 
 def _run_from_url(runs: Sequence[Run]) -> str | None:
