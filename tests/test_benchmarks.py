@@ -170,3 +170,20 @@ def test_gpu_check_quick_on_cpu():
         r["x_gradient"] > 0 and r["predicted_peak_mib"] > 0 for r in rows if r["what"] == "hbar"
     )
     assert next(r for r in rows if r["what"] == "dataset")["samples"] == 64
+
+
+def test_bench_optim_epoch_times_each_optimizer_from_its_own_run(tmp_path):
+    npz = write_tiny_npz(tmp_path / "data.npz", n_train=400, n_test=40)
+    rows = run_script(
+        "benchmarks/bench_optim_epoch.py", "--data", str(npz), "--steps", "3", "--repeats", "1"
+    )
+    by = {r["optimizer"]: r for r in rows}
+    assert set(by) == {"partition-newton", "sgd", "adam"}
+    for r in rows:
+        assert r["sec_per_step"] > 0 and r["steps"] == 3
+        assert r["sec_per_epoch_45k"] == pytest.approx(r["sec_per_step"] * 450, rel=0.01)
+        assert r["ratio_to_sgd"] == pytest.approx(
+            r["sec_per_step"] / by["sgd"]["sec_per_step"], rel=0.02
+        )
+    assert 0 < by["partition-newton"]["curvature_share"] < 1  # H̄ recomputed on its own batch
+    assert by["sgd"]["curvature_share"] == by["adam"]["curvature_share"] == 0
