@@ -135,3 +135,43 @@ def taylor_view(
         for k in range(1, max_order + 1)
     ]
     return TaylorView(ts, loss, polys, terms, loss0)
+
+
+@dataclass
+class FirstUpdate:
+    """A run's first update(s) replayed, and the Taylor view along the step taken.
+
+    Attributes:
+        view: the loss along the step against its Taylor polynomials.
+        step: the training step of the (first) update.
+        eta: PartitionNewton's rates of that update (None for other optimizers).
+        lr: the optimizer's learning rate then.
+        labels: the group labels (canonical partition), in ``eta``'s order.
+    """
+
+    view: TaylorView
+    step: int
+    eta: list[float] | None
+    lr: float
+    labels: list[str]
+
+
+def first_update_view(
+    run, updates: int = 1, ts: Sequence[float] | None = None, data_source: str | None = None
+) -> FirstUpdate:
+    """Replay a run to its first update(s) and draw the loss along the step it took.
+
+    The step is ``v = theta_after - theta_before`` (over ``updates`` updates) on the
+    training minibatch of the first update; see :func:`hessian_lens.train.replay_first_update`.
+    """
+    from hessian_lens.losses import get_loss
+    from hessian_lens.runfolder import read_manifest
+    from hessian_lens.train import replay_first_update
+
+    r = replay_first_update(run, data_source=data_source, updates=updates)
+    part = Partition.canonical(r["model"])
+    direction = [r["direction"][n] for n in part.names]
+    loss_fn = get_loss(read_manifest(run).raw.get("loss", "cross_entropy"))
+    view = taylor_view(r["model"], loss_fn, r["batch"], direction, ts=ts, max_order=4)
+    eta = None if r["eta"] is None else [float(e) for e in r["eta"]]
+    return FirstUpdate(view, int(r["step"]), eta, float(r["lr"]), list(part.labels))

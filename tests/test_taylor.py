@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 import hessian_lens as hl
-from hessian_lens.taylor import group_direction, loss_along, step_direction, taylor_view
+from hessian_lens.taylor import (
+    first_update_view,
+    group_direction,
+    loss_along,
+    step_direction,
+    taylor_view,
+)
 from tests.apptools import make_run
 from tests.tiny import data_for, mlp
 
@@ -88,3 +94,12 @@ def test_replay_finds_the_first_update_of_a_partition_newton_run(tmp_path, tiny_
         not torch.equal(a, b)
         for a, b in zip(two["direction"].values(), r["direction"].values(), strict=True)
     )
+    view = first_update_view(run, ts=[0.0, 1.0])
+    assert view.step == 2 and view.eta == pytest.approx([float(e) for e in r["eta"]])
+    assert view.labels == hl.Partition.canonical(r["model"]).labels
+    moved = {n: p + r["direction"][n] for n, p in start.named_parameters()}
+    x, y = r["batch"]
+    with torch.no_grad():
+        after = F.cross_entropy(torch.func.functional_call(start.eval(), moved, (x,)), y)
+    assert view.view.loss[1] == pytest.approx(float(after), rel=1e-5)  # t = 1: the step taken
+    assert view.view.loss0 == view.view.loss[0]

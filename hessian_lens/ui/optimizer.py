@@ -96,19 +96,10 @@ def _rates(log: dict, key: str) -> None:
 @st.cache_resource(show_spinner="Replaying the run to its first update…", max_entries=4)
 def _replay(path: str, updates: int):
     """The Taylor view of a run's first update(s) (torch imported only when opened)."""
-    from hessian_lens.losses import get_loss
-    from hessian_lens.partition import Partition
-    from hessian_lens.runfolder import read_manifest
-    from hessian_lens.taylor import taylor_view
-    from hessian_lens.train import replay_first_update
+    from hessian_lens.taylor import first_update_view
 
-    r = replay_first_update(path, updates=updates)
-    part = Partition.canonical(r["model"])
-    direction = [r["direction"][n] for n in part.names]
-    loss_fn = get_loss(read_manifest(path).raw.get("loss", "cross_entropy"))
-    ts = [i / 20 for i in range(0, 31)]
-    view = taylor_view(r["model"], loss_fn, r["batch"], direction, ts=ts, max_order=4)
-    return view, r["step"], r["eta"], r["lr"], part.labels
+    r = first_update_view(path, updates=updates, ts=[i / 20 for i in range(0, 31)])
+    return r.view, r.step, r.eta, r.lr, r.labels
 
 
 def render_taylor(run: Run, key: str) -> None:
