@@ -160,7 +160,12 @@ def _add_analyze(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample subset")
     p.add_argument("--data", default=None, help="data set spec (default: the run's)")
     p.add_argument("--data-root", default=None, help="override the run's data source")
-    p.add_argument("--loss", default="cross_entropy", choices=LOSSES)
+    p.add_argument(
+        "--loss",
+        default=None,
+        choices=LOSSES,
+        help="default: the run's own (run.json), else cross_entropy",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument(
         "--shard",
@@ -283,7 +288,7 @@ def _analyze(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         dtype=args.dtype,
-        loss=args.loss,
+        loss=args.loss or _run_loss(args.run),
     )
     device = distributed.init_from_env(resolve_device(args.device))
     rank, world = distributed.rank_and_world()
@@ -309,6 +314,14 @@ def _analyze(args) -> int:
             f"{done['store']}" + (f" ({world} ranks, --shard {mode})" if world > 1 else "")
         )
     return 0
+
+
+def _run_loss(run: str) -> str:
+    """The loss a run was trained with, so that its analysis measures the same loss."""
+    from hessian_lens.runfolder import read_manifest
+
+    loss = read_manifest(run).loss
+    return loss if loss in LOSSES else "cross_entropy"
 
 
 def _shard_mode(args, world: int) -> str:

@@ -127,6 +127,12 @@ class Manifest:
         return value if isinstance(value, dict) else {}
 
     @property
+    def loss(self) -> str | None:
+        """The loss the run was trained with (``"mse"``, ...), None when not recorded."""
+        value = self.raw.get("loss")
+        return value if isinstance(value, str) else None
+
+    @property
     def optimizer(self) -> dict[str, Any]:
         """The ``optimizer`` entry (its settings), ``{}`` when missing or not a dict."""
         value = self.raw.get("optimizer")

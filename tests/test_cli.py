@@ -163,3 +163,14 @@ def test_torchrun_two_gloo_ranks_fill_the_store_as_one_process(tmp_path, tiny_np
         assert a.settings == b.settings and a.summary["n_samples"] == 63
         for name in ("H", "g", "Hinv"):
             np.testing.assert_allclose(a.arrays[name], b.arrays[name], rtol=1e-10, atol=1e-14)
+
+
+def test_analyze_measures_the_loss_the_run_was_trained_with(tmp_path, tiny_npz):
+    out = tmp_path / "mse-run"
+    common = ["--device", "cpu", "--no-progress"]
+    train = ["train", "--data-root", str(tiny_npz), "--train-size", "32", "--test-size", "16"]
+    assert main([*train, "--epochs", "0", "--loss", "mse", "--out", str(out), *common]) == 0
+    assert main(["analyze", str(out), "--samples", "16", *common]) == 0
+    assert main(["analyze", str(out), "--samples", "16", "--loss", "nll", *common]) == 0
+    stored = ResultStore(out / "analysis.sqlite").records(arrays=False)
+    assert sorted(r.summary["loss_fn"] for r in stored) == ["mse", "nll"]
