@@ -39,8 +39,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # after the write: a writer may recreate the file 0600
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

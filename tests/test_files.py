@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -94,3 +95,22 @@ def test_object_depth_stops_early_on_shared_nesting():
         x = [x] * 10  # 10**12 leaves, shared: never expanded
     assert object_depth(x, limit=5) == 6
     assert object_depth({"a": [1, {"b": 2}]}) == 3
+
+
+@pytest.mark.parametrize("recreate", [False, True])
+def test_atomic_writes_get_the_usual_permissions(tmp_path, recreate):
+    """Readable by the team as any file the user creates (umask), even when the writer
+    replaces the temporary file with a private one (safetensors' save_file does)."""
+
+    def write(tmp: str) -> None:
+        if recreate:
+            os.unlink(tmp)
+            os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
+        Path(tmp).write_text("x")
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "f.txt", write)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
