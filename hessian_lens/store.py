@@ -3,11 +3,14 @@
 One row per analysed checkpoint and settings: the scalar summary as JSON and the arrays
 (H_bar, g_bar, inverse, ...) as an npz blob (no pickle). Rows are written in their own
 transaction with ``INSERT OR IGNORE``: a crash loses at most the row in progress, and two
-processes writing the same run leave one consistent row per key (WAL mode, busy timeout).
+processes writing the same run leave one consistent row per key (busy timeout). The
+journal is SQLite's rollback journal, not WAL: a reader of a WAL file creates ``-wal`` and
+``-shm`` files beside it, and viewing a run must not write into its folder.
 
 Two ways to open a file:
 
-* :class:`ResultStore` (writer): creates the file and its tables, WAL journal. It refuses a
+* :class:`ResultStore` (writer): creates the file and its tables (a store written in WAL
+  mode by an earlier version is switched back when no one else has it open). It refuses a
   file that exists but is not a Hessian Lens store, and changes nothing in it.
 * :meth:`ResultStore.reader` (viewer, the dashboard): ``mode=ro``, and ``immutable=1``
   where the folder cannot be written (a read-only mount); never creates a table, never
@@ -129,6 +132,7 @@ class ResultStore:
         if not self.path.exists():
             self._create()
         self._check_ours(writable=True)
+        self._leave_wal()
         with self._connect() as db:  # one transaction: others see no table or all of them
             db.executescript(
                 f"BEGIN IMMEDIATE;{_SCHEMA}"
@@ -154,8 +158,6 @@ class ResultStore:
             try:
                 db.executescript(_SCHEMA)
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-                with contextlib.suppress(sqlite3.OperationalError):
-                    db.execute("PRAGMA journal_mode = WAL")
             finally:
                 db.close()
             try:
@@ -170,6 +172,21 @@ class ResultStore:
         finally:
             for extra in ("", "-wal", "-shm", "-journal"):
                 Path(f"{tmp}{extra}").unlink(missing_ok=True)
+
+    def _leave_wal(self) -> None:
+        """Switch a WAL store (earlier versions) to the rollback journal, if no one has it open.
+
+        Without waiting: another process holding the file keeps it in WAL for now.
+        """
+        db = sqlite3.connect(self.path, timeout=0.0, isolation_level=None)
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                with contextlib.suppress(sqlite3.OperationalError):
+                    db.execute("PRAGMA journal_mode = DELETE")
+        except sqlite3.Error as err:
+            raise StoreError(f"{self.path}: cannot open the store ({err}).") from None
+        finally:
+            db.close()
 
     @classmethod
     def reader(cls, path: str | Path) -> ResultStore:
@@ -188,8 +205,6 @@ class ResultStore:
             else:
                 db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
                 db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
-                with contextlib.suppress(sqlite3.OperationalError):
-                    db.execute("PRAGMA journal_mode = WAL")
         except sqlite3.Error as err:
             raise StoreError(f"{self.path}: cannot open the store ({err}).") from None
         return _Closing(db, self.path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 
@@ -58,19 +60,25 @@ def test_reader_never_writes(tmp_path):
     ResultStore(path).put(
         Record("s", {"a": 1}, "epoch_0001.pt", 1, {"labels": ["x"]}, {"H": np.eye(1)})
     )
-    for extra in ("-wal", "-shm"):
-        (tmp_path / f"analysis.sqlite{extra}").unlink(missing_ok=True)
+    assert {p.name for p in tmp_path.iterdir()} == {"analysis.sqlite"}  # no journal left
     before = path.read_bytes()
     reader = ResultStore.reader(path)
     assert reader.records()[0].arrays["H"].shape == (1, 1)
     with pytest.raises(StoreError, match="read-only"):
         reader.put(Record("t", {"a": 1}, "x.pt", 2, {}, {}))
-    assert path.read_bytes() == before  # only SQLite's own -wal/-shm companions may appear
-    assert {p.name for p in tmp_path.iterdir()} <= {
-        "analysis.sqlite",
-        "analysis.sqlite-wal",
-        "analysis.sqlite-shm",
-    }
+    assert path.read_bytes() == before
+    assert {p.name for p in tmp_path.iterdir()} == {"analysis.sqlite"}  # no -wal, no -shm
+
+
+def test_a_wal_store_of_an_earlier_version_is_switched_back_by_a_writer(tmp_path):
+    path = tmp_path / "analysis.sqlite"
+    ResultStore(path).put(Record("s", {"a": 1}, "e1.pt", 1, {"labels": ["x"]}, {"H": np.eye(1)}))
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+    ResultStore(path).put(Record("t", {"a": 1}, "e2.pt", 2, {"labels": ["x"]}, {"H": np.eye(1)}))
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert [r.epoch for r in ResultStore.reader(path).records(arrays=False)] == [1, 2]
 
 
 @pytest.fixture
@@ -91,8 +99,10 @@ def readonly_mount(tmp_path):
 
 def test_reading_a_wal_store_on_a_read_only_mount(readonly_mount):
     src, dst = readonly_mount
-    store = ResultStore(src / "analysis.sqlite")  # WAL journal
+    store = ResultStore(src / "analysis.sqlite")
     store.put(Record("s", {"a": 1}, "epoch_0001.pt", 1, {"labels": ["x", "y"]}, {"H": np.eye(2)}))
+    with sqlite3.connect(src / "analysis.sqlite") as db:  # as an earlier version left it
+        db.execute("PRAGMA journal_mode = WAL")
     for extra in ("-wal", "-shm"):
         (src / f"analysis.sqlite{extra}").unlink(missing_ok=True)
     with pytest.raises(OSError):
