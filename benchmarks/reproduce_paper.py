@@ -27,16 +27,21 @@ from hessian_lens.runs import load_run
 LENET_EPOCHS, VGG_EPOCHS = (1, 21), (1, 6)
 
 
-def records(run_dir: str) -> dict[float, dict]:
-    """Analysed records of a run (its most complete analysis), by epoch."""
+def records(run_dir: str, epochs) -> dict[float, dict]:
+    """Analysed records of a run, by epoch: the analysis covering most of the paper's
+    epochs (ties: the most complete one), as the Paper page picks it."""
     run = load_run(run_dir)
     settings = run.settings()
     if not settings:
         raise SystemExit(f"{run_dir} has no analysis")
-    out = {}
-    for r in run.records(settings[0]):
-        out[r.epoch] = {"epoch": r.epoch, "summary": r.summary, "arrays": r.arrays}
-    return out
+    best = max(
+        settings,
+        key=lambda s: sum(r.epoch in epochs for r in run.records(s, arrays=False)),
+    )
+    return {
+        r.epoch: {"epoch": r.epoch, "summary": r.summary, "arrays": r.arrays}
+        for r in run.records(best)
+    }
 
 
 def shares(recs: dict[float, dict]) -> list[dict]:
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", default=None, help="folder for the PNG panels")
     ap.add_argument("--markdown", default=None, help="write the tables here")
     args = ap.parse_args(argv)
-    lenet, vgg = records(args.lenet), records(args.vgg)
+    lenet, vgg = records(args.lenet, LENET_EPOCHS), records(args.vgg, VGG_EPOCHS)
     lenet_shares, vgg_shares = shares(lenet), shares(vgg)
     for name, rows in (("lenet5", lenet_shares), ("vgg11p", vgg_shares)):
         for r in rows:

@@ -43,7 +43,20 @@ def paper_runs(tmp_path_factory):
 
 
 @pytest.fixture
-def paper_env(app_env, paper_runs, monkeypatch):
+def only_demo_shipped(tmp_path, monkeypatch):
+    """checkpoints/ as if it held only the default-init demo run (lenet5-cifar10): the page's
+    choices below do not depend on which paper runs the repository ships."""
+    from hessian_lens.ui import common
+
+    root = tmp_path / "shipped"
+    root.mkdir()
+    (root / "lenet5-cifar10").symlink_to(SHIPPED, target_is_directory=True)
+    monkeypatch.setattr(common, "REPO_RUNS", root)
+    return root
+
+
+@pytest.fixture
+def paper_env(app_env, only_demo_shipped, paper_runs, monkeypatch):
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(paper_runs))
     return paper_runs
 
@@ -132,7 +145,29 @@ def test_another_lenet_run_chosen_and_one_without_canonical_analysis(paper_env):
     assert _claims_table(at) == _expected({}, at_epochs(paper_env / "my-vgg", (1, 6)))
 
 
-def test_no_vgg_run_says_how_to_make_one(app_env):
+def test_the_analysis_covering_the_paper_epochs_is_chosen(paper_env, tmp_path, monkeypatch):
+    """A run analysed twice: 5 early epochs with one setting, epochs 1 and 21 with another.
+    The figure takes the analysis that has both of the paper's epochs."""
+    part = fake_partition("lenet5")
+    two = tmp_path / "more" / "lenet-two-analyses"
+    early = {"samples": 64, "partition": "canonical", "dtype": "float64", "order3": True}
+    make_fake_run(two, part, epochs=(0, 1, 2, 3, 4), seed=5, settings=early)
+    make_fake_run(two, part, epochs=(1, 21), seed=6)
+    monkeypatch.setenv("HESSIAN_LENS_RUNS", f"{paper_env},{two.parent}")
+    at = open_page(PAPER)
+    picker = at.selectbox(key="paper-run1")
+    picker.set_value(picker.options.index("lenet-two-analyses")).run()
+    no_errors(at)
+    late = {
+        str(int(r.epoch)): {"summary": r.summary, "arrays": r.arrays}
+        for r in ResultStore.reader(two / "analysis.sqlite").records()
+        if not r.settings.get("order3")
+    }
+    assert list(late) == ["1", "21"]
+    _check_figure(at, "1", late, "raw")
+
+
+def test_no_vgg_run_says_how_to_make_one(app_env, only_demo_shipped):
     at = open_page(PAPER)
     no_errors(at)
     assert [i.value for i in at.info] == [

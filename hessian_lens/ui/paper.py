@@ -33,15 +33,16 @@ def pick_run(runs: Sequence[Run], names: Sequence[str], arch: str, key: str) -> 
 def records_at(run: Run, epochs: Sequence[float]) -> dict[str, dict]:
     """The analysed records of a run at the given epochs.
 
-    From the most complete analysis whose partition has the paper's weight / bias blocks
-    (the canonical one).
+    From the analysis that covers most of those epochs (ties: the most complete one) among
+    those whose partition has the paper's weight / bias blocks (the canonical one).
     """
+    best: dict[str, dict] = {}
     for settings in run.settings():
         recs = reads.records(run, settings)
         found = {fmt_epoch(r["epoch"]): r for r in recs if r["epoch"] in epochs}
-        if found and all(_has_blocks(r["summary"]) for r in found.values()):
-            return found
-    return {}
+        if len(found) > len(best) and all(_has_blocks(r["summary"]) for r in found.values()):
+            best = found
+    return best
 
 
 def _has_blocks(summary: dict) -> bool:
