@@ -24,6 +24,7 @@ from hessian_lens.partition import SCHEMES
 from hessian_lens.train import OPTIMIZERS
 
 SHARDS = ("auto", "checkpoints", "data")
+TORCHRUN_POLL_S = 0.5  # seconds between looks at the other ranks' checkpoints
 
 
 def _floats(text: str) -> list[float]:
@@ -279,7 +280,12 @@ def _train(args) -> int:
 
 def _analyze(args) -> int:
     from hessian_lens import distributed
-    from hessian_lens.analyze import AnalysisSettings, analyze_run, analyze_run_data_parallel
+    from hessian_lens.analyze import (
+        POLL_S,
+        AnalysisSettings,
+        analyze_run,
+        analyze_run_data_parallel,
+    )
 
     settings = AnalysisSettings(
         samples=args.samples,
@@ -303,7 +309,9 @@ def _analyze(args) -> int:
     if mode == "data":
         done = analyze_run_data_parallel(args.run, settings, **kwargs)
     else:
-        done = analyze_run(args.run, settings, lease_s=args.lease_seconds, **kwargs)
+        # torchrun ranks finish together: look again soon for the others' last checkpoints
+        poll_s = TORCHRUN_POLL_S if world > 1 else POLL_S
+        done = analyze_run(args.run, settings, lease_s=args.lease_seconds, poll_s=poll_s, **kwargs)
     if mode == "checkpoints" and world > 1:  # each rank computed its own share
         total = done["computed"] + done["skipped"]
         done["computed"] = distributed.sum_int(done["computed"])

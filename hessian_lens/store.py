@@ -28,7 +28,6 @@ depth limit.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -179,12 +178,11 @@ class ResultStore:
         Without waiting: another process holding the file keeps it in WAL for now.
         """
         db = sqlite3.connect(self.path, timeout=0.0, isolation_level=None)
-        try:
+        try:  # best effort: a busy or broken file is reported by the next connection
             if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                with contextlib.suppress(sqlite3.OperationalError):
-                    db.execute("PRAGMA journal_mode = DELETE")
-        except sqlite3.Error as err:
-            raise StoreError(f"{self.path}: cannot open the store ({err}).") from None
+                db.execute("PRAGMA journal_mode = DELETE")
+        except sqlite3.Error:
+            pass
         finally:
             db.close()
 
@@ -361,19 +359,30 @@ class ResultStore:
 
     def renew(self, checkpoint_sha: str, settings: dict[str, Any], owner: str, ttl: float) -> None:
         """Extend ``owner``'s lease (a heartbeat while computing)."""
-        with self._connect() as db:
-            db.execute(
-                "UPDATE claims SET expires=? WHERE checkpoint_sha=? AND settings_key=? AND owner=?",
-                (time.time() + ttl, checkpoint_sha, settings_key(settings), owner),
-            )
+        self._write(
+            "UPDATE claims SET expires=? WHERE checkpoint_sha=? AND settings_key=? AND owner=?",
+            (time.time() + ttl, checkpoint_sha, settings_key(settings), owner),
+        )
 
     def release(self, checkpoint_sha: str, settings: dict[str, Any], owner: str) -> None:
         """Drop ``owner``'s lease (after a failure, so others may try)."""
+        self._write(
+            "DELETE FROM claims WHERE checkpoint_sha=? AND settings_key=? AND owner=?",
+            (checkpoint_sha, settings_key(settings), owner),
+        )
+
+    def _write(self, sql: str, params: tuple) -> None:
+        """One statement in a ``BEGIN IMMEDIATE`` transaction.
+
+        With the rollback journal, an autocommit write first takes a read lock and then
+        asks for the write lock; if another writer is committing, SQLite reports the
+        deadlock at once ("database is locked") instead of waiting. Taking the write lock
+        first makes every writer wait its turn (busy timeout).
+        """
         with self._connect() as db:
-            db.execute(
-                "DELETE FROM claims WHERE checkpoint_sha=? AND settings_key=? AND owner=?",
-                (checkpoint_sha, settings_key(settings), owner),
-            )
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(sql, params)
+            db.execute("COMMIT")
 
     def claims(self) -> list[tuple[str, str, str, float]]:
         """All leases: ``(checkpoint_sha, settings_key, owner, expires)``."""

@@ -181,3 +181,29 @@ def test_no_vgg_run_says_how_to_make_one(app_env, only_demo_shipped):
         "Fig. 1, LeNet-5, epoch 21",
         "Fig. 1, LeNet-5, epoch 21",
     ]
+
+
+def test_the_shipped_paper_runs_draw_both_figures(app_env):
+    """With the repository's own checkpoints/: figure 1 from lenet5-cifar10-paper (its
+    analysis at epochs 1 and 21), figure 2 from vgg11p-cifar10, and the claims table of
+    docs/reproduction.md computed from them."""
+    shipped = REPO / "checkpoints"
+
+    def paper_records(run, epochs):
+        return {
+            str(int(r.epoch)): {"summary": r.summary, "arrays": r.arrays}
+            for r in ResultStore.reader(run / "analysis.sqlite").records()
+            if r.epoch in epochs and not r.settings.get("order3")
+        }
+
+    at = open_page(PAPER)
+    no_errors(at)
+    for key, name in (("paper-run1", "lenet5-cifar10-paper"), ("paper-run2", "vgg11p-cifar10")):
+        box = at.selectbox(key=key)
+        assert box.format_func(box.value) == name
+    lenet = paper_records(shipped / "lenet5-cifar10-paper", (1, 21))
+    vgg = paper_records(shipped / "vgg11p-cifar10", (1, 6))
+    assert list(lenet) == ["1", "21"] and list(vgg) == ["1", "6"]
+    _check_figure(at, "1", lenet, "raw")
+    _check_figure(at, "2", vgg, "raw")
+    assert _claims_table(at) == _expected(lenet, vgg)
