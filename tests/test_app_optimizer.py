@@ -94,8 +94,17 @@ def test_runs_side_by_side_and_a_run_without_partition_newton(pn_env):
     history = json.loads((pn_env / "pn-run" / "run.json").read_text())["history"]
     assert loss["data"][1]["y"] == [h["train_loss"] for h in history]
     at.multiselect(key="optim-runs").set_value(["tiny-run"]).run()
+    no_errors(at)  # the rates section offers every PartitionNewton run, compared or not
+    assert "pn-run" in at.selectbox(key="optim-pn").options
+
+
+def test_no_partition_newton_run_says_how_to_train_one(app_env, tmp_path, monkeypatch):
+    from hessian_lens.ui import common
+
+    monkeypatch.setattr(common, "REPO_RUNS", tmp_path)  # not the shipped runs
+    at = open_page(OPTIMIZER)
     no_errors(at)
-    assert any("None of these runs used PartitionNewton" in i.value for i in at.info)
+    assert any("No run used PartitionNewton" in i.value for i in at.info)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +124,12 @@ def test_malformed_optimizer_logs_are_named(pn_env, name, warning):
     assert not at.exception and not at.error
     assert any(warning in w.value for w in at.warning), [w.value for w in at.warning]
     if name == "pn-some-bad":  # the readable entries still make the rates
-        assert heatmap_z(chart(at, "optim-rates")).shape[0] == 10
+        at.selectbox(key="optim-pn").set_value(name).run()
+        no_errors(at)
+        log = json.loads((pn_env / "pn-run" / "optimizer_log.json").read_text())
+        updates = [e for e in log["entries"] if e.get("eta") is not None]
+        rates = chart(at, "optim-rates")
+        assert axis_values(rates["data"][0]["x"]) == [e["step"] for e in updates]
 
 
 def _directional(model, loss_fn, batch, v, t):

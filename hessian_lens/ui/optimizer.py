@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import streamlit as st
 
 from hessian_lens import plots
+from hessian_lens.runfolder import OPTIMIZER_LOG
 from hessian_lens.runs import (
     LOSS_WINDOW,
     Run,
@@ -27,22 +28,27 @@ def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
     picked = [r for r in with_history if r.name in chosen]
     _curves(picked, key)
     logs = {r.name: optimizer_log(r) for r in picked}
-    newton = [r for r in picked if logs[r.name][0] is not None]
     for r in picked:  # a log that cannot be read: say so, not "no PartitionNewton run"
-        if logs[r.name][0] is None:
-            for warning in logs[r.name][1]:
-                st.warning(f"{r.name}: {warning}")
+        for warning in logs[r.name][1]:
+            st.warning(f"{r.name}: {warning}")
+    # Every run with a log, those compared above first (the others' logs are read when picked).
+    by_name = {r.name: r for r in [*picked, *with_history]}  # compared ones first
+    newton = [r for r in by_name.values() if (r.path / OPTIMIZER_LOG).is_file()]
+    newton = [r for r in newton if r.name not in logs or logs[r.name][0] is not None]
     if not newton:
         st.info(
-            "None of these runs used PartitionNewton. Train one with `python -m "
+            "No run used PartitionNewton. Train one with `python -m "
             "hessian_lens train --optimizer partition-newton --init paper --lr 0.3 ...`."
         )
         return
     pick = st.selectbox("PartitionNewton run", [r.name for r in newton], key=f"{key}-pn")
     run = newton[[r.name for r in newton].index(pick)]
-    log, warnings = logs[run.name]
-    for warning in warnings:
-        st.warning(warning)
+    log, warnings = logs.get(run.name) or optimizer_log(run)
+    if run.name not in logs:  # those of the compared runs are said above
+        for warning in warnings:
+            st.warning(f"{run.name}: {warning}")
+    if log is None:
+        return
     _rates(log, key)
     with st.expander("Taylor view: why did a step help or hurt?", expanded=False):
         render_taylor(run, key=f"{key}-taylor")
