@@ -32,6 +32,19 @@ def make_run(out: Path, npz: Path, **overrides) -> Path:
     return train(TrainConfig(**fields), progress=False)
 
 
+def make_pn_run(out: Path, npz: Path) -> Path:
+    """A 1-epoch PartitionNewton run recomputing its rates at every step (a rate per step)."""
+    return make_run(
+        out,
+        npz,
+        epochs=1,
+        batch_size=16,
+        optimizer="partition-newton",
+        lr=0.3,
+        optimizer_kwargs={"period": 1, "average": 1},
+    )
+
+
 def make_analysed_run(root: Path) -> tuple[Path, Path]:
     """A 2-epoch LeNet-5 run on synthetic data, analysed; returns (run folder, npz)."""
     root.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,14 @@ import hessian_lens as hl
 from hessian_lens.losses import get_loss
 from hessian_lens.registry import build_model
 from hessian_lens.train import replay_first_update
-from tests.apptools import axis_values, chart, heatmap_z, make_run, no_errors, open_page
+from tests.apptools import (
+    axis_values,
+    chart,
+    heatmap_z,
+    make_pn_run,
+    no_errors,
+    open_page,
+)
 
 OPTIMIZER = "pages/4_Optimizer.py"
 
@@ -24,15 +31,7 @@ def pn_runs(app_run, tmp_path_factory):
     """A tiny PartitionNewton run (rates every step) and copies with broken logs."""
     _, npz = app_run
     root = tmp_path_factory.mktemp("pn")
-    make_run(
-        root / "pn-run",
-        npz,
-        epochs=1,
-        batch_size=16,
-        optimizer="partition-newton",
-        lr=0.3,
-        optimizer_kwargs={"period": 1, "average": 1},
-    )
+    make_pn_run(root / "pn-run", npz)
     log = json.loads((root / "pn-run" / "optimizer_log.json").read_text())
     for name, text in (
         ("pn-not-json", "{oops"),

@@ -33,7 +33,7 @@ from tests.apptools import (
     fake_partition,
     make_analysed_run,
     make_fake_run,
-    make_run,
+    make_pn_run,
     metadata_bomb,
     user_net,
 )
@@ -92,15 +92,7 @@ def world(browser_ready, tmp_path_factory):
         model="torchvision:resnet18",
         epochs=(0, 1),
     )
-    make_run(
-        runs / "pn-run",
-        npz,
-        epochs=1,
-        batch_size=16,
-        optimizer="partition-newton",
-        lr=0.3,
-        optimizer_kwargs={"period": 1, "average": 1},
-    )
+    make_pn_run(runs / "pn-run", npz)
     (runs / "broken-json").mkdir()
     (runs / "broken-json" / "run.json").write_text("{oops")
     (runs / "broken-store").mkdir()
