@@ -1,0 +1,57 @@
+"""In Chromium: the HTML report offline, and a run being written updating in the dashboard.
+
+Skipped (with the reason) where Chromium is absent, except in CI
+(HESSIAN_LENS_REQUIRE_BROWSER=1), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hessian_lens.report import write_report
+from tests.e2e.server import chromium_page, heatmap_count, missing_browser, wait_for_heatmaps
+from tests.recorded import make_recorder_run
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser_ready():
+    reason = missing_browser()
+    if reason:
+        if os.environ.get("HESSIAN_LENS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser test required in CI but {reason}")
+        pytest.skip(reason)
+
+
+def test_report_opens_offline_and_its_slider_changes_the_epoch(browser_ready, tmp_path):
+    run = make_recorder_run(tmp_path / "tiny-run", epochs=2)
+    page_file = tmp_path / "report.html"
+    write_report(run, page_file)
+    requested = []
+
+    def only_local(route):
+        requested.append(route.request.url)
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            route.abort()
+
+    with chromium_page() as page:
+        page.route("**/*", only_local)
+        page.goto(page_file.as_uri())
+        wait_for_heatmaps(page, 6, timeout_ms=30_000)  # H̄ and H̄⁻¹: WW, BB, WB each
+        assert heatmap_count(page) == 6
+        assert requested == [page_file.as_uri()]  # nothing else asked for: offline
+        slider = page.locator("#fig-H .slider-container")
+        assert slider.text_content().startswith("epoch 2")
+        before = page.locator("#fig-H .heatmaplayer image").first.get_attribute("href")
+        page.locator("#fig-H .slider-group").first.click(position={"x": 5, "y": 20})
+        page.wait_for_function(
+            "document.querySelector('#fig-H .slider-container').textContent.startsWith('epoch 0')",
+            timeout=10_000,
+        )
+        after = page.locator("#fig-H .heatmaplayer image").first.get_attribute("href")
+        assert after != before  # epoch 0's pixels, not epoch 2's
