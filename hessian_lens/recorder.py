@@ -63,6 +63,9 @@ class Recorder:
         order3: also store the diagonal of ``D^(3)``.
         dtype: the analysis dtype (``torch.float64`` for references).
         progress: a tqdm bar per analysis.
+        loggers: where each analysis's scalars and heatmaps also go, under
+            ``hessian/...``: a ``SummaryWriter``, a wandb run, an ``aim.Run`` or an object
+            with ``log_record(record, step)`` (:mod:`hessian_lens.integrations.loggers`).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class Recorder:
         order3: bool = False,
         dtype: torch.dtype | None = None,
         progress: bool = False,
+        loggers=None,
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
@@ -92,6 +96,9 @@ class Recorder:
         self.partition = partition
         self.order3, self.dtype, self.progress = order3, dtype, progress
         self.calls, self.closed = 0, False
+        from hessian_lens.integrations.loggers import as_loggers
+
+        self.loggers = as_loggers(loggers)
         self.rank = _rank()
         self.model_entry = {
             "name": architecture or f"user:{type(model).__name__}",
@@ -101,8 +108,25 @@ class Recorder:
         self.manifest = self._start_manifest(name)
 
     # ------------------------------------------------------------------ public
-    def log(self, epoch: float, **metrics: float) -> Record | None:
+    def log(
+        self,
+        epoch: float,
+        *,
+        step: int | None = None,
+        direction: list[Tensor] | None = None,
+        **metrics: float,
+    ) -> Record | None:
         """Write the checkpoint, the metrics and (every ``every``-th call) the analysis.
+
+        Args:
+            epoch: the run's position: whole epochs, or a fraction inside one.
+            step: the training step the loggers file the analysis under (default: the
+                epoch, rounded down).
+            direction: ``u`` for this analysis, one tensor per trainable parameter (e.g.
+                the gradient of the current training step); default: the gradient of the
+                loss on the analysis data. Analyses with a given direction are stored under
+                their own settings (``"direction": "given"``).
+            **metrics: numbers for the run's history (``train_loss``, ``test_acc``, ...).
 
         Returns:
             The analysis record stored (None on calls without an analysis, and on ranks
@@ -115,7 +139,10 @@ class Recorder:
         analyse = self.calls % self.every == 0
         self.calls += 1
         checkpoint = self._checkpoint(epoch, entry) if self.save else None
-        record = self._analyse(epoch, checkpoint) if analyse else None
+        record = self._analyse(epoch, checkpoint, direction) if analyse else None
+        if record is not None:
+            for logger in self.loggers:
+                logger.log_record(record, int(epoch) if step is None else int(step))
         if self.rank == 0:
             if checkpoint is not None:
                 entry["checkpoint"] = checkpoint.name
@@ -164,7 +191,9 @@ class Recorder:
             save_checkpoint(path, self.model, meta)
         return path
 
-    def _analyse(self, epoch: float, checkpoint: Path | None) -> Record | None:
+    def _analyse(
+        self, epoch: float, checkpoint: Path | None, direction: list[Tensor] | None = None
+    ) -> Record | None:
         part = self._partition()
         t0 = time.perf_counter()
         res = pseudo_hessian(
@@ -175,12 +204,16 @@ class Recorder:
             dtype=self.dtype,
             d3_diagonal=self.order3,
             progress=self.progress,
+            direction=direction,
         )
         if self.rank != 0:
             return None
         summary, arrays = stored_parts(res, part, self.loss_name)
         summary["model"] = self.model_entry
+        arrays["u_sq"] = _group_squares(res, part)
         settings = self._settings(part, res.n_samples)
+        if direction is not None:
+            settings["direction"] = "given"
         sha = file_sha256(checkpoint) if checkpoint is not None else _state_sha(self.model)
         name = checkpoint.name if checkpoint is not None else runfolder.checkpoint_name(epoch)
         record = Record(
@@ -227,6 +260,12 @@ class Recorder:
         history = [h for h in self.manifest.get("history", []) if h.get("epoch") != entry["epoch"]]
         self.manifest["history"] = sorted([*history, entry], key=lambda h: h["epoch"])
         runfolder.write_manifest(self.path, self.manifest)
+
+
+def _group_squares(res, part: Partition):
+    """``‖U^s‖²`` per group: the direction's squared norm on each group (float64 numpy)."""
+    u = [t.detach().double() for t in res.direction]
+    return part.reduce([t * t for t in u], list(range(len(u)))).cpu().numpy()
 
 
 def _loss(loss_fn) -> tuple[str, Callable]:
