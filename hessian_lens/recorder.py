@@ -34,12 +34,13 @@ from torch import Tensor, nn
 
 from hessian_lens import runfolder
 from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
+from hessian_lens.batches import as_batches
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import get_loss
 from hessian_lens.partition import Partition
 from hessian_lens.store import Record, ResultStore
-from hessian_lens.summary import _as_batches, pseudo_hessian
+from hessian_lens.summary import pseudo_hessian
 
 
 class Recorder:
@@ -92,7 +93,7 @@ class Recorder:
             raise ValueError(f"{self.path} is a file; give a folder for the run.")
         self.model, self.every, self.save = model, every, save_checkpoints
         self.loss_name, self.loss_fn = _loss(loss_fn)
-        self.data = _as_batches(analysis_data)
+        self.data = as_batches(analysis_data)
         self.partition = partition
         self.order3, self.dtype, self.progress = order3, dtype, progress
         self.calls, self.closed = 0, False
