@@ -34,13 +34,16 @@ from torch import Tensor, nn
 
 from hessian_lens import runfolder
 from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
-from hessian_lens.batches import as_batches
+from hessian_lens.batches import as_batches, split_batch, tree_leaves
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import get_loss
 from hessian_lens.partition import Partition
 from hessian_lens.store import Record, ResultStore
 from hessian_lens.summary import pseudo_hessian
+
+
+OWN_LOSS = "model"  # the loss name recorded when the model returns its own loss
 
 
 class Recorder:
@@ -50,9 +53,11 @@ class Recorder:
         run_dir: the run folder (created; an existing Recorder run is continued).
         model: the model being trained.
         loss_fn: ``loss_fn(outputs, targets)`` (batch mean) or a name (``"cross_entropy"``,
-            ``"mse"``, ``"nll"``).
-        analysis_data: one ``(inputs, targets)`` batch or a re-iterable of batches, the
-            same samples at every call.
+            ``"mse"``, ``"nll"``); None: the model returns its own loss (``outputs.loss``,
+            e.g. a Hugging Face model given ``labels``), recorded as loss ``"model"``.
+        analysis_data: one batch or a re-iterable of batches, the same samples at every
+            call: ``(inputs, targets)`` pairs or Mappings of model keyword arguments
+            (:mod:`hessian_lens.batches`).
         name: the run's display name (default: the folder name).
         architecture: how to rebuild the model (``"torchvision:resnet18"``, a built-in or
             registered name) with ``architecture_kwargs``; None: the run is browsable but
@@ -115,6 +120,7 @@ class Recorder:
         *,
         step: int | None = None,
         direction: list[Tensor] | None = None,
+        analyse: bool | None = None,
         **metrics: float,
     ) -> Record | None:
         """Write the checkpoint, the metrics and (every ``every``-th call) the analysis.
@@ -127,6 +133,8 @@ class Recorder:
                 the gradient of the current training step); default: the gradient of the
                 loss on the analysis data. Analyses with a given direction are stored under
                 their own settings (``"direction": "given"``).
+            analyse: None: analyse on every ``every``-th call; True / False: this call
+                analyses or not, whatever the count.
             **metrics: numbers for the run's history (``train_loss``, ``test_acc``, ...).
 
         Returns:
@@ -137,7 +145,8 @@ class Recorder:
             raise RuntimeError("this Recorder is closed")
         epoch = _epoch(epoch)
         entry = {"epoch": epoch, **{k: _metric(k, v) for k, v in metrics.items()}}
-        analyse = self.calls % self.every == 0
+        if analyse is None:
+            analyse = self.calls % self.every == 0
         self.calls += 1
         checkpoint = self._checkpoint(epoch, entry) if self.save else None
         record = self._analyse(epoch, checkpoint, direction) if analyse else None
@@ -251,9 +260,9 @@ class Recorder:
     def _data_fingerprint(self) -> str:
         if self._fingerprint is None:
             h = hashlib.sha256()
-            for x, y in self.data:
-                for t in (*(x if isinstance(x, (tuple, list)) else (x,)), y):
-                    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            for batch in self.data:
+                for t in tree_leaves(split_batch(batch)):
+                    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -269,7 +278,9 @@ def _group_squares(res, part: Partition):
     return part.reduce([t * t for t in u], list(range(len(u)))).cpu().numpy()
 
 
-def _loss(loss_fn) -> tuple[str, Callable]:
+def _loss(loss_fn) -> tuple[str, Callable | None]:
+    if loss_fn is None:
+        return OWN_LOSS, None
     if isinstance(loss_fn, str):
         return loss_fn, get_loss(loss_fn)
     if not callable(loss_fn):
