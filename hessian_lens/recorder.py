@@ -42,7 +42,6 @@ from hessian_lens.partition import Partition
 from hessian_lens.store import Record, ResultStore
 from hessian_lens.summary import pseudo_hessian
 
-
 OWN_LOSS = "model"  # the loss name recorded when the model returns its own loss
 
 
