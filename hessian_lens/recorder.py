@@ -159,7 +159,10 @@ class Recorder:
         return record
 
     def close(self) -> None:
-        """Finish the run (nothing more is written)."""
+        """Finish the run: marked ``"state": "finished"`` (no longer shown as live)."""
+        if not self.closed and self.rank == 0:
+            self.manifest["state"] = "finished"
+            runfolder.write_manifest(self.path, self.manifest)
         self.closed = True
 
     def __enter__(self) -> Recorder:
@@ -184,6 +187,7 @@ class Recorder:
             "recorder": True,
             "history": [],
         }
+        manifest["state"] = "recording"
         if self.rank == 0:
             runfolder.write_manifest(self.path, manifest)
         return manifest
