@@ -55,3 +55,33 @@ def test_report_opens_offline_and_its_slider_changes_the_epoch(browser_ready, tm
         )
         after = page.locator("#fig-H .heatmaplayer image").first.get_attribute("href")
         assert after != before  # epoch 0's pixels, not epoch 2's
+
+
+def test_a_run_being_written_updates_in_the_browser_without_reload(browser_ready, tmp_path):
+    from tests.e2e.server import streamlit_server
+    from tests.test_live import start_writer, wait_for_epochs
+
+    run, gate = tmp_path / "runs" / "live-run", tmp_path / "gate"
+    gate.mkdir()
+    proc = start_writer(run, 2, gate)
+    env = {"HESSIAN_LENS_RUNS": str(run), "HESSIAN_LENS_CACHE": str(tmp_path / "cache")}
+    try:
+        wait_for_epochs(run, 2, proc)
+        with (
+            streamlit_server(env, tmp_path / "streamlit.log") as url,
+            chromium_page() as page,
+        ):
+            page.goto(f"{url}/Layer_interactions?run=live-run")
+            wait_for_heatmaps(page, 6)
+            page.get_by_text("● live").first.wait_for(timeout=30_000)
+            page.get_by_text("— epoch 1").first.wait_for(timeout=30_000)
+            loads = []
+            page.on("load", lambda _: loads.append(1))
+            (gate / "go_2").touch()
+            page.get_by_text("— epoch 2").first.wait_for(timeout=60_000)  # no reload asked
+            wait_for_heatmaps(page, 6)
+            assert loads == []  # the page was not reloaded: the fragment redrew it
+            assert proc.wait(60) == 0
+            page.get_by_text("● live").first.wait_for(state="detached", timeout=30_000)
+    finally:
+        proc.kill()
