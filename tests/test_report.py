@@ -96,3 +96,18 @@ def test_figures_as_files(run, tmp_path):
     assert (folder / "H_epoch3.svg").read_text().startswith("<svg")
     assert (folder / "H_epoch3.pdf").read_bytes().startswith(b"%PDF")
     assert "weights × weights" in (folder / "H_epoch3.svg").read_text()
+
+
+def test_one_figure_as_bytes_in_each_format():
+    pytest.importorskip("kaleido")
+    from hessian_lens import plots
+    from hessian_lens.browser import missing_browser
+    from hessian_lens.figexport import figure_bytes
+
+    if missing_browser():
+        pytest.skip(missing_browser())
+    fig = plots.heatmap(plots.full_panel(np.eye(3), ["a", "b", "c"]))
+    assert figure_bytes(fig, "svg").startswith(b"<svg")
+    assert figure_bytes(fig, "png").startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="unknown figure format 'gif'"):
+        figure_bytes(fig, "gif")

@@ -11,6 +11,7 @@ import streamlit as st
 
 from hessian_lens import plots
 from hessian_lens.ui.common import fmt_epoch, select_epoch
+from hessian_lens.ui.exports import figure_downloads
 
 MATRICES = {"H": "H̄ (pseudo-Hessian)", "Hinv": "H̄⁻¹ (inverse)"}
 SCALE_HELP = (
@@ -99,6 +100,7 @@ def render_interactions(recs: Sequence[dict], key: str) -> None:
     rec = select_epoch(recs, key=f"{key}-epoch")
     inverse_note(rec["summary"])
     big = len(keep) > FILTER_ABOVE
+    drawn = {}
     for name in MATRICES:
         st.markdown(f"**{MATRICES[name]}**{_at(rec)}")
         panels = matrix_panels(rec, name, scale, view, keep)
@@ -114,6 +116,8 @@ def render_interactions(recs: Sequence[dict], key: str) -> None:
             key=f"{key}-{name}",
             config=plots.export_config(f"{name}_{view}{_at(rec, '_epoch')}"),
         )
+        drawn[f"{name}_{view}{_at(rec, '_epoch')}"] = fig
+    figure_downloads(drawn, key)
     if len(recs) > 1 and st.toggle("Animate across epochs", key=f"{key}-animate"):
         _animation(recs, key, scale, view, keep)
     _downloads(rec, scale, key)

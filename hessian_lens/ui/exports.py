@@ -1,0 +1,39 @@
+"""A download of each figure of a page as PNG, SVG or PDF (drawn on click, by kaleido)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from hessian_lens.figexport import FORMATS, MIME, figure_bytes, safe_stem
+
+
+def figure_downloads(figures: Mapping[str, go.Figure], key: str) -> None:
+    """One download button per figure in the chosen format, in a closed expander.
+
+    The file is drawn only when its button is clicked (a deferred download); without
+    kaleido the expander says how to get it (each chart's camera button still saves SVG).
+    """
+    with st.expander("⬇ Figures as PNG / SVG / PDF"):
+        try:
+            import kaleido  # noqa: F401
+        except ImportError:
+            st.caption(
+                "Static export needs kaleido (`pip install kaleido`); the camera button of "
+                "each chart saves it as SVG meanwhile."
+            )
+            return
+        fmt = st.radio("Format", FORMATS, horizontal=True, key=f"{key}-fig-format")
+        for col, (name, fig) in zip(
+            st.columns(max(len(figures), 1)), figures.items(), strict=False
+        ):
+            col.download_button(
+                f"⬇ {name}.{fmt}",
+                lambda fig=fig: figure_bytes(fig, fmt),
+                f"{safe_stem(name)}.{fmt}",
+                mime=MIME[fmt],
+                key=f"{key}-fig-{safe_stem(name)}",
+                on_click="ignore",
+            )
