@@ -251,6 +251,20 @@ def _describe(obj: Any) -> str:
     return type(obj).__name__
 
 
+def describe(tree: Any, depth: int = 0) -> str:
+    """A short description of a pytree: tensor shapes and dtypes, container keys."""
+    if isinstance(tree, Tensor):
+        return f"tensor{tuple(tree.shape)} {str(tree.dtype).replace('torch.', '')}"
+    if depth > 1:
+        return type(tree).__name__
+    if isinstance(tree, Mapping):
+        items = ", ".join(f"{k}: {describe(v, depth + 1)}" for k, v in list(tree.items())[:4])
+        return f"{type(tree).__name__}{{{items}}}"
+    if isinstance(tree, (tuple, list)):
+        return f"{type(tree).__name__}({', '.join(describe(v, depth + 1) for v in tree[:4])})"
+    return type(tree).__name__
+
+
 # ---------------------------------------------------------------------------- fingerprints
 def fingerprint(inputs: Any, targets: Any, samples: int) -> str:
     """A cheap digest of one batch: count, targets, a strided sample of the inputs."""
@@ -366,7 +380,7 @@ class LossContract:
 
     def __call__(self, outputs: Any, targets: Any) -> Tensor:
         """The batch's loss, a scalar in the contract's reduction."""
-        loss = _own_loss(outputs) if self.fn is None else self.fn(outputs, targets)
+        loss = _own_loss(outputs) if self.fn is None else self._call(outputs, targets)
         if not isinstance(loss, Tensor):
             raise TypeError(f"the loss must be a tensor, got {type(loss).__name__}")
         if loss.dim() == 0:
@@ -377,6 +391,17 @@ class LossContract:
                 "or 'sum' to reduce per-sample losses, or a loss_fn that returns a scalar"
             )
         return loss.mean() if self.reduction == "mean" else loss.sum()
+
+    def _call(self, outputs: Any, targets: Any) -> Tensor:
+        try:
+            return self.fn(outputs, targets)
+        except (TypeError, ValueError, RuntimeError, IndexError, AttributeError, KeyError) as err:
+            raise ValueError(
+                f"loss_fn(outputs, targets) failed ({type(err).__name__}: "
+                f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}) on outputs "
+                f"{describe(outputs)} and targets {describe(targets)}: give a loss_fn that takes "
+                "them, or loss_fn=None when the model returns its own loss"
+            ) from err
 
     def weight(self, targets: Any, samples: int) -> float:
         """``W_b``: this batch's share of a mean (1 for a sum).
