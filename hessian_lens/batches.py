@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import hashlib
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,7 +158,7 @@ def as_batches(data: Any, two_passes: bool = True) -> Iterable:
             "data must be an (inputs, targets) batch, a Mapping of model keyword arguments, "
             f"or an iterable of such batches (e.g. a DataLoader), got {_describe(data)}"
         )
-    if two_passes and iter(data) is data:
+    if two_passes and isinstance(data, Iterator):  # no iter(): a loader would start workers
         raise TypeError(
             "data is a one-shot iterator, but the direction needs a first pass "
             "over it: pass a list of batches or hl.fixed_batches(loader, n), or give direction="
