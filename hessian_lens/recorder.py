@@ -34,10 +34,10 @@ from torch import Tensor, nn
 
 from hessian_lens import runfolder
 from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
-from hessian_lens.batches import as_batches
+from hessian_lens.batches import as_batches, split_batch, tree_leaves
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.files import file_sha256
-from hessian_lens.losses import get_loss
+from hessian_lens.losses import OWN_LOSS, get_loss
 from hessian_lens.partition import Partition
 from hessian_lens.store import Record, ResultStore
 from hessian_lens.summary import pseudo_hessian
@@ -49,10 +49,12 @@ class Recorder:
     Args:
         run_dir: the run folder (created; an existing Recorder run is continued).
         model: the model being trained.
-        loss_fn: ``loss_fn(outputs, targets)`` (batch mean) or a name (``"cross_entropy"``,
-            ``"mse"``, ``"nll"``).
-        analysis_data: one ``(inputs, targets)`` batch or a re-iterable of batches, the
-            same samples at every call.
+        loss_fn: ``loss_fn(outputs, targets)`` (a mean or a sum over samples), a name
+            (``"cross_entropy"``, ``"mse"``, ``"nll"``), or ``None`` for a model that
+            returns its own loss (``outputs.loss``).
+        analysis_data: one batch or a re-iterable of batches (``(inputs, targets)`` of
+            tensors, tuples, dicts or dataclasses, or a Mapping of model keyword arguments),
+            the same samples at every call (``hl.fixed_batches(loader, n)``).
         name: the run's display name (default: the folder name).
         architecture: how to rebuild the model (``"torchvision:resnet18"``, a built-in or
             registered name) with ``architecture_kwargs``; None: the run is browsable but
@@ -64,13 +66,15 @@ class Recorder:
         order3: also store the diagonal of ``D^(3)``.
         dtype: the analysis dtype (``torch.float64`` for references).
         progress: a tqdm bar per analysis.
+        batch_dim, reduction, forward: the data contract, as in
+            :func:`~hessian_lens.pseudo_hessian`.
     """
 
     def __init__(
         self,
         run_dir: str | Path,
         model: nn.Module,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | str,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | str | None,
         analysis_data,
         name: str | None = None,
         architecture: str | None = None,
@@ -81,6 +85,10 @@ class Recorder:
         order3: bool = False,
         dtype: torch.dtype | None = None,
         progress: bool = False,
+        *,
+        batch_dim: int | tuple[int, int] = 0,
+        reduction: str | None = None,
+        forward: Callable | None = None,
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
@@ -92,6 +100,7 @@ class Recorder:
         self.data = as_batches(analysis_data)
         self.partition = partition
         self.order3, self.dtype, self.progress = order3, dtype, progress
+        self.contract = {"batch_dim": batch_dim, "reduction": reduction, "forward": forward}
         self.calls, self.closed = 0, False
         self.rank = _rank()
         self.model_entry = {
@@ -176,6 +185,7 @@ class Recorder:
             dtype=self.dtype,
             d3_diagonal=self.order3,
             progress=self.progress,
+            **self.contract,
         )
         if self.rank != 0:
             return None
@@ -218,9 +228,9 @@ class Recorder:
     def _data_fingerprint(self) -> str:
         if self._fingerprint is None:
             h = hashlib.sha256()
-            for x, y in self.data:
-                for t in (*(x if isinstance(x, (tuple, list)) else (x,)), y):
-                    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            for batch in self.data:
+                for t in tree_leaves(split_batch(batch)):
+                    h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -230,7 +240,9 @@ class Recorder:
         runfolder.write_manifest(self.path, self.manifest)
 
 
-def _loss(loss_fn) -> tuple[str, Callable]:
+def _loss(loss_fn) -> tuple[str, Callable | None]:
+    if loss_fn is None:
+        return OWN_LOSS, None
     if isinstance(loss_fn, str):
         return loss_fn, get_loss(loss_fn)
     if not callable(loss_fn):

@@ -56,6 +56,9 @@ def everything(model, data, methods=("loop", "vmap")) -> dict[str, torch.Tensor]
         out[f"D3 diagonal {method}"] = hl.summary_tensor(
             model, loss_fn, data, 3, method=method, diagonal=True
         )
+    summed = hl.pseudo_hessian(model, torch.nn.CrossEntropyLoss(reduction="sum"), data)
+    out["H sum"], out["g sum"] = summed.H, summed.g  # a sum over the union, not a mean
+    out["loss sum"] = torch.tensor([summed.loss, summed.n_samples], dtype=torch.float64)
     out["taylor"] = hl.taylor_terms(model, loss_fn, data, direction(model), max_order=3)
     out["eta"] = hl.partition_newton_step(model, loss_fn, data)[0]
     return out
