@@ -206,6 +206,13 @@ def inverses(out: Numbers, lenet: dict, vgg: dict) -> None:
         if a.verdict != b.verdict
     ]
     out.table("abs-verdicts", ["figure", "claim", "with S|C|⁻¹S", "with |H̄|⁻¹"], changed)
+    out.add("abs.changed", len(changed), ".0f")
+    out.add("claims.total", len(same), ".0f")
+    floored = [
+        e for recs in (lenet, vgg) for e, r in recs.items() if r["summary"]["inverse"]["n_floored"]
+    ]
+    if floored:  # the page says that no eigenvalue was floored
+        raise SystemExit(f"eigenvalues were floored at epochs {floored}: say so in the docs")
 
 
 def _paper_epochs(lenet: dict, vgg: dict, abs_inverse: bool = False) -> tuple[dict, dict]:
