@@ -496,3 +496,14 @@ def test_fingerprints_see_inputs_and_targets():
     x2 = x.clone()
     x2[3, 2] += 1.0  # inside the strided sample: every element of a small tensor
     assert B.fingerprint(x2, y, 8) != base
+
+
+def test_the_optimizer_step_takes_the_same_contract():
+    torch.manual_seed(0)
+    model = perturb(DictNet())
+    batches = [token_batch(3, 0), token_batch(5, 1)]
+    eta, info = hl.partition_newton_step(model, None, batches, regularization="none")
+    joined = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    H, g, _ = oracle(model, lambda run: run(**joined)["loss"])
+    assert_close(info["H"], H, **EXACT)
+    assert_close(eta, torch.linalg.solve(H, g), rtol=1e-7, atol=1e-12)
