@@ -32,7 +32,7 @@ import dataclasses
 import functools
 import hashlib
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,7 +158,7 @@ def as_batches(data: Any, two_passes: bool = True) -> Iterable:
             "data must be an (inputs, targets) batch, a Mapping of model keyword arguments, "
             f"or an iterable of such batches (e.g. a DataLoader), got {_describe(data)}"
         )
-    if two_passes and iter(data) is data:
+    if two_passes and isinstance(data, Iterator):  # no iter(): a loader would start workers
         raise TypeError(
             "data is a one-shot iterator, but the direction needs a first pass "
             "over it: pass a list of batches or hl.fixed_batches(loader, n), or give direction="
@@ -249,6 +249,20 @@ def narrow(tree: Any, dim: int, start: int, stop: int) -> Any:
 
 def _describe(obj: Any) -> str:
     return type(obj).__name__
+
+
+def describe(tree: Any, depth: int = 0) -> str:
+    """A short description of a pytree: tensor shapes and dtypes, container keys."""
+    if isinstance(tree, Tensor):
+        return f"tensor{tuple(tree.shape)} {str(tree.dtype).replace('torch.', '')}"
+    if depth > 1:
+        return type(tree).__name__
+    if isinstance(tree, Mapping):
+        items = ", ".join(f"{k}: {describe(v, depth + 1)}" for k, v in list(tree.items())[:4])
+        return f"{type(tree).__name__}{{{items}}}"
+    if isinstance(tree, (tuple, list)):
+        return f"{type(tree).__name__}({', '.join(describe(v, depth + 1) for v in tree[:4])})"
+    return type(tree).__name__
 
 
 # ---------------------------------------------------------------------------- fingerprints
@@ -366,7 +380,7 @@ class LossContract:
 
     def __call__(self, outputs: Any, targets: Any) -> Tensor:
         """The batch's loss, a scalar in the contract's reduction."""
-        loss = _own_loss(outputs) if self.fn is None else self.fn(outputs, targets)
+        loss = _own_loss(outputs) if self.fn is None else self._call(outputs, targets)
         if not isinstance(loss, Tensor):
             raise TypeError(f"the loss must be a tensor, got {type(loss).__name__}")
         if loss.dim() == 0:
@@ -377,6 +391,17 @@ class LossContract:
                 "or 'sum' to reduce per-sample losses, or a loss_fn that returns a scalar"
             )
         return loss.mean() if self.reduction == "mean" else loss.sum()
+
+    def _call(self, outputs: Any, targets: Any) -> Tensor:
+        try:
+            return self.fn(outputs, targets)
+        except (TypeError, ValueError, RuntimeError, IndexError, AttributeError, KeyError) as err:
+            raise ValueError(
+                f"loss_fn(outputs, targets) failed ({type(err).__name__}: "
+                f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}) on outputs "
+                f"{describe(outputs)} and targets {describe(targets)}: give a loss_fn that takes "
+                "them, or loss_fn=None when the model returns its own loss"
+            ) from err
 
     def weight(self, targets: Any, samples: int) -> float:
         """``W_b``: this batch's share of a mean (1 for a sum).

@@ -30,8 +30,9 @@ class Inverse:
         inv: the inverse used (float64).
         status: ``"exact"`` (positive definite, well conditioned), ``"singular"``
             (eigenvalues below ``rtol * max|lambda|`` raised to that floor) or
-            ``"indefinite"`` (negative eigenvalues replaced by their absolute values,
-            the saddle-free choice, and floored).
+            ``"indefinite"`` (negative eigenvalues of the normalised C replaced by their
+            absolute values, and floored: ``S |C|^-1 S``, not the saddle-free ``|H|^-1``
+            of H's own eigenvalues, which would depend on each group's units).
         eigenvalues: eigenvalues of the matrix, ascending.
         normalized_eigenvalues: eigenvalues of its normalised form C, ascending.
         condition: ``max|lambda| / min|lambda|`` of the matrix (inf when singular).

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LOSSES = ("cross_entropy", "mse", "nll")
+OWN_LOSS = "model"  # a run whose model returns its own loss (loss_fn=None)
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -44,8 +45,8 @@ def mse(outputs: Tensor, targets: Tensor) -> Tensor:
     return F.mse_loss(outputs, targets)
 
 
-def get_loss(name: str) -> LossFn:
-    """The loss function of a name in :data:`LOSSES`.
+def get_loss(name: str) -> LossFn | None:
+    """The loss function of a name in :data:`LOSSES`; ``None`` for :data:`OWN_LOSS`.
 
     Raises:
         ValueError: unknown name, listing the known ones.
@@ -56,6 +57,8 @@ def get_loss(name: str) -> LossFn:
         "nll": F.nll_loss,
     }
     key = str(name).lower().replace("-", "_")
+    if key == OWN_LOSS:
+        return None
     if key not in table:
         raise ValueError(f"unknown loss '{name}'; choose one of {list(LOSSES)}")
     return table[key]

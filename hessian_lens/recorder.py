@@ -37,12 +37,10 @@ from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
 from hessian_lens.batches import as_batches, split_batch, tree_leaves
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.files import file_sha256
-from hessian_lens.losses import get_loss
+from hessian_lens.losses import OWN_LOSS, get_loss
 from hessian_lens.partition import Partition
 from hessian_lens.store import Record, ResultStore
 from hessian_lens.summary import pseudo_hessian
-
-OWN_LOSS = "model"  # the loss name recorded when the model returns its own loss
 
 
 class Recorder:
@@ -51,12 +49,12 @@ class Recorder:
     Args:
         run_dir: the run folder (created; an existing Recorder run is continued).
         model: the model being trained.
-        loss_fn: ``loss_fn(outputs, targets)`` (batch mean) or a name (``"cross_entropy"``,
-            ``"mse"``, ``"nll"``); None: the model returns its own loss (``outputs.loss``,
-            e.g. a Hugging Face model given ``labels``), recorded as loss ``"model"``.
-        analysis_data: one batch or a re-iterable of batches, the same samples at every
-            call: ``(inputs, targets)`` pairs or Mappings of model keyword arguments
-            (:mod:`hessian_lens.batches`).
+        loss_fn: ``loss_fn(outputs, targets)`` (a mean or a sum over samples), a name
+            (``"cross_entropy"``, ``"mse"``, ``"nll"``), or ``None`` for a model that
+            returns its own loss (``outputs.loss``).
+        analysis_data: one batch or a re-iterable of batches (``(inputs, targets)`` of
+            tensors, tuples, dicts or dataclasses, or a Mapping of model keyword arguments),
+            the same samples at every call (``hl.fixed_batches(loader, n)``).
         name: the run's display name (default: the folder name).
         architecture: how to rebuild the model (``"torchvision:resnet18"``, a built-in or
             registered name) with ``architecture_kwargs``; None: the run is browsable but
@@ -71,13 +69,15 @@ class Recorder:
         loggers: where each analysis's scalars and heatmaps also go, under
             ``hessian/...``: a ``SummaryWriter``, a wandb run, an ``aim.Run`` or an object
             with ``log_record(record, step)`` (:mod:`hessian_lens.integrations.loggers`).
+        batch_dim, reduction, forward: the data contract, as in
+            :func:`~hessian_lens.pseudo_hessian`.
     """
 
     def __init__(
         self,
         run_dir: str | Path,
         model: nn.Module,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | str,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | str | None,
         analysis_data,
         name: str | None = None,
         architecture: str | None = None,
@@ -88,7 +88,11 @@ class Recorder:
         order3: bool = False,
         dtype: torch.dtype | None = None,
         progress: bool = False,
+        *,
         loggers=None,
+        batch_dim: int | tuple[int, int] = 0,
+        reduction: str | None = None,
+        forward: Callable | None = None,
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
@@ -100,6 +104,7 @@ class Recorder:
         self.data = as_batches(analysis_data)
         self.partition = partition
         self.order3, self.dtype, self.progress = order3, dtype, progress
+        self.contract = {"batch_dim": batch_dim, "reduction": reduction, "forward": forward}
         self.calls, self.closed = 0, False
         from hessian_lens.integrations.loggers import as_loggers
 
@@ -218,6 +223,7 @@ class Recorder:
             d3_diagonal=self.order3,
             progress=self.progress,
             direction=direction,
+            **self.contract,
         )
         if self.rank != 0:
             return None
@@ -265,7 +271,15 @@ class Recorder:
             h = hashlib.sha256()
             for batch in self.data:
                 for t in tree_leaves(split_batch(batch)):
-                    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+                    h.update(
+                        t.detach()
+                        .cpu()
+                        .reshape(-1)
+                        .contiguous()
+                        .view(torch.uint8)
+                        .numpy()
+                        .tobytes()
+                    )
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 

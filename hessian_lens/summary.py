@@ -742,10 +742,16 @@ class _Totals:
         """``Z``: ``sum_b W_b`` for a mean, 1 for a sum.
 
         Raises:
-            ValueError: a mean over no counted sample (every target ignored).
+            ValueError: a mean over no counted sample (every target ignored), or an
+                unknown reduction.
         """
         if reduction == "sum":
             return 1.0
+        if reduction is None:
+            raise ValueError(
+                "every batch holds a single sample, so whether the loss is a mean or a sum "
+                "over samples cannot be checked: declare reduction='mean' or 'sum'"
+            )
         if not self.weight > 0:
             raise ValueError(
                 "the loss is a mean over no sample: every target is ignored (ignore_index) "

@@ -129,8 +129,9 @@ def inverse_note(summary: dict) -> None:
     if inv["status"] == "indefinite":
         st.caption(
             f"H̄ is indefinite ({inv['n_negative']} negative eigenvalues of its "
-            "normalised form): H̄⁻¹ shown is the saddle-free inverse |H̄|⁻¹ "
-            f"(condition number {inv['condition']:.3g})."
+            "normalised form C = S H̄ S, S = diag(|H̄|)^-1/2): H̄⁻¹ shown is S |C|⁻¹ S, the "
+            "absolute eigenvalues of C inverted and scaled back (not |H̄|⁻¹, which would "
+            f"change with the units of each layer; condition number {inv['condition']:.3g})."
         )
     elif inv["status"] == "singular":
         st.caption(f"H̄ is singular ({inv['n_floored']} eigenvalues floored): H̄⁻¹ is regularised.")
