@@ -165,12 +165,13 @@ def test_downloads_hold_the_matrices_shown(app_env, monkeypatch):
             values, plots.transform(last.arrays[name], "normalized"), rtol=1e-9
         )
     assert [b.label for b in at.get("download_button")] == [
-        "⬇ H_blocks_epoch2.png",  # the figures as drawn (PNG / SVG / PDF, on click)
-        "⬇ Hinv_blocks_epoch2.png",
         "⬇ NPZ (H̄, H̄⁻¹, labels)",
         "⬇ CSV H̄ (normalized)",
         "⬇ CSV H̄⁻¹ (normalized)",
     ]
+    at.toggle(key="interactions-fig-export").set_value(True).run()  # figures, on click
+    labels = [b.label for b in at.get("download_button")]
+    assert labels[:2] == ["⬇ H_blocks_epoch2.png", "⬇ Hinv_blocks_epoch2.png"]
 
 
 # ---------------------------------------------------------------------------- deep models

@@ -10,13 +10,14 @@ import streamlit as st
 from hessian_lens.figexport import FORMATS, MIME, figure_bytes, safe_stem
 
 
-def figure_downloads(figures: Mapping[str, go.Figure], key: str) -> None:
-    """One download button per figure in the chosen format, in a closed expander.
+def figure_downloads(figures: Mapping[str, go.Figure | dict], key: str) -> None:
+    """A toggle that shows one download button per figure, in the chosen format.
 
     The file is drawn only when its button is clicked (a deferred download); without
-    kaleido the expander says how to get it (each chart's camera button still saves SVG).
+    kaleido the toggle says how to get it (each chart's camera button still saves SVG).
+    One widget until it is switched on: it costs the page's first paint nothing.
     """
-    with st.expander("⬇ Figures as PNG / SVG / PDF"):
+    if st.toggle("⬇ Figures as PNG / SVG / PDF", key=f"{key}-fig-export"):
         try:
             import kaleido  # noqa: F401
         except ImportError:
@@ -31,7 +32,7 @@ def figure_downloads(figures: Mapping[str, go.Figure], key: str) -> None:
         ):
             col.download_button(
                 f"⬇ {name}.{fmt}",
-                lambda fig=fig: figure_bytes(fig, fmt),
+                lambda fig=fig: figure_bytes(go.Figure(fig), fmt),
                 f"{safe_stem(name)}.{fmt}",
                 mime=MIME[fmt],
                 key=f"{key}-fig-{safe_stem(name)}",
