@@ -81,8 +81,14 @@ def fit(tmp_path, epochs=2, **kwargs):
     return module, batches, snaps, tmp_path / "run"
 
 
-def test_fit_writes_the_recorder_run_folder(tmp_path):
-    module, batches, _, run = fit(tmp_path)
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """Two epochs, analysed at each end (shared: one Trainer.fit for two tests)."""
+    return fit(tmp_path_factory.mktemp("lightning"))
+
+
+def test_fit_writes_the_recorder_run_folder(fitted):
+    module, batches, _, run = fitted
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["recorder"] and manifest["model"]["name"] == "user:Tiny"
     history = manifest["history"]
@@ -127,12 +133,12 @@ PAGES = (
 )
 
 
-def test_the_run_opens_on_every_page(tmp_path, monkeypatch):
+def test_the_run_opens_on_every_page(fitted, tmp_path, monkeypatch):
     import streamlit as st
 
     from tests.apptools import chart_keys, no_errors, open_page
 
-    *_, run = fit(tmp_path)
+    *_, run = fitted
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run))
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
     st.cache_data.clear()

@@ -78,3 +78,16 @@ def test_an_unknown_logger_is_one_clear_error():
             "hessian/spread"
         ]
     )
+
+
+def test_import_hessian_lens_does_not_import_the_frameworks():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hessian_lens, hessian_lens.recorder, hessian_lens.integrations.loggers;"
+        "print(sorted(m for m in ('lightning', 'transformers', 'tensorboard', 'wandb', 'aim',"
+        " 'kaleido') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
