@@ -58,7 +58,7 @@ class Snapshots(pl.Callback):
         self.states[step] = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
 
-def fit(tmp_path, epochs=2, **kwargs):
+def fit(tmp_path, epochs=2, logger=False, **kwargs):
     batches = tiny_data()
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(
@@ -71,7 +71,7 @@ def fit(tmp_path, epochs=2, **kwargs):
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
-        logger=False,
+        logger=logger,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -150,3 +150,20 @@ def test_the_run_opens_on_every_page(fitted, tmp_path, monkeypatch):
     assert "interactions-H" in drawn["pages/1_Layer_interactions.py"]
     assert "blockdiag-side" in drawn["pages/2_Block_diagonal.py"]
     assert any(k.startswith("curves-") and "run" in k for k in drawn["app.py"])
+
+
+def test_the_trainers_tensorboard_logger_gets_the_curvature_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from tests.test_loggers import events
+
+    logger = TensorBoardLogger(str(tmp_path / "tb"), name="", version="")
+    *_, run = fit(tmp_path, epochs=1, logger=logger)
+    logger.experiment.flush()
+    acc = events(tmp_path / "tb")
+    recs = ResultStore(run / "analysis.sqlite").records()
+    trace = acc.Scalars("hessian/trace")
+    assert [e.step for e in trace] == [0, 4]  # the initialisation, then after 4 steps
+    assert trace[-1].value == pytest.approx(np.trace(recs[-1].arrays["H"]), rel=1e-6)
+    assert "hessian/Hinv" in acc.Tags()["images"]

@@ -26,7 +26,10 @@ def render_cards(runs: Sequence[Run], selected: Run | None, key: str = "home") -
 
 
 def _fresh_cards(runs: Sequence[Run], selected: Run | None, key: str) -> None:
-    _cards([load_run(r.path) for r in runs], selected, key)
+    fresh = [load_run(r.path) for r in runs]
+    if not any(r.live() for r in fresh):
+        st.rerun(scope="app")  # the last live run finished: stop the timer
+    _cards(fresh, selected, key)
 
 
 def _cards(runs: Sequence[Run], selected: Run | None, key: str) -> None:
