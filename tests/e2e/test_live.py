@@ -6,6 +6,7 @@ Skipped (with the reason) where Chromium is absent, except in CI
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -47,14 +48,18 @@ def test_report_opens_offline_and_its_slider_changes_the_epoch(browser_ready, tm
         assert requested == [page_file.as_uri()]  # nothing else asked for: offline
         slider = page.locator("#fig-H .slider-container")
         assert slider.text_content().startswith("epoch 2")
-        before = page.locator("#fig-H .heatmaplayer image").first.get_attribute("href")
+        bars = "Array.from(document.querySelectorAll('#fig-H .colorbar')).map(c => c.textContent)"
+        before = page.evaluate(bars)  # each panel's limits ±max|value| at epoch 2
         page.locator("#fig-H .slider-group").first.click(position={"x": 5, "y": 20})
         page.wait_for_function(
             "document.querySelector('#fig-H .slider-container').textContent.startsWith('epoch 0')",
             timeout=10_000,
         )
-        after = page.locator("#fig-H .heatmaplayer image").first.get_attribute("href")
-        assert after != before  # epoch 0's pixels, not epoch 2's
+        page.wait_for_function(
+            f"JSON.stringify({bars}) !== {json.dumps(json.dumps(before, separators=(',', ':')))}",
+            timeout=10_000,
+        )  # epoch 0's colour limits are drawn
+        assert heatmap_count(page) == 6
 
 
 def test_a_run_being_written_updates_in_the_browser_without_reload(browser_ready, tmp_path):
