@@ -19,7 +19,7 @@ from hessian_lens import batches as B
 from hessian_lens.memory import Planner
 from tests.compare import EXACT, assert_close
 from tests.oracle import oracle
-from tests.tiny import perturb
+from tests.tiny import SeqNet, perturb
 
 F64 = torch.float64
 
@@ -171,18 +171,6 @@ def test_single_sample_batches_need_a_declared_reduction():
 
 
 # ---------------------------------------------------------------------------- 3: batch_dim
-class SeqNet(nn.Module):
-    def __init__(self, batch_first: bool) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 4, batch_first=batch_first)
-        self.fc = nn.Linear(4, 2)
-        self.batch_first = batch_first
-
-    def forward(self, x):
-        out, _ = self.lstm(x)
-        return self.fc(out[:, -1] if self.batch_first else out[-1])
-
-
 def test_sequence_first_lstm_with_batch_dim(micro):
     torch.manual_seed(0)
     model = perturb(SeqNet(batch_first=False), scale=0.2)
