@@ -239,8 +239,9 @@ def _head_groups(layout: AttentionLayout, shapes) -> list[tuple[str, dict[str, A
 
 
 def adam_mini(model: nn.Module, heads: Any = None) -> Partition:
-    """The blocks of Adam-mini (Zhang et al., arXiv 2406.16793, its Algorithm "Partition
-    for Transformers"): one learning rate per block.
+    """The blocks of Adam-mini: one learning rate per block.
+
+    Adam-mini (Zhang et al., arXiv 2406.16793, "Partition for Transformers"):
 
     * Query and key weights: one block per head (``<prefix>.q.head<h>``);
     * value weights, the attention output projection and the MLPs: one block per output

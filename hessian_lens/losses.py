@@ -68,9 +68,9 @@ def correct_predictions(outputs: Tensor, targets: Tensor) -> int:
 
     0 when the outputs are not class scores of the targets' shape (regression).
     """
-    if outputs.dim() == targets.dim() + 1 and outputs.shape[:-1] == targets.shape:
-        if not targets.is_floating_point():
-            return int((outputs.argmax(-1) == targets).sum())
+    scores = outputs.dim() == targets.dim() + 1 and outputs.shape[:-1] == targets.shape
+    if scores and not targets.is_floating_point():
+        return int((outputs.argmax(-1) == targets).sum())
     return 0
 
 

@@ -420,7 +420,7 @@ def _manifest(
             "test_size": len(test_set),
             "val_size": len(val_set) if val_set is not None else 0,
             "input_shape": list(train_set.x.shape[1:]),
-            "normalization": {"mean": list(train_set.mean), "std": list(train_set.std)},
+            **_data_facts(train_set),
             "curvature": (
                 f"separate: first {config.curvature_size}-sample batches of the training "
                 "set, unshuffled, cycling"
@@ -438,6 +438,14 @@ def _manifest(
         "versions": versions(),
         "command": command or "python -m hessian_lens " + shlex.join(sys.argv[1:]),
     }
+
+
+def _data_facts(data) -> dict[str, Any]:
+    """Images: their normalisation; text: the corpus (path, files, bytes, split, context)."""
+    corpus = getattr(data, "corpus", None)
+    if corpus is not None:
+        return {"corpus": corpus}
+    return {"normalization": {"mean": list(data.mean), "std": list(data.std)}}
 
 
 def _save(sess: _Session, history: list[dict[str, Any]], resume: bool = True) -> None:

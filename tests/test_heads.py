@@ -186,11 +186,7 @@ def test_user_heads_spec_and_refusals():
     model = tiny_attention()
     spec = {"attn": {"num_heads": 2, "qkv": ["attn.in_proj_weight", "attn.in_proj_bias"]}}
     part = hl.Partition.by_head(model, heads=spec)
-    assert part.labels[:6] == ["attn.q.head0", "attn.q.head1", "attn.k.head0"] + [
-        "attn.k.head1",
-        "attn.v.head0",
-        "attn.v.head1",
-    ]
+    assert part.labels[:6] == [f"attn.{r}.head{h}" for r in "qkv" for h in (0, 1)]
     assert "attn.out_proj.weight" in part.labels  # no "o" given: the projection stays whole
     same = hl.Partition.by_head(model, heads=[AttentionLayout("x", 2, qkv=spec["attn"]["qkv"])])
     assert same.labels[0] == "x.q.head0"
