@@ -115,6 +115,9 @@ class TextData:
             DataError: the model does not take token windows of this context, or has
                 fewer outputs than the data's vocabulary.
         """
+        declared = getattr(model, "vocab_size", None)
+        if isinstance(declared, int) and declared < self.vocab_size:
+            raise DataError(self._vocab_problem(declared))
         x, _ = self.prepare(torch.arange(min(2, len(self))))
         param = next(model.parameters())
         was = model.training
@@ -124,9 +127,10 @@ class TextData:
                 out = model(x.to(param.device))
         except (RuntimeError, ValueError, IndexError, TypeError) as err:
             raise DataError(
-                f"the model does not take token windows of context {self.shape[0]} "
-                f"({str(err).splitlines()[0][:160]}); build it with context >= "
-                f"{self.shape[0]} or choose the data's context with @T"
+                f"the model does not take token windows of context {self.shape[0]} and "
+                f"{self.vocab_size} token ids ({str(err).splitlines()[0][:160]}); build it "
+                f"with context >= {self.shape[0]} and vocab_size >= {self.vocab_size}, or "
+                "choose the data's context with @T"
             ) from None
         finally:
             model.train(was)
@@ -136,10 +140,13 @@ class TextData:
                 f"{tuple(out.shape)} for inputs {tuple(x.shape)}"
             )
         if out.shape[-1] < self.vocab_size:
-            raise DataError(
-                f"the data has {self.vocab_size} token ids but the model {out.shape[-1]} "
-                f"outputs; build it with vocab_size={self.vocab_size}"
-            )
+            raise DataError(self._vocab_problem(out.shape[-1]))
+
+    def _vocab_problem(self, outputs: int) -> str:
+        return (
+            f"the data has {self.vocab_size} token ids but the model {outputs} outputs; "
+            f"build it with vocab_size={self.vocab_size}"
+        )
 
 
 # ---------------------------------------------------------------------------- specs
