@@ -105,7 +105,9 @@ class Partition:
     """A partition of a model's trainable parameters into S groups.
 
     Build one with the class methods (:meth:`canonical`, :meth:`by_layer`,
-    :meth:`by_kind`, :meth:`trivial`, :meth:`discrete`, :meth:`from_groups`).
+    :meth:`by_kind`, :meth:`trivial`, :meth:`discrete`, :meth:`from_groups`; groups inside
+    tensors: :meth:`from_index_sets`, :meth:`by_head`, :meth:`adam_mini`,
+    :meth:`by_neuron`).
 
     Example:
         >>> from torch import nn
