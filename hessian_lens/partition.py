@@ -144,6 +144,7 @@ class Partition:
         self._validate()
         self._members = self._build_members()
         self._reach = self._build_reach()
+        self._copies: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -514,7 +515,7 @@ class Partition:
                 whole_ids.append(a)
                 whole_vals.append(t.sum())
             else:
-                out = out.index_add(0, a.to(t.device).reshape(-1), t.reshape(-1))
+                out = out.index_add(0, self._on(a, t.device).reshape(-1), t.reshape(-1))
         if whole_vals:
             ids = torch.tensor(whole_ids, device=ref.device)
             out = out.index_add(0, ids, torch.stack(whole_vals))
@@ -534,7 +535,7 @@ class Partition:
             elif isinstance(sel, slice):
                 part = t.reshape(-1)[sel].sum()
             else:
-                part = t.reshape(-1)[sel.to(t.device)].sum()
+                part = t.reshape(-1)[self._on(sel, t.device)].sum()
             total = part if total is None else total + part
         if total is None:
             raise PartitionError(f"group {s} has no parameter among {list(which)}")
@@ -551,7 +552,7 @@ class Partition:
     def expand(self, eta: torch.Tensor, i: int) -> torch.Tensor:
         """``eta`` broadcast onto parameter ``i``: entry ``eta[s]`` on every scalar of I_s."""
         a = self.assignment[i]
-        return eta[a] if isinstance(a, int) else eta[a.to(eta.device)]
+        return eta[a] if isinstance(a, int) else eta[self._on(a, eta.device)]
 
     def matrix(self, u: Sequence[torch.Tensor]) -> torch.Tensor:
         """The S x P matrix whose row s is ``U^s`` (``u`` restricted to group s), flattened."""
@@ -562,6 +563,15 @@ class Partition:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _on(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``index`` on ``device``, copied there once (index tensors are the partition's)."""
+        if index.device == device:
+            return index
+        key = (id(index), device)
+        if key not in self._copies:
+            self._copies[key] = index.to(device)
+        return self._copies[key]
+
     def _flat_ids(self, i: int) -> torch.Tensor:
         a = self.assignment[i]
         if isinstance(a, int):

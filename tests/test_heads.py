@@ -17,7 +17,7 @@ from hessian_lens.losses import next_token
 from hessian_lens.models import GPT
 from hessian_lens.reference import full_derivative
 from hessian_lens.registry import build_model
-from tests.compare import EXACT, assert_close
+from tests.compare import DEVICES, EXACT, assert_close
 from tests.tiny import perturb
 
 
@@ -98,6 +98,22 @@ def test_sub_tensor_groups_match_brute_force(name, scheme, method, request):
     H, g = reference(name, part)
     assert_close(res.H, H, **EXACT)
     assert_close(res.g, g, **EXACT)
+
+
+@pytest.mark.parametrize("method", ["loop", "vmap"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_head_groups_on_every_device(device, method):
+    """The index tensors follow the computation's device (copied there once)."""
+    model, batch = tiny_attention(), data("attention")
+    part = hl.Partition.adam_mini(model)
+    with attention_for_derivatives():
+        res = hl.pseudo_hessian(
+            model, F.cross_entropy, batch, partition=part, method=method, device=device
+        )
+    H, g = reference("attention", part)
+    assert_close(res.H, H, **EXACT)
+    assert_close(res.g, g, **EXACT)
+    assert {d.type for _, d in part._copies} <= {torch.device(device).type}
 
 
 @functools.cache
