@@ -34,6 +34,7 @@ _EXPORTS = {
     "PartitionNewton": "hessian_lens.optim",
     "partition_newton_step": "hessian_lens.optim",
     "Group": "hessian_lens.partition",
+    "AttentionLayout": "hessian_lens.heads",
     "Partition": "hessian_lens.partition",
     "PartitionError": "hessian_lens.partition",
     "MemoryGuardError": "hessian_lens.summary",
@@ -54,7 +55,17 @@ _EXPORTS = {
     "taylor_view": "hessian_lens.taylor",
     "get_loss": "hessian_lens.losses",
 }
-_MODULES = ("optim", "linalg", "plots", "data", "taylor", "paper", "distributed")
+_MODULES = (
+    "optim",
+    "linalg",
+    "plots",
+    "data",
+    "taylor",
+    "paper",
+    "distributed",
+    "heads",
+    "text",
+)
 
 __all__ = [*sorted(_EXPORTS), "__version__", "optim"]
 

@@ -19,7 +19,7 @@ from hessian_lens import batches as B
 from hessian_lens.memory import Planner
 from tests.compare import EXACT, assert_close
 from tests.oracle import oracle
-from tests.tiny import perturb
+from tests.tiny import SeqNet, perturb
 
 F64 = torch.float64
 
@@ -171,18 +171,6 @@ def test_single_sample_batches_need_a_declared_reduction():
 
 
 # ---------------------------------------------------------------------------- 3: batch_dim
-class SeqNet(nn.Module):
-    def __init__(self, batch_first: bool) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(3, 4, batch_first=batch_first)
-        self.fc = nn.Linear(4, 2)
-        self.batch_first = batch_first
-
-    def forward(self, x):
-        out, _ = self.lstm(x)
-        return self.fc(out[:, -1] if self.batch_first else out[-1])
-
-
 def test_sequence_first_lstm_with_batch_dim(micro):
     torch.manual_seed(0)
     model = perturb(SeqNet(batch_first=False), scale=0.2)
@@ -507,3 +495,16 @@ def test_the_optimizer_step_takes_the_same_contract():
     H, g, _ = oracle(model, lambda run: run(**joined)["loss"])
     assert_close(info["H"], H, **EXACT)
     assert_close(eta, torch.linalg.solve(H, g), rtol=1e-7, atol=1e-12)
+
+
+def test_vmap_never_runs_through_layer_norm():
+    """torch.func's derivatives of layer_norm are wrong (3% on torch 2.14): the loop runs."""
+    torch.manual_seed(0)
+    model = perturb(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 2)))
+    x, y = torch.randn(6, 3, dtype=F64), torch.randint(0, 2, (6,))
+    res = hl.pseudo_hessian(model, F.cross_entropy, cut(x, y, [2, 4]), method="vmap")
+    assert res.method == "loop" and any("layer_norm are wrong" in n for n in res.notes)
+    H, g, L = whole(model, x, y)
+    check(res, H, g, L)
+    plain = hl.pseudo_hessian(mlp(), F.cross_entropy, data(6), method="vmap")
+    assert plain.method == "vmap" and not plain.notes

@@ -206,3 +206,26 @@ def test_bench_optim_epoch_times_each_optimizer_from_its_own_run(tmp_path):
         )
     assert 0 < by["partition-newton"]["curvature_share"] < 1  # H̄ recomputed on its own batch
     assert by["sgd"]["curvature_share"] == by["adam"]["curvature_share"] == 0
+
+
+def test_bench_train_step_times_steps_of_the_named_model_on_real_windows(tmp_path):
+    text = "def f(x):\n    return x\n" * 400
+    (tmp_path / "c.txt").write_text(text)
+    kwargs = {"layers": 1, "heads": 2, "width": 8, "context": 16}
+    (row,) = run_script(
+        "benchmarks/bench_train_step.py",
+        "gpt",
+        "--data",
+        f"text:{tmp_path / 'c.txt'}@16",
+        "--model-kwargs",
+        json.dumps(kwargs),
+        "--batch-size",
+        "8",
+        "--steps",
+        "4",
+    )
+    train_bytes = len(text) - int(len(text) * 0.1)  # the last 10% is the test split
+    windows = (train_bytes - 1) // 16
+    assert row["kwargs"] == kwargs and row["samples_per_epoch"] == windows
+    assert row["steps_per_epoch"] == -(-windows // 8)
+    assert row["s_per_epoch"] == round(row["s_per_step"] * row["steps_per_epoch"])

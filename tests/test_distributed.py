@@ -86,16 +86,14 @@ def rank_main(rank: int, world: int, port: int, folder: str, cut: int) -> None:
         tdist.destroy_process_group()
 
 
-def failing_rank(rank: int, world: int, port: int, folder: str, _cut: int) -> None:
-    """Rank 1's inputs have the wrong shape: its forward fails inside pass 1."""
+def record_outcome(rank: int, world: int, port: int, folder: str, compute) -> None:
+    """Join the group, run ``compute(rank)`` and write the name of what it raised."""
     torch.set_num_threads(1)
     tdist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
-    x, y = data_for("cnn", n=6)
-    data = [(x if rank == 0 else x[:, :, :3], y)]
     try:
-        hl.pseudo_hessian(cnn(), loss_fn, data)
+        compute(rank)
         outcome = "no error"
     except Exception as err:
         outcome = type(err).__name__
@@ -103,6 +101,16 @@ def failing_rank(rank: int, world: int, port: int, folder: str, _cut: int) -> No
         tdist.destroy_process_group()
     with open(os.path.join(folder, f"rank{rank}.txt"), "w") as f:
         f.write(outcome)
+
+
+def failing_rank(rank: int, world: int, port: int, folder: str, _cut: int) -> None:
+    """Rank 1's inputs have the wrong shape: its forward fails inside pass 1."""
+
+    def compute(rank: int) -> None:
+        x, y = data_for("cnn", n=6)
+        hl.pseudo_hessian(cnn(), loss_fn, [(x if rank == 0 else x[:, :, :3], y)])
+
+    record_outcome(rank, world, port, folder, compute)
 
 
 class Reordering:
@@ -118,21 +126,13 @@ class Reordering:
 
 def shuffling_rank(rank: int, world: int, port: int, folder: str, _cut: int) -> None:
     """Rank 1's shard changes between the passes: it says so, rank 0 does not wait."""
-    torch.set_num_threads(1)
-    tdist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    x, y = data_for("cnn", n=8)
-    data = [(x, y)] if rank == 0 else Reordering([(x[:3], y[:3]), (x[3:], y[3:])])
-    try:
+
+    def compute(rank: int) -> None:
+        x, y = data_for("cnn", n=8)
+        data = [(x, y)] if rank == 0 else Reordering([(x[:3], y[:3]), (x[3:], y[3:])])
         hl.pseudo_hessian(cnn(), loss_fn, data)
-        outcome = "no error"
-    except Exception as err:
-        outcome = type(err).__name__
-    finally:
-        tdist.destroy_process_group()
-    with open(os.path.join(folder, f"rank{rank}.txt"), "w") as f:
-        f.write(outcome)
+
+    record_outcome(rank, world, port, folder, compute)
 
 
 def launch(worker, folder, cut: int = 0, world: int = 2) -> None:

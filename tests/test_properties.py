@@ -24,7 +24,7 @@ from hessian_lens import batches as B
 from hessian_lens.memory import Planner
 from tests.compare import EXACT, assert_close
 from tests.oracle import flat_whole_loss
-from tests.tiny import perturb
+from tests.tiny import SeqNet, perturb
 
 F64 = torch.float64
 N = 8  # samples
@@ -34,18 +34,6 @@ PROPERTY = settings(
     derandomize=True,  # the same examples on every run and machine (CI is reproducible)
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-class SeqNet(nn.Module):
-    def __init__(self, batch_first: bool) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(2, 3, batch_first=batch_first)
-        self.fc = nn.Linear(3, 3)
-        self.batch_first = batch_first
-
-    def forward(self, x):
-        out, _ = self.lstm(x)
-        return self.fc(out[:, -1] if self.batch_first else out[-1])
 
 
 class AttnNet(nn.Module):
@@ -76,8 +64,8 @@ def _mlp() -> nn.Module:
 KINDS = {
     "mlp": (_mlp, (N, 4), 0),
     "conv": (ConvNet, (N, 1, 5, 5), 0),
-    "lstm_batch_first": (lambda: SeqNet(True), (N, 3, 2), 0),
-    "lstm_sequence_first": (lambda: SeqNet(False), (3, N, 2), (1, 0)),
+    "lstm_batch_first": (lambda: SeqNet(True, 2, 3, 3), (N, 3, 2), 0),
+    "lstm_sequence_first": (lambda: SeqNet(False, 2, 3, 3), (3, N, 2), (1, 0)),
     "attention": (AttnNet, (N, 3, 4), 0),
 }
 
