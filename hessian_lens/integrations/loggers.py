@@ -31,8 +31,9 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
-from hessian_lens import plots
+from hessian_lens import linalg, plots
 from hessian_lens.store import Record
 
 PREFIX = "hessian"
@@ -49,17 +50,18 @@ def curvature_scalars(summary: dict[str, Any], arrays: dict[str, np.ndarray]) ->
     """The scalars sent to loggers, keyed ``hessian/<name>``.
 
     The block-heterogeneity spread measures how different the curvature along u is from
-    one group to the next::
+    one group to the next (:func:`hessian_lens.linalg.heterogeneity`'s overall
+    ``log10_std``)::
 
-        r_s    = H̄_ss / ‖U^s‖²     (the curvature of the loss along U^s, per unit step)
-        spread = std_s( log10 r_s )  over the groups with r_s > 0
+        c_s    = H̄_ss / ‖U^s‖²       (the curvature of the loss along U^s, per unit step)
+        spread = std_s( log10 |c_s| )  over the groups with c_s defined and != 0
 
-    in decades: 0 when every group has the same curvature along its direction, 1 when
-    they differ by a factor 10 (one standard deviation). It does not change when the loss
-    is multiplied by a constant. ``‖U^s‖²`` is stored by the Recorder as ``u_sq``; for
-    analyses without it (u = the gradient) ``ḡ_s = ∇L·U^s = ‖U^s‖²`` is used.
-    ``hessian/negative_curvature_groups`` counts the groups with ``r_s <= 0``, left out
-    of the spread.
+    (population std) in decades: 0 when every group has the same curvature along its
+    direction, 1 when they differ by a factor 10 (one standard deviation). It does not
+    change when the loss is multiplied by a constant. ``‖U^s‖²`` is stored by the
+    Recorder as ``u_sq``; for analyses without it (u = the gradient) ``ḡ_s = ∇L·U^s =
+    ‖U^s‖²`` is used. ``hessian/negative_curvature_groups`` counts the groups with
+    ``c_s < 0`` (their magnitude is in the spread).
 
     Example:
         >>> H = np.diag([1.0, 100.0]); g = np.array([1.0, 1.0])
@@ -69,11 +71,9 @@ def curvature_scalars(summary: dict[str, Any], arrays: dict[str, np.ndarray]) ->
         (1.0, 101.0, 100.0)
     """
     H, g, Hinv = arrays["H"], arrays["g"], arrays["Hinv"]
-    u_sq = arrays.get("u_sq", g)
-    diag = np.diag(H)
-    ok = (u_sq > 0) & np.isfinite(diag)
-    ratio = np.where(ok, diag / np.where(ok, u_sq, 1.0), np.nan)
-    positive = ratio[np.isfinite(ratio) & (ratio > 0)]
+    u_sq = np.asarray(arrays.get("u_sq", g), dtype=np.float64)
+    curv = linalg.group_curvature(torch.as_tensor(H), torch.as_tensor(np.clip(u_sq, 0, None)))
+    spread = linalg.spread(curv)
     layer = summary.get("compare", {}).get("layer", {})
     out = {
         "off_block_H": layer.get("off_share_H", _off_share(H, summary)),
@@ -81,8 +81,8 @@ def curvature_scalars(summary: dict[str, Any], arrays: dict[str, np.ndarray]) ->
         "condition": summary.get("inverse", {}).get("condition", math.nan),
         "trace": float(np.trace(H)),
         "grad_norm": float(np.linalg.norm(g)),
-        "spread": float(np.log10(positive).std()) if positive.size else math.nan,
-        "negative_curvature_groups": float(np.sum(ok & ~(ratio > 0))),
+        "spread": spread["log10_std"],
+        "negative_curvature_groups": spread["negative"],
         "loss": summary.get("loss", math.nan),
     }
     return {f"{PREFIX}/{k}": float(v) for k, v in out.items() if v is not None}
