@@ -58,7 +58,7 @@ class Snapshots(pl.Callback):
         self.states[step] = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
 
-def fit(tmp_path, epochs=2, logger=False, **kwargs):
+def fit(tmp_path, epochs=2, logger=False, trainer_kwargs=None, **kwargs):
     batches = tiny_data()
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(
@@ -76,6 +76,7 @@ def fit(tmp_path, epochs=2, logger=False, **kwargs):
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[cb, snaps],
+        **(trainer_kwargs or {}),
     )
     trainer.fit(module, loader, loader)
     return module, batches, snaps, tmp_path / "run"
@@ -167,3 +168,11 @@ def test_the_trainers_tensorboard_logger_gets_the_curvature_scalars(tmp_path):
     assert [e.step for e in trace] == [0, 4]  # the initialisation, then after 4 steps
     assert trace[-1].value == pytest.approx(np.trace(recs[-1].arrays["H"]), rel=1e-6)
     assert "hessian/Hinv" in acc.Tags()["images"]
+
+
+def test_gradient_accumulation_records_each_optimizer_step_once(tmp_path):
+    *_, run = fit(
+        tmp_path, epochs=1, every_n_steps=1, trainer_kwargs={"accumulate_grad_batches": 2}
+    )
+    recs = ResultStore(run / "analysis.sqlite").records()
+    assert [r.epoch for r in recs] == [0, 0.5, 1]  # 4 batches, 2 optimizer steps

@@ -81,6 +81,7 @@ class HessianLensCallback(pl.Callback):
         self.kwargs = recorder_kwargs
         self.recorder: Recorder | None = None
         self._u: list[Tensor] | None = None
+        self._logged = -1  # the optimizer step last recorded
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -103,8 +104,10 @@ class HessianLensCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """With ``every_n_steps``: record the state after this optimizer step when due."""
-        if self.recorder is None or not self.schedule.step_due(trainer.global_step):
-            return
+        step = trainer.global_step
+        if self.recorder is None or not self.schedule.step_due(step) or step == self._logged:
+            return  # (with gradient accumulation, several batches end at one step)
+        self._logged = step
         epoch = trainer.current_epoch + (batch_idx + 1) / max(trainer.num_training_batches, 1)
         self._log(trainer, round(epoch, 3))
 
