@@ -299,12 +299,7 @@ def _train(args) -> int:
 
 def _analyze(args) -> int:
     from hessian_lens import distributed
-    from hessian_lens.analyze import (
-        POLL_S,
-        AnalysisSettings,
-        analyze_run,
-        analyze_run_data_parallel,
-    )
+    from hessian_lens.analyze import AnalysisSettings
 
     settings = AnalysisSettings(
         samples=args.samples,
@@ -316,6 +311,17 @@ def _analyze(args) -> int:
         loss=args.loss or _run_loss(args.run),
     )
     device = distributed.init_from_env(resolve_device(args.device))
+    try:
+        return _analyze_on(args, settings, device)
+    finally:
+        distributed.leave()
+
+
+def _analyze_on(args, settings, device) -> int:
+    """``analyze`` once this process has joined the ranks torchrun started (if any)."""
+    from hessian_lens import distributed
+    from hessian_lens.analyze import POLL_S, analyze_run, analyze_run_data_parallel
+
     rank, world = distributed.rank_and_world()
     kwargs = {
         "data_source": args.data_root,
