@@ -65,8 +65,6 @@ def test_bench_summary_ratios_are_to_the_gradient_of_the_same_run():
         # both are rounded (ratio to 2 decimals, seconds to 5): 1% covers that, a ratio to
         # itself or to another row does not
         assert r["x_gradient"] == pytest.approx(r["median_s"] / gradient, rel=0.01, abs=0.006), r
-    for r in rows[1:]:  # S = 10 Hessian-vector products each: slower than one gradient
-        assert r["x_gradient"] > 1.5, r
     for r in rows:  # each call allocates (its graph, at least): a probe that sees nothing broke
         assert r["peak_extra_mb"] > 0, r
 
