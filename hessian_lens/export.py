@@ -82,7 +82,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hessian_lens.checkpoint import DEFAULT_MAX_BYTES, CheckpointError
+from hessian_lens.checkpoint import DEFAULT_MAX_BYTES, CheckpointError, check_pickle
 
 CHUNK = 1 << 20
 MAX_MEMBERS = 100_000
@@ -834,6 +834,7 @@ def _example_shapes(archive: _Archive) -> list[list[int]] | None:
         return None
     data = archive.read(SAMPLE_INPUTS)
     _check_nested_zip(data, archive)
+    check_pickle(io.BytesIO(data), archive.max_bytes, f"{archive.name}'s sample inputs")
     try:
         sample = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # any failure of the restricted unpickler
