@@ -49,6 +49,10 @@ SCHEMA_VERSION = "1"
 BUSY_MS = 60_000
 MAX_ARRAY_ITEMS = 64  # arrays per record
 MAX_SUMMARY_BYTES = 16 * 2**20
+#: The most groups a record may list: the discrete partition's limit (one group per scalar).
+MAX_GROUPS = 5000
+#: S x S arrays a record holds at most (H, Hinv, their normalised forms, 3 block inverses).
+MAX_MATRICES = 12
 _RESULT_COLUMNS = (
     "checkpoint_sha",
     "settings_key",
@@ -457,6 +461,8 @@ def unpack_arrays(blob: bytes, max_items: int) -> dict[str, np.ndarray]:
             if len(infos) > MAX_ARRAY_ITEMS:
                 raise StoreError(f"a stored record holds {len(infos)} arrays; refusing it")
             big = [i.filename for i in infos if i.file_size > limit]
+            if sum(i.file_size for i in infos) > MAX_MATRICES * limit:
+                big = big or [f"{len(infos)} arrays together"]
             if big:
                 raise StoreError(
                     f"a stored record declares arrays larger than S = {int(max_items**0.5)} "
@@ -486,6 +492,11 @@ def _record(row) -> Record:
         raise StoreError("a stored record's summary is not an object")
     labels = summary.get("labels") if isinstance(summary.get("labels"), list) else []
     S = max(len(labels), 1)
+    if S > MAX_GROUPS:
+        raise StoreError(
+            f"a stored record lists {S:,} groups, more than the {MAX_GROUPS:,} an analysis "
+            "can have; refusing to read its arrays (the store was edited or is not ours)"
+        )
     return Record(
         str(sha),
         _summary(settings, "settings"),
