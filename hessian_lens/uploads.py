@@ -6,7 +6,7 @@ results cache is moved aside.
 Layout under the cache folder (:func:`hessian_lens.settings.cache_dir`)::
 
     uploads/<sha256[:16]><suffix>   uploaded checkpoints (mtime = last use)
-    uploads/.index                  the names this cache wrote, one a line
+    uploads.index                   the names this cache wrote into uploads/, one a line
     inspect.sqlite                  their analyses (a normal results store)
 
 Eviction deletes only files that the index lists, that are named as the cache names them
@@ -30,7 +30,7 @@ from hessian_lens.store import ResultStore, StoreError
 UPLOADS = "uploads"
 STORE = "inspect.sqlite"
 SUFFIXES = (".pt", ".pth", ".safetensors", ".pt2")
-INDEX = ".index"
+INDEX = "uploads.index"
 _OURS = re.compile(r"[0-9a-f]{16}\.(pt|pth|safetensors|pt2)")
 
 
@@ -63,9 +63,13 @@ def save_upload(cache: Path, name: str, data: bytes, limit: int) -> tuple[Path, 
         os.utime(path, follow_symlinks=False)
     else:
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-    if path.name not in _index(folder):
-        with open(folder / INDEX, "a") as f:  # one short line: an atomic append
-            f.write(path.name + "\n")
+    if path.name not in _index(cache):  # one short line: an atomic append, never via a link
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        fd = os.open(cache / INDEX, flags, 0o666)
+        try:
+            os.write(fd, (path.name + "\n").encode())
+        finally:
+            os.close(fd)
     return path, sha
 
 
@@ -81,10 +85,10 @@ def _own_folder(cache: Path) -> Path | None:
     return None if folder.is_symlink() else folder
 
 
-def _index(folder: Path) -> set[str]:
-    """The names the cache wrote into ``folder``."""
+def _index(cache: Path) -> set[str]:
+    """The names the cache wrote into its uploads folder."""
     try:
-        text = (folder / INDEX).read_text(errors="replace")
+        text = (cache / INDEX).read_text(errors="replace")
     except OSError:
         return set()
     return {line for line in text.splitlines() if _OURS.fullmatch(line)}
@@ -117,10 +121,8 @@ def evict(cache: Path, limit: int, keep: Path | None = None) -> list[Path]:
         total -= size
         gone.append(path)
     if gone:  # a name appended meanwhile may be lost: that file is then kept, never deleted
-        left = sorted(_index(cache / UPLOADS) - {p.name for p in gone})
-        atomic_write(
-            cache / UPLOADS / INDEX, lambda tmp: Path(tmp).write_text("\n".join(left) + "\n")
-        )
+        left = sorted(_index(cache) - {p.name for p in gone})
+        atomic_write(cache / INDEX, lambda tmp: Path(tmp).write_text("\n".join(left) + "\n"))
     return gone
 
 
@@ -130,7 +132,7 @@ def _sizes(cache: Path) -> dict[Path, tuple[float, int]]:
     if folder is None:
         return {}
     out = {}
-    for name in _index(folder):
+    for name in _index(cache):
         path = folder / name
         try:
             st = path.lstat()

@@ -17,5 +17,5 @@ with common.guard():
     settings = common.select_settings(run) if run is not None else None
     if settings is not None:
         recs = reads.records(run, settings)
-        st.markdown(f"**{run.name}** · {len(recs)} analysed checkpoints")
+        st.markdown(f"**{common.plain(run.name)}** · {len(recs)} analysed checkpoints")
         render_interactions(recs, key="interactions")
