@@ -964,6 +964,8 @@ def _rebuild(clean: Path, program: _Program, name: str, max_bytes: int | None) -
         raise
     except Exception as err:  # torch raises many types on a bad program
         why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        if "warnings above" in why:  # torch's log, silenced: say what it usually means
+            why = "its deserializer failed: a symbolic size without a range, or a malformed node"
         raise _error(
             name,
             f"passed the safety checks, but torch could not rebuild the program ({why})",
