@@ -666,6 +666,8 @@ def _stored_rows(path: Path) -> Callable[[], dict]:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             return {"rows": db.execute("SELECT COUNT(*) FROM results").fetchone()[0]}
+        except sqlite3.Error as err:  # e.g. a hot journal left behind
+            return {"rows": f"unreadable ({err})"}
         finally:
             db.close()
 
@@ -1091,8 +1093,11 @@ def _(w, t):
     _ones_pt2(w, huge)
     probe = (
         "import sys, torch; from hessian_lens.checkpoint import load_checkpoint\n"
-        f"m, _ = load_checkpoint({str(w / 'model.pt2')!r})\n"
-        "m(torch.zeros(2, 3, 4)); print('ran', file=sys.stderr)"
+        "try:\n"
+        f"    m, _ = load_checkpoint({str(w / 'model.pt2')!r})\n"
+        "    m(torch.zeros(2, 3, 4)); print('loaded and ran', file=sys.stderr)\n"
+        "except Exception as err:\n"
+        "    sys.exit(f'{type(err).__name__}: {err}')"
     )
     return code(probe, timeout=180, mem=6 * GiB)
 
@@ -1454,6 +1459,58 @@ PINS = {
 }
 
 
+H3 = "test_hardening3.py::"
+PINS.update(
+    {
+        "inspect CLI: 854-byte": H3
+        + "test_a_pickle_calling_bytearray_is_refused_before_torch_allocates",
+        "Inspect page: the same .pt": H3
+        + "test_a_pickle_calling_bytearray_is_refused_before_torch_allocates",
+        "inspect CLI: .pt2 whose sample_inputs": H3
+        + "test_a_pt2_whose_sample_inputs_call_bytearray_is_refused",
+        "inspect CLI: 40 kB": H3 + "test_a_pickle_building_millions_of_objects_is_stopped_early",
+        "Inspect page: 1.6 kB": H3 + "test_inspect_page_checks_memory_before_values; "
+        "test_a_tensor_expanded_from_one_value_is_refused_at_read_time",
+        "Interactions page: store listing": H3
+        + "test_a_store_listing_100k_labels_does_not_lift_the_array_limit",
+        "inspect CLI: 435 kB": H3
+        + "test_a_pt2_program_padded_with_millions_of_empty_objects_is_refused",
+        "inspect CLI: 95 MB": H3
+        + "test_a_safetensors_header_of_millions_of_empty_objects_is_refused",
+        "analyze CLI: a 3 MB": H3 + "test_analyze_reads_run_checkpoints_under_the_checkpoint_limit",
+        "analyze CLI: 4 MB npz": H3
+        + "test_npz_members_are_checked_against_the_data_limit_before_inflating",
+        "analyze CLI: an image folder": H3
+        + "test_huge_images_are_refused_from_their_header[12000]",
+        "analyze CLI: one 200 Mpx": H3 + "test_huge_images_are_refused_from_their_header[14200]",
+        "load + one forward": H3
+        + "test_a_pt2_graph_allocating_gigabytes_is_refused_before_running",
+        "inspect CLI: .pt2 with a symbolic Max": H3
+        + "test_a_pt2_with_a_huge_symbolic_max_is_refused_quickly",
+        "server: Streamlit's": H3 + "test_the_servers_upload_limit_is_the_apps; "
+        "test_inspect_page_caps_the_app_limit_at_the_servers",
+        "analyze CLI: analysis.sqlite a symlink": H3
+        + "test_analyze_never_writes_a_store_symlinked_outside_the_run",
+        "Inspect page: uploads/": H3 + "test_eviction_never_deletes_files_the_cache_did_not_write",
+        "analyze CLI: a store whose claims": H3
+        + "test_a_store_with_a_trigger_or_view_is_refused_not_run; "
+        "test_every_store_query_has_a_time_bound",
+        "analyze CLI: a .pt2 as": H3 + "test_analyze_reads_a_pt2_checkpoint_of_a_run",
+        "analyze CLI: --lease-seconds": H3 + "test_analyze_with_a_nan_lease_is_one_line",
+        "analyze CLI: --data safetensors": H3
+        + "test_safetensors_data_with_bfloat16_targets_is_read",
+        "analyze CLI: all-zero": H3
+        + "test_analyze_of_all_zero_images_is_one_line_and_leaves_no_store",
+        "Interactions page: a store with a hot": H3
+        + "test_a_hot_journal_is_rolled_back_by_a_writer_and_explained_to_a_viewer",
+        "analyze CLI: the same store": H3
+        + "test_a_hot_journal_is_rolled_back_by_a_writer_and_explained_to_a_viewer",
+        "inspect CLI: .pt2 with a symbol": H3 + "test_torch_logs_nothing_while_a_pt2_is_validated",
+        "home page: run.json fields": H3 + "test_home_page_shows_run_json_fields_as_plain_text",
+    }
+)
+
+
 def _pin(name: str) -> str:
     if name.startswith(("train CLI", "analyze CLI: labels")):
         return CLI_TESTS
@@ -1483,6 +1540,8 @@ def outcome(row: dict | None) -> str:
                 parts.append(f"{page['subheaders']} cards")
             if page.get("torch_load_calls") is not None:
                 parts.append(f"torch.load × {page['torch_load_calls']}")
+            if page.get("images") is not None:
+                parts.append(f"{page['images']} markdown images from run.json")
     else:
         parts.append(f"exit {row['rc']}")
         if row["traceback"]:
