@@ -30,7 +30,7 @@ from hessian_lens.files import file_sha256
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.partition import Partition, check_scheme
 from hessian_lens.settings import checkpoint_limit_bytes
-from hessian_lens.store import Record, ResultStore
+from hessian_lens.store import MAX_GROUPS, Record, ResultStore
 from hessian_lens.summary import PseudoHessian, pseudo_hessian
 
 ENGINE_VERSION = "1"
@@ -108,6 +108,12 @@ def analyze_model(
         (and ``d3`` with ``order3``).
     """
     part = Partition.from_name(model, settings.partition)
+    if len(part.groups) > MAX_GROUPS:  # a store refuses to read such a record back
+        raise ValueError(
+            f"the {settings.partition} partition of this model has S = {len(part.groups):,} "
+            f"groups, more than the {MAX_GROUPS:,} a stored analysis may have; choose a "
+            "coarser partition (canonical, by_layer, by_module:K with a smaller K)"
+        )
     tick = _batch_progress(progress) if progress is not None else False
     res = pseudo_hessian(
         model,

@@ -198,6 +198,17 @@ def test_a_store_listing_100k_labels_does_not_lift_the_array_limit(tmp_path):
         store.records()
 
 
+def test_an_analysis_never_stores_more_groups_than_a_store_reads_back(monkeypatch):
+    import hessian_lens.analyze as analyze
+
+    monkeypatch.setattr(
+        analyze, "MAX_GROUPS", 4, raising=False
+    )  # LeNet-5's canonical partition: 10
+    data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
+    with pytest.raises(ValueError, match="S = 10 groups"):
+        analyze.analyze_model(build_model("lenet5"), data, analyze.AnalysisSettings(samples=4))
+
+
 # ---------------------------------------------------------------------------- item 5
 def test_a_pt2_program_padded_with_millions_of_empty_objects_is_refused(tmp_path):
     from tests.test_export import PROGRAM, read_members, save_export
