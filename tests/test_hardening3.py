@@ -209,6 +209,74 @@ def test_an_analysis_never_stores_more_groups_than_a_store_reads_back(monkeypatc
         analyze.analyze_model(build_model("lenet5"), data, analyze.AnalysisSettings(samples=4))
 
 
+def zeros_member(zf: zipfile.ZipFile, name: str, shape: tuple, dtype: str) -> None:
+    """An .npy member of zeros written in chunks (deflated: a few hundred kB per 512 MB)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": dtype, "fortran_order": False, "shape": shape}
+    )
+    left = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    with zf.open(name, "w", force_zip64=True) as f:
+        f.write(header.getvalue())
+        block = bytes(1 << 24)
+        while left > 0:
+            f.write(block[: min(left, len(block))])
+            left -= len(block)
+
+
+def store_with_inflating_h(path: Path) -> Path:
+    store = ResultStore(path)
+    labels = [f"g{i}" for i in range(100_000)]
+    store.put(Record("ab", {"k": 1}, "e.pt", 1, {"labels": labels}, {"H": np.eye(2)}))
+    blob = io.BytesIO()
+    with zipfile.ZipFile(blob, "w", zipfile.ZIP_DEFLATED) as zf:
+        zeros_member(zf, "H.npy", (2**26,), "<f8")  # 512 MB once inflated
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE results SET arrays=?", (blob.getvalue(),))
+    db.close()
+    return path
+
+
+def npz_declaring(path: Path, images: int) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zeros_member(zf, "x.npy", (images, 32, 32, 3), "|u1")
+        zeros_member(zf, "y.npy", (images,), "<i8")
+    return path
+
+
+@pytest.mark.parametrize("case", ["expanded", "store", "npz", "graph"])
+def test_memory_items_grow_the_process_by_less_than_the_limit_plus_a_margin(tmp_path, case):
+    """Items 3, 4, 6, 7 measured like items 1, 2, 5: each read refused, RSS growth bounded."""
+    if case == "expanded":
+        torch.save({"w": torch.zeros(1).expand(30000, 30000)}, tmp_path / "e.pt")  # 3.4 GB
+        code = f"hessian_lens.checkpoint.read_checkpoint({str(tmp_path / 'e.pt')!r}, {LIMIT})"
+    elif case == "store":
+        path = store_with_inflating_h(tmp_path / "analysis.sqlite")
+        code = f"hessian_lens.store.ResultStore.reader({str(path)!r}).records()"
+    elif case == "npz":
+        path = npz_declaring(tmp_path / "bomb.npz", 2**29 // 3072)  # 512 MB of images
+        code = (
+            f"import os; os.environ['HESSIAN_LENS_MAX_DATA_MB'] = '{LIMIT // MB}'\n"
+            f"hessian_lens.data.load_npz({str(path)!r})"
+        )
+    else:
+
+        def huge(program):
+            for node in program["graph_module"]["graph"]["nodes"]:
+                if node["target"] == "torch.ops.aten.ones.default":
+                    node["inputs"][0]["arg"]["as_ints"] = [30000, 30000]
+
+        path = edited_export(tmp_path, huge, "ones.pt2")
+        code = (
+            f"m, _ = hessian_lens.export.load_exported({str(path)!r}, {LIMIT})\n"
+            "m(torch.zeros(2, 3, 4))"
+        )
+    out = bounded(code)
+    assert out["error"] and out["error"].split(":")[0] in ("CheckpointError", "StoreError",
+                                                           "DataError"), out  # fmt: skip
+    assert out["growth_mb"] < LIMIT / MB + MARGIN_MB, out
+
+
 # ---------------------------------------------------------------------------- item 5
 def test_a_pt2_program_padded_with_millions_of_empty_objects_is_refused(tmp_path):
     from tests.test_export import PROGRAM, read_members, save_export
