@@ -38,10 +38,10 @@ def records(run_dir: str, epochs) -> dict[float, dict]:
         settings,
         key=lambda s: sum(r.epoch in epochs for r in run.records(s, arrays=False)),
     )
-    return {
-        r.epoch: {"epoch": r.epoch, "summary": r.summary, "arrays": r.arrays}
-        for r in run.records(best)
-    }
+    out: dict[float, dict] = {}
+    for r in run.records(best):  # of two records of one epoch, the first by name (the .pt)
+        out.setdefault(r.epoch, {"epoch": r.epoch, "summary": r.summary, "arrays": r.arrays})
+    return out
 
 
 def shares(recs: dict[float, dict]) -> list[dict]:
@@ -53,7 +53,8 @@ def shares(recs: dict[float, dict]) -> list[dict]:
         for name in ("H", "Hinv"):
             for scale in paper.SCALES:
                 M = paper.on_scale(rec["arrays"][name], scale)
-                row[f"{name}_{scale}"] = round(paper.off_block_share(M, blocks), 4)
+                # not rounded here: rounding before formatting made 0.452535 into 45.2%
+                row[f"{name}_{scale}"] = paper.off_block_share(M, blocks)
         row["status"] = rec["summary"]["inverse"]["status"]
         rows.append(row)
     return rows

@@ -5,6 +5,7 @@ The public API::
     import hessian_lens as hl
     part = hl.Partition.canonical(model)
     res = hl.pseudo_hessian(model, loss_fn, data)      # res.H (S x S), res.g (S)
+    res = hl.pseudo_hessian(model, None, hl.fixed_batches(loader, 10))  # model's own .loss
     D3 = hl.summary_tensor(model, loss_fn, data, order=3)
     plan = hl.memory_plan(model, loss_fn, batch)        # predicted peak, micro-batch that fits
     eta, info = hl.partition_newton_step(model, loss_fn, data)
@@ -25,12 +26,15 @@ from typing import Any
 __version__ = "0.2.0"
 
 _EXPORTS = {
+    "DataChangedError": "hessian_lens.batches",
+    "fixed_batches": "hessian_lens.batches",
     "CheckpointError": "hessian_lens.checkpoint",
     "load_checkpoint": "hessian_lens.checkpoint",
     "save_checkpoint": "hessian_lens.checkpoint",
     "PartitionNewton": "hessian_lens.optim",
     "partition_newton_step": "hessian_lens.optim",
     "Group": "hessian_lens.partition",
+    "AttentionLayout": "hessian_lens.heads",
     "Partition": "hessian_lens.partition",
     "PartitionError": "hessian_lens.partition",
     "MemoryGuardError": "hessian_lens.summary",
@@ -41,6 +45,7 @@ _EXPORTS = {
     "pseudo_hessian": "hessian_lens.summary",
     "summary_tensor": "hessian_lens.summary",
     "taylor_terms": "hessian_lens.summary",
+    "losses_along": "hessian_lens.summary",
     "ArchitectureError": "hessian_lens.registry",
     "build_model": "hessian_lens.registry",
     "register_model": "hessian_lens.registry",
@@ -50,7 +55,17 @@ _EXPORTS = {
     "taylor_view": "hessian_lens.taylor",
     "get_loss": "hessian_lens.losses",
 }
-_MODULES = ("optim", "linalg", "plots", "data", "taylor", "paper", "distributed")
+_MODULES = (
+    "optim",
+    "linalg",
+    "plots",
+    "data",
+    "taylor",
+    "paper",
+    "distributed",
+    "heads",
+    "text",
+)
 
 __all__ = [*sorted(_EXPORTS), "__version__", "optim"]
 

@@ -51,8 +51,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(env: dict[str, str], log: Path, timeout: float = 90.0) -> Iterator[str]:
-    """``streamlit run app.py`` headless on 127.0.0.1; yields its base URL."""
+def streamlit_server(
+    env: dict[str, str], log: Path, timeout: float = 90.0, cwd: Path = REPO
+) -> Iterator[str]:
+    """``streamlit run app.py`` (of ``cwd``) headless on 127.0.0.1; yields its base URL."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -72,7 +74,7 @@ def streamlit_server(env: dict[str, str], log: Path, timeout: float = 90.0) -> I
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+            cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
         )
         url = f"http://127.0.0.1:{port}"
         try:

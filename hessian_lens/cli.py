@@ -1,4 +1,4 @@
-r"""Command line: ``python -m hessian_lens train | analyze | inspect``.
+r"""Command line: ``python -m hessian_lens train | analyze | inspect | report``.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     python -m hessian_lens analyze checkpoints/lenet5-cifar10 --samples 10000
     torchrun --nproc-per-node 4 -m hessian_lens analyze checkpoints/big-run --shard data
     python -m hessian_lens inspect checkpoints/lenet5-cifar10/epoch_0021.pt
+    python -m hessian_lens report checkpoints/lenet5-cifar10 -o lenet5.html --figures figs/
 
 Bad input prints one line saying what to do and exits with status 2.
 """
@@ -195,6 +196,23 @@ def _add_inspect(sub) -> None:
     p.add_argument("--models", default=None, metavar="FILE.py")
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page of a run (opens offline), and its figures as files",
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("-o", "--out", required=True, help="the HTML file to write, e.g. run.html")
+    p.add_argument(
+        "--figures", default=None, metavar="DIR", help="also write every figure into DIR"
+    )
+    p.add_argument(
+        "--formats",
+        default="png,svg,pdf",
+        help="figure formats for --figures, comma-separated (png, svg, pdf)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m hessian_lens``."""
     ap = argparse.ArgumentParser(
@@ -206,6 +224,7 @@ def parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_analyze(sub)
     _add_inspect(sub)
+    _add_report(sub)
     return ap
 
 
@@ -365,10 +384,25 @@ def _inspect(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from hessian_lens.figexport import ExportError
+    from hessian_lens.report import write_report
+
+    formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
+    try:
+        written = write_report(args.run, args.out, args.figures, formats)
+    except ExportError as err:
+        raise ValueError(str(err)) from None
+    print(f"wrote {written[0]}" + (f" and {len(written) - 1} figure files" if args.figures else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input prints one clear line and exits with status 2."""
     args = parser().parse_args(argv)
-    handler = {"train": _train, "analyze": _analyze, "inspect": _inspect}[args.command]
+    handler = {"train": _train, "analyze": _analyze, "inspect": _inspect, "report": _report}[
+        args.command
+    ]
     try:
         _load_models(args)
         return handler(args)

@@ -14,6 +14,9 @@ A data set spec names what to load (:func:`load_dataset`):
                             integer labels.
 ``PATH.safetensors``        tensors ``inputs`` / ``targets`` (both splits), or
                             ``train_inputs`` ... ``test_targets``.
+``text:PATH``               UTF-8 text as byte tokens, or token arrays (``tokens``)
+                            in an npz / safetensors file: :mod:`hessian_lens.text`
+                            (``@T`` at the end chooses the context).
 ==========================  =====================================================
 
 Images are kept as uint8 (N, C, H, W) (or float (N, C, H, W) as given) and normalised per
@@ -30,10 +33,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from hessian_lens.text import TextData
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -51,7 +58,7 @@ TORCHVISION_SETS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = 
     "fashion-mnist": ("FashionMNIST", (0.2860,), (0.3530,)),
     "svhn": ("SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
 }
-DATASETS = (*TORCHVISION_SETS, "imagefolder:DIR", "npz:PATH", "PATH.safetensors")
+DATASETS = (*TORCHVISION_SETS, "imagefolder:DIR", "npz:PATH", "PATH.safetensors", "text:PATH")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
@@ -119,6 +126,10 @@ class ImageData:
         """The samples at ``idx``, same statistics."""
         return ImageData(self.x[idx], self.y[idx], source, self.mean, self.std)
 
+    def prepare(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """``(normalised images, labels)`` of the samples ``idx``."""
+        return self.normalize(self.x[idx]), self.y[idx]
+
     def normalize(self, x: Tensor) -> Tensor:
         """Images -> float32, per-channel standardised (uint8 first scaled to [0, 1])."""
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -139,11 +150,12 @@ class ImageData:
 
 
 class Batches:
-    """Re-iterable batches of an :class:`ImageData`; shuffling depends on (seed, epoch)."""
+    """Re-iterable batches of an :class:`ImageData` or a :class:`~hessian_lens.text.TextData`.
 
-    def __init__(
-        self, data: ImageData, batch_size: int, shuffle: bool = False, seed: int = 0
-    ) -> None:
+    Shuffling depends on (seed, epoch); ``data.prepare(idx)`` makes a batch.
+    """
+
+    def __init__(self, data, batch_size: int, shuffle: bool = False, seed: int = 0) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
@@ -166,13 +178,13 @@ class Batches:
     def batch(self, index: int) -> tuple[Tensor, Tensor]:
         """Batch number ``index`` of the current order."""
         idx = self._order()[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.data.normalize(self.data.x[idx]), self.data.y[idx]
+        return self.data.prepare(idx)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self._order()
         for start in range(0, len(self.data), self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.data.normalize(self.data.x[idx]), self.data.y[idx]
+            yield self.data.prepare(idx)
 
 
 def check_arrays(x: Tensor, y: Tensor, what: str) -> None:
@@ -212,6 +224,9 @@ def check_model_fits(model: nn.Module, data: ImageData, classes: bool = True) ->
     Raises:
         DataError: "the model expects 3x32x32 inputs, the data gives 1x28x28" and the like.
     """
+    if hasattr(data, "check_model"):  # token windows check themselves
+        data.check_model(model)
+        return
     expected = expected_input(model)
     given = "x".join(str(s) for s in data.shape)
     features = getattr(model, "input_features", None)
@@ -263,7 +278,7 @@ def expected_input(model: nn.Module) -> tuple[int, ...] | None:
 # ---------------------------------------------------------------------------- loading
 def load_dataset(
     spec: str, source: str | os.PathLike | None = None, train: bool = True, download: bool = False
-) -> ImageData:
+) -> ImageData | TextData:
     """One split of a data set spec (module docstring).
 
     Args:
@@ -279,8 +294,17 @@ def load_dataset(
         DataNotFoundError: with the ways to point at a local copy.
         DataError: a file that is there but unusable.
     """
-    spec = str(spec).strip()
+    from hessian_lens import text
+
+    spec, context = text.split_context(str(spec).strip())
     lowered = spec.lower()
+    if lowered.startswith("text:"):
+        return text.load_text(spec, train, context)
+    tokens = _token_file(spec)
+    if tokens is not None:
+        return text.load_tokens(tokens, spec, train, context)
+    if context is not None:
+        raise DataError(f"{spec}: @{context} (a context) only applies to text and token data")
     if lowered.startswith("imagefolder:"):
         return load_image_folder(spec.split(":", 1)[1], train)
     if lowered.startswith("npz:") or lowered.endswith(".npz"):
@@ -294,6 +318,32 @@ def load_dataset(
     if key == "cifar10":
         return load_cifar10(source, train, download)
     return _torchvision(key, _root(source), train, download)
+
+
+def _token_file(spec: str) -> dict[str, np.ndarray] | None:
+    """The token arrays of an npz / safetensors spec holding ``tokens``, else None."""
+    lowered = spec.lower()
+    path = spec.split(":", 1)[1] if lowered.startswith(("npz:", "safetensors:")) else spec
+    if not Path(path).expanduser().is_file():
+        return None
+    path = str(Path(path).expanduser())
+    if path.lower().endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = [k for k in ("tokens", "train_tokens", "test_tokens") if k in z.files]
+                return {k: z[k] for k in keys} if keys else None
+        except (OSError, EOFError, ValueError):
+            return None
+    if path.lower().endswith(".safetensors"):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(path, framework="np") as f:
+                keys = [k for k in ("tokens", "train_tokens", "test_tokens") if k in f.keys()]  # noqa: SIM118 (safe_open has no __contains__)
+                return {k: f.get_tensor(k) for k in keys} if keys else None
+        except (SafetensorError, OSError):
+            return None
+    return None
 
 
 def load_cifar10(

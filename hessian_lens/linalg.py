@@ -1,6 +1,7 @@
 """Small (S x S) linear algebra on pseudo-Hessians, everything in float64.
 
-Invariant normalisation, spectrum, regularised inverse, block-diagonal comparisons.
+Invariant normalisation, spectrum, regularised inverse, block-diagonal comparisons, and
+the block heterogeneity of the curvature (:func:`heterogeneity`).
 
 Under a per-group rescaling ``T_s -> alpha_s T_s`` the pseudo-Hessian becomes
 ``D H D`` with ``D`` diagonal; the normalised matrix
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,8 +32,9 @@ class Inverse:
         inv: the inverse used (float64).
         status: ``"exact"`` (positive definite, well conditioned), ``"singular"``
             (eigenvalues below ``rtol * max|lambda|`` raised to that floor) or
-            ``"indefinite"`` (negative eigenvalues replaced by their absolute values,
-            the saddle-free choice, and floored).
+            ``"indefinite"`` (negative eigenvalues of the normalised C replaced by their
+            absolute values, and floored: ``S |C|^-1 S``, not the saddle-free ``|H|^-1``
+            of H's own eigenvalues, which would depend on each group's units).
         eigenvalues: eigenvalues of the matrix, ascending.
         normalized_eigenvalues: eigenvalues of its normalised form C, ascending.
         condition: ``max|lambda| / min|lambda|`` of the matrix (inf when singular).
@@ -181,6 +184,109 @@ def compare_block_diagonal(
         "decrease_full": model_decrease(g, H, eta_full),
         "decrease_bd": model_decrease(g, H, eta_bd),
     }
+
+
+def group_curvature(H: Tensor, norms_sq: Tensor) -> Tensor:
+    """Each group's curvature along the direction: ``H[s, s] / ||U^s||^2``.
+
+    ``H[s, s] = (U^s)^T H U^s``, so this is the Rayleigh quotient of the Hessian along
+    the direction restricted to group s. With the gradient as direction
+    ``||U^s||^2 = g_bar[s]``: pass ``g``. NaN where ``||U^s|| = 0`` (no direction).
+
+    Raises:
+        ValueError: shapes that do not match, or a negative squared norm (``g`` of a
+            direction that is not the gradient).
+
+    Example:
+        >>> group_curvature(torch.tensor([[2.0, 1.0], [1.0, 8.0]]), torch.tensor([1.0, 2.0]))
+        tensor([2., 4.], dtype=torch.float64)
+    """
+    d, n = H.detach().double().cpu().diagonal(), norms_sq.detach().double().cpu()
+    if H.dim() != 2 or H.shape[0] != H.shape[1] or n.shape != d.shape:
+        raise ValueError(f"H must be S x S and the norms S, got {tuple(H.shape)}, {tuple(n.shape)}")
+    if bool((n < 0).any()) or not bool(torch.isfinite(n).all()):
+        raise ValueError(
+            "squared norms ||U^s||^2 must be finite and >= 0; g_bar equals them only when "
+            "the direction is the gradient"
+        )
+    return torch.where(n > 0, d / torch.where(n > 0, n, 1.0), torch.full_like(d, float("nan")))
+
+
+def heterogeneity(
+    H: Tensor,
+    norms_sq: Tensor,
+    blocks: Sequence[str],
+    heads: Sequence[int | None] | None = None,
+) -> dict[str, Any]:
+    """Block heterogeneity of the curvature: :func:`group_curvature` and its spread.
+
+    Zhang et al. (arXiv 2402.16788) find the Hessian's diagonal blocks alike in CNNs and
+    very different across blocks in transformers. This summarises one number per group,
+    its curvature along the direction, by block type (q / k / v / o / mlp / embedding /
+    norm ..., e.g. :func:`hessian_lens.heads.block_of` of the labels) and by head.
+
+    Args:
+        H: the pseudo-Hessian (S x S).
+        norms_sq: ``||U^s||^2`` per group (``g_bar`` when the direction is the gradient).
+        blocks: the block type of every group.
+        heads: the attention head of every group (None where it has none).
+
+    Returns:
+        ``{"curvature": [S floats, NaN where undefined], "by_block": {type: spread},
+        "by_head": {head: spread}, "overall": spread}`` (see :func:`spread`);
+        ``overall`` adds ``between_blocks_log10_std``, the dispersion in decades of the
+        block types' median magnitudes (0 when all types alike).
+    """
+    c = group_curvature(H, norms_sq)
+    if len(blocks) != c.numel() or (heads is not None and len(heads) != c.numel()):
+        raise ValueError(f"blocks and heads need one entry per group (S = {c.numel()})")
+    by_block = {
+        b: spread(c[[i for i, x in enumerate(blocks) if x == b]]) for b in dict.fromkeys(blocks)
+    }
+    by_head = {}
+    if heads is not None:
+        for h in sorted({x for x in heads if x is not None}):
+            by_head[h] = spread(c[[i for i, x in enumerate(heads) if x == h]])
+    medians = torch.tensor([v["abs_median"] for v in by_block.values() if v["abs_median"] > 0])
+    overall = spread(c)
+    overall["between_blocks_log10_std"] = _log_std(medians)
+    return {"curvature": c.tolist(), "by_block": by_block, "by_head": by_head, "overall": overall}
+
+
+def spread(values: Tensor) -> dict[str, float | int]:
+    """Count, sign and spread of curvatures (NaN entries are undefined, not counted).
+
+    ``min`` / ``median`` / ``max`` are signed; the spread is over the magnitudes ``|c| > 0``
+    (curvature can be negative away from a minimum): ``abs_median``, ``log10_std`` (their
+    dispersion in decades) and ``max_over_min``.
+
+    Example:
+        >>> s = spread(torch.tensor([1.0, 10.0, -100.0, float("nan"), 0.0]))
+        >>> s["defined"], s["negative"], s["abs_median"], s["log10_std"], s["max_over_min"]
+        (4, 1, 10.0, 0.816496580927726, 100.0)
+    """
+    v = values.double()
+    ok = v[torch.isfinite(v)]
+    mag = ok.abs()[ok != 0]
+    nan = float("nan")
+    return {
+        "count": int(v.numel()),
+        "defined": int(ok.numel()),
+        "negative": int((ok < 0).sum()),
+        "min": float(ok.min()) if ok.numel() else nan,
+        "median": float(ok.median()) if ok.numel() else nan,
+        "max": float(ok.max()) if ok.numel() else nan,
+        "abs_median": float(mag.median()) if mag.numel() else nan,
+        "log10_std": _log_std(mag),
+        "max_over_min": float(mag.max() / mag.min()) if mag.numel() else nan,
+    }
+
+
+def _log_std(positive: Tensor) -> float:
+    """Population std of log10 of positive values (0 for one value, NaN for none)."""
+    if positive.numel() == 0:
+        return float("nan")
+    return float(positive.double().log10().std(unbiased=False))
 
 
 def _sym(M: Tensor) -> Tensor:

@@ -6,6 +6,8 @@ Each returns the batch *mean*, as the engine expects (``loss_fn(outputs, targets
 * ``mse``: ``F.mse_loss``; integer class targets are one-hot encoded to the outputs' width,
   real targets of the outputs' shape are used as they are.
 * ``nll``: ``F.nll_loss``, for models whose outputs are already log-probabilities.
+* ``next_token``: mean cross-entropy per token of (B, T, V) logits against (B, T) next
+  tokens (a language model; in nats per token, per byte for byte-level tokens).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSSES = ("cross_entropy", "mse", "nll")
+LOSSES = ("cross_entropy", "mse", "nll", "next_token")
+OWN_LOSS = "model"  # a run whose model returns its own loss (loss_fn=None)
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -44,8 +47,39 @@ def mse(outputs: Tensor, targets: Tensor) -> Tensor:
     return F.mse_loss(outputs, targets)
 
 
-def get_loss(name: str) -> LossFn:
-    """The loss function of a name in :data:`LOSSES`.
+def next_token(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy per token: logits (B, T, V), targets (B, T) of token ids.
+
+    Example:
+        >>> import torch
+        >>> out = torch.zeros(2, 3, 4)
+        >>> round(float(next_token(out, torch.zeros(2, 3, dtype=torch.long))), 4)  # log 4
+        1.3863
+    """
+    if outputs.dim() != 3 or targets.shape != outputs.shape[:2]:
+        raise ValueError(
+            f"next_token needs (batch, T, vocab) logits and (batch, T) targets, got "
+            f"{tuple(outputs.shape)} and {tuple(targets.shape)}"
+        )
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1).long())
+
+
+next_token.reduction = "mean"  # over samples: every sample has the same number of tokens
+
+
+def correct_predictions(outputs: Tensor, targets: Tensor) -> int:
+    """How many argmax predictions equal the targets (classes, or tokens of (B, T, V)).
+
+    0 when the outputs are not class scores of the targets' shape (regression).
+    """
+    scores = outputs.dim() == targets.dim() + 1 and outputs.shape[:-1] == targets.shape
+    if scores and not targets.is_floating_point():
+        return int((outputs.argmax(-1) == targets).sum())
+    return 0
+
+
+def get_loss(name: str) -> LossFn | None:
+    """The loss function of a name in :data:`LOSSES`; ``None`` for :data:`OWN_LOSS`.
 
     Raises:
         ValueError: unknown name, listing the known ones.
@@ -54,8 +88,11 @@ def get_loss(name: str) -> LossFn:
         "cross_entropy": F.cross_entropy,
         "mse": mse,
         "nll": F.nll_loss,
+        "next_token": next_token,
     }
     key = str(name).lower().replace("-", "_")
+    if key == OWN_LOSS:
+        return None
     if key not in table:
         raise ValueError(f"unknown loss '{name}'; choose one of {list(LOSSES)}")
     return table[key]

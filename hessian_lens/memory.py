@@ -30,6 +30,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from hessian_lens import batches
+
 GIB = 2**30
 MIB = 2**20
 MAX_MEMORY_ENV = "HESSIAN_LENS_MAX_MEMORY_GB"  # in GiB (2**30 bytes); overrides the budget
@@ -518,11 +520,14 @@ class Planner:
             ``chunks(S)`` (chunk sizes to try, largest first) and
             ``probe(state, partition, spec, x, y, chunk=, meter=)`` (peaks per order).
         splittable: ``False`` when samples are coupled (BatchNorm batch statistics).
+        head: ``head(x, y, n)``: the first ``n`` samples of a batch (along its batch
+            dimension); ``None``: along dimension 0 of a tensor or a tuple of tensors.
     """
 
-    def __init__(self, *, state, partition, spec, back_end, splittable: bool) -> None:
+    def __init__(self, *, state, partition, spec, back_end, splittable: bool, head=None) -> None:
         self.state, self.partition, self.spec = state, partition, spec
         self.back_end, self.splittable = back_end, splittable
+        self.head = head if head is not None else _head
         self.budget, self.source = memory_budget(state.device)
         self.outputs: list[int] | None = None
         self.plan: MemoryPlan | None = None
@@ -566,7 +571,7 @@ class Planner:
     def probe(self, x, y, samples: int) -> MemoryPlan:
         """Measure the back end on the first samples of this batch; set the chunk size."""
         self.plan = plan_micro_batch(
-            probe=lambda n, chunk: self._measure(_head(x, n), y[:n], chunk),
+            probe=lambda n, chunk: self._measure(*self.head(x, y, n), chunk),
             chunks=self.back_end.chunks(len(self.partition)),
             batch=samples,
             budget=self.budget,
@@ -603,7 +608,6 @@ class Planner:
         Back end, chunk, orders, partition, loss, device, dtype, mode and the shapes of the
         probe batch.
         """
-        inputs = x if isinstance(x, tuple) else (x,)
         part = self.partition
         return (
             self.back_end.name,
@@ -614,7 +618,7 @@ class Planner:
             self.state.device,
             self.state.dtype,
             self.state.model.training,
-            tuple((tuple(t.shape), t.dtype) for t in (*inputs, y)),
+            tuple((tuple(t.shape), t.dtype) for t in batches.tree_leaves((x, y))),
         )
 
     def report(self) -> MemoryPlan:
@@ -625,6 +629,6 @@ class Planner:
         return MemoryPlan(budget=self.budget, source=self.source, output_bytes=outputs)
 
 
-def _head(x, n: int):
-    """The first ``n`` samples of a model input (a tensor or a tuple of tensors)."""
-    return tuple(t[:n] for t in x) if isinstance(x, tuple) else x[:n]
+def _head(x, y, n: int) -> tuple:
+    """The first ``n`` samples along dimension 0 of every tensor of ``(x, y)``."""
+    return batches.tree_map(lambda t: t[:n], (x, y))

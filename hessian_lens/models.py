@@ -192,8 +192,121 @@ class MLP(nn.Module):
         return self.layers(x.flatten(1))
 
 
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with a fused ``[Q; K; V]`` projection ``qkv``.
+
+    ``qkv.weight`` stacks the query, key and value rows (3 x width), head h owning rows
+    ``h*d .. (h+1)*d`` of each; ``out_proj``'s columns read the heads in the same order.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, width) -> (B, T, width), each position attending to itself and before."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def head_layout(self, prefix: str):
+        """Where the heads live (:class:`hessian_lens.heads.AttentionLayout`)."""
+        from hessian_lens.heads import AttentionLayout
+
+        def name(attr: str) -> str:
+            return f"{prefix}.{attr}" if prefix else attr
+
+        return AttentionLayout(
+            prefix,
+            self.heads,
+            qkv=(name("qkv.weight"), name("qkv.bias")),
+            o=(name("out_proj.weight"),),
+        )
+
+
+class GPTBlock(nn.Module):
+    """Pre-LayerNorm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = CausalSelfAttention(width, heads)
+        self.ln2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Linear(width, mlp_ratio * width))
+        self.mlp.add_module("act", nn.GELU())
+        self.mlp.add_module("fc2", nn.Linear(mlp_ratio * width, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One residual attention step and one residual MLP step."""
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """A small decoder-only transformer on byte tokens (next-token prediction).
+
+    Token and learned position embeddings, ``layers`` pre-LayerNorm blocks (causal
+    multi-head attention, GELU MLP of ``mlp_ratio x width``), a final LayerNorm, and
+    logits from the token embedding itself (tied input and output embeddings). Default
+    initialisation: GPT-2's, N(0, 0.02) for weights and embeddings, biases 0, the
+    residual projections (``out_proj``, ``fc2``) scaled by 1 / sqrt(2 layers).
+
+    Example:
+        >>> import torch
+        >>> GPT(layers=1, heads=2, width=8, context=5)(torch.zeros(3, 5, dtype=torch.long)).shape
+        torch.Size([3, 5, 256])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 256,
+        context: int = 128,
+        layers: int = 4,
+        heads: int = 4,
+        width: int = 128,
+        mlp_ratio: int = 4,
+    ) -> None:
+        super().__init__()
+        self.context, self.vocab_size = context, vocab_size
+        self.activation = "gelu"
+        self.tok_emb = nn.Embedding(vocab_size, width)
+        self.pos_emb = nn.Embedding(context, width)
+        self.blocks = nn.Sequential(*[GPTBlock(width, heads, mlp_ratio) for _ in range(layers)])
+        self.ln_f = nn.LayerNorm(width)
+        self._gpt2_init(layers)
+
+    def _gpt2_init(self, layers: int) -> None:
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("bias") or ".ln" in name or name.startswith("ln_f"):
+                    continue
+                residual = name.endswith(("out_proj.weight", "fc2.weight"))
+                p.normal_(0.0, 0.02 / math.sqrt(2 * layers) if residual else 0.02)
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    m.bias.zero_()
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Next-token logits (B, T, vocab_size) of token ids (B, T), T <= context."""
+        if tokens.dim() != 2 or tokens.shape[1] > self.context:
+            raise ValueError(
+                f"gpt takes token ids (batch, T <= {self.context}), got {tuple(tokens.shape)}"
+            )
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.tok_emb(tokens) + self.pos_emb(positions)
+        x = self.ln_f(self.blocks(x))
+        return x @ self.tok_emb.weight.T
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
     "vgg11p": VGG11Prime,
     "mlp": MLP,
+    "gpt": GPT,
 }

@@ -4,9 +4,13 @@ A partition splits the parameter vector ``theta`` (P scalars) into disjoint grou
 ``I_1 .. I_S``. For a direction ``u``, ``U^s`` is ``u`` restricted to group ``s``; the
 summaries of :mod:`hessian_lens.summary` are indexed by groups.
 
-Groups are whole parameter tensors (canonical, by layer, by kind, trivial, user mapping)
-or single scalars (discrete). Group order follows ``model.named_parameters()``, so groups
-of later layers come later: the engine relies on that to skip earlier layers.
+Groups are whole parameter tensors (canonical, by layer, by kind, trivial, user mapping),
+single scalars (discrete), or any index sets inside one or several tensors
+(:meth:`Partition.from_index_sets`: one attention head's rows of a fused projection, one
+output neuron, a block of embedding rows; the transformer partitions of
+:mod:`hessian_lens.heads` are built on it). Groups are ordered by the first parameter they
+touch, in ``model.named_parameters()`` order, so groups of later layers come later: the
+engine relies on that to skip earlier layers.
 """
 
 from __future__ import annotations
@@ -14,13 +18,25 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 DISCRETE_MAX_PARAMETERS = 5000
 #: Partition schemes by name (``by_module:K`` takes a depth K); the CLI and pages list these.
-SCHEMES = ("canonical", "by_layer", "by_module:1", "by_kind", "trivial", "discrete")
+SCHEMES = (
+    "canonical",
+    "by_layer",
+    "by_module:1",
+    "by_kind",
+    "trivial",
+    "discrete",
+    "by_head",
+    "adam_mini",
+    "by_neuron",
+)
 KINDS = ("weight", "bias", "norm_weight", "norm_bias")
 _NORMS = (
     nn.modules.batchnorm._NormBase,
@@ -89,7 +105,9 @@ class Partition:
     """A partition of a model's trainable parameters into S groups.
 
     Build one with the class methods (:meth:`canonical`, :meth:`by_layer`,
-    :meth:`by_kind`, :meth:`trivial`, :meth:`discrete`, :meth:`from_groups`).
+    :meth:`by_kind`, :meth:`trivial`, :meth:`discrete`, :meth:`from_groups`; groups inside
+    tensors: :meth:`from_index_sets`, :meth:`by_head`, :meth:`adam_mini`,
+    :meth:`by_neuron`).
 
     Example:
         >>> from torch import nn
@@ -126,6 +144,7 @@ class Partition:
         self._validate()
         self._members = self._build_members()
         self._reach = self._build_reach()
+        self._copies: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -263,6 +282,119 @@ class Partition:
         return cls._from_labels(model, params, labels, "custom")
 
     @classmethod
+    def from_index_sets(
+        cls,
+        model: nn.Module,
+        groups: Sequence[tuple[str, Mapping[str, Any]]],
+        rest: str = "error",
+        scheme: str = "custom",
+    ) -> Partition:
+        """Groups that are any index sets of one or several parameter tensors.
+
+        Args:
+            model: the model whose trainable parameters are partitioned.
+            groups: ``(label, {parameter name: index})`` pairs; ``index`` is anything
+                ``tensor[index]`` accepts (``None`` or ``...`` for the whole tensor, a slice
+                of rows, a tuple of slices, a boolean mask, a LongTensor of rows).
+            rest: ``"error"``: every trainable scalar must be in a group; ``"tensor"``:
+                a tensor no group touches becomes its own group (labelled by its name),
+                the scalars left over in a tensor some group touches one group
+                ``<name>.rest``.
+            scheme: the name recorded in :attr:`scheme`.
+
+        Groups are reordered (stably) by the first parameter they touch, so the engine's
+        pruned backward passes stay short.
+
+        Raises:
+            PartitionError: an unknown or frozen parameter name, an index the tensor does
+                not accept, an empty group, two groups sharing a scalar, or (``rest="error"``)
+                a scalar in no group.
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+            >>> part = Partition.from_index_sets(
+            ...     net, [("top", {"0.weight": slice(0, 2), "0.bias": slice(0, 2)})],
+            ...     rest="tensor")
+            >>> part.labels, [g.size for g in part.groups]
+            (['top', '0.weight.rest', '0.bias.rest', '2.weight', '2.bias'], [8, 6, 2, 8, 2])
+        """
+        if rest not in ("error", "tensor"):
+            raise PartitionError(f"rest must be 'error' or 'tensor', got {rest!r}")
+        params = _trainable(model)
+        ids = {n: torch.full(p.shape, -1, dtype=torch.long) for n, p in params.items()}
+        labels = []
+        for gid, (label, sets) in enumerate(groups):
+            labels.append(str(label))
+            if not sets:
+                raise PartitionError(f"group '{label}' names no parameter")
+            for name, index in sets.items():
+                _claim(ids, name, index, gid, labels)
+        labels += _leftovers(ids, len(labels), rest)
+        return cls._from_ids(model, params, ids, labels, scheme)
+
+    @classmethod
+    def by_head(cls, model: nn.Module, heads=None) -> Partition:
+        """One group per attention head and role (Q, K, V, O); other tensors whole.
+
+        See :func:`hessian_lens.heads.by_head` (``heads=``: a layout for other models).
+        """
+        from hessian_lens.heads import by_head
+
+        return by_head(model, heads)
+
+    @classmethod
+    def adam_mini(cls, model: nn.Module, heads=None) -> Partition:
+        """Adam-mini's blocks (arXiv 2406.16793); see :func:`hessian_lens.heads.adam_mini`."""
+        from hessian_lens.heads import adam_mini
+
+        return adam_mini(model, heads)
+
+    @classmethod
+    def by_neuron(cls, model: nn.Module, modules: Sequence[str] | None = None) -> Partition:
+        """One group per output neuron; see :func:`hessian_lens.heads.by_neuron`."""
+        from hessian_lens.heads import by_neuron
+
+        return by_neuron(model, modules)
+
+    @classmethod
+    def _from_ids(
+        cls,
+        model: nn.Module,
+        params: dict[str, nn.Parameter],
+        ids: dict[str, torch.Tensor],
+        labels: list[str],
+        scheme: str,
+    ) -> Partition:
+        """A partition from per-scalar group ids (every id in 0..len(labels)-1 used)."""
+        names = list(params)
+        first = [len(names)] * len(labels)
+        touched: list[list[str]] = [[] for _ in labels]
+        for i, n in enumerate(names):
+            for g in np.unique(ids[n].numpy()).tolist():
+                first[g] = min(first[g], i)
+                touched[g].append(n)
+        empty = [labels[g] for g in range(len(labels)) if not touched[g]]
+        if empty:
+            raise PartitionError(f"empty groups {empty}: every group needs a parameter")
+        order = sorted(range(len(labels)), key=lambda g: first[g])
+        new_id = torch.empty(len(labels), dtype=torch.long)
+        new_id[torch.tensor(order)] = torch.arange(len(labels))
+        norms = norm_parameters(model)
+        layers = list(dict.fromkeys(layer_name(n) for n in params))
+        counts = torch.zeros(len(labels), dtype=torch.long)
+        assignment: list[int | torch.Tensor] = []
+        for n in names:
+            mapped = new_id[ids[n]]
+            counts += torch.bincount(mapped.reshape(-1), minlength=len(labels))
+            whole = mapped.numel() and bool((mapped == mapped.reshape(-1)[0]).all())
+            assignment.append(int(mapped.reshape(-1)[0]) if whole else mapped)
+        groups = [
+            _group(labels[g], touched[g], params, int(counts[new_id[g]]), norms, layers)
+            for g in order
+        ]
+        return cls(names, _shapes(params), assignment, groups, scheme)
+
+    @classmethod
     def from_name(cls, model: nn.Module, name: str) -> Partition:
         """A partition by scheme name (:data:`SCHEMES`; ``by_module:K`` for any depth K)."""
         check_scheme(name)
@@ -274,6 +406,9 @@ class Partition:
             "by_kind": cls.by_kind,
             "trivial": cls.trivial,
             "discrete": cls.discrete,
+            "by_head": cls.by_head,
+            "adam_mini": cls.adam_mini,
+            "by_neuron": cls.by_neuron,
         }
         return makers[name](model)
 
@@ -380,7 +515,7 @@ class Partition:
                 whole_ids.append(a)
                 whole_vals.append(t.sum())
             else:
-                out = out.index_add(0, a.to(t.device).reshape(-1), t.reshape(-1))
+                out = out.index_add(0, self._on(a, t.device).reshape(-1), t.reshape(-1))
         if whole_vals:
             ids = torch.tensor(whole_ids, device=ref.device)
             out = out.index_add(0, ids, torch.stack(whole_vals))
@@ -395,7 +530,12 @@ class Partition:
             sel = self._members[s].get(i, False)
             if t is None or sel is False:
                 continue
-            part = t.sum() if sel is None else t.reshape(-1)[sel.to(t.device)].sum()
+            if sel is None:
+                part = t.sum()
+            elif isinstance(sel, slice):
+                part = t.reshape(-1)[sel].sum()
+            else:
+                part = t.reshape(-1)[self._on(sel, t.device)].sum()
             total = part if total is None else total + part
         if total is None:
             raise PartitionError(f"group {s} has no parameter among {list(which)}")
@@ -412,7 +552,7 @@ class Partition:
     def expand(self, eta: torch.Tensor, i: int) -> torch.Tensor:
         """``eta`` broadcast onto parameter ``i``: entry ``eta[s]`` on every scalar of I_s."""
         a = self.assignment[i]
-        return eta[a] if isinstance(a, int) else eta[a.to(eta.device)]
+        return eta[a] if isinstance(a, int) else eta[self._on(a, eta.device)]
 
     def matrix(self, u: Sequence[torch.Tensor]) -> torch.Tensor:
         """The S x P matrix whose row s is ``U^s`` (``u`` restricted to group s), flattened."""
@@ -423,6 +563,15 @@ class Partition:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _on(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``index`` on ``device``, copied there once (index tensors are the partition's)."""
+        if index.device == device:
+            return index
+        key = (id(index), device)
+        if key not in self._copies:
+            self._copies[key] = index.to(device)
+        return self._copies[key]
+
     def _flat_ids(self, i: int) -> torch.Tensor:
         a = self.assignment[i]
         if isinstance(a, int):
@@ -449,15 +598,20 @@ class Partition:
         if empty:
             raise PartitionError(f"empty groups {empty}: every group needs a parameter")
 
-    def _build_members(self) -> list[dict[int, torch.Tensor | None]]:
-        members: list[dict[int, torch.Tensor | None]] = [{} for _ in self.groups]
+    def _build_members(self) -> list[dict[int, torch.Tensor | slice | None]]:
+        """Per group, per parameter index: None (whole), a slice or the flat indices."""
+        members: list[dict[int, torch.Tensor | slice | None]] = [{} for _ in self.groups]
         for i, a in enumerate(self.assignment):
             if isinstance(a, int):
                 members[a][i] = None
-            else:
-                flat = a.reshape(-1)
-                for s in torch.unique(flat).tolist():
-                    members[s][i] = torch.nonzero(flat == s).reshape(-1)
+                continue
+            flat = a.reshape(-1).numpy()
+            order = np.argsort(flat, kind="stable")
+            ids, starts = np.unique(flat[order], return_index=True)
+            for s, idx in zip(ids.tolist(), np.split(order, starts[1:]), strict=True):
+                start, stop = int(idx[0]), int(idx[-1]) + 1
+                whole = stop - start == idx.size
+                members[s][i] = slice(start, stop) if whole else torch.from_numpy(idx)
         return members
 
     def _build_reach(self) -> list[int]:
@@ -491,6 +645,52 @@ def check_scheme(name: str) -> None:
     )
 
 
+def _claim(ids: dict[str, torch.Tensor], name: str, index: Any, gid: int, labels: list[str]):
+    """Mark ``ids[name][index]`` as group ``gid``; refuse overlaps and bad indices."""
+    label = labels[gid]
+    if name not in ids:
+        raise PartitionError(
+            f"group '{label}': '{name}' is not a trainable parameter of the model "
+            f"(known: {list(ids)[:6]}{' ...' if len(ids) > 6 else ''})"
+        )
+    target = ids[name]
+    index = ... if index is None else index
+    try:
+        chosen = target[index]
+    except (IndexError, TypeError, RuntimeError, ValueError) as err:
+        raise PartitionError(
+            f"group '{label}': index {index!r} does not fit '{name}' of shape "
+            f"{tuple(target.shape)} ({str(err).splitlines()[0][:100]})"
+        ) from None
+    if chosen.numel() == 0:
+        raise PartitionError(f"group '{label}': index {index!r} selects nothing of '{name}'")
+    taken = chosen[chosen >= 0]
+    if taken.numel():
+        raise PartitionError(
+            f"overlap: groups '{labels[int(taken[0])]}' and '{label}' share scalars of "
+            f"'{name}'; make the index sets disjoint."
+        )
+    target[index] = gid
+
+
+def _leftovers(ids: dict[str, torch.Tensor], next_id: int, rest: str) -> list[str]:
+    """Labels of the groups made of the unclaimed scalars, numbered from ``next_id``."""
+    labels: list[str] = []
+    for name, t in ids.items():
+        free = t < 0
+        if not bool(free.any()):
+            continue
+        if rest == "error":
+            raise PartitionError(
+                f"gap: {int(free.sum())} scalars of '{name}' are in no group; add them to "
+                "a group or pass rest='tensor'."
+            )
+        t[free] = next_id
+        labels.append(name if bool(free.all()) else f"{name}.rest")
+        next_id += 1
+    return labels
+
+
 def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
@@ -508,10 +708,11 @@ def _group(
     params: dict[str, nn.Parameter],
     size: int | None = None,
     norms: set[str] | frozenset = frozenset(),
+    order: list[str] | None = None,
 ) -> Group:
     kinds = {parameter_kind(n, n in norms) for n in names}
     layers = list(dict.fromkeys(layer_name(n) for n in names))
-    order = list(dict.fromkeys(layer_name(n) for n in params))
+    order = order if order is not None else list(dict.fromkeys(layer_name(n) for n in params))
     return Group(
         label=label,
         kind=kinds.pop() if len(kinds) == 1 else "mixed",

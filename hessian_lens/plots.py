@@ -793,3 +793,76 @@ def _tensor(M: np.ndarray):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(M))
+
+
+SLIDER_ROOM = 96  # px above a figure for the epoch slider of :func:`epoch_slider`
+
+
+def epoch_slider(figures: Sequence[go.Figure], names: Sequence[str]) -> go.Figure:
+    """Figures of the same layout, one per epoch, as one figure with an epoch slider above.
+
+    The last figure is shown first; the slider swaps in the traces and colour axes (limits
+    and colour bars) of the others (plotly frames), so every figure must have the same
+    traces and axes (e.g. :func:`panel_row` of the same groups). Works in a static HTML page.
+    """
+    if not figures or len(figures) != len(names):
+        raise ValueError("epoch_slider needs one name per figure, and one figure at least")
+    names = [str(n) for n in names]
+    fig = go.Figure(figures[-1])
+    height = fig.layout.height or 450
+    margin = fig.layout.margin
+    top, bottom = (margin.t or 0), (margin.b or 0)
+    plot_px = max(height - top - bottom, 1)
+    fig.frames = [
+        go.Frame(data=list(f.data), layout=_colour_axes(f), name=n)
+        for f, n in zip(figures, names, strict=True)
+    ]
+    step = dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))
+    fig.update_layout(
+        height=height + SLIDER_ROOM,
+        margin=dict(t=top + SLIDER_ROOM),
+        title=dict(
+            y=1 - (SLIDER_ROOM - 6) / (height + SLIDER_ROOM), yref="container", yanchor="top"
+        ),
+        sliders=[
+            dict(
+                active=len(names) - 1,
+                x=0,
+                len=1.0,
+                y=1 + (top + SLIDER_ROOM - 4) / plot_px,
+                yanchor="top",
+                pad=dict(t=0, b=0),
+                currentvalue=dict(prefix="epoch "),
+                steps=[dict(label=n, method="animate", args=[[n], step]) for n in names],
+            )
+        ],
+    )
+    return fig
+
+
+def _colour_axes(fig: go.Figure) -> dict:
+    """The colour axes of a figure's layout (``coloraxis``, ``coloraxis2``, ...)."""
+    return {k: fig.layout[k] for k in fig.layout if k.startswith("coloraxis")}
+
+
+def matrix_rgb(M: np.ndarray, zmax: float | None = None, cell: int = 8) -> np.ndarray:
+    """A matrix as an RGB image (``uint8``, rows x cols x 3) in the dashboard's colours.
+
+    White at 0, red positive, blue negative, limits ``[-zmax, zmax]`` (default max |M|);
+    each entry a ``cell`` x ``cell`` square (at most 1024 px a side). For loggers that take
+    images (TensorBoard, W&B): no browser needed.
+
+    Example:
+        >>> img = matrix_rgb(np.array([[1.0, 0.0], [0.0, -1.0]]), cell=1)
+        >>> img.shape, img[0, 0].tolist(), img[0, 1].tolist(), img[1, 1].tolist()
+        ((2, 2, 3), [103, 0, 31], [255, 255, 255], [5, 48, 97])
+    """
+    M = np.nan_to_num(np.asarray(M, dtype=np.float64))
+    top = symmetric_limit(M) if zmax is None else float(zmax)
+    t = np.clip((M / top + 1) / 2, 0, 1)  # 0 .. 1, 0.5 = zero
+    stops = np.array([s for s, _ in COLORSCALE])
+    rgb = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for _, c in COLORSCALE], float)
+    channels = [np.interp(t, stops, rgb[:, k]) for k in range(3)]
+    img = np.rint(np.stack(channels, axis=-1)).astype(np.uint8)
+    cell = max(1, min(cell, 1024 // max(max(M.shape, default=1), 1)))
+    return np.repeat(np.repeat(img, cell, axis=0), cell, axis=1)

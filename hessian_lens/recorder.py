@@ -34,12 +34,13 @@ from torch import Tensor, nn
 
 from hessian_lens import runfolder
 from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
+from hessian_lens.batches import as_batches, split_batch, tree_leaves
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.files import file_sha256
-from hessian_lens.losses import get_loss
+from hessian_lens.losses import OWN_LOSS, get_loss
 from hessian_lens.partition import Partition
 from hessian_lens.store import Record, ResultStore
-from hessian_lens.summary import _as_batches, pseudo_hessian
+from hessian_lens.summary import pseudo_hessian
 
 
 class Recorder:
@@ -48,10 +49,12 @@ class Recorder:
     Args:
         run_dir: the run folder (created; an existing Recorder run is continued).
         model: the model being trained.
-        loss_fn: ``loss_fn(outputs, targets)`` (batch mean) or a name (``"cross_entropy"``,
-            ``"mse"``, ``"nll"``).
-        analysis_data: one ``(inputs, targets)`` batch or a re-iterable of batches, the
-            same samples at every call.
+        loss_fn: ``loss_fn(outputs, targets)`` (a mean or a sum over samples), a name
+            (``"cross_entropy"``, ``"mse"``, ``"nll"``), or ``None`` for a model that
+            returns its own loss (``outputs.loss``).
+        analysis_data: one batch or a re-iterable of batches (``(inputs, targets)`` of
+            tensors, tuples, dicts or dataclasses, or a Mapping of model keyword arguments),
+            the same samples at every call (``hl.fixed_batches(loader, n)``).
         name: the run's display name (default: the folder name).
         architecture: how to rebuild the model (``"torchvision:resnet18"``, a built-in or
             registered name) with ``architecture_kwargs``; None: the run is browsable but
@@ -63,13 +66,18 @@ class Recorder:
         order3: also store the diagonal of ``D^(3)``.
         dtype: the analysis dtype (``torch.float64`` for references).
         progress: a tqdm bar per analysis.
+        loggers: where each analysis's scalars and heatmaps also go, under
+            ``hessian/...``: a ``SummaryWriter``, a wandb run, an ``aim.Run`` or an object
+            with ``log_record(record, step)`` (:mod:`hessian_lens.integrations.loggers`).
+        batch_dim, reduction, forward: the data contract, as in
+            :func:`~hessian_lens.pseudo_hessian`.
     """
 
     def __init__(
         self,
         run_dir: str | Path,
         model: nn.Module,
-        loss_fn: Callable[[Tensor, Tensor], Tensor] | str,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | str | None,
         analysis_data,
         name: str | None = None,
         architecture: str | None = None,
@@ -80,6 +88,11 @@ class Recorder:
         order3: bool = False,
         dtype: torch.dtype | None = None,
         progress: bool = False,
+        *,
+        loggers=None,
+        batch_dim: int | tuple[int, int] = 0,
+        reduction: str | None = None,
+        forward: Callable | None = None,
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
@@ -88,10 +101,14 @@ class Recorder:
             raise ValueError(f"{self.path} is a file; give a folder for the run.")
         self.model, self.every, self.save = model, every, save_checkpoints
         self.loss_name, self.loss_fn = _loss(loss_fn)
-        self.data = _as_batches(analysis_data)
+        self.data = as_batches(analysis_data)
         self.partition = partition
         self.order3, self.dtype, self.progress = order3, dtype, progress
+        self.contract = {"batch_dim": batch_dim, "reduction": reduction, "forward": forward}
         self.calls, self.closed = 0, False
+        from hessian_lens.integrations.loggers import as_loggers
+
+        self.loggers = as_loggers(loggers)
         self.rank = _rank()
         self.model_entry = {
             "name": architecture or f"user:{type(model).__name__}",
@@ -101,8 +118,28 @@ class Recorder:
         self.manifest = self._start_manifest(name)
 
     # ------------------------------------------------------------------ public
-    def log(self, epoch: float, **metrics: float) -> Record | None:
+    def log(
+        self,
+        epoch: float,
+        *,
+        step: int | None = None,
+        direction: list[Tensor] | None = None,
+        analyse: bool | None = None,
+        **metrics: float,
+    ) -> Record | None:
         """Write the checkpoint, the metrics and (every ``every``-th call) the analysis.
+
+        Args:
+            epoch: the run's position: whole epochs, or a fraction inside one.
+            step: the training step the loggers file the analysis under (default: the
+                epoch, rounded down).
+            direction: ``u`` for this analysis, one tensor per trainable parameter (e.g.
+                the gradient of the current training step); default: the gradient of the
+                loss on the analysis data. Analyses with a given direction are stored under
+                their own settings (``"direction": "given"``).
+            analyse: None: analyse on every ``every``-th call; True / False: this call
+                analyses or not, whatever the count.
+            **metrics: numbers for the run's history (``train_loss``, ``test_acc``, ...).
 
         Returns:
             The analysis record stored (None on calls without an analysis, and on ranks
@@ -112,10 +149,14 @@ class Recorder:
             raise RuntimeError("this Recorder is closed")
         epoch = _epoch(epoch)
         entry = {"epoch": epoch, **{k: _metric(k, v) for k, v in metrics.items()}}
-        analyse = self.calls % self.every == 0
+        if analyse is None:
+            analyse = self.calls % self.every == 0
         self.calls += 1
         checkpoint = self._checkpoint(epoch, entry) if self.save else None
-        record = self._analyse(epoch, checkpoint) if analyse else None
+        record = self._analyse(epoch, checkpoint, direction) if analyse else None
+        if record is not None:
+            for logger in self.loggers:
+                logger.log_record(record, int(epoch) if step is None else int(step))
         if self.rank == 0:
             if checkpoint is not None:
                 entry["checkpoint"] = checkpoint.name
@@ -123,7 +164,10 @@ class Recorder:
         return record
 
     def close(self) -> None:
-        """Finish the run (nothing more is written)."""
+        """Finish the run: marked ``"state": "finished"`` (no longer shown as live)."""
+        if not self.closed and self.rank == 0:
+            self.manifest["state"] = "finished"
+            runfolder.write_manifest(self.path, self.manifest)
         self.closed = True
 
     def __enter__(self) -> Recorder:
@@ -148,6 +192,7 @@ class Recorder:
             "recorder": True,
             "history": [],
         }
+        manifest["state"] = "recording"
         if self.rank == 0:
             runfolder.write_manifest(self.path, manifest)
         return manifest
@@ -164,7 +209,9 @@ class Recorder:
             save_checkpoint(path, self.model, meta)
         return path
 
-    def _analyse(self, epoch: float, checkpoint: Path | None) -> Record | None:
+    def _analyse(
+        self, epoch: float, checkpoint: Path | None, direction: list[Tensor] | None = None
+    ) -> Record | None:
         part = self._partition()
         t0 = time.perf_counter()
         res = pseudo_hessian(
@@ -175,12 +222,17 @@ class Recorder:
             dtype=self.dtype,
             d3_diagonal=self.order3,
             progress=self.progress,
+            direction=direction,
+            **self.contract,
         )
         if self.rank != 0:
             return None
         summary, arrays = stored_parts(res, part, self.loss_name)
         summary["model"] = self.model_entry
+        arrays["u_sq"] = _group_squares(res, part)
         settings = self._settings(part, res.n_samples)
+        if direction is not None:
+            settings["direction"] = "given"
         sha = file_sha256(checkpoint) if checkpoint is not None else _state_sha(self.model)
         name = checkpoint.name if checkpoint is not None else runfolder.checkpoint_name(epoch)
         record = Record(
@@ -217,9 +269,17 @@ class Recorder:
     def _data_fingerprint(self) -> str:
         if self._fingerprint is None:
             h = hashlib.sha256()
-            for x, y in self.data:
-                for t in (*(x if isinstance(x, (tuple, list)) else (x,)), y):
-                    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            for batch in self.data:
+                for t in tree_leaves(split_batch(batch)):
+                    h.update(
+                        t.detach()
+                        .cpu()
+                        .reshape(-1)
+                        .contiguous()
+                        .view(torch.uint8)
+                        .numpy()
+                        .tobytes()
+                    )
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
@@ -229,7 +289,15 @@ class Recorder:
         runfolder.write_manifest(self.path, self.manifest)
 
 
-def _loss(loss_fn) -> tuple[str, Callable]:
+def _group_squares(res, part: Partition):
+    """``‖U^s‖²`` per group: the direction's squared norm on each group (float64 numpy)."""
+    u = [t.detach().double() for t in res.direction]
+    return part.reduce([t * t for t in u], list(range(len(u)))).cpu().numpy()
+
+
+def _loss(loss_fn) -> tuple[str, Callable | None]:
+    if loss_fn is None:
+        return OWN_LOSS, None
     if isinstance(loss_fn, str):
         return loss_fn, get_loss(loss_fn)
     if not callable(loss_fn):

@@ -51,7 +51,7 @@ def flat_loss(
             values[name] = piece.reshape(shape)
         total, n = 0.0, 0
         for x, y in batches:
-            x = x.double()
+            x = x.double() if x.is_floating_point() else x  # token ids stay integers
             y = y.double() if y.is_floating_point() else y
             total = total + x.shape[0] * loss_fn(functional_call(model, values, (x,)), y)
             n += x.shape[0]

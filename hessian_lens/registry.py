@@ -4,6 +4,9 @@
   ``VGG-11'`` and ``LeNet``);
 * ``torchvision:<builder>``: every classification builder of ``torchvision.models``
   (``torchvision:resnet18``, ``torchvision:vit_b_16``, ...), never with pretrained weights;
+  and the classes of :data:`TORCHVISION_CLASSES` with all their shape arguments
+  (``torchvision:VisionTransformer`` with ``image_size=32, patch_size=4, num_layers=4,
+  num_heads=4, hidden_dim=128, mlp_dim=256``: the ``vit_*`` builders fix depth and width);
 * the user's own code: ``@register_model("name")`` on a builder function or class, in a
   file loaded by :func:`load_model_files` (``--models FILE.py``, ``$HESSIAN_LENS_MODELS``).
   That is the operator's trusted code; code inside checkpoint files never runs;
@@ -34,6 +37,8 @@ from torch.overrides import TorchFunctionMode
 from hessian_lens.models import ACTIVATIONS, MODELS, VGG11_CONFIG, initialize
 
 TORCHVISION_PREFIX = "torchvision:"
+#: torchvision model classes built directly by name (their builders fix the sizes).
+TORCHVISION_CLASSES = ("VisionTransformer",)
 MODELS_ENV = "HESSIAN_LENS_MODELS"
 ALIASES = {"vgg11": "vgg11p", "lenet": "lenet5"}
 VGG11_LAST_CHANNELS = [c for c in VGG11_CONFIG if c != "M"][-1]
@@ -125,7 +130,7 @@ def model_names(torchvision: bool = True) -> list[str]:
     """Every name :func:`build_model` accepts (built-in, user, ``torchvision:*``)."""
     names = sorted(MODELS) + sorted(_USER)
     if torchvision:
-        names += [TORCHVISION_PREFIX + b for b in torchvision_builders()]
+        names += [TORCHVISION_PREFIX + b for b in (*torchvision_builders(), *TORCHVISION_CLASSES)]
     return names
 
 
@@ -140,10 +145,15 @@ def resolve(name: str) -> tuple[str, Callable[..., nn.Module]]:
         return name, _USER[name]
     if name.startswith(TORCHVISION_PREFIX):
         builder = name[len(TORCHVISION_PREFIX) :]
+        if builder in TORCHVISION_CLASSES:
+            import torchvision
+
+            return name, getattr(torchvision.models, builder)
         if builder not in torchvision_builders():
             raise ArchitectureError(
                 f"unknown architecture '{name}': torchvision has no classification builder "
-                f"'{builder}' (e.g. torchvision:resnet18, torchvision:vgg11)."
+                f"'{builder}' (e.g. torchvision:resnet18, torchvision:vgg11), and the classes "
+                f"built by name are {list(TORCHVISION_CLASSES)}."
             )
         import torchvision
 
@@ -157,6 +167,10 @@ def resolve(name: str) -> tuple[str, Callable[..., nn.Module]]:
         "(e.g. torchvision:resnet18), or register your own with @hl.register_model "
         "and --models FILE.py."
     )
+
+
+def _is_class(key: str) -> bool:
+    return key.removeprefix(TORCHVISION_PREFIX) in TORCHVISION_CLASSES
 
 
 def _builtin_key(name: str) -> str:
@@ -181,7 +195,7 @@ def build_model(name: str, init: str = "torch", **kwargs) -> nn.Module:
     """
     key, ctor = resolve(name)
     check_kwargs(key, kwargs)
-    if key.startswith(TORCHVISION_PREFIX):
+    if key.startswith(TORCHVISION_PREFIX) and not _is_class(key):
         kwargs = {"weights": None, **kwargs}
         if kwargs["weights"] is not None:
             raise ArchitectureError("pretrained weights are never downloaded: load a state_dict")
@@ -321,6 +335,8 @@ def _mlp_weight(key: str) -> bool:
 
 
 def _torchvision_kwargs(key: str, shapes: dict) -> dict[str, Any]:
+    if _is_class(key):
+        return _safely(_vit_class_kwargs, shapes)
     kwargs: dict[str, Any] = {}
     head = _head_key(key, shapes)
     if head is not None and shapes[head]:
@@ -349,6 +365,33 @@ def _vit_kwargs(shapes: dict) -> dict[str, Any]:
     return {"image_size": side * patch} if side * side == tokens and side else {}
 
 
+def _vit_class_kwargs(shapes: dict) -> dict[str, Any]:
+    """VisionTransformer's shape arguments but ``num_heads`` (the weights do not show it)."""
+    layers = {k.split(".")[2] for k in shapes if k.startswith("encoder.layers.")}
+    first = "encoder.layers.encoder_layer_0"
+    return {
+        **_vit_kwargs(shapes),
+        "patch_size": shapes["conv_proj.weight"][-1],
+        "num_layers": len(layers),
+        "hidden_dim": shapes["conv_proj.weight"][0],
+        "mlp_dim": shapes[f"{first}.mlp.0.weight"][0],
+        "num_classes": shapes["heads.head.weight"][0],
+    }
+
+
+def _gpt_kwargs(shapes: dict) -> dict[str, Any]:
+    """The built-in GPT's arguments but ``heads`` (the weights do not show it)."""
+    vocab, width = shapes["tok_emb.weight"]
+    blocks = {k.split(".")[1] for k in shapes if k.startswith("blocks.")}
+    return {
+        "vocab_size": vocab,
+        "context": shapes["pos_emb.weight"][0],
+        "layers": len(blocks),
+        "width": width,
+        "mlp_ratio": shapes["blocks.0.mlp.fc1.weight"][0] // width,
+    }
+
+
 @functools.lru_cache(maxsize=16)
 def _default_shapes(key: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """(name, shape) of every state_dict entry of a torchvision default build, in order."""
@@ -359,11 +402,25 @@ _BUILTIN_READERS: dict[str, Callable[[dict], dict]] = {
     "lenet5": _lenet_kwargs,
     "vgg11p": _vgg11p_kwargs,
     "mlp": _mlp_kwargs,
+    "gpt": _gpt_kwargs,
 }
 
 
 # ---------------------------------------------------------------------------- arguments
-_INT_ARGS = ("num_classes", "in_channels")
+_INT_ARGS = (
+    "num_classes",
+    "in_channels",
+    "patch_size",
+    "num_layers",
+    "num_heads",
+    "hidden_dim",
+    "mlp_dim",
+    "vocab_size",
+    "context",
+    "layers",
+    "heads",
+    "mlp_ratio",
+)
 
 
 def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
@@ -383,7 +440,7 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
     key, ctor = resolve(name)
     _check_names(key, ctor, kwargs)
     for arg, value in kwargs.items():
-        problem = _argument_problem(arg, value)
+        problem = _argument_problem(arg, value, key)
         if problem:
             raise ArchitectureError(f"{key}: {arg} must be {problem}, got {value!r}"[:300])
 
@@ -401,9 +458,10 @@ def _check_names(key: str, ctor: Callable, kwargs: Mapping[str, Any]) -> None:
         raise ArchitectureError(f"bad arguments for '{key}': unknown {unknown}; it takes {takes}")
 
 
-def _argument_problem(arg: str, value: Any) -> str | None:
+def _argument_problem(arg: str, value: Any, key: str = "") -> str | None:
     """What a known argument must be when ``value`` is not that, else None."""
-    if arg in _INT_ARGS and not (_int(value) and 1 <= value <= 1_000_000):
+    integer = arg in _INT_ARGS or (arg == "width" and key == "gpt")
+    if integer and not (_int(value) and 1 <= value <= 1_000_000):
         return "an integer >= 1"
     if arg == "activation" and not (isinstance(value, str) and value.lower() in ACTIVATIONS):
         return f"one of {sorted(ACTIVATIONS)}"
@@ -411,7 +469,7 @@ def _argument_problem(arg: str, value: Any) -> str | None:
         return "an integer >= 1 (pixels)"
     if arg == "aux_logits" and not isinstance(value, bool):
         return "true or false"
-    if arg == "width" and not (_real(value) and 0 < value <= 16):
+    if arg == "width" and key != "gpt" and not (_real(value) and 0 < value <= 16):
         return "a number in (0, 16]"
     if arg == "pool" and value not in ("max", "avg"):
         return "'max' or 'avg'"

@@ -10,6 +10,7 @@ that run, never an exception that would take other runs down.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from hessian_lens import runfolder
 from hessian_lens.store import Record, ResultStore, StoreError
 
 RUNS_ENV = "HESSIAN_LENS_RUNS"
+LIVE_WINDOW_S = 1800.0  # a recording run changed this recently is shown as live
 
 
 @dataclass
@@ -48,6 +50,28 @@ class Run:
     def warnings(self) -> list[str]:
         """A copy of what could not be read in the manifest."""
         return list(self.manifest.warnings)
+
+    def last_change(self) -> float:
+        """When the run's files last changed (run.json, the store, the newest checkpoint)."""
+        files = [self.path / runfolder.RUN_FILE, self.store_path, *self.checkpoints[-1:]]
+        stamps = []
+        for f in files:
+            try:
+                stamps.append(f.stat().st_mtime)
+            except OSError:
+                continue
+        return max(stamps, default=0.0)
+
+    def live(self, now: float | None = None) -> bool:
+        """Being written: marked recording and changed within :data:`LIVE_WINDOW_S` seconds.
+
+        A Recorder (and the callbacks) mark their run ``"state": "recording"``, and
+        ``"finished"`` when closed; a recording left by a crashed process stops being live
+        once it has not changed for the window.
+        """
+        if self.manifest.raw.get("state") != "recording":
+            return False
+        return (time.time() if now is None else now) - self.last_change() < LIVE_WINDOW_S
 
     def store(self) -> ResultStore | None:
         """The run's store opened read-only, None when there is none.

@@ -37,12 +37,15 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from hessian_lens import batches as B
 from hessian_lens import distributed as dist
 from hessian_lens.memory import PROBE_SAMPLES, MemoryGuardError, MemoryPlan, PeakMeter, Planner
 from hessian_lens.partition import Partition
@@ -53,6 +56,7 @@ __all__ = [
     "MemoryPlan",
     "PseudoHessian",
     "differentiate",
+    "losses_along",
     "memory_plan",
     "pseudo_gradient",
     "pseudo_hessian",
@@ -62,6 +66,7 @@ __all__ = [
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+Forward = Callable[[nn.Module, Any], Any]
 Progress = bool | Callable[[int, int | None], None]
 METHODS = ("auto", "loop", "vmap")
 VMAP_BASE = 1.0  # vmap peak on the CPU ~ (VMAP_BASE + directions at once) x the loop's peak
@@ -84,6 +89,11 @@ class PseudoHessian:
         method: the back end that ran.
         direction: ``u``, one tensor per covered parameter.
         memory: the memory plan used (micro-batch, chunk, predicted peak).
+        reduction: the loss's reduction over samples (``"mean"`` or ``"sum"``).
+        notes: what the engine did that the caller should know (the math attention
+            kernel, a fallback from the vmap back end).
+        data_digest: a digest of the batches seen (their fingerprints), or ``""`` for a
+            single batch taken whole.
     """
 
     H: Tensor
@@ -96,6 +106,9 @@ class PseudoHessian:
     method: str = "loop"
     direction: list[Tensor] = field(default_factory=list, repr=False)
     memory: MemoryPlan | None = field(default=None, repr=False)
+    reduction: str = "mean"
+    notes: list[str] = field(default_factory=list)
+    data_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,18 +152,27 @@ def pseudo_hessian(
     chunk_size: int | None = None,
     *,
     distributed: bool | None = None,
+    batch_dim: int | tuple[int, int] = 0,
+    reduction: str | None = None,
+    forward: Forward | None = None,
 ) -> PseudoHessian:
     """Pseudo-gradient ``g_bar`` and pseudo-Hessian ``H_bar`` (about S+1 backward passes).
 
-    ``H_bar[s, s'] = (U^s)^T H U^s'`` and ``g_bar[s] = <U^s, grad L>`` of the mean loss
-    ``L = sum_b n_b L_b / sum_b n_b`` over all batches (of all ranks when distributed).
+    ``H_bar[s, s'] = (U^s)^T H U^s'`` and ``g_bar[s] = <U^s, grad L>`` of the loss of the
+    whole data (all batches, of all ranks when distributed) in the loss's own reduction:
+    ``L = sum_b W_b L_b / sum_b W_b`` for a mean (``W_b``: the samples of batch b), ``L =
+    sum_b L_b`` for a sum (:mod:`hessian_lens.batches`). However the data are cut into
+    batches, micro-batches or shards, the result is that of one batch holding them all.
 
     Args:
-        model: any ``nn.Module``; it is left exactly as it was (parameters, buffers,
-            grads, train/eval mode).
-        loss_fn: ``loss_fn(outputs, targets)`` returning the batch *mean* loss.
-        data: one ``(inputs, targets)`` batch or a re-iterable of batches (a DataLoader);
-            when distributed, this rank's shard (possibly empty).
+        model: any ``nn.Module``; it is left exactly as it was (the same ``Parameter``
+            objects, buffers, grads, train/eval modes, hooks, attention settings).
+        loss_fn: ``loss_fn(outputs, targets)`` returning the batch's loss (a mean or a sum
+            over samples), or ``None`` when the model returns its own (``outputs.loss``).
+        data: one batch or a re-iterable of batches (a list, a DataLoader without
+            shuffling, ``hl.fixed_batches(loader, n)``); a batch is ``(inputs, targets)``
+            (tensors, tuples, dicts or dataclasses) or a Mapping of model keyword
+            arguments. When distributed, this rank's shard (possibly empty).
         partition: the groups; ``None`` means :meth:`Partition.canonical`.
         direction: ``u``, one tensor per covered parameter (sequence in partition order
             or ``{name: tensor}``), the same on every rank; ``None`` means the gradient
@@ -166,12 +188,23 @@ def pseudo_hessian(
             to fit memory, all S when they fit).
         distributed: ``None``: sum over the ranks of an initialised process group of more
             than one rank; ``False``: this process's data only; ``True``: require a group.
+        batch_dim: the dimension holding the samples in every input and target tensor,
+            or ``(inputs_dim, targets_dim)`` (e.g. ``(1, 0)`` for ``(T, N, F)`` inputs).
+        reduction: ``"mean"`` or ``"sum"`` over samples; ``None`` reads it from a torch
+            loss module or verifies it on the first batch (its loss against its halves').
+            Per-sample losses (``reduction="none"`` modules) are reduced as declared.
+        forward: ``forward(model, inputs) -> outputs`` for models with another calling
+            convention; ``None``: ``model(x)``, ``model(*x)`` for a tuple, ``model(**x)``
+            for a Mapping.
 
     Returns:
         A :class:`PseudoHessian` with ``H`` (S x S, symmetric) and ``g`` (S).
 
     Raises:
         MemoryGuardError: not even one sample fits the memory budget (says what would).
+        DataChangedError: the two passes over ``data`` saw other samples (a shuffling
+            loader): pass ``hl.fixed_batches(loader, n)``.
+        ValueError: input the engine cannot vouch for (one line naming the fix).
 
     Example:
         >>> import torch, torch.nn.functional as F
@@ -199,6 +232,7 @@ def pseudo_hessian(
         train_mode=train_mode,
         chunk_size=chunk_size,
         distributed=distributed,
+        contract=_Contract.of(loss_fn, batch_dim, reduction, forward),
     )
     return PseudoHessian(
         H=out.full[2],
@@ -211,6 +245,9 @@ def pseudo_hessian(
         method=out.method,
         direction=out.direction,
         memory=out.memory,
+        reduction=out.reduction,
+        notes=out.notes,
+        data_digest=out.data_digest,
     )
 
 
@@ -254,6 +291,9 @@ def summary_tensor(
     chunk_size: int | None = None,
     *,
     distributed: bool | None = None,
+    batch_dim: int | tuple[int, int] = 0,
+    reduction: str | None = None,
+    forward: Forward | None = None,
 ) -> Tensor:
     """The order-d summary ``D^(d)(u)[s1, .., sd] = d^d L[U^s1, .., U^sd]``.
 
@@ -289,13 +329,14 @@ def summary_tensor(
         train_mode=train_mode,
         chunk_size=chunk_size,
         distributed=distributed,
+        contract=_Contract.of(loss_fn, batch_dim, reduction, forward),
     )
     return out.full[order] if spec.full == order else out.diag[order]
 
 
 def taylor_terms(
     model: nn.Module,
-    loss_fn: LossFn,
+    loss_fn: LossFn | None,
     data,
     direction,
     max_order: int,
@@ -304,12 +345,15 @@ def taylor_terms(
     train_mode: bool = False,
     *,
     distributed: bool | None = None,
+    batch_dim: int | tuple[int, int] = 0,
+    reduction: str | None = None,
+    forward: Forward | None = None,
 ) -> Tensor:
     """``d^d L[u, .., u]`` for d = 1..max_order: derivatives of ``t -> L(theta + t u)`` at 0.
 
     Computed by nested forward-mode derivatives, independently of the summary back ends;
     ``summary_tensor(..., order=d).sum()`` equals entry ``d - 1``. Batches are not split
-    (no memory plan). ``distributed`` as in :func:`pseudo_hessian`.
+    (no memory plan). The other arguments as in :func:`pseudo_hessian`.
 
     Example:
         >>> import torch, torch.nn.functional as F
@@ -320,20 +364,53 @@ def taylor_terms(
         torch.Size([2])
     """
     part = Partition.canonical(model)
-    batches = _as_batches(data)
+    contract = _Contract.of(loss_fn, batch_dim, reduction, forward)
+    batches = B.as_batches(data, two_passes=False)
     on = dist.resolve(distributed)
-    with _functional_state(model, part, device, dtype, train_mode) as st:
+    with _functional_state(model, part, device, dtype, train_mode, contract) as st:
         u = _check_direction(direction, part, st.params)
 
         def local() -> list[Tensor]:
-            total, n = torch.zeros(max_order, dtype=st.dtype, device=st.device), 0
-            for x, y, samples in _micro_batches(batches, st):
-                total += samples * _taylor_batch(st, loss_fn, x, y, u, max_order)
-                n += samples
-            return [total, _count(n)]
+            total = torch.zeros(max_order, dtype=st.dtype, device=st.device)
+            z = _Totals()
+            for x, y, samples, weight in _micro_batches(batches, st, contract):
+                total += weight * _taylor_batch(st, contract.loss, x, y, u, max_order)
+                z.add(samples, weight)
+            return [total, *z.tensors()]
 
-        total, n = _over_ranks(local, distributed=on, numel=max_order + 1, device=st.device)
-    return total / _samples(n)
+        total, *z = _over_ranks(local, distributed=on, numel=max_order + 2, device=st.device)
+    return total / _Totals.of(z).normaliser(contract.loss.reduction)
+
+
+@torch.no_grad()
+def losses_along(
+    model: nn.Module,
+    loss_fn: LossFn | None,
+    data,
+    direction: Sequence[Tensor],
+    ts: Sequence[float],
+    partition: Partition | None = None,
+    *,
+    batch_dim: int | tuple[int, int] = 0,
+    reduction: str | None = None,
+    forward: Forward | None = None,
+) -> list[float]:
+    """``L(theta + t v)`` for each ``t``: the whole data's loss (eval mode, one pass).
+
+    ``v`` is ``direction`` (one tensor per parameter of ``partition``, canonical by default);
+    the data contract as in :func:`pseudo_hessian`.
+    """
+    part = partition or Partition.canonical(model)
+    contract = _Contract.of(loss_fn, batch_dim, reduction, forward)
+    with _functional_state(model, part, None, None, False, contract) as st:
+        v = _check_direction(direction, part, st.params)
+        totals, z = [0.0] * len(ts), _Totals()
+        for x, y, samples, weight in _micro_batches(B.as_batches(data, False), st, contract):
+            for i, t in enumerate(ts):
+                moved = [p + t * d for p, d in zip(st.params, v, strict=True)]
+                totals[i] += weight * float(contract.loss(st.forward(x, moved), y))
+            z.add(samples, weight)
+    return [total / z.normaliser(contract.loss.reduction) for total in totals]
 
 
 def summaries_from_gradient(
@@ -419,7 +496,7 @@ def _explained(err: RuntimeError) -> Exception | None:
 
 def memory_plan(
     model: nn.Module,
-    loss_fn: LossFn,
+    loss_fn: LossFn | None,
     batch,
     *,
     order: int = 2,
@@ -431,8 +508,10 @@ def memory_plan(
     dtype=None,
     train_mode: bool = False,
     chunk_size: int | None = None,
+    batch_dim: int | tuple[int, int] = 0,
+    forward: Forward | None = None,
 ) -> MemoryPlan:
-    """The memory plan the engine would follow for one ``(inputs, targets)`` batch.
+    """The memory plan the engine would follow for one batch.
 
     The batch must have more than ``PROBE_SAMPLES[-1]`` samples; it is probed, nothing
     else is computed.
@@ -447,21 +526,50 @@ def memory_plan(
     part = partition if partition is not None else Partition.canonical(model)
     part.check(model)
     spec = _Spec.of(order, diagonal=diagonal, d3_diagonal=d3_diagonal)
-    with _functional_state(model, part, device, dtype, train_mode) as st:
-        planner = Planner(
-            state=st,
-            partition=part,
-            spec=spec,
-            back_end=_back_end(_pick_method(method), loss_fn, chunk_size),
-            splittable=not _batch_statistics(model, train_mode),
-        )
-        x, y, samples = _prepare(*batch, st)
+    contract = _Contract.of(loss_fn, batch_dim, "mean", forward)
+    with _functional_state(model, part, device, dtype, train_mode, contract) as st:
+        back_end = _back_end(_pick_method(method), contract.loss, chunk_size)
+        planner = _planner(st, part, spec, back_end, contract, train_mode)
+        x, y, samples = _prepare(batch, st, contract)
         if samples <= PROBE_SAMPLES[-1]:
             raise ValueError(f"memory_plan needs more than {PROBE_SAMPLES[-1]} samples")
         return planner.probe(x, y, samples)
 
 
+def _planner(st, part, spec, back_end, contract: _Contract, train_mode: bool) -> Planner:
+    """The memory planner of a run; it cuts probe batches along the contract's dims."""
+    dims = contract.dims
+
+    def head(x, y, n: int) -> tuple:
+        return B.narrow(x, dims.inputs, 0, n), _narrow_targets(y, dims, 0, n)
+
+    return Planner(
+        state=st,
+        partition=part,
+        spec=spec,
+        back_end=back_end,
+        splittable=not _batch_statistics(st.model, train_mode),
+        head=head,
+    )
+
+
 # ---------------------------------------------------------------------------- driver
+@dataclass(frozen=True)
+class _Contract:
+    """The data contract of one call (:mod:`hessian_lens.batches`)."""
+
+    loss: B.LossContract
+    dims: B.BatchDims
+    forward: Forward | None
+
+    @classmethod
+    def of(cls, loss_fn, batch_dim, reduction, forward) -> _Contract:
+        """Checked arguments of the public functions."""
+        if forward is not None and not callable(forward):
+            raise TypeError(f"forward must be callable, got {type(forward).__name__}")
+        return cls(B.LossContract.of(loss_fn, reduction), B.BatchDims.of(batch_dim), forward)
+
+
 @dataclass
 class _Summaries:
     """The means of one run (what the public functions unpack)."""
@@ -474,14 +582,18 @@ class _Summaries:
     partition: Partition
     method: str
     memory: MemoryPlan | None
+    reduction: str = "mean"
+    notes: list[str] = field(default_factory=list)
+    data_digest: str = ""
 
 
 def _run(
     model: nn.Module,
-    loss_fn: LossFn,
+    loss_fn: LossFn | None,
     data,
     *,
     spec: _Spec,
+    contract: _Contract,
     partition: Partition | None = None,
     direction=None,
     device=None,
@@ -497,21 +609,15 @@ def _run(
     on = dist.resolve(distributed)
     part = partition if partition is not None else Partition.canonical(model)
     part.check(model)
-    batches = _as_batches(data, two_passes=direction is None)
-    with _functional_state(model, part, device, dtype, train_mode) as st:
+    batches = B.as_batches(data, two_passes=direction is None)
+    with _functional_state(model, part, device, dtype, train_mode, contract) as st:
         _check_back_end(method, model, train_mode)
-        back_end = _back_end(method, loss_fn, chunk_size)
-        planner = Planner(
-            state=st,
-            partition=part,
-            spec=spec,
-            back_end=back_end,
-            splittable=not _batch_statistics(model, train_mode),
-        )
+        back_end = _back_end(method, contract.loss, chunk_size)
+        planner = _planner(st, part, spec, back_end, contract, train_mode)
         if not on:
             planner.check_outputs()  # fail before pass 1 (when distributed: inside it)
         acc = _Accumulator.zeros(state=st, partition=part, spec=spec)
-        _passes(
+        prints = _passes(
             acc,
             batches,
             direction=direction,
@@ -519,70 +625,90 @@ def _run(
             planner=planner,
             progress=progress,
             on=on,
+            contract=contract,
         )
-        return acc.means(method=method, memory=planner.report())
+        out = acc.means(method=back_end.ran, memory=planner.report())
+        out.reduction, out.notes = contract.loss.reduction, st.notes
+        out.data_digest = prints.digest() if prints.seen else ""
+        return out
 
 
 def _passes(
-    acc: _Accumulator, batches, *, direction, back_end: BackEnd, planner: Planner, progress, on
-) -> None:
-    """Set ``acc.direction``, then accumulate pass 2 into ``acc``.
+    acc: _Accumulator, batches, *, direction, back_end: BackEnd, planner, progress, on, contract
+) -> B.Fingerprints:
+    """Set ``acc.direction``, then accumulate pass 2 into ``acc``; return the fingerprints.
 
     The direction is the given one, pass 1's gradient, or the single batch's own gradient.
+    Pass 2 must see the batches pass 1 saw (:class:`~hessian_lens.batches.Fingerprints`).
     """
     shortcut = False
     if direction is None and not on:  # ranks need the union's gradient: never a shortcut
-        shortcut, batches = _whole_single_batch(batches, acc.state, planner)
+        shortcut, batches = _whole_single_batch(batches, acc.state, planner, contract)
     tick = _progress(progress, batches, passes=1 if direction is not None or shortcut else 2)
-    passes = {"planner": planner, "tick": tick, "on": on}
+    prints = B.Fingerprints()
+    passes = {"planner": planner, "tick": tick, "on": on, "contract": contract, "prints": prints}
     if direction is not None:
         acc.direction = _check_direction(direction, acc.partition, acc.state.params)
     elif not shortcut:  # a single batch taken whole gets its own gradient inside pass 2
-        acc.direction = _mean_gradient(acc.state, batches, loss_fn=back_end.loss_fn, **passes)
+        acc.direction = _mean_gradient(acc.state, batches, **passes)
+        prints.start_checking()
     _summary_pass(acc, batches, back_end=back_end, **passes)
+    prints.finish()
     tick.close()
+    return prints
 
 
-def _whole_single_batch(batches, state: _State, planner: Planner) -> tuple[bool, Iterable]:
+def _whole_single_batch(batches, state: _State, planner, contract) -> tuple[bool, Iterable]:
     """Whether ``batches`` is one batch processed without splitting, and the batches.
 
     Such a batch's own gradient is then the direction; it is moved to the device once.
     """
     if not (isinstance(batches, list) and len(batches) == 1):
         return False, batches
-    x, y, samples = _prepare(*batches[0], state)
+    x, y, samples = _prepare(batches[0], state, contract)
     return planner.micro_batch(x, y, samples) >= samples, [(x, y)]
 
 
-def _mean_gradient(state: _State, batches, *, loss_fn, planner, tick, on: bool) -> list[Tensor]:
-    """Pass 1: ``u = sum_b n_b grad L_b / sum_b n_b`` over all batches (and ranks)."""
+def _mean_gradient(state: _State, batches, *, planner, tick, on, contract, prints) -> list[Tensor]:
+    """Pass 1: ``u = sum_b W_b grad L_b / Z`` over all batches (and ranks).
+
+    ``Z = sum_b W_b`` for a mean, 1 for a sum (:class:`_Totals`).
+    """
 
     def local() -> list[Tensor]:
         planner.check_outputs()
-        sums, n = [torch.zeros_like(p) for p in state.params], 0
-        for x, y, samples in _micro_batches(batches, state, planner=planner, tick=tick):
-            grads = differentiate(loss_fn(state.forward(x), y), state.params, retain_graph=False)
+        sums, z = [torch.zeros_like(p) for p in state.params], _Totals()
+        for x, y, samples, weight in _micro_batches(
+            batches, state, contract, planner=planner, tick=tick, prints=prints
+        ):
+            loss = contract.loss(state.forward(x), y)
+            grads = differentiate(loss, state.params, retain_graph=False)
             for total, g in zip(sums, grads, strict=True):
-                total.add_(g, alpha=samples)
-            n += samples
-        return [*sums, _count(n)]
+                total.add_(g, alpha=weight)
+            z.add(samples, weight)
+        return [*sums, *z.tensors()]
 
-    numel = sum(p.numel() for p in state.params) + 1
-    *sums, n = _over_ranks(local, distributed=on, numel=numel, device=state.device)
-    n = _samples(n)
-    return [total / n for total in sums]
+    numel = sum(p.numel() for p in state.params) + 2
+    *sums, n, w = _over_ranks(local, distributed=on, numel=numel, device=state.device)
+    z = _Totals.of([n, w]).normaliser(contract.loss.reduction)
+    return [total / z for total in sums]
 
 
-def _summary_pass(acc: _Accumulator, batches, *, back_end, planner, tick, on: bool) -> None:
-    """Pass 2: ``sum_b n_b D^(k)_b(u)``, ``sum_b n_b L_b`` and ``sum_b n_b`` (all ranks)."""
+def _summary_pass(
+    acc: _Accumulator, batches, *, back_end, planner, tick, on, contract, prints
+) -> None:
+    """Pass 2: ``sum_b W_b D^(k)_b(u)``, ``sum_b W_b L_b``, the samples and ``sum_b W_b``."""
 
     def local() -> list[Tensor]:
         planner.check_outputs()
-        for x, y, samples in _micro_batches(batches, acc.state, planner=planner, tick=tick):
-            acc.add_loss(back_end.product(acc, x, y, samples), samples)
+        for x, y, samples, weight in _micro_batches(
+            batches, acc.state, contract, planner=planner, tick=tick, prints=prints
+        ):
+            acc.add_loss(back_end.product(acc, x, y, weight), samples, weight)
         return acc.sums()
 
     acc.load(_over_ranks(local, distributed=on, numel=acc.numel(), device=acc.state.device))
+    acc.reduction = contract.loss.reduction
 
 
 def _over_ranks(local, *, distributed: bool, numel: int, device) -> list[Tensor]:
@@ -590,6 +716,49 @@ def _over_ranks(local, *, distributed: bool, numel: int, device) -> list[Tensor]
     if not distributed:
         return local()
     return dist.sum_over_ranks(local, numel=numel, device=device)
+
+
+@dataclass
+class _Totals:
+    """Running sample count and ``sum_b W_b`` (what a mean divides by)."""
+
+    samples: int = 0
+    weight: float = 0.0
+
+    def add(self, samples: int, weight: float) -> None:
+        """Count one micro-batch."""
+        self.samples += samples
+        self.weight += weight
+
+    def tensors(self) -> list[Tensor]:
+        """``[samples, weight]`` as float64 tensors (what ranks all-reduce)."""
+        return [_count(self.samples), torch.tensor(self.weight, dtype=torch.float64)]
+
+    @classmethod
+    def of(cls, tensors: Sequence[Tensor]) -> _Totals:
+        """From reduced :meth:`tensors`; a ValueError when no rank had a sample."""
+        return cls(_samples(tensors[0]), float(tensors[1]))
+
+    def normaliser(self, reduction: str | None) -> float:
+        """``Z``: ``sum_b W_b`` for a mean, 1 for a sum.
+
+        Raises:
+            ValueError: a mean over no counted sample (every target ignored), or an
+                unknown reduction.
+        """
+        if reduction == "sum":
+            return 1.0
+        if reduction is None:
+            raise ValueError(
+                "every batch holds a single sample, so whether the loss is a mean or a sum "
+                "over samples cannot be checked: declare reduction='mean' or 'sum'"
+            )
+        if not self.weight > 0:
+            raise ValueError(
+                "the loss is a mean over no sample: every target is ignored (ignore_index) "
+                "or has zero class weight"
+            )
+        return self.weight
 
 
 def _count(n: int) -> Tensor:
@@ -607,14 +776,16 @@ def _samples(n: Tensor) -> int:
 # ---------------------------------------------------------------------------- accumulator
 @dataclass
 class _Accumulator:
-    """Running sample-weighted sums of pass 2 with the fixed direction ``u``.
+    """Running weighted sums of pass 2 with the fixed direction ``u``.
 
-    With ``n_b`` the samples of batch ``b``::
+    With ``W_b`` the weight of micro-batch ``b`` (its samples for a mean, 1 for a sum)::
 
-        full[k] = sum_b n_b D^(k)_b(u)           (k <= spec.full; entries at s1 <= .. <= sk
+        full[k] = sum_b W_b D^(k)_b(u)           (k <= spec.full; entries at s1 <= .. <= sk
                                                   for the loop, all entries for vmap)
-        diag[k] = sum_b n_b D^(k)_b(u)[s, .., s]  (spec.full < k <= spec.diag)
-        loss_sum = sum_b n_b L_b,   n_samples = sum_b n_b
+        diag[k] = sum_b W_b D^(k)_b(u)[s, .., s]  (spec.full < k <= spec.diag)
+        loss_sum = sum_b W_b L_b,   totals = (sum_b n_b, sum_b W_b)
+
+    :meth:`means` divides by ``Z`` (``sum_b W_b`` for a mean, 1 for a sum).
 
     ``direction`` is ``None`` until known (a single batch's own gradient: the back end sets it).
     """
@@ -626,7 +797,8 @@ class _Accumulator:
     full: dict[int, Tensor]
     diag: dict[int, Tensor]
     loss_sum: float = 0.0
-    n_samples: int = 0
+    totals: _Totals = field(default_factory=lambda: _Totals())
+    reduction: str | None = None
 
     @classmethod
     def zeros(
@@ -646,19 +818,19 @@ class _Accumulator:
             diag={k: zeros((S,)) for k in range(spec.full + 1, spec.diag + 1)},
         )
 
-    def add_loss(self, loss: Tensor, samples: int) -> None:
-        """``loss_sum += n_b L_b``, ``n_samples += n_b``."""
-        self.loss_sum += samples * float(loss)
-        self.n_samples += samples
+    def add_loss(self, loss: Tensor, samples: int, weight: float) -> None:
+        """``loss_sum += W_b L_b``; count the micro-batch's samples and weight."""
+        self.loss_sum += weight * float(loss)
+        self.totals.add(samples, weight)
 
     def sums(self) -> list[Tensor]:
         """Every running sum as a tensor, in a fixed order (what ranks all-reduce)."""
-        scalars = [torch.tensor(self.loss_sum, dtype=torch.float64), _count(self.n_samples)]
+        scalars = [torch.tensor(self.loss_sum, dtype=torch.float64), *self.totals.tensors()]
         return [*self.full.values(), *self.diag.values(), *scalars]
 
     def numel(self) -> int:
         """Elements of :meth:`sums` (known before computing anything)."""
-        return sum(t.numel() for t in (*self.full.values(), *self.diag.values())) + 2
+        return sum(t.numel() for t in (*self.full.values(), *self.diag.values())) + 3
 
     def load(self, sums: Sequence[Tensor]) -> None:
         """Replace the running sums by ``sums`` (laid out as :meth:`sums`)."""
@@ -666,16 +838,16 @@ class _Accumulator:
         self.full = {k: next(tensors) for k in self.full}
         self.diag = {k: next(tensors) for k in self.diag}
         self.loss_sum = float(next(tensors))
-        self.n_samples = _samples(next(tensors))
+        self.totals = _Totals.of([next(tensors), next(tensors)])
 
     def means(self, *, method: str, memory: MemoryPlan | None) -> _Summaries:
-        """Divide by ``n``; fill every full order from its non-decreasing indices."""
-        n = self.n_samples
+        """Divide by ``Z``; fill every full order from its non-decreasing indices."""
+        z = self.totals.normaliser(self.reduction)
         return _Summaries(
-            full={k: _symmetrize(t / n) if k > 1 else t / n for k, t in self.full.items()},
-            diag={k: t / n for k, t in self.diag.items()},
-            loss=self.loss_sum / n,
-            n_samples=n,
+            full={k: _symmetrize(t / z) if k > 1 else t / z for k, t in self.full.items()},
+            diag={k: t / z for k, t in self.diag.items()},
+            loss=self.loss_sum / z,
+            n_samples=self.totals.samples,
             direction=self.direction or [],
             partition=self.partition,
             method=method,
@@ -687,7 +859,7 @@ class _Accumulator:
 class _LoopBackEnd:
     """Reverse over reverse autograd, pruned by symmetry (module docstring)."""
 
-    name = "loop"
+    name = ran = "loop"
 
     def __init__(self, loss_fn: LossFn) -> None:
         self.loss_fn = loss_fn
@@ -797,9 +969,42 @@ class _VmapBackEnd:
         self.loss_fn = loss_fn
         self.chunk_size = chunk_size
         self.fixed_chunk = chunk_size is not None
+        self.fallback: _LoopBackEnd | None = None
+        self.screened = False
+
+    @property
+    def ran(self) -> str:
+        """The back end that computed: ``"vmap"``, or ``"loop"`` after a fallback."""
+        return "vmap" if self.fallback is None else "loop"
 
     def product(self, acc: _Accumulator, x, y, weight: float) -> Tensor:
-        """Same contributions as the loop's, as ``(-1)^k d^k f / d eta^k`` at 0."""
+        """Same contributions as the loop's, as ``(-1)^k d^k f / d eta^k`` at 0.
+
+        The rest of the run switches to the loop back end, with a note in the result (both
+        fill the same entries), when the model runs an operation whose torch.func
+        derivatives are wrong (:data:`VMAP_WRONG_OPS`, screened on the first micro-batch)
+        or that torch.func cannot vectorise or differentiate forward (the fused attention
+        of ``nn.MultiheadAttention``).
+        """
+        if self.fallback is None and not self.screened:
+            self.screened = True
+            wrong = ops_run(lambda: acc.state.forward(x), VMAP_WRONG_OPS)
+            if wrong:
+                self._fall_back(acc, f"torch.func's derivatives of {', '.join(wrong)} are wrong")
+        if self.fallback is None:
+            try:
+                return self._product(acc, x, y, weight)
+            except (NotImplementedError, RuntimeError) as err:
+                if not _unsupported_by_func(err):
+                    raise
+                self._fall_back(acc, f"torch.func cannot run this model ({_first_line(err)})")
+        return self.fallback.product(acc, x, y, weight)
+
+    def _fall_back(self, acc: _Accumulator, why: str) -> None:
+        self.fallback = _LoopBackEnd(self.loss_fn)
+        acc.state.notes.append(f"method='vmap' fell back to the loop back end: {why}")
+
+    def _product(self, acc: _Accumulator, x, y, weight: float) -> Tensor:
         st, S = acc.state, len(acc.partition)
         if acc.direction is None:
             loss = self.loss_fn(st.forward(x), y)
@@ -843,6 +1048,46 @@ class _VmapBackEnd:
         basis = torch.eye(len(partition), dtype=state.dtype, device=state.device)[:chunk]
         _vmap_summaries(f, spec, basis, chunk)
         return [meter.peak()]
+
+
+FUNC_UNSUPPORTED_HINTS = ("forward AD", "vmap", "Batching rule", "functorch")
+# aten operations whose torch.func (reverse over forward) derivatives are wrong: layer_norm's
+# H̄ was off by 3% relative on torch 2.14 (tests/test_batches.py keeps the check)
+VMAP_WRONG_OPS = ("native_layer_norm",)
+
+
+class _OpsSeen(TorchDispatchMode):
+    """The names of the aten operations run while active."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # never compiled: no torch._dynamo import (2 s)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def ops_run(fn: Callable[[], object], names: Sequence[str]) -> list[str]:
+    """Which of the aten operations ``names`` one call of ``fn`` runs (no gradient kept)."""
+    with torch.no_grad(), _OpsSeen() as seen:
+        fn()
+    return [n for n in names if n in seen.names]
+
+
+def _unsupported_by_func(err: Exception) -> bool:
+    """Whether torch.func (vmap, forward mode) does not support an operation of the model."""
+    return isinstance(err, NotImplementedError) or any(
+        hint in str(err) for hint in FUNC_UNSUPPORTED_HINTS
+    )
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
 
 
 def _vmap_width(spec: _Spec, chunk: int) -> int:
@@ -957,23 +1202,28 @@ class _State:
     model: nn.Module | None = None
     names: list[str] = field(default_factory=list)
     fixed: dict[str, Tensor] = field(default_factory=dict)
+    call: Forward | None = None
+    coupled: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def of_model(cls, model: nn.Module, part: Partition, device, dtype) -> _State:
-        """Detached copies of the model's tensors, cast to ``device`` and ``dtype``."""
-        ref = part.parameters(model)[0]
-        device = torch.device(device) if device is not None else ref.device
-        dtype = dtype if dtype is not None else ref.dtype
+        """Detached copies of the model's tensors, cast to ``device`` and ``dtype``.
+
+        Raises:
+            ValueError: a complex parameter, or a dtype that is not a real floating type.
+        """
+        params = part.parameters(model)
+        _check_real(part.names, params)
+        device = torch.device(device) if device is not None else params[0].device
+        dtype = dtype if dtype is not None else params[0].dtype
         if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating point type, got {dtype}")
+            raise ValueError(f"dtype must be a real floating point type, got {dtype}")
         covered = set(part.names)
         return cls(
             device=device,
             dtype=dtype,
-            params=[
-                p.detach().to(device, dtype).clone().requires_grad_(True)
-                for p in part.parameters(model)
-            ],
+            params=[p.detach().to(device, dtype).clone().requires_grad_(True) for p in params],
             model=model,
             names=part.names,
             fixed={
@@ -988,25 +1238,123 @@ class _State:
         """The caller's own tensors (an optimizer's parameters): no model, no forward."""
         return cls(device=params[0].device, dtype=params[0].dtype, params=list(params))
 
-    def forward(self, x, params: Sequence[Tensor] | None = None) -> Tensor:
-        """The model's output with ``params`` (default: the working copies)."""
+    def forward(self, x, params: Sequence[Tensor] | None = None):
+        """The model's output on inputs ``x`` with ``params`` (default: the working copies).
+
+        ``x`` is passed as ``model(x)``, ``model(*x)`` (tuple / list) or ``model(**x)``
+        (Mapping), or through the caller's ``forward(model, x)``.
+        """
         values = dict(zip(self.names, params if params is not None else self.params, strict=True))
         values.update(self.fixed)
+        if self.call is not None:
+            caller = _Caller(self.model, self.call)
+            return functional_call(caller, {f"model.{k}": v for k, v in values.items()}, (x,))
+        if isinstance(x, Mapping):
+            return functional_call(self.model, values, (), dict(x))
         args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
         return functional_call(self.model, values, args)
 
 
+class _Caller(nn.Module):
+    """The model called through the user's ``forward(model, inputs)``."""
+
+    def __init__(self, model: nn.Module, call: Forward) -> None:
+        super().__init__()
+        self.model, self.call = model, call
+
+    def forward(self, inputs):
+        """``call(model, inputs)``."""
+        return self.call(self.model, inputs)
+
+
+def _check_real(names: Sequence[str], params: Sequence[Tensor]) -> None:
+    complex_ = [n for n, p in zip(names, params, strict=True) if p.is_complex()]
+    if complex_:
+        raise ValueError(
+            f"parameters {complex_[:3]} are complex: Hessian Lens analyses real parameters "
+            "only. Store a complex weight as two real tensors (real and imaginary parts), or "
+            "leave it out of the partition (requires_grad_(False))"
+        )
+
+
 @contextmanager
-def _functional_state(model: nn.Module, part: Partition, device, dtype, train_mode: bool):
-    """Working copies in the requested mode; the model's own modes are restored after."""
+def _functional_state(
+    model: nn.Module, part: Partition, device, dtype, train_mode: bool, contract=None
+):
+    """Working copies in the requested mode, under the math attention kernel.
+
+    The model comes back as it came in: its modes, and the very ``Parameter`` and buffer
+    objects of every module (:func:`_kept_as_is`).
+    """
     modes = [(m, m.training) for m in model.modules()]
-    for m in model.modules():  # not model.train(): torch.export modules refuse it
-        m.training = train_mode
+    with _kept_as_is(model), _math_attention() as attention:
+        for m in model.modules():  # not model.train(): torch.export modules refuse it
+            m.training = train_mode
+        try:
+            st = _State.of_model(model, part, device, dtype)
+            st.call = contract.forward if contract is not None else None
+            st.coupled = _samples_coupled(model, train_mode)
+            if attention and _has_attention(model):
+                st.notes.append(attention)
+            yield st
+        finally:
+            for m, was_training in modes:
+                m.training = was_training
+
+
+@contextmanager
+def _kept_as_is(model: nn.Module):
+    """Put back every module's own ``Parameter`` and buffer objects after the block.
+
+    ``functional_call`` swaps tensors into modules and back; for a module registered under
+    two names (``self.layers = nn.ModuleList([self.fc1, ...])``) it put back plain tensors,
+    so an optimizer built before the call updated tensors the model no longer used.
+    """
+    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
     try:
-        yield _State.of_model(model, part, device, dtype)
+        yield
     finally:
-        for m, was_training in modes:
-            m.training = was_training
+        for m, params, buffers in saved:
+            _restore(m, "_parameters", params)
+            _restore(m, "_buffers", buffers)
+
+
+def _restore(module: nn.Module, slot: str, saved: dict) -> None:
+    current = getattr(module, slot)
+    for name in saved:
+        module.__dict__.pop(name, None)  # a plain attribute shadowing the registered one
+    if current.keys() != saved.keys() or any(current[k] is not v for k, v in saved.items()):
+        current.clear()
+        current.update(saved)
+
+
+@contextmanager
+def _math_attention():
+    """Scaled dot-product attention on its math kernel: the fused ones have no 2nd derivative.
+
+    Yields the note recorded in results (``""`` where torch has no kernel choice); the
+    caller's kernel setting is restored after.
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3
+        yield ""
+        return
+    with sdpa_kernel(SDPBackend.MATH):
+        yield (
+            "attention ran on the math scaled-dot-product kernel (the fused kernels have no "
+            "second derivative)"
+        )
+
+
+def _has_attention(model: nn.Module) -> bool:
+    return any("attention" in type(m).__name__.lower() for m in model.modules())
+
+
+def _samples_coupled(model: nn.Module, train_mode: bool) -> bool:
+    """Whether a batch's loss is not a function of its samples alone (train-mode noise)."""
+    noisy = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    return train_mode and any(isinstance(m, noisy) for m in model.modules())
 
 
 def _cast(t: Tensor, device, dtype) -> Tensor:
@@ -1018,60 +1366,68 @@ def _to(t: Tensor, st: _State) -> Tensor:
     return t.to(st.device, st.dtype) if t.is_floating_point() else t.to(st.device)
 
 
-def _as_batches(data, two_passes: bool = True) -> Iterable:
-    """One ``(inputs, targets)`` batch -> ``[batch]``; check iterables can be re-read."""
-    if (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and isinstance(data[1], Tensor)
-        and isinstance(data[0], (Tensor, tuple, list))
-    ):
-        return [tuple(data)]
-    if isinstance(data, Tensor) or not isinstance(data, Iterable):
-        raise TypeError(
-            "data must be an (inputs, targets) batch or an iterable of such "
-            f"batches (e.g. a DataLoader), got {type(data).__name__}"
-        )
-    if two_passes and iter(data) is data:
-        raise TypeError(
-            "data is a one-shot iterator, but the direction needs a first pass "
-            "over it: pass a list of batches or a DataLoader, or give direction="
-        )
-    return data
-
-
 def _micro_batches(
-    batches: Iterable, state: _State, *, planner: Planner | None = None, tick=None
-) -> Iterator[tuple[object, Tensor, int]]:
-    """The one data loop: ``(inputs, targets, n)`` on the device.
+    batches: Iterable, state: _State, contract: _Contract, *, planner=None, tick=None, prints=None
+) -> Iterator[tuple[object, object, int, float]]:
+    """The one data loop: ``(inputs, targets, n, W)`` on the device, per micro-batch.
 
-    Each batch is cut into micro-batches that fit (``planner``), empty batches are skipped;
-    ``tick()`` is called per batch.
+    Each batch is fingerprinted (``prints``), its loss's reduction verified (once), and it
+    is cut into micro-batches that fit (``planner``) along its batch dimension; empty
+    micro-batches and those with nothing to average are skipped; ``tick()`` per batch.
     """
-    for x, y in batches:
-        x, y, samples = _prepare(x, y, state)
+    dims = contract.dims
+    for batch in batches:
+        x, y, samples = _prepare(batch, state, contract)
+        if prints is not None:
+            prints.observe(x, y, samples)
         size = planner.micro_batch(x, y, samples) if planner is not None else samples
-        if size >= samples:
-            if samples:
-                yield x, y, samples
-        else:
-            for start in range(0, samples, size):
-                stop = min(start + size, samples)
-                yield _rows(x, start, stop), y[start:stop], stop - start
+        _verify(contract, state, x, y, samples, limit=max(size, 2))
+        for start in range(0, samples, max(size, 1)):
+            stop = min(start + size, samples)
+            mx, my = B.narrow(x, dims.inputs, start, stop), _narrow_targets(y, dims, start, stop)
+            weight = contract.loss.weight(my, stop - start)
+            if weight:
+                yield mx, my, stop - start, weight
         if tick is not None:
             tick()
 
 
-def _rows(x, start: int, stop: int):
-    """Samples ``start:stop`` of a model input (a tensor or a tuple of tensors)."""
-    return tuple(t[start:stop] for t in x) if isinstance(x, tuple) else x[start:stop]
+def _verify(contract: _Contract, st: _State, x, y, samples: int, limit: int) -> None:
+    """Check the loss's reduction once, on the first ``limit`` samples of a batch.
+
+    Raises:
+        ValueError: the reduction is unknown and cannot be checked in train mode.
+    """
+    loss = contract.loss
+    if loss.verified or samples < 2:
+        return
+    if st.coupled:
+        if loss.reduction is None:
+            raise ValueError(
+                "in train mode (batch statistics, dropout) the loss's reduction cannot be "
+                "checked on halves of a batch: declare reduction='mean' or 'sum'"
+            )
+        loss.verified = True
+        return
+    n, dims = min(samples, limit), contract.dims
+    loss.verify(
+        lambda a, b: loss(st.forward(a), b),
+        B.narrow(x, dims.inputs, 0, n),
+        _narrow_targets(y, dims, 0, n),
+        dims,
+        n,
+    )
 
 
-def _prepare(x, y, st) -> tuple:
-    x = tuple(_to(t, st) for t in x) if isinstance(x, (tuple, list)) else _to(x, st)
-    y = _to(y, st)
-    first = x[0] if isinstance(x, tuple) else x
-    return x, y, int(first.shape[0]) if first.dim() else 1
+def _narrow_targets(y, dims: B.BatchDims, start: int, stop: int):
+    return None if y is None else B.narrow(y, dims.targets, start, stop)
+
+
+def _prepare(batch, st: _State, contract: _Contract) -> tuple:
+    """``(inputs, targets, samples)`` of a batch, moved and cast for the working state."""
+    x, y = B.split_batch(batch)
+    samples = B.count_samples(x, y, contract.dims)
+    return B.tree_map(lambda t: _to(t, st), x), B.tree_map(lambda t: _to(t, st), y), samples
 
 
 def _check_direction(direction, part: Partition, params: Sequence[Tensor]) -> list[Tensor]:

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from hessian_lens.partition import Partition
-from hessian_lens.summary import _as_batches, taylor_terms
+from hessian_lens.summary import losses_along, taylor_terms
 
 
 @dataclass
@@ -70,7 +69,6 @@ def group_direction(
     return step_direction(model, partition, u, eta)
 
 
-@torch.no_grad()
 def loss_along(
     model: nn.Module,
     loss_fn,
@@ -79,30 +77,8 @@ def loss_along(
     ts: Sequence[float],
     partition: Partition | None = None,
 ) -> list[float]:
-    """``L(theta + t v)`` for each t (sample-weighted mean over the data, eval mode)."""
-    part = partition or Partition.canonical(model)
-    names, params = part.names, part.parameters(model)
-    fixed = dict(model.named_buffers())
-    modes = [(m, m.training) for m in model.modules()]
-    for m in model.modules():
-        m.training = False
-    try:
-        totals = [0.0] * len(ts)
-        n = 0
-        for x, y in _as_batches(data):
-            nb = int(y.shape[0])
-            for i, t in enumerate(ts):
-                moved = {
-                    k: p + t * v.to(p.device, p.dtype)
-                    for k, p, v in zip(names, params, direction, strict=True)
-                }
-                out = functional_call(model, {**fixed, **moved}, (x,))
-                totals[i] += nb * float(loss_fn(out, y))
-            n += nb
-    finally:
-        for m, was in modes:
-            m.training = was
-    return [total / n for total in totals]
+    """``L(theta + t v)`` for each t (the whole data's loss, eval mode)."""
+    return losses_along(model, loss_fn, data, direction, ts, partition)
 
 
 def taylor_view(

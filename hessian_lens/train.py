@@ -38,7 +38,7 @@ from hessian_lens.data import (
     split_validation,
 )
 from hessian_lens.files import atomic_write, write_json
-from hessian_lens.losses import LOSSES, get_loss
+from hessian_lens.losses import LOSSES, correct_predictions, get_loss
 from hessian_lens.models import INITS
 from hessian_lens.registry import build_model, check_kwargs
 
@@ -191,15 +191,16 @@ def evaluate(
     was = model.training
     model.eval()
     loss_fn = get_loss(loss)
-    total, correct, n = 0.0, 0, 0
+    total, correct, n, targets = 0.0, 0, 0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         out = model(x)
         total += float(loss_fn(out, y)) * len(y)
-        correct += int((out.argmax(1) == y).sum()) if out.dim() == 2 else 0
+        correct += correct_predictions(out, y)
         n += len(y)
+        targets += y.numel()
     model.train(was)
-    return total / n, correct / n
+    return total / n, correct / targets
 
 
 @dataclass
@@ -322,7 +323,7 @@ def _train_epoch(sess: _Session, marks: dict[int, float]):
     model, optimizer, device = sess.model, sess.optimizer, sess.device
     loss_fn = get_loss(sess.config.loss)
     model.train()
-    total, correct, n = 0.0, 0, 0
+    total, correct, n, targets = 0.0, 0, 0, 0
     newton = type(optimizer).__name__ == "PartitionNewton"
     batches = _bar(sess.progress, len(sess.loader), 0, leave=False, desc="batches", it=sess.loader)
     for step, (x, y) in enumerate(batches if batches is not None else sess.loader, start=1):
@@ -345,11 +346,12 @@ def _train_epoch(sess: _Session, marks: dict[int, float]):
         if not torch.isfinite(loss):
             _record_divergence(sess, step, float(loss))
         total += float(loss) * len(y)
-        correct += int((box["out"].detach().argmax(1) == y).sum()) if box["out"].dim() == 2 else 0
+        correct += correct_predictions(box["out"].detach(), y)
         n += len(y)
+        targets += y.numel()
         if step in marks:
-            yield {"train_loss": total / n, "train_acc": correct / n}, marks[step]
-    yield {"train_loss": total / n, "train_acc": correct / n}, None
+            yield {"train_loss": total / n, "train_acc": correct / targets}, marks[step]
+    yield {"train_loss": total / n, "train_acc": correct / targets}, None
 
 
 def _curvature_closure(sess: _Session, loss_fn):
@@ -418,7 +420,7 @@ def _manifest(
             "test_size": len(test_set),
             "val_size": len(val_set) if val_set is not None else 0,
             "input_shape": list(train_set.x.shape[1:]),
-            "normalization": {"mean": list(train_set.mean), "std": list(train_set.std)},
+            **_data_facts(train_set),
             "curvature": (
                 f"separate: first {config.curvature_size}-sample batches of the training "
                 "set, unshuffled, cycling"
@@ -436,6 +438,14 @@ def _manifest(
         "versions": versions(),
         "command": command or "python -m hessian_lens " + shlex.join(sys.argv[1:]),
     }
+
+
+def _data_facts(data) -> dict[str, Any]:
+    """Images: their normalisation; text: the corpus (path, files, bytes, split, context)."""
+    corpus = getattr(data, "corpus", None)
+    if corpus is not None:
+        return {"corpus": corpus}
+    return {"normalization": {"mean": list(data.mean), "std": list(data.std)}}
 
 
 def _save(sess: _Session, history: list[dict[str, Any]], resume: bool = True) -> None:

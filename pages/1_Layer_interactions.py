@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from hessian_lens.ui import common, reads
+from hessian_lens.ui import common, live, reads
 from hessian_lens.ui.interactions import render_interactions
 
 common.page("Layer interactions", "🟥")
@@ -12,10 +12,17 @@ st.caption(
     "the slope along tensor s'. White ≈ 0, red > 0, blue < 0; limits ±max|value|."
 )
 
+
+def draw(run) -> None:
+    recs = reads.records(run, settings)
+    st.markdown(f"**{common.plain(run.name)}** · {len(recs)} analysed checkpoints")
+    render_interactions(recs, key="interactions")
+
+
 with common.guard():
     run = common.select_run(common.all_runs())
     settings = common.select_settings(run) if run is not None else None
     if settings is not None:
-        recs = reads.records(run, settings)
-        st.markdown(f"**{common.plain(run.name)}** · {len(recs)} analysed checkpoints")
-        render_interactions(recs, key="interactions")
+        live.follow(run, draw)
+    elif run is not None:
+        live.follow(run, lambda _: None)  # no analysis yet: rerun when the first one lands

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from hessian_lens.ui import common, reads
+from hessian_lens.ui import common, live, reads
 from hessian_lens.ui.blockdiag import render_block_diagonal
 
 common.page("Block-diagonal vs full", "🧱")
@@ -13,8 +13,15 @@ st.caption(
     "η = H̄⁻¹ḡ they give are."
 )
 
+
+def draw(run) -> None:
+    render_block_diagonal(reads.records(run, settings), key="blockdiag")
+
+
 with common.guard():
     run = common.select_run(common.all_runs())
     settings = common.select_settings(run) if run is not None else None
     if settings is not None:
-        render_block_diagonal(reads.records(run, settings), key="blockdiag")
+        live.follow(run, draw)
+    elif run is not None:
+        live.follow(run, lambda _: None)  # no analysis yet: rerun when the first one lands

@@ -169,6 +169,9 @@ def test_downloads_hold_the_matrices_shown(app_env, monkeypatch):
         "⬇ CSV H̄ (normalized)",
         "⬇ CSV H̄⁻¹ (normalized)",
     ]
+    at.toggle(key="interactions-fig-export").set_value(True).run()  # figures, on click
+    labels = [b.label for b in at.get("download_button")]
+    assert labels[:2] == ["⬇ H_blocks_epoch2.png", "⬇ Hinv_blocks_epoch2.png"]
 
 
 # ---------------------------------------------------------------------------- deep models

@@ -145,6 +145,25 @@ def test_optim_compare_summarises_what_each_run_holds(tmp_path):
     ]
 
 
+def test_optim_compare_picks_the_epoch_on_validation_not_on_test(tmp_path):
+    optim = load("benchmarks/optim_compare.py")
+    history = [
+        {"epoch": 0, "train_loss": 2.3, "test_acc": 0.1, "val_acc": 0.1, "seconds": 0.0},
+        {"epoch": 1, "train_loss": 1.5, "test_acc": 0.50, "val_acc": 0.48, "seconds": 1.0},
+        {"epoch": 2, "train_loss": 1.2, "test_acc": 0.55, "val_acc": 0.57, "seconds": 1.0},
+        {"epoch": 3, "train_loss": 1.1, "test_acc": 0.58, "val_acc": 0.52, "seconds": 1.0},
+    ]
+    (tmp_path / "run.json").write_text(json.dumps({"history": history}))
+    row = optim.summarize("sgd", "sgd", 0.01, 0, tmp_path, None)
+    assert row["best_val_epoch"] == 2 and row["test_acc_at_best_val"] == 0.55
+    assert "best_test_acc" not in row  # 0.58 would be a pick on the test set
+    for h in history:
+        del h["val_acc"]
+    (tmp_path / "run.json").write_text(json.dumps({"history": history}))
+    row = optim.summarize("sgd", "sgd", 0.01, 0, tmp_path, None)
+    assert row["best_val_epoch"] is None and row["test_acc_at_best_val"] is None
+
+
 def test_gpu_check_quick_on_cpu():
     out = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh", "--quick", "--device", "cpu"],
@@ -187,3 +206,26 @@ def test_bench_optim_epoch_times_each_optimizer_from_its_own_run(tmp_path):
         )
     assert 0 < by["partition-newton"]["curvature_share"] < 1  # H̄ recomputed on its own batch
     assert by["sgd"]["curvature_share"] == by["adam"]["curvature_share"] == 0
+
+
+def test_bench_train_step_times_steps_of_the_named_model_on_real_windows(tmp_path):
+    text = "def f(x):\n    return x\n" * 400
+    (tmp_path / "c.txt").write_text(text)
+    kwargs = {"layers": 1, "heads": 2, "width": 8, "context": 16}
+    (row,) = run_script(
+        "benchmarks/bench_train_step.py",
+        "gpt",
+        "--data",
+        f"text:{tmp_path / 'c.txt'}@16",
+        "--model-kwargs",
+        json.dumps(kwargs),
+        "--batch-size",
+        "8",
+        "--steps",
+        "4",
+    )
+    train_bytes = len(text) - int(len(text) * 0.1)  # the last 10% is the test split
+    windows = (train_bytes - 1) // 16
+    assert row["kwargs"] == kwargs and row["samples_per_epoch"] == windows
+    assert row["steps_per_epoch"] == -(-windows // 8)
+    assert row["s_per_epoch"] == round(row["s_per_step"] * row["steps_per_epoch"])

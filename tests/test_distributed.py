@@ -56,6 +56,9 @@ def everything(model, data, methods=("loop", "vmap")) -> dict[str, torch.Tensor]
         out[f"D3 diagonal {method}"] = hl.summary_tensor(
             model, loss_fn, data, 3, method=method, diagonal=True
         )
+    summed = hl.pseudo_hessian(model, torch.nn.CrossEntropyLoss(reduction="sum"), data)
+    out["H sum"], out["g sum"] = summed.H, summed.g  # a sum over the union, not a mean
+    out["loss sum"] = torch.tensor([summed.loss, summed.n_samples], dtype=torch.float64)
     out["taylor"] = hl.taylor_terms(model, loss_fn, data, direction(model), max_order=3)
     out["eta"] = hl.partition_newton_step(model, loss_fn, data)[0]
     return out
@@ -83,16 +86,14 @@ def rank_main(rank: int, world: int, port: int, folder: str, cut: int) -> None:
         tdist.destroy_process_group()
 
 
-def failing_rank(rank: int, world: int, port: int, folder: str, _cut: int) -> None:
-    """Rank 1's inputs have the wrong shape: its forward fails inside pass 1."""
+def record_outcome(rank: int, world: int, port: int, folder: str, compute) -> None:
+    """Join the group, run ``compute(rank)`` and write the name of what it raised."""
     torch.set_num_threads(1)
     tdist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
-    x, y = data_for("cnn", n=6)
-    data = [(x if rank == 0 else x[:, :, :3], y)]
     try:
-        hl.pseudo_hessian(cnn(), loss_fn, data)
+        compute(rank)
         outcome = "no error"
     except Exception as err:
         outcome = type(err).__name__
@@ -100,6 +101,38 @@ def failing_rank(rank: int, world: int, port: int, folder: str, _cut: int) -> No
         tdist.destroy_process_group()
     with open(os.path.join(folder, f"rank{rank}.txt"), "w") as f:
         f.write(outcome)
+
+
+def failing_rank(rank: int, world: int, port: int, folder: str, _cut: int) -> None:
+    """Rank 1's inputs have the wrong shape: its forward fails inside pass 1."""
+
+    def compute(rank: int) -> None:
+        x, y = data_for("cnn", n=6)
+        hl.pseudo_hessian(cnn(), loss_fn, [(x if rank == 0 else x[:, :, :3], y)])
+
+    record_outcome(rank, world, port, folder, compute)
+
+
+class Reordering:
+    """A shard whose batches come in another order at each pass (a shuffling loader)."""
+
+    def __init__(self, batches) -> None:
+        self.batches, self.calls = batches, 0
+
+    def __iter__(self):
+        self.calls += 1
+        return iter(self.batches if self.calls % 2 else self.batches[::-1])
+
+
+def shuffling_rank(rank: int, world: int, port: int, folder: str, _cut: int) -> None:
+    """Rank 1's shard changes between the passes: it says so, rank 0 does not wait."""
+
+    def compute(rank: int) -> None:
+        x, y = data_for("cnn", n=8)
+        data = [(x, y)] if rank == 0 else Reordering([(x[:3], y[:3]), (x[3:], y[3:])])
+        hl.pseudo_hessian(cnn(), loss_fn, data)
+
+    record_outcome(rank, world, port, folder, compute)
 
 
 def launch(worker, folder, cut: int = 0, world: int = 2) -> None:
@@ -151,3 +184,9 @@ def test_helpers_outside_a_process_group(monkeypatch):
     assert hd.shard(list("abcde"), 0, 2) == ["a", "c", "e"] and hd.shard([], 1, 2) == []
     with pytest.raises(ValueError, match="rank"):
         hd.split_indices(5, 2, 2)
+
+
+def test_a_rank_whose_data_changed_stops_every_rank(tmp_path):
+    launch(shuffling_rank, tmp_path)
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert outcomes == ["RankFailedError", "DataChangedError"]

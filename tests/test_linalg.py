@@ -98,3 +98,50 @@ def test_off_block_share_by_hand():
     assert linalg.off_block_share(M, [[0, 1]]) == 0.0
     with pytest.raises(ValueError, match="cover"):
         linalg.block_mask(3, [[0, 1]])
+
+
+def test_group_curvature_is_the_rayleigh_quotient_along_each_groups_gradient():
+    """H_ss / g_s from the engine = v_s^T H v_s / |v_s|^2 with v_s the gradient on group s."""
+    import hessian_lens as hl
+    from hessian_lens.heads import block_of, head_of
+    from hessian_lens.losses import next_token
+    from tests.test_heads import attention_for_derivatives, brute_force, data, tiny_gpt
+
+    model = tiny_gpt()
+    part = hl.Partition.by_head(model)
+    with attention_for_derivatives():
+        res = hl.pseudo_hessian(model, next_token, data("gpt"), partition=part, method="loop")
+    grad, hess = brute_force("gpt")
+    masks = part.matrix([torch.ones_like(p) for p in part.parameters(model)])
+    v = masks * grad  # row s: the gradient restricted to group s
+    rayleigh = ((v @ hess) * v).sum(1) / (v * v).sum(1)
+    c = linalg.group_curvature(res.H, res.g)
+    assert torch.allclose(c, rayleigh, rtol=1e-9, atol=0)
+    summary = linalg.heterogeneity(
+        res.H, res.g, [block_of(x) for x in part.labels], [head_of(x) for x in part.labels]
+    )
+    assert {b: s["count"] for b, s in summary["by_block"].items()} == {
+        "embedding": 2,
+        "norm": 6,
+        "q": 2,
+        "k": 2,
+        "v": 2,
+        "o": 3,  # two heads' columns and the output projection's bias
+        "mlp": 4,
+    }
+    q = [c[s] for s, x in enumerate(part.labels) if block_of(x) == "q"]
+    assert summary["by_block"]["q"]["max"] == pytest.approx(float(max(q)), rel=1e-12)
+    assert sorted(summary["by_head"]) == [0, 1] and summary["by_head"][0]["count"] == 4
+    assert summary["overall"]["between_blocks_log10_std"] > 0
+
+
+def test_heterogeneity_refuses_what_it_cannot_vouch_for():
+    H = torch.eye(3, dtype=F64)
+    with pytest.raises(ValueError, match="only when the direction is the gradient"):
+        linalg.group_curvature(H, torch.tensor([1.0, -1.0, 1.0], dtype=F64))
+    with pytest.raises(ValueError, match="one entry per group"):
+        linalg.heterogeneity(H, torch.ones(3, dtype=F64), ["q", "k"])
+    c = linalg.group_curvature(H, torch.tensor([1.0, 0.0, 4.0], dtype=F64))
+    assert c[0] == 1 and torch.isnan(c[1]) and c[2] == 0.25
+    same = linalg.heterogeneity(4 * H, torch.full((3,), 2.0, dtype=F64), ["a", "b", "c"])
+    assert same["overall"]["log10_std"] == 0 and same["overall"]["between_blocks_log10_std"] == 0

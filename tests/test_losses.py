@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hessian_lens.losses import get_loss, mse
+from hessian_lens.losses import correct_predictions, get_loss, mse, next_token
 
 
 def test_mse_one_hot_equals_the_explicit_targets():
@@ -27,3 +27,22 @@ def test_names():
     assert get_loss("cross-entropy") is F.cross_entropy
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         get_loss("hinge")
+
+
+def test_next_token_is_the_mean_cross_entropy_per_token():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, generator=gen)
+    targets = torch.randint(0, 5, (2, 3), generator=gen)
+    per_token = [
+        F.cross_entropy(logits[b, t : t + 1], targets[b, t : t + 1])
+        for b in range(2)
+        for t in range(3)
+    ]
+    assert torch.allclose(get_loss("next_token")(logits, targets), torch.stack(per_token).mean())
+    with pytest.raises(ValueError, match="next_token needs"):
+        next_token(logits[0], targets[0])
+    assert correct_predictions(logits, logits.argmax(-1)) == 6
+    assert correct_predictions(logits[:, 0], targets[:, 0]) == int(
+        (logits[:, 0].argmax(1) == targets[:, 0]).sum()
+    )
+    assert correct_predictions(logits, torch.randn(2, 3, 5)) == 0

@@ -79,3 +79,58 @@ def test_scale_dependent_verdicts():
     )
     assert raw == pytest.approx(1.8 / 20003.8) and norm == pytest.approx(1.8 / 5.8)
     assert paper.figure_claims({"1": rec}, {})[0].verdict == "depends on the scale"
+
+
+def test_abs_inverse_is_saddle_free_in_h_own_eigenbasis_not_the_stored_inverse():
+    import torch
+
+    from hessian_lens import linalg
+
+    A = np.array([[2.0, 1.5, 0.0], [1.5, 1.0, 0.3], [0.0, 0.3, -0.5]])  # indefinite
+    H = np.diag([1.0, 2.0, 0.5]) @ A @ np.diag([1.0, 2.0, 0.5])
+    lam, V = np.linalg.eigh(H)
+    assert (lam < 0).any()
+    np.testing.assert_allclose(paper.abs_inverse(H), V @ np.diag(1 / np.abs(lam)) @ V.T)
+    stored = linalg.inverse(torch.tensor(H)).inv.numpy()  # S |C|⁻¹ S
+    N = paper.normalized
+    assert np.abs(N(stored) - N(paper.abs_inverse(H))).max() > 0.01  # two different matrices
+    # rescaling the groups: the stored inverse follows (its normalised form is unchanged),
+    # |H|⁻¹ does not
+    E = np.diag([5.0, 0.2, 3.0])
+    rescaled = linalg.inverse(torch.tensor(E @ H @ E)).inv.numpy()
+    np.testing.assert_allclose(N(rescaled), N(stored), atol=1e-12)
+    assert np.abs(N(paper.abs_inverse(E @ H @ E)) - N(paper.abs_inverse(H))).max() > 0.01
+    P = A @ A.T + np.eye(3)  # positive definite: both are the inverse
+    np.testing.assert_allclose(paper.abs_inverse(P), np.linalg.inv(P), rtol=1e-10)
+
+
+def test_long_range_averages_every_far_pair_of_the_last_layers():
+    n = 6
+    S = 2 * n
+    H = np.eye(S)
+    w = [2 * i for i in range(n)]
+    tail = w[-5:]
+    for i, a in enumerate(tail):
+        for j, b in enumerate(tail):
+            if a != b:
+                H[a, b] = 0.4 if abs(i - j) == 1 else 0.1  # neighbours 0.4, far pairs 0.1
+    H[w[0], w[2]] = H[w[2], w[0]] = 9.0  # outside the last five: not counted
+    rec = {"summary": record(H, n)["summary"], "arrays": {"Hinv": H}}
+    assert paper.long_range(rec, "Hinv", "raw") == pytest.approx(0.1 / 0.4)
+    H[tail[0], tail[4]] = H[tail[4], tail[0]] = 2.1  # one far pair: the single-pair measure jumps
+    assert paper.long_distance(rec, "Hinv", "raw") == pytest.approx(2.1 / 0.4)
+    assert paper.long_range(rec, "Hinv", "raw") == pytest.approx((5 * 0.1 + 2.1) / 6 / 0.4)
+    two = {"summary": record(np.eye(4), 2)["summary"], "arrays": {"Hinv": np.eye(4)}}
+    assert np.isnan(paper.long_range(two, "Hinv", "raw"))  # no pair two layers apart
+
+
+def test_kind_means_by_kind_pair():
+    n = 3
+    H = np.eye(2 * n)
+    H[0, 2] = H[2, 0] = 0.5  # weights of layers 0 and 1
+    H[1, 3] = H[3, 1] = 4.0  # biases of layers 0 and 1
+    H[0, 5] = H[5, 0] = 2.0  # weight of layer 0, bias of layer 2
+    rec = {"summary": record(H, n)["summary"], "arrays": {"Hinv": H}}
+    means = paper.kind_means(rec, "Hinv", "raw")
+    assert means == pytest.approx({"WW": 2 * 0.5 / 6, "BB": 2 * 4.0 / 6, "WB": 2.0 / 6})
+    assert paper.weights_dominate(rec, "Hinv", "raw") == pytest.approx((1 / 6) / (8 / 6))

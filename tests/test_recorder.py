@@ -82,3 +82,52 @@ def test_recorder_refuses_bad_inputs(tmp_path):
     (tmp_path / "c" / "run.json").write_text(json.dumps({"name": "trained"}))
     with pytest.raises(ValueError, match="not written by a Recorder"):
         hl.Recorder(tmp_path / "c", model, F.cross_entropy, batch)
+
+
+class OwnLoss(nn.Module):
+    """A Hugging Face-style model: keyword inputs, a dict output with the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(5, 4), nn.Linear(4, 5)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.fc(torch.tanh(self.emb(input_ids)))
+        return {"loss": F.cross_entropy(logits.flatten(0, 1), labels.flatten()), "logits": logits}
+
+
+def test_recorder_with_dict_batches_the_models_own_loss_and_a_training_optimizer(tmp_path):
+    torch.manual_seed(0)
+    model = OwnLoss()
+    ids = torch.randint(0, 5, (12, 3))
+    batches = [{"input_ids": ids[:6], "labels": ids[:6]}, {"input_ids": ids[6:], "labels": ids[6:]}]
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)  # built before the Recorder analyses
+    with hl.Recorder(tmp_path / "run", model, None, batches) as rec:
+        first = rec.log(0)
+        for _ in range(30):
+            for b in batches:
+                opt.zero_grad()
+                model(**b)["loss"].backward()
+                opt.step()
+        last = rec.log(1)
+    assert last.summary["loss"] < first.summary["loss"] - 0.2  # the analysis froze nothing
+    res = hl.pseudo_hessian(
+        model, None, {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    )
+    np.testing.assert_allclose(last.arrays["H"], res.H.double().numpy(), rtol=1e-5, atol=1e-9)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["loss"] == "model"
+    run = load_run(tmp_path / "run")
+    assert run.store_path.exists() and not run.warnings and len(run.checkpoints) == 2
+
+
+def test_recorder_refuses_a_shuffling_loader(tmp_path):
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=8, shuffle=True
+    )
+    with pytest.raises(hl.DataChangedError, match="fixed_batches"):
+        hl.Recorder(tmp_path / "run", OnlyInThisScript(), F.cross_entropy, loader).log(0)
+    rec = hl.Recorder(
+        tmp_path / "ok", OnlyInThisScript(), F.cross_entropy, hl.fixed_batches(loader)
+    )
+    assert rec.log(0).summary["n_samples"] == 32

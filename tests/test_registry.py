@@ -50,9 +50,26 @@ def test_infer_kwargs_reads_torchvision_shapes_on_meta(builder, kwargs):
         ("lenet5", {"num_classes": 7, "in_channels": 1}),
         ("vgg11p", {"num_classes": 3, "width": 0.25, "in_channels": 3}),
         ("mlp", {"sizes": [12, 5, 4, 3]}),
+        ("gpt", {"vocab_size": 50, "context": 9, "layers": 3, "width": 8, "mlp_ratio": 2}),
+        (
+            "torchvision:VisionTransformer",
+            {
+                "image_size": 16,
+                "patch_size": 4,
+                "num_layers": 2,
+                "hidden_dim": 8,
+                "mlp_dim": 12,
+                "num_classes": 5,
+            },
+        ),
     ],
 )
 def test_infer_kwargs_reads_builtin_shapes(name, kwargs):
+    if name == "torchvision:VisionTransformer":
+        kwargs = {**kwargs}
+        model = build_on_meta(name, num_heads=2, **kwargs)  # heads do not show in the weights
+        assert infer_kwargs(name, model.state_dict()) == kwargs
+        return
     assert infer_kwargs(name, build_on_meta(name, **kwargs).state_dict()) == kwargs
     assert infer_kwargs(name, {"unrelated.weight": torch.zeros(2)}) == {}
 

@@ -230,3 +230,34 @@ def test_paper_init_and_paper_defaults_do_not_diverge(tmp_path, cifar_npz):
         assert sum(losses[-5:]) / 5 < losses[0]  # and the loss went down
     torch_init = _pn_losses(tmp_path, cifar_npz, "torch", 0)
     assert max(torch_init) > 100.0  # measured: 2.3 -> ~8e4 within 20 steps of the first update
+
+
+def test_gpt_on_text_trains_records_the_corpus_and_resumes(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 15)
+    cfg = {
+        "out": str(tmp_path / "gpt"),
+        "model": "gpt",
+        "model_kwargs": {"layers": 1, "heads": 2, "width": 16, "context": 32},
+        "data": f"text:{corpus}@32",
+        "loss": "next_token",
+        "train_size": 48,
+        "batch_size": 16,
+        "optimizer": "adam",
+        "lr": 0.01,
+    }
+    train(TrainConfig(**cfg, epochs=1), progress=False)
+    out = train(TrainConfig(**cfg, epochs=2), progress=False)
+    manifest = json.loads((out / "run.json").read_text())
+    data = manifest["data"]
+    assert data["corpus"]["files"] == 12 and data["corpus"]["context"] == 32
+    assert data["corpus"]["bytes_train"] + data["corpus"]["bytes_test"] == data["corpus"]["bytes"]
+    assert data["input_shape"] == [32] and data["train_size"] == 48 and "normalization" not in data
+    history = manifest["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[2]["train_loss"] < history[0]["train_loss"] < 6.0  # starts near log(256)
+    assert all(0 < h["test_acc"] <= 1 for h in history[1:])  # token accuracy, not 0
+    model, _ = load_checkpoint(out / "epoch_0002.pt")
+    assert model(torch.zeros(1, 32, dtype=torch.long)).shape == (1, 32, 256)

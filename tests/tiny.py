@@ -77,3 +77,17 @@ def data_for(name: str, n: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch
 
 
 loss_fn = F.cross_entropy
+
+
+class SeqNet(nn.Module):
+    """An LSTM classifier on the last step; ``batch_first=False`` takes (T, N, F) inputs."""
+
+    def __init__(self, batch_first: bool, features: int = 3, hidden: int = 4, classes: int = 2):
+        super().__init__()
+        self.lstm = nn.LSTM(features, hidden, batch_first=batch_first)
+        self.fc = nn.Linear(hidden, classes)
+        self.batch_first = batch_first
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1] if self.batch_first else out[-1])

@@ -9,6 +9,7 @@ import streamlit as st
 
 from hessian_lens import plots
 from hessian_lens.ui.common import fmt_epoch, select_epoch
+from hessian_lens.ui.exports import figure_downloads
 
 BLOCK_CHOICES = {
     "layer": "per layer (weight + bias)",
@@ -62,13 +63,12 @@ def render_block_diagonal(recs: Sequence[dict], key: str) -> None:
         help="normalized: all three scaled by diag(|H̄⁻¹|)^-½ (invariant)",
     )
     rec = select_epoch(recs, key=f"{key}-epoch")
-    st.plotly_chart(
-        plots.side_by_side(comparison_panels(rec, by, scale), colorbar=scale),
-        key=f"{key}-side",
-        config=plots.export_config(
-            f"blockdiag_{by}" + (f"_{fmt_epoch(rec['epoch'])}" if rec["epoch"] is not None else "")
-        ),
+    name = f"blockdiag_{by}" + (
+        f"_epoch{fmt_epoch(rec['epoch'])}" if rec["epoch"] is not None else ""
     )
+    fig = plots.side_by_side(comparison_panels(rec, by, scale), colorbar=scale)
+    st.plotly_chart(fig, key=f"{key}-side", config=plots.export_config(name))
+    figure_downloads({name: fig}, key)
     rows = metric_rows(rec["summary"]["compare"][by])
     for start in (0, 3):  # two rows of three: six columns truncate the numbers at 1100 px
         for col, (label, value, help_) in zip(st.columns(3), rows[start : start + 3], strict=True):

@@ -154,7 +154,11 @@ def fmt_epoch(epoch: float | None) -> str:
 
 
 def select_epoch(recs: Sequence[dict], key: str, label: str = "Epoch") -> dict:
-    """An epoch slider over analysed checkpoints (hidden for a single one)."""
+    """An epoch slider over analysed checkpoints (hidden for a single one).
+
+    It starts at the last epoch and, while left there, moves on to each epoch added
+    later (a run being written); an epoch picked by hand stays picked.
+    """
     if len(recs) == 1:
         return recs[0]
     names = [fmt_epoch(r["epoch"]) if r["epoch"] is not None else r["checkpoint"] for r in recs]
@@ -162,5 +166,11 @@ def select_epoch(recs: Sequence[dict], key: str, label: str = "Epoch") -> dict:
         n if names.count(n) == 1 else f"{n} ({r['checkpoint']})"
         for n, r in zip(names, recs, strict=True)
     ]
-    name = st.select_slider(label, options=names, value=names[-1], key=key)
+    last_key = f"{key}-last"
+    if st.session_state.get(key) in (None, st.session_state.get(last_key)) or (
+        st.session_state.get(key) not in names
+    ):
+        st.session_state[key] = names[-1]
+    st.session_state[last_key] = names[-1]
+    name = st.select_slider(label, options=names, key=key)
     return recs[names.index(name)]

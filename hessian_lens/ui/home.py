@@ -7,14 +7,32 @@ from collections.abc import Sequence
 import streamlit as st
 
 from hessian_lens import plots
-from hessian_lens.runs import Run, describe_settings
+from hessian_lens.runs import Run, describe_settings, load_run
 from hessian_lens.ui.common import fmt_epoch, plain
+from hessian_lens.ui.live import LIVE_MARK, REFRESH_S
 
 PAGE_SIZE = 10
 
 
 def render_cards(runs: Sequence[Run], selected: Run | None, key: str = "home") -> None:
-    """A filter box, then the cards of one page of runs (10 a page)."""
+    """A filter box, then the cards of one page of runs (10 a page).
+
+    While a run is being written the cards are redrawn every few seconds from disk.
+    """
+    if any(r.live() for r in runs):
+        st.fragment(run_every=REFRESH_S)(_fresh_cards)(runs, selected, key)
+    else:
+        _cards(runs, selected, key)
+
+
+def _fresh_cards(runs: Sequence[Run], selected: Run | None, key: str) -> None:
+    fresh = [load_run(r.path) for r in runs]
+    if not any(r.live() for r in fresh):
+        st.rerun(scope="app")  # the last live run finished: stop the timer
+    _cards(fresh, selected, key)
+
+
+def _cards(runs: Sequence[Run], selected: Run | None, key: str) -> None:
     shown = list(runs)
     if len(runs) > PAGE_SIZE:
         c1, c2 = st.columns([3, 1])
@@ -33,6 +51,8 @@ def card(run: Run, selected: bool) -> None:
     with st.container(border=True):
         left, right = st.columns([1, 2])
         left.subheader(("▶ " if selected else "") + plain(run.name))
+        if run.live():
+            left.markdown(f":red[{LIVE_MARK}] — being written; this card follows it")
         for warning in run.warnings:
             left.warning(plain(warning))
         try:

@@ -11,6 +11,7 @@ import streamlit as st
 
 from hessian_lens import plots
 from hessian_lens.ui.common import fmt_epoch, select_epoch
+from hessian_lens.ui.exports import figure_downloads
 
 MATRICES = {"H": "H̄ (pseudo-Hessian)", "Hinv": "H̄⁻¹ (inverse)"}
 SCALE_HELP = (
@@ -73,6 +74,24 @@ def matrix_panels(rec: dict, name: str, scale: str, view: str, keep: Sequence[in
     return [plots.full_panel(shown[idx], labels, raw[idx], MATRICES[name])]
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def matrix_figure(
+    rec: dict, name: str, scale: str, view: str, keep: tuple, limits: tuple | None, height: int
+) -> dict:
+    """The heatmap row of one matrix, as plotly JSON.
+
+    Cached: a warm page skips plotly's slow figure building (~40 ms a figure).
+    """
+    panels = matrix_panels(rec, name, scale, view, keep)
+    colorbar = scale if scale != "raw" else ""
+    return plots.panel_row(panels, zmax=limits, colorbar=colorbar, height=height).to_dict()
+
+
+def _matrix_only(rec: dict, name: str) -> dict:
+    """The part of a record one matrix's figure needs (what the cache hashes)."""
+    return {"summary": rec["summary"], "arrays": {name: rec["arrays"][name]}}
+
+
 def render_interactions(recs: Sequence[dict], key: str) -> None:
     """Heatmaps of H̄ and H̄⁻¹ (WW / BB / WB or full), epoch slider, play, downloads."""
     keep = group_filter(recs[-1]["summary"], key)
@@ -99,21 +118,26 @@ def render_interactions(recs: Sequence[dict], key: str) -> None:
     rec = select_epoch(recs, key=f"{key}-epoch")
     inverse_note(rec["summary"])
     big = len(keep) > FILTER_ABOVE
+    drawn = {}
     for name in MATRICES:
         st.markdown(f"**{MATRICES[name]}**{_at(rec)}")
-        panels = matrix_panels(rec, name, scale, view, keep)
         limits = _limits(recs, name, scale, view, keep) if same else None
-        fig = plots.panel_row(
-            panels,
-            zmax=limits,
-            colorbar=scale if scale != "raw" else "",
-            height=380 if view == "blocks" else (760 if big else 520),
+        fig = matrix_figure(
+            _matrix_only(rec, name),
+            name,
+            scale,
+            view,
+            tuple(keep),
+            tuple(limits) if limits else None,
+            380 if view == "blocks" else (760 if big else 520),
         )
         st.plotly_chart(
             fig,
             key=f"{key}-{name}",
             config=plots.export_config(f"{name}_{view}{_at(rec, '_epoch')}"),
         )
+        drawn[f"{name}_{view}{_at(rec, '_epoch')}"] = fig
+    figure_downloads(drawn, key)
     if len(recs) > 1 and st.toggle("Animate across epochs", key=f"{key}-animate"):
         _animation(recs, key, scale, view, keep)
     _downloads(rec, scale, key)
@@ -125,8 +149,9 @@ def inverse_note(summary: dict) -> None:
     if inv["status"] == "indefinite":
         st.caption(
             f"H̄ is indefinite ({inv['n_negative']} negative eigenvalues of its "
-            "normalised form): H̄⁻¹ shown is the saddle-free inverse |H̄|⁻¹ "
-            f"(condition number {inv['condition']:.3g})."
+            "normalised form C = S H̄ S, S = diag(|H̄|)^-1/2): H̄⁻¹ shown is S |C|⁻¹ S, the "
+            "absolute eigenvalues of C inverted and scaled back (not |H̄|⁻¹, which would "
+            f"change with the units of each layer; condition number {inv['condition']:.3g})."
         )
     elif inv["status"] == "singular":
         st.caption(f"H̄ is singular ({inv['n_floored']} eigenvalues floored): H̄⁻¹ is regularised.")

@@ -10,6 +10,7 @@ from hessian_lens import paper, plots
 from hessian_lens.runs import Run
 from hessian_lens.ui import reads
 from hessian_lens.ui.common import fmt_epoch, plain
+from hessian_lens.ui.exports import figure_downloads
 
 FIGURES = {
     "1": ("Figure 1 — LeNet-5", ("lenet5-cifar10-paper", "lenet5-cifar10"), (1, 21), "lenet5"),
@@ -111,6 +112,7 @@ def render_paper(runs: Sequence[Run], key: str = "paper") -> None:
 
 
 def _figure(recs: dict[str, dict], scale: str, key: str) -> None:
+    drawn = {}
     for epoch, rec in recs.items():
         summary = rec["summary"]
         for name, label in (("H", "H̄"), ("Hinv", "H̄⁻¹")):
@@ -118,13 +120,17 @@ def _figure(recs: dict[str, dict], scale: str, key: str) -> None:
             panels = plots.interaction_blocks(
                 shown, summary["kinds"], summary["layers"], rec["arrays"][name]
             )
+            fig = plots.panel_row(
+                list(panels.values()),
+                colorbar=scale if scale != "raw" else "",
+                height=320,
+                title=f"{label}, epoch {epoch}",
+            )
             st.plotly_chart(
-                plots.panel_row(
-                    list(panels.values()),
-                    colorbar=scale if scale != "raw" else "",
-                    height=320,
-                    title=f"{label}, epoch {epoch}",
-                ),
+                fig,
                 key=f"{key}-{epoch}-{name}",
                 config=plots.export_config(f"figure_{key}_{name}_epoch{epoch}"),
             )
+            drawn[f"figure_{key}_{name}_epoch{epoch}"] = fig
+    if drawn:
+        figure_downloads(drawn, key)

@@ -1,0 +1,109 @@
+"""Figures as PNG / SVG / PDF files for papers (plotly's kaleido, drawn by local Chromium).
+
+Kaleido (an optional dependency: ``pip install kaleido``) drives a Chromium to draw each
+figure; here that is Debian's ``/usr/bin/chromium`` (``$HESSIAN_LENS_CHROMIUM``), so
+nothing is downloaded and it works offline. Several figures share one browser session.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from hessian_lens.browser import CHROMIUM
+
+FORMATS = ("png", "svg", "pdf")
+MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+SCALE = 2  # PNG pixels per CSS pixel: sharp in print
+
+
+class ExportError(RuntimeError):
+    """Static export is not possible here (kaleido or a browser missing)."""
+
+
+def _ready() -> None:
+    """Kaleido importable and pointed at the local Chromium."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise ExportError(
+            "static export needs kaleido: pip install kaleido==1.5.0 (the HTML report and "
+            "the SVG camera button of each chart work without it)"
+        ) from None
+    if "BROWSER_PATH" not in os.environ and Path(CHROMIUM).exists():
+        os.environ["BROWSER_PATH"] = CHROMIUM
+
+
+def _check(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown figure format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def check_formats(formats: tuple[str, ...]) -> None:
+    """Refuse an empty or unknown list of formats (before anything is written).
+
+    Raises:
+        ValueError: naming the format and the choices.
+    """
+    if not formats:
+        raise ValueError(f"no figure format given; choose among {', '.join(FORMATS)}")
+    for fmt in formats:
+        _check(fmt)
+
+
+def figure_bytes(fig: go.Figure, fmt: str) -> bytes:
+    """One figure as PNG, SVG or PDF bytes.
+
+    Raises:
+        ValueError: an unknown format.
+        ExportError: kaleido missing, or no browser to draw with.
+    """
+    _check(fmt)
+    _ready()
+    try:
+        return fig.to_image(format=fmt, scale=SCALE if fmt == "png" else 1)
+    except (RuntimeError, OSError) as err:
+        raise ExportError(f"static export failed ({err}); is {CHROMIUM} installed?") from None
+
+
+def safe_stem(name: str) -> str:
+    """A file-name stem from a figure name (letters, digits, ``-``, ``_``, ``.``).
+
+    Example:
+        >>> safe_stem("H̄ / epoch 3")
+        'H_epoch_3'
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return stem or "figure"
+
+
+def write_figures(
+    figures: Mapping[str, go.Figure], folder: str | Path, formats: tuple[str, ...] = FORMATS
+) -> list[Path]:
+    """Write each named figure in each format into ``folder`` (one browser session).
+
+    Returns:
+        The files written, ``<name>.<format>``.
+    """
+    check_formats(formats)
+    _ready()
+    import plotly.io as pio
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figs, paths, scales = [], [], []
+    for name, fig in figures.items():
+        for fmt in formats:
+            figs.append(fig)
+            paths.append(folder / f"{safe_stem(name)}.{fmt}")
+            scales.append(SCALE if fmt == "png" else 1)
+    try:
+        pio.write_images(figs, paths, scale=scales)
+    except (RuntimeError, OSError) as err:
+        raise ExportError(f"static export failed ({err}); is {CHROMIUM} installed?") from None
+    return paths

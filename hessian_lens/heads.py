@@ -1,0 +1,450 @@
+"""Transformer partitions: attention heads, output neurons, Adam-mini's blocks.
+
+An :class:`AttentionLayout` says where the heads of one attention layer live among a
+model's parameters: a fused ``[Q; K; V]`` projection (``nn.MultiheadAttention``'s
+``in_proj_weight``), separate Q / K / V projections, and the output projection whose
+columns read the heads. Layouts are found automatically for ``nn.MultiheadAttention``
+(torchvision's ``VisionTransformer``, ``nn.TransformerEncoderLayer``) and for any module
+with a ``head_layout(prefix)`` method (the built-in ``gpt``); other layouts are given with
+``heads=``.
+
+Labels name the module, the role and the head or neuron:
+``encoder.layers.encoder_layer_3.self_attention.q.head2``, ``blocks.0.mlp.fc1.neuron17``,
+``tok_emb.token65``. :func:`block_of` reads the block type (q, k, v, o, qkv, mlp,
+embedding, norm, output, conv, linear, other) back from any label, and :func:`head_of`
+the head, so stored analyses can be grouped without the model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from hessian_lens.partition import _NORMS, Partition, PartitionError
+
+ROLES = ("q", "k", "v")
+BLOCK_TYPES = (
+    "q",
+    "k",
+    "v",
+    "o",
+    "qkv",
+    "mlp",
+    "embedding",
+    "norm",
+    "output",
+    "conv",
+    "linear",
+    "other",
+)
+_ROLE_TOKENS = {
+    "q": {"q", "q_proj", "query", "wq"},
+    "k": {"k", "k_proj", "key", "wk"},
+    "v": {"v", "v_proj", "value", "wv"},
+    "o": {"o", "out_proj", "o_proj"},
+    "qkv": {"qkv", "in_proj_weight", "in_proj_bias", "c_attn"},
+}
+_EMBEDDING_TOKENS = {"wte", "wpe", "class_token", "cls_token", "conv_proj", "patch_embed"}
+_MLP_TOKENS = {"linear1", "linear2", "feed_forward"}
+_OUTPUT_TOKENS = {"head", "heads", "lm_head", "classifier", "output"}
+_HEAD = re.compile(r"\.head(\d+)(?:\.|$)")
+_NORM_TOKEN = re.compile(r"^(ln|bn)(_?[0-9a-z]*)$")
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Where the heads of one attention layer live (parameter names of the model).
+
+    Attributes:
+        prefix: label prefix of the layer's groups (usually the attention module's path).
+        num_heads: H; every projection splits into H equal slices.
+        qkv: fused tensors whose first dimension stacks Q, K and V (weight and bias).
+        q: separate query tensors (rows are the heads' query features), weight and bias.
+        k: separate key tensors.
+        v: separate value tensors.
+        o: output projection weights, whose second dimension (columns) reads the heads.
+    """
+
+    prefix: str
+    num_heads: int
+    qkv: tuple[str, ...] = ()
+    q: tuple[str, ...] = ()
+    k: tuple[str, ...] = ()
+    v: tuple[str, ...] = ()
+    o: tuple[str, ...] = ()
+
+    def role_rows(self, shapes: Mapping[str, tuple[int, ...]]) -> Iterator[tuple[str, str, slice]]:
+        """``(role, tensor name, rows)`` of every Q / K / V tensor slice of this layer."""
+        for name in self.qkv:
+            third = _rows(shapes, name, 3, "a fused Q/K/V tensor")
+            for r, role in enumerate(ROLES):
+                yield role, name, slice(r * third, (r + 1) * third)
+        for role in ROLES:
+            for name in getattr(self, role):
+                yield role, name, slice(0, _rows(shapes, name, 1, f"a {role} tensor"))
+
+    def check(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Raise :class:`PartitionError` unless every named tensor splits into the heads."""
+        if not isinstance(self.num_heads, int) or self.num_heads < 1:
+            raise PartitionError(f"{self.prefix}: num_heads must be an integer >= 1")
+        for _, name, rows in self.role_rows(shapes):
+            if (rows.stop - rows.start) % self.num_heads:
+                raise PartitionError(
+                    f"{self.prefix}: {rows.stop - rows.start} rows of '{name}' do not split "
+                    f"into {self.num_heads} heads"
+                )
+        for name in self.o:
+            shape = _shape(shapes, name)
+            if len(shape) < 2 or shape[1] % self.num_heads:
+                raise PartitionError(
+                    f"{self.prefix}: output projection '{name}' of shape {shape} needs "
+                    f"columns that split into {self.num_heads} heads"
+                )
+
+
+def _shape(shapes: Mapping[str, tuple[int, ...]], name: str) -> tuple[int, ...]:
+    if name not in shapes:
+        raise PartitionError(f"attention layout names '{name}', not a trainable parameter")
+    return tuple(shapes[name])
+
+
+def _rows(shapes: Mapping[str, tuple[int, ...]], name: str, parts: int, what: str) -> int:
+    shape = _shape(shapes, name)
+    if not shape or shape[0] % parts:
+        raise PartitionError(f"'{name}' of shape {shape} is not {what}")
+    return shape[0] // parts
+
+
+# ---------------------------------------------------------------------------- layouts
+def attention_layouts(model: nn.Module, heads: Any = None) -> list[AttentionLayout]:
+    """The attention layouts of a model: given (``heads``) or found.
+
+    Args:
+        model: the model.
+        heads: ``None`` to find them (``nn.MultiheadAttention`` and modules with a
+            ``head_layout(prefix)`` method); else a sequence of :class:`AttentionLayout`
+            or a mapping ``{prefix: {"num_heads": H, "qkv": [...], "o": [...], ...}}``.
+
+    Raises:
+        PartitionError: a layout naming unknown tensors or that does not split evenly.
+    """
+    if heads is None:
+        layouts = _found_layouts(model)
+    elif isinstance(heads, Mapping):
+        layouts = [_layout_from_mapping(prefix, spec) for prefix, spec in heads.items()]
+    else:
+        layouts = list(heads)
+        if not all(isinstance(x, AttentionLayout) for x in layouts):
+            raise PartitionError("heads= takes AttentionLayout objects or a {prefix: {...}} map")
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    for layout in layouts:
+        layout.check(shapes)
+    return layouts
+
+
+def _layout_from_mapping(prefix: str, spec: Any) -> AttentionLayout:
+    if not isinstance(spec, Mapping) or "num_heads" not in spec:
+        raise PartitionError(f"heads['{prefix}'] must be a mapping with num_heads, got {spec!r}")
+    unknown = set(spec) - {"num_heads", "qkv", "q", "k", "v", "o"}
+    if unknown:
+        raise PartitionError(f"heads['{prefix}']: unknown keys {sorted(unknown)}")
+    names = {
+        k: tuple([v] if isinstance(v, str) else v) for k, v in spec.items() if k != "num_heads"
+    }
+    return AttentionLayout(str(prefix), spec["num_heads"], **names)
+
+
+def _found_layouts(model: nn.Module) -> list[AttentionLayout]:
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    layouts = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            layout = _mha_layout(prefix, module)
+        elif callable(getattr(module, "head_layout", None)):
+            layout = module.head_layout(prefix)
+        else:
+            continue
+        keep = {
+            role: tuple(n for n in getattr(layout, role) if n in trainable)
+            for role in ("qkv", *ROLES, "o")
+        }
+        layouts.append(AttentionLayout(layout.prefix, layout.num_heads, **keep))
+    return layouts
+
+
+def _mha_layout(prefix: str, m: nn.MultiheadAttention) -> AttentionLayout:
+    def name(attr: str) -> str:
+        return f"{prefix}.{attr}" if prefix else attr
+
+    bias = (name("in_proj_bias"),) if m.in_proj_bias is not None else ()
+    o = (name("out_proj.weight"),)
+    if m._qkv_same_embed_dim:
+        return AttentionLayout(prefix, m.num_heads, qkv=(name("in_proj_weight"), *bias), o=o)
+    return AttentionLayout(
+        prefix,
+        m.num_heads,
+        qkv=bias,
+        q=(name("q_proj_weight"),),
+        k=(name("k_proj_weight"),),
+        v=(name("v_proj_weight"),),
+        o=o,
+    )
+
+
+# ---------------------------------------------------------------------------- partitions
+def by_head(model: nn.Module, heads: Any = None) -> Partition:
+    """One group per attention head and role; every other tensor is its own group.
+
+    For each attention layer and head h: ``<prefix>.q.head<h>`` (the head's query rows of
+    the weight and their bias entries), ``.k.head<h>``, ``.v.head<h>``, and
+    ``.o.head<h>`` (the output projection's columns that read head h). The output
+    projection's bias, the MLPs, norms and embeddings keep one group per tensor.
+
+    Raises:
+        PartitionError: the model has no attention layer found (pass ``heads=``).
+
+    Example:
+        >>> labels = Partition.by_head(nn.MultiheadAttention(8, 2)).labels
+        >>> labels[:4], labels[-3:]
+        (['q.head0', 'q.head1', 'k.head0', 'k.head1'], ['o.head0', 'o.head1', 'out_proj.bias'])
+    """
+    layouts = _required_layouts(model, heads, "by_head")
+    shapes = _shapes(model)
+    groups: list[tuple[str, dict[str, Any]]] = []
+    for layout in layouts:
+        groups += _head_groups(layout, shapes)
+    return Partition.from_index_sets(model, groups, rest="tensor", scheme="by_head")
+
+
+def _head_groups(layout: AttentionLayout, shapes) -> list[tuple[str, dict[str, Any]]]:
+    H = layout.num_heads
+    by_role: dict[tuple[str, int], dict[str, Any]] = {}
+    for role, name, rows in layout.role_rows(shapes):
+        d = (rows.stop - rows.start) // H
+        for h in range(H):
+            start = rows.start + h * d
+            by_role.setdefault((role, h), {})[name] = slice(start, start + d)
+    groups = [(_label(layout.prefix, f"{r}.head{h}"), sets) for (r, h), sets in by_role.items()]
+    for name in layout.o:
+        d = shapes[name][1] // H
+        groups += [
+            (_label(layout.prefix, f"o.head{h}"), {name: (slice(None), slice(h * d, (h + 1) * d))})
+            for h in range(H)
+        ]
+    return groups
+
+
+def adam_mini(model: nn.Module, heads: Any = None) -> Partition:
+    """The blocks of Adam-mini: one learning rate per block.
+
+    Adam-mini (Zhang et al., arXiv 2406.16793, "Partition for Transformers"):
+
+    * Query and key weights: one block per head (``<prefix>.q.head<h>``);
+    * value weights, the attention output projection and the MLPs: one block per output
+      neuron (a weight row: ``<prefix>.v.neuron<j>``, ``<prefix>.o.neuron<j>``,
+      ``blocks.0.mlp.fc1.neuron<j>``), and so every other Linear / Conv weight (patch
+      embedding, classifier or LM head: its rows are the tokens or classes);
+    * embedding tables: one block per token (``tok_emb.token<j>``); positional tables
+      (a raw parameter such as torchvision's ``pos_embedding``) one block per position;
+    * everything else (biases, norms, class token): one block per tensor, as Adam-mini's
+      default PyTorch partition; a fused Q/K/V bias counts as three tensors.
+
+    Raises:
+        PartitionError: the model has no attention layer found (pass ``heads=``).
+    """
+    layouts = _required_layouts(model, heads, "adam_mini")
+    shapes = _shapes(model)
+    groups: list[tuple[str, dict[str, Any]]] = []
+    claimed: set[str] = set()
+    for layout in layouts:
+        groups += _adam_mini_attention(layout, shapes)
+        claimed.update(*(getattr(layout, r) for r in ("qkv", *ROLES)))
+    o_weights = {n for layout in layouts for n in layout.o}
+    for name, module, param in _owned(model):
+        if name in claimed or param.dim() < 2:
+            continue
+        if isinstance(module, nn.Embedding):
+            word = "position" if "pos" in name.rsplit(".", 1)[0] else "token"
+            groups += _rows_of(name, param.shape[0], word)
+        elif name in o_weights:
+            prefix = next(lay.prefix for lay in layouts if name in lay.o)
+            groups += _rows_of(name, param.shape[0], "neuron", label=_label(prefix, "o"))
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            groups += _rows_of(name, param.shape[0], "neuron")
+        elif block_of(name) == "embedding":
+            groups += _positions_of(name, tuple(param.shape))
+    return Partition.from_index_sets(model, groups, rest="tensor", scheme="adam_mini")
+
+
+def _adam_mini_attention(layout: AttentionLayout, shapes) -> list[tuple[str, dict[str, Any]]]:
+    H, groups = layout.num_heads, []
+    for role, name, rows in layout.role_rows(shapes):
+        label = _label(layout.prefix, role)
+        if len(shapes[name]) == 1:
+            groups.append((f"{label}.bias", {name: rows}))
+        elif role == "v":
+            groups += [(f"{label}.neuron{j}", {name: rows.start + j}) for j in _count(rows)]
+        else:
+            d = (rows.stop - rows.start) // H
+            groups += [
+                (f"{label}.head{h}", {name: slice(rows.start + h * d, rows.start + (h + 1) * d)})
+                for h in range(H)
+            ]
+    return groups
+
+
+def by_neuron(model: nn.Module, modules: Sequence[str] | str | None = None) -> Partition:
+    """One group per output neuron (its weight row and bias entry together).
+
+    Linear layers: ``<module>.neuron<j>``; convolutions: ``<module>.channel<j>``;
+    embeddings: ``<module>.token<j>``; norms: ``<module>.feature<j>`` (weight and bias
+    entry j); fused or separate Q / K / V projections: ``<prefix>.q.neuron<j>`` ...
+    Other tensors keep one group each.
+
+    Args:
+        model: the model.
+        modules: split only the modules with these names (or under these prefixes);
+            ``None``: every module.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1))
+        >>> Partition.by_neuron(net, modules=["0"]).labels
+        ['0.neuron0', '0.neuron1', '2.weight', '2.bias']
+    """
+    wanted = [modules] if isinstance(modules, str) else modules
+
+    def chosen(name: str) -> bool:
+        return wanted is None or any(name == m or name.startswith(m + ".") for m in wanted)
+
+    shapes = _shapes(model)
+    groups: list[tuple[str, dict[str, Any]]] = []
+    for layout in _found_layouts(model):
+        rows: dict[tuple[str, int], dict[str, Any]] = {}
+        for role, name, span in layout.role_rows(shapes):
+            if chosen(name.rsplit(".", 1)[0]):
+                for j in _count(span):
+                    rows.setdefault((role, j), {})[name] = span.start + j
+        groups += [(_label(layout.prefix, f"{r}.neuron{j}"), s) for (r, j), s in rows.items()]
+    taken = {n for _, sets in groups for n in sets}
+    for prefix, module in model.named_modules():
+        word = _neuron_word(module)
+        own = _own_params(prefix, module, taken)
+        if word and own and chosen(prefix):
+            size = own[0][1].shape[0]
+            if all(p.shape[:1] == (size,) for _, p in own):
+                groups += [
+                    (_label(prefix, f"{word}{j}"), {n: j for n, _ in own}) for j in range(size)
+                ]
+    return Partition.from_index_sets(model, groups, rest="tensor", scheme="by_neuron")
+
+
+def _neuron_word(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Linear):
+        return "neuron"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return "channel"
+    if isinstance(module, nn.Embedding):
+        return "token"
+    if isinstance(module, _NORMS):
+        return "feature"
+    return None
+
+
+def _own_params(prefix: str, module: nn.Module, taken: set[str]) -> list[tuple[str, Any]]:
+    return [
+        (f"{prefix}.{n}" if prefix else n, p)
+        for n, p in module.named_parameters(recurse=False)
+        if p.requires_grad and (f"{prefix}.{n}" if prefix else n) not in taken and p.dim() >= 1
+    ]
+
+
+# ---------------------------------------------------------------------------- labels
+def block_of(label: str) -> str:
+    """The block type of a group label or parameter name (one of :data:`BLOCK_TYPES`).
+
+    Rules on the dotted tokens, first match wins: an attention role (``q``, ``k_proj``,
+    ``out_proj``, ...; a whole fused ``in_proj_weight`` is ``qkv``); a norm (``norm*``,
+    ``ln*``, ``bn*``); an embedding (``*emb*``, ``wte``, ``class_token``, ``conv_proj``);
+    an MLP (``*mlp*``, ``*ffn*``, ``linear1/2``); an output layer (``head``,
+    ``lm_head``, ``classifier``); ``conv*`` / ``features`` (conv), ``fc*`` (linear).
+
+    Example:
+        >>> [block_of(x) for x in ("enc.attn.q.head2", "blocks.0.mlp.fc1.neuron3",
+        ...  "encoder.ln.weight", "tok_emb.token7", "heads.head.weight", "conv1.bias")]
+        ['q', 'mlp', 'norm', 'embedding', 'output', 'conv']
+    """
+    tokens = str(label).lower().split(".")
+    for kind in ("q", "k", "v", "o", "qkv"):
+        if any(t in _ROLE_TOKENS[kind] for t in tokens):
+            return kind
+    rules = (
+        ("norm", lambda t: "norm" in t or bool(_NORM_TOKEN.match(t))),
+        ("embedding", lambda t: "emb" in t or t in _EMBEDDING_TOKENS),
+        ("mlp", lambda t: "mlp" in t or "ffn" in t or t in _MLP_TOKENS),
+        ("output", lambda t: t in _OUTPUT_TOKENS),
+        ("conv", lambda t: t.startswith("conv") or t == "features"),
+        ("linear", lambda t: t.startswith("fc") or t.startswith("linear")),
+    )
+    for kind, test in rules:
+        if any(test(t) for t in tokens):
+            return kind
+    return "other"
+
+
+def head_of(label: str) -> int | None:
+    """The attention head a label names (``...q.head2`` -> 2), else None."""
+    match = _HEAD.search(str(label))
+    return int(match.group(1)) if match else None
+
+
+# ---------------------------------------------------------------------------- helpers
+def _required_layouts(model: nn.Module, heads: Any, scheme: str) -> list[AttentionLayout]:
+    layouts = attention_layouts(model, heads)
+    if not layouts:
+        raise PartitionError(
+            f"{scheme} needs attention layers and this model has none found "
+            "(nn.MultiheadAttention, or a module with head_layout()); pass heads= with the "
+            "layout of yours, or choose another partition (canonical, by_neuron)."
+        )
+    return layouts
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _owned(model: nn.Module) -> Iterator[tuple[str, nn.Module, Any]]:
+    """``(parameter name, owning module, parameter)`` of the trainable parameters."""
+    seen = set()
+    for prefix, module in model.named_modules():
+        for n, p in module.named_parameters(recurse=False):
+            name = f"{prefix}.{n}" if prefix else n
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                yield name, module, p
+
+
+def _label(prefix: str, tail: str) -> str:
+    return f"{prefix}.{tail}" if prefix else tail
+
+
+def _count(rows: slice) -> range:
+    return range(rows.stop - rows.start)
+
+
+def _rows_of(name: str, n: int, word: str, label: str | None = None):
+    base = label or name.rsplit(".", 1)[0]
+    return [(f"{base}.{word}{j}", {name: j}) for j in range(n)]
+
+
+def _positions_of(name: str, shape: tuple[int, ...]):
+    """One group per position of a raw positional table (first non-unit, non-last dim)."""
+    axis = next((a for a in range(len(shape) - 1) if shape[a] > 1), None)
+    if axis is None:
+        return []
+    lead = (slice(None),) * axis
+    return [(f"{name}.position{j}", {name: (*lead, j)}) for j in range(shape[axis])]

@@ -1,0 +1,258 @@
+"""A run as one self-contained HTML page, and its figures as files for papers.
+
+``python -m hessian_lens report RUN -o run.html`` writes one page with the run's card,
+its training curves, H̄ and H̄⁻¹ heatmaps (WW / BB / WB blocks, or the full matrix) with an
+epoch slider, and the block-diagonal metrics with their trends. plotly.js is embedded:
+the page opens offline, in any browser, and can be mailed or attached as it is.
+``--figures DIR`` also writes every figure as PNG / SVG / PDF (:mod:`hessian_lens.figexport`).
+
+Read-only: the run's folder is never written to (the store is opened as a viewer).
+Torch-free, like the dashboard.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from hessian_lens import plots
+from hessian_lens.files import atomic_write
+from hessian_lens.runfolder import is_run
+from hessian_lens.runs import Run, describe_settings, load_run
+
+MATRICES = {"H": "H̄ (pseudo-Hessian)", "Hinv": "H̄⁻¹ (inverse)"}
+BLOCKS = "layer"  # the block-diagonal comparison shown: per layer (weight + bias)
+METRICS = (
+    ("rel_error", "relative error ‖H̄⁻¹ − blockdiag(H̄)⁻¹‖_F / ‖H̄⁻¹‖_F", "{:.3f}"),
+    ("off_share_H", "share of Σ|H̄| outside the blocks", "{:.1%}"),
+    ("off_share_Hinv", "share of Σ|H̄⁻¹| outside the blocks", "{:.1%}"),
+    ("cos_eta", "cos(η_full, η_bd)", "{:.3f}"),
+    ("decrease_full", "decrease of the order-2 model, full", "{:.4g}"),
+    ("decrease_bd", "decrease of the order-2 model, block-diagonal", "{:.4g}"),
+)
+
+
+def _epoch_name(rec: dict) -> str:
+    epoch = rec["epoch"]
+    if epoch is None:
+        return rec["checkpoint"]
+    return str(int(epoch)) if float(epoch).is_integer() else f"{epoch:g}"
+
+
+def open_run(path: str | Path) -> Run:
+    """The run folder at ``path``.
+
+    Raises:
+        ValueError: not a run folder (no run.json and no checkpoint).
+    """
+    if not is_run(path):
+        raise ValueError(
+            f"{path} is not a run folder (no run.json and no checkpoint): give the folder "
+            "train, analyze or a Recorder wrote."
+        )
+    return load_run(path)
+
+
+def run_records(run: Run) -> list[dict[str, Any]]:
+    """The run's analysed checkpoints (its most complete analysis) as plain dicts, by epoch."""
+    return [
+        {"epoch": r.epoch, "checkpoint": r.checkpoint, "summary": r.summary, "arrays": r.arrays}
+        for r in run.records()
+    ]
+
+
+def matrix_figure(recs: Sequence[dict], name: str) -> go.Figure:
+    """H̄ or H̄⁻¹ of every analysed epoch with an epoch slider (each its own colour range).
+
+    Weight / bias blocks when the partition has them (two layers at least), else the full
+    S x S matrix.
+    """
+    summary = recs[-1]["summary"]
+    kinds = summary["kinds"]
+    blocks = kinds.count("weight") >= 2 and kinds.count("bias") >= 2
+
+    def panels(rec: dict) -> list[plots.Panel]:
+        M, s = rec["arrays"][name], rec["summary"]
+        if blocks:
+            return list(plots.interaction_blocks(M, s["kinds"], s["layers"]).values())
+        return [plots.full_panel(M, s["labels"], title=MATRICES[name])]
+
+    figs = [
+        plots.panel_row(panels(r), height=380 if blocks else 520, title=MATRICES[name])
+        for r in recs
+    ]
+    if len(figs) == 1:
+        return figs[0]
+    return plots.epoch_slider(figs, [_epoch_name(r) for r in recs])
+
+
+def figures(run: Run, recs: Sequence[dict]) -> dict[str, go.Figure]:
+    """The report's figures by file-name stem: curves, H̄, H̄⁻¹ (slider), trends.
+
+    For static files the heatmaps are the last analysed epoch's (a file has no slider).
+    """
+    out: dict[str, go.Figure] = {}
+    if run.history:
+        out["curves"] = plots.curves(run.history)
+    if recs:
+        for name in MATRICES:
+            out[name] = matrix_figure(recs, name)
+        if len(recs) > 1:
+            series = {k: [r["summary"]["compare"][BLOCKS][k] for r in recs] for k, *_ in METRICS}
+            epochs = [r["epoch"] for r in recs]
+            keep = ("rel_error", "off_share_H", "off_share_Hinv", "cos_eta")
+            out["blockdiag_trends"] = plots.trends(
+                epochs,
+                {k: series[k] for k in keep},
+                "block-diagonal (per layer) vs full, across epochs",
+            )
+    return out
+
+
+def static_figures(run: Run, recs: Sequence[dict]) -> dict[str, go.Figure]:
+    """The figures for files: as :func:`figures`, the heatmaps at the last epoch only."""
+    out = figures(run, recs[-1:] if recs else [])
+    if len(recs) > 1:
+        out.update({k: v for k, v in figures(run, recs).items() if k == "blockdiag_trends"})
+        epoch = _epoch_name(recs[-1])
+        out = {(f"{k}_epoch{epoch}" if k in MATRICES else k): v for k, v in out.items()}
+    return out
+
+
+def card_rows(run: Run, recs: Sequence[dict]) -> list[tuple[str, str]]:
+    """The run card: (label, text) rows."""
+    m = run.manifest
+    model, data, opt = m.model, m.data, m.optimizer
+    rows = [
+        ("Run", run.name),
+        (
+            "Architecture",
+            f"{model['name']} {json.dumps(model['kwargs']) if model['kwargs'] else ''}",
+        ),
+        ("Data", str(data.get("name", "?"))),
+        ("Loss", m.loss or "?"),
+    ]
+    if opt:
+        rows.append(("Optimizer", ", ".join(f"{k} {v}" for k, v in opt.items())))
+    epochs = [h["epoch"] for h in run.history]
+    rows.append(
+        (
+            "Training",
+            f"{max(epochs, default=0):g} epochs, {len(run.checkpoints)} checkpoints",
+        )
+    )
+    if run.history:
+        last = run.history[-1]
+        metrics = ", ".join(
+            f"{k} {v:.4g}" for k, v in last.items() if k != "epoch" and isinstance(v, float | int)
+        )
+        rows.append(("Last entry", f"epoch {last['epoch']:g}: {metrics}"))
+    settings = run.settings()
+    if recs and settings:
+        rows.append(
+            (
+                "Analysis",
+                f"{len(recs)} checkpoints (epochs {_epoch_name(recs[0])}–"
+                f"{_epoch_name(recs[-1])}): {describe_settings(settings[0])}",
+            )
+        )
+    else:
+        rows.append(("Analysis", "none yet (python -m hessian_lens analyze RUN)"))
+    return rows
+
+
+def metrics_table(recs: Sequence[dict]) -> str:
+    """The block-diagonal metrics of every analysed epoch as an HTML table."""
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in METRICS)
+    rows = []
+    for rec in recs:
+        m = rec["summary"]["compare"][BLOCKS]
+        cells = "".join(
+            f"<td>{html.escape(fmt.format(m[k]))}</td>" if _finite(m.get(k)) else "<td>–</td>"
+            for k, _, fmt in METRICS
+        )
+        rows.append(f"<tr><td>{html.escape(_epoch_name(rec))}</td>{cells}</tr>")
+    return f"<table><tr><th>epoch</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and bool(np.isfinite(value))
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: left; }
+th { background: #f3f3f3; }
+.card td:first-child { font-weight: bold; }
+figure { margin: 1.5em 0; }
+.note { color: #666; font-size: 0.9em; }
+"""
+
+
+def build_html(run: Run) -> str:
+    """The whole report page as a string (plotly.js embedded once)."""
+    from plotly.offline import get_plotlyjs
+
+    recs = run_records(run)
+    card = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
+        for k, v in card_rows(run, recs)
+    )
+    parts = [f"<h1>{html.escape(run.name)}</h1>", f"<table class='card'>{card}</table>"]
+    for key, fig in figures(run, recs).items():
+        div = fig.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=f"fig-{key}",
+            auto_play=False,
+            config=plots.export_config(f"{run.path.name}_{key}"),
+        )
+        parts.append(f"<figure>{div}</figure>")
+    if recs:
+        parts.append("<h2>Block-diagonal vs full inverse (blocks: one per layer)</h2>")
+        parts.append(metrics_table(recs))
+    parts.append(
+        "<p class='note'>Written by hessian-lens report. H̄[s, s'] = (U^s)ᵀ H U^s' with u "
+        "the gradient; white ≈ 0, red &gt; 0, blue &lt; 0; limits ±max|value| of each panel.</p>"
+    )
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(run.name)} · Hessian Lens</title><style>{STYLE}</style>"
+        f"<script>{get_plotlyjs()}</script></head><body>{''.join(parts)}</body></html>"
+    )
+
+
+def write_report(
+    run_path: str | Path,
+    out: str | Path,
+    figures_dir: str | Path | None = None,
+    formats: tuple[str, ...] = ("png", "svg", "pdf"),
+) -> list[Path]:
+    """Write the HTML report of a run to ``out`` (atomically), and its figures if asked.
+
+    Returns:
+        The files written (the page first).
+    """
+    run = open_run(run_path)
+    if figures_dir is not None:
+        from hessian_lens.figexport import check_formats
+
+        check_formats(formats)
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give the report's file name (-o run.html)")
+    text = build_html(run)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    written = [out]
+    if figures_dir is not None:
+        from hessian_lens.figexport import write_figures
+
+        written += write_figures(static_figures(run, run_records(run)), figures_dir, formats)
+    return written

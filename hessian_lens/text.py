@@ -1,0 +1,307 @@
+"""Token data for language models: UTF-8 text as bytes, or token arrays, in fixed windows.
+
+A text data set spec (:func:`hessian_lens.data.load_dataset` dispatches here):
+
+===============================  ==================================================
+``text:FILE``                    one UTF-8 file; its last 10% of bytes is the test
+                                 (validation) split.
+``text:DIR``, ``text:DIR/**/*.py``  every UTF-8 file under DIR (or matching the glob),
+                                 in sorted order; a file is held out for testing when
+                                 the sha256 of its relative path puts it in the last
+                                 10% (deterministic, stable when files are added).
+                                 Files that are not UTF-8 text (or hold NUL bytes)
+                                 are skipped and counted.
+``npz:PATH`` / ``PATH.safetensors``  a 1-D integer array ``tokens`` (last 10% for
+                                 testing) or ``train_tokens`` and ``test_tokens``.
+===============================  ==================================================
+
+Append ``@T`` to choose the context (``text:corpus.txt@64``; default 128). Text becomes
+byte-level tokens (vocabulary 256). The stream is cut into non-overlapping windows of
+``T + 1`` tokens: inputs are the first T, targets the next-token shift (the last T).
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hessian_lens.data import Batches, DataError, DataNotFoundError
+
+DEFAULT_CONTEXT = 128
+TEST_FRACTION = 0.1
+BYTE_VOCAB = 256
+TOKEN_KEYS = ("tokens", "train_tokens", "test_tokens")
+
+
+@dataclass
+class TextData:
+    """Windows of ``T + 1`` tokens (a view of one stream): inputs and next-token targets.
+
+    Attributes:
+        windows: (N, T + 1) integer tokens.
+        source: a short description (``text:stdlib:train``).
+        vocab_size: 1 + the largest token id the data may hold (256 for bytes).
+        corpus: what ``run.json`` records: path, files, bytes, split rule and sizes.
+    """
+
+    windows: Tensor
+    source: str
+    vocab_size: int
+    corpus: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.windows.shape[0])
+
+    @property
+    def x(self) -> Tensor:
+        """Inputs (N, T): the first T tokens of every window."""
+        return self.windows[:, :-1]
+
+    @property
+    def y(self) -> Tensor:
+        """Targets (N, T): the next token at every position."""
+        return self.windows[:, 1:]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one input, ``(T,)``."""
+        return (int(self.windows.shape[1]) - 1,)
+
+    @property
+    def num_classes(self) -> int:
+        """The vocabulary size (the classes of every position)."""
+        return self.vocab_size
+
+    def prepare(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """``(inputs, targets)`` of the windows ``idx``, as int64."""
+        w = self.windows[idx].long()
+        return w[:, :-1], w[:, 1:]
+
+    def subset(self, size: int | None, seed: int = 0) -> TextData:
+        """A deterministic random subset of ``size`` windows (all when None or larger)."""
+        if size is None or size >= len(self):
+            return self
+        if size <= 0:
+            raise ValueError(f"subset size must be positive, got {size}")
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=gen)[:size].sort().values
+        return self.take(idx, f"{self.source}[{size}@{seed}]")
+
+    def take(self, idx: Tensor, source: str) -> TextData:
+        """The windows at ``idx``."""
+        return TextData(self.windows[idx], source, self.vocab_size, self.corpus)
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Batches:
+        """A re-iterable loader of ``(inputs, targets)`` batches."""
+        return Batches(self, batch_size, shuffle, seed)
+
+    def fingerprint(self) -> str:
+        """Short sha256 of the windows (identifies a subset in result stores)."""
+        return hashlib.sha256(self.windows.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+    def check_model(self, model: nn.Module) -> None:
+        """One forward pass on two windows: (B, T, V) logits with V >= the vocabulary.
+
+        Raises:
+            DataError: the model does not take token windows of this context, or has
+                fewer outputs than the data's vocabulary.
+        """
+        declared = getattr(model, "vocab_size", None)
+        if isinstance(declared, int) and declared < self.vocab_size:
+            raise DataError(self._vocab_problem(declared))
+        x, _ = self.prepare(torch.arange(min(2, len(self))))
+        param = next(model.parameters())
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(x.to(param.device))
+        except (RuntimeError, ValueError, IndexError, TypeError) as err:
+            raise DataError(
+                f"the model does not take token windows of context {self.shape[0]} and "
+                f"{self.vocab_size} token ids ({str(err).splitlines()[0][:160]}); build it "
+                f"with context >= {self.shape[0]} and vocab_size >= {self.vocab_size}, or "
+                "choose the data's context with @T"
+            ) from None
+        finally:
+            model.train(was)
+        if out.dim() != 3 or out.shape[:2] != x.shape:
+            raise DataError(
+                f"a language model must return (batch, T, vocab) logits; got "
+                f"{tuple(out.shape)} for inputs {tuple(x.shape)}"
+            )
+        if out.shape[-1] < self.vocab_size:
+            raise DataError(self._vocab_problem(out.shape[-1]))
+
+    def _vocab_problem(self, outputs: int) -> str:
+        return (
+            f"the data has {self.vocab_size} token ids but the model {outputs} outputs; "
+            f"build it with vocab_size={self.vocab_size}"
+        )
+
+
+# ---------------------------------------------------------------------------- specs
+def split_context(spec: str) -> tuple[str, int | None]:
+    """``"text:a.txt@64"`` -> ``("text:a.txt", 64)``; no suffix -> ``(spec, None)``."""
+    head, at, tail = spec.rpartition("@")
+    if at and tail.isdigit():
+        if int(tail) < 1:
+            raise DataError(f"{spec}: the context after @ must be >= 1")
+        return head, int(tail)
+    return spec, None
+
+
+def load_text(spec: str, train: bool = True, context: int | None = None) -> TextData:
+    """One split of ``text:PATH`` (a file, a folder or a glob) as byte-token windows.
+
+    Raises:
+        DataNotFoundError: nothing at PATH.
+        DataError: no UTF-8 text, or too little for one window per split.
+    """
+    path = spec.split(":", 1)[1] if spec.lower().startswith("text:") else spec
+    context = context or DEFAULT_CONTEXT
+    train_bytes, test_bytes, corpus = _read_corpus(str(Path(path).expanduser()))
+    data = train_bytes if train else test_bytes
+    split = "train" if train else "test"
+    stream = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+    corpus = {**corpus, "context": context, "vocab_size": BYTE_VOCAB}
+    name = Path(path.split("*", 1)[0].rstrip("/")).name or path
+    return _windows(stream, context, f"text:{name}:{split}", BYTE_VOCAB, corpus)
+
+
+def load_tokens(arrays: dict[str, np.ndarray], what: str, train: bool, context: int | None):
+    """One split of token arrays ``tokens`` or ``train_tokens`` / ``test_tokens``."""
+    context = context or DEFAULT_CONTEXT
+    if "train_tokens" in arrays and "test_tokens" in arrays:
+        train_t, test_t = arrays["train_tokens"], arrays["test_tokens"]
+        rule = "train_tokens / test_tokens"
+    elif "tokens" in arrays:
+        tokens = arrays["tokens"]
+        cut = len(tokens) - int(len(tokens) * TEST_FRACTION)
+        train_t, test_t = tokens[:cut], tokens[cut:]
+        rule = f"last {TEST_FRACTION:.0%} of tokens for testing"
+    else:
+        raise DataError(f"{what}: token data needs 'tokens' or 'train_tokens' + 'test_tokens'")
+    for name, t in (("train", train_t), ("test", test_t)):
+        if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer) or (t.size and t.min() < 0):
+            raise DataError(f"{what}: {name} tokens must be a 1-D array of ids >= 0")
+    vocab = int(max(train_t.max(initial=0), test_t.max(initial=0))) + 1
+    corpus = {
+        "path": what,
+        "tokens": {"train": int(train_t.size), "test": int(test_t.size)},
+        "split": rule,
+        "context": context,
+        "vocab_size": vocab,
+    }
+    stream = torch.from_numpy(np.ascontiguousarray(train_t if train else test_t).astype(np.int64))
+    split = "train" if train else "test"
+    return _windows(stream, context, f"{Path(what).name}:{split}", vocab, corpus)
+
+
+def _windows(stream: Tensor, context: int, source: str, vocab: int, corpus: dict) -> TextData:
+    if stream.numel() < context + 1:
+        raise DataError(
+            f"{source}: {stream.numel()} tokens, fewer than one window of {context + 1}; "
+            "use more text or a shorter context (@T)"
+        )
+    return TextData(stream.unfold(0, context + 1, context), source, vocab, corpus)
+
+
+# ---------------------------------------------------------------------------- reading
+@functools.lru_cache(maxsize=2)
+def _read_corpus(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
+    """``(train bytes, test bytes, description)`` of a file, folder or glob."""
+    if "*" not in path and Path(path).is_file():
+        data = Path(path).read_bytes()
+        _check_utf8(data, path)
+        cut = len(data) - int(len(data) * TEST_FRACTION)
+        corpus = {
+            "path": str(Path(path).resolve()),
+            "files": 1,
+            "bytes": len(data),
+            "split": f"last {TEST_FRACTION:.0%} of the bytes for testing",
+            "bytes_train": cut,
+            "bytes_test": len(data) - cut,
+        }
+        return data[:cut], data[cut:], corpus
+    root, files = _files(path)
+    train, test, skipped = [], [], 0
+    for f in files:
+        data = f.read_bytes()
+        if b"\0" in data or not _is_utf8(data):
+            skipped += 1
+            continue
+        (test if held_out(f.relative_to(root).as_posix()) else train).append(data)
+    if not train or not test:
+        raise DataError(
+            f"text:{path}: need UTF-8 files in both splits, found {len(train)} training "
+            f"and {len(test)} test files ({skipped} skipped)"
+        )
+    corpus = {
+        "path": path,
+        "files": len(train) + len(test),
+        "files_train": len(train),
+        "files_test": len(test),
+        "files_skipped_not_utf8": skipped,
+        "split": f"a file is a test file when sha256(relative path) falls in the last "
+        f"{TEST_FRACTION:.0%}",
+        "bytes_train": sum(map(len, train)),
+        "bytes_test": sum(map(len, test)),
+    }
+    corpus["bytes"] = corpus["bytes_train"] + corpus["bytes_test"]
+    return b"".join(train), b"".join(test), corpus
+
+
+def held_out(relative: str) -> bool:
+    """Whether a file (by its relative path) belongs to the test split.
+
+    Example:
+        >>> held_out("json/decoder.py") in (True, False)
+        True
+    """
+    digest = hashlib.sha256(relative.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 >= 1 - TEST_FRACTION
+
+
+def _files(path: str) -> tuple[Path, list[Path]]:
+    if "*" in path:
+        prefix = path.split("*", 1)[0]
+        root = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
+        found = [Path(p) for p in glob.glob(path, recursive=True)]
+    else:
+        root = Path(path)
+        if not root.is_dir():
+            raise DataNotFoundError(f"text:{path}: no such file or folder")
+        found = [p for p in root.rglob("*") if not _hidden(p.relative_to(root))]
+    files = sorted(p for p in found if p.is_file() and not p.is_symlink())
+    if not files:
+        raise DataNotFoundError(f"text:{path}: no files there")
+    return root, files
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _check_utf8(data: bytes, path: str) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"text:{path} is not UTF-8 text (byte {err.start}: {err.reason})") from None

@@ -1,0 +1,121 @@
+"""The Hugging Face callback: a real Trainer on a tiny GPT-2 built from a config (no download)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import hessian_lens as hl
+from hessian_lens.store import ResultStore
+
+transformers = pytest.importorskip("transformers")
+from hessian_lens.integrations.huggingface import HessianLensCallback  # noqa: E402
+
+SEQ = 8
+
+
+def tiny_gpt2():
+    config = transformers.GPT2Config(
+        vocab_size=40,
+        n_positions=SEQ,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def token_batches(n: int, seed: int) -> list[dict]:
+    ids = torch.randint(0, 40, (n, SEQ), generator=torch.Generator().manual_seed(seed))
+    return [{"input_ids": row, "labels": row.clone()} for row in ids]
+
+
+def train(tmp_path, epochs=2, **kwargs):
+    model = tiny_gpt2()
+    rows = token_batches(6, seed=1)
+    analysis = [
+        {
+            "input_ids": torch.stack([r["input_ids"] for r in rows[:4]]),
+            "labels": torch.stack([r["labels"] for r in rows[:4]]),
+        }
+    ]
+    cb = HessianLensCallback(tmp_path / "run", analysis, **kwargs)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        per_device_train_batch_size=3,
+        num_train_epochs=epochs,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        max_grad_norm=0.0,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, callbacks=[cb])
+    trainer.train()
+    return model, analysis, tmp_path / "run"
+
+
+def test_trainer_writes_the_recorder_run_folder_with_the_models_own_loss(tmp_path):
+    model, analysis, run = train(tmp_path)
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["loss"] == "model" and manifest["model"]["name"] == "user:GPT2LMHeadModel"
+    assert [h["epoch"] for h in manifest["history"]] == [0, 1, 2]
+    assert "train_loss" in manifest["history"][-1]
+    recs = ResultStore(run / "analysis.sqlite").records()
+    assert [r.epoch for r in recs] == [0, 1, 2]
+    want = hl.pseudo_hessian(model, None, analysis)  # the final weights
+    np.testing.assert_allclose(recs[-1].arrays["H"], want.H.double().numpy(), rtol=1e-4, atol=1e-8)
+    assert recs[-1].summary["loss"] == pytest.approx(want.loss, rel=1e-6)
+
+
+class Snapshots(transformers.TrainerCallback):
+    """The gradient before each optimizer step and the weights after it."""
+
+    def __init__(self) -> None:
+        self.grads, self.states = {}, {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.grads[state.global_step + 1] = [p.grad.detach().clone() for p in params]
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.states[state.global_step] = {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_every_n_steps_with_the_step_gradient_opens_on_every_page(tmp_path, monkeypatch):
+    import streamlit as st
+
+    from tests.apptools import chart_keys, no_errors, open_page
+    from tests.test_lightning import PAGES
+
+    snaps = Snapshots()
+    original = transformers.Trainer.__init__
+
+    def with_snapshots(self, *a, callbacks=None, **kw):
+        original(self, *a, callbacks=[*callbacks, snaps], **kw)
+
+    monkeypatch.setattr(transformers.Trainer, "__init__", with_snapshots)
+    model, analysis, run = train(tmp_path, epochs=1, every_n_steps=1, step_gradient=True)
+    recs = ResultStore(run / "analysis.sqlite").records()
+    assert [r.epoch for r in recs] == [0.5, 1] and recs[0].settings["direction"] == "given"
+    model.load_state_dict(snaps.states[1])  # after step 1, u = step 1's gradient
+    want = hl.pseudo_hessian(model, None, analysis, direction=snaps.grads[1])
+    np.testing.assert_allclose(recs[0].arrays["H"], want.H.double().numpy(), rtol=1e-4, atol=1e-8)
+
+    monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run))
+    monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
+    st.cache_data.clear()
+    for page in PAGES:
+        at = open_page(page, run)
+        no_errors(at)
+        if page == "pages/1_Layer_interactions.py":
+            assert "interactions-H" in chart_keys(at)

@@ -1,0 +1,113 @@
+"""``hessian-lens report``: one self-contained HTML page of a run, and its figures as files."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+
+from hessian_lens import cli, report
+from hessian_lens.runs import load_run
+from tests.recorded import make_recorder_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_recorder_run(tmp_path_factory.mktemp("report") / "tiny-run", epochs=3)
+
+
+def frames_of(page: str, div: str) -> list[dict]:
+    """The frames plotly.py passed to ``Plotly.addFrames`` for the figure ``div``."""
+    start = page.index(f'document.getElementById("{div}")')
+    call = page.index("Plotly.addFrames(", start)
+    text = page[page.index("[", call) :]
+    return json.JSONDecoder().raw_decode(text)[0]
+
+
+def array(value) -> np.ndarray:
+    """A plotly JSON array: a list, or plotly's typed array ``{"dtype", "bdata", "shape"}``."""
+    if isinstance(value, dict):
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        return out.reshape([int(n) for n in str(shape).split(",")]) if shape else out
+    return np.array(value, dtype=float)
+
+
+def test_the_page_is_self_contained_and_holds_every_epoch(run, tmp_path):
+    out = tmp_path / "run.html"
+    assert cli.main(["report", str(run), "-o", str(out)]) == 0
+    page = out.read_text()
+    assert not re.search(r"<script[^>]+src=", page)  # plotly.js embedded, nothing fetched
+    assert "Plotly.newPlot" in page and len(page) > 3_000_000  # plotly.js itself is ~4.6 MB
+    assert "tiny-run" in page and "4 checkpoints (epochs 0–3)" in page
+    recs = load_run(run).records()
+    frames = frames_of(page, "fig-H")
+    assert [f["name"] for f in frames] == ["0", "1", "2", "3"]
+    ww = recs[1].arrays["H"][0::2, 0::2]  # epoch 1, weights x weights
+    np.testing.assert_allclose(array(frames[1]["data"][0]["z"]), ww, rtol=1e-12)
+    table = page[page.index("<table><tr><th>epoch") :]
+    assert table.count("<tr>") == 1 + 4  # header + one row per analysed epoch
+    off = recs[3].summary["compare"]["layer"]["off_share_H"]
+    assert f"{off:.1%}" in table
+
+
+def test_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a run folder" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_an_unknown_format_writes_nothing(run, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    code = cli.main(
+        [
+            "report",
+            str(run),
+            "-o",
+            str(out),
+            "--figures",
+            str(tmp_path / "f"),
+            "--formats",
+            "svg,jpg",
+        ]
+    )
+    assert code == 2 and "unknown figure format 'jpg'" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "f").exists()
+
+
+def test_figures_as_files(run, tmp_path):
+    pytest.importorskip("kaleido")
+    from hessian_lens.browser import missing_browser
+
+    if missing_browser():
+        pytest.skip(missing_browser())
+    folder = tmp_path / "figs"
+    written = report.write_report(run, tmp_path / "r.html", folder, ("svg", "pdf"))
+    names = sorted(p.name for p in written[1:])
+    assert names == sorted(
+        f"{stem}.{fmt}"
+        for stem in ("curves", "H_epoch3", "Hinv_epoch3", "blockdiag_trends")
+        for fmt in ("svg", "pdf")
+    )
+    assert (folder / "H_epoch3.svg").read_text().startswith("<svg")
+    assert (folder / "H_epoch3.pdf").read_bytes().startswith(b"%PDF")
+    assert "weights × weights" in (folder / "H_epoch3.svg").read_text()
+
+
+def test_one_figure_as_bytes_in_each_format():
+    pytest.importorskip("kaleido")
+    from hessian_lens import plots
+    from hessian_lens.browser import missing_browser
+    from hessian_lens.figexport import figure_bytes
+
+    if missing_browser():
+        pytest.skip(missing_browser())
+    fig = plots.heatmap(plots.full_panel(np.eye(3), ["a", "b", "c"]))
+    assert figure_bytes(fig, "svg").startswith(b"<svg")
+    assert figure_bytes(fig, "png").startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="unknown figure format 'gif'"):
+        figure_bytes(fig, "gif")
