@@ -466,8 +466,16 @@ def _statistics(key: str, x: Tensor) -> tuple[tuple[float, ...], tuple[float, ..
     sample = x[:: max(1, len(x) // 10_000)]
     v = sample.float().div(255.0) if sample.dtype == torch.uint8 else sample.float()
     mean = v.mean(dim=(0, 2, 3))
-    std = v.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+    std = v.std(dim=(0, 2, 3))
+    if len(v) > 1 and bool((std == 0).any()):
+        raise DataError(
+            f"{key}: the images are constant (one value in every pixel of a channel, e.g. all "
+            "zero): they carry nothing to train on or analyse; check the data set"
+        )
+    # rounded as recorded in run.json, never to 0 (a division by zero: NaN inputs)
+    return tuple(round(float(m), 4) for m in mean), tuple(
+        max(round(float(s), 4), 1e-4) for s in std
+    )
 
 
 def split_validation(data: ImageData, size: int) -> tuple[ImageData, ImageData]:
