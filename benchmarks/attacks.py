@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,17 +270,23 @@ class Attempt:
     item: int
     name: str
     make: Callable[[Path, Path], Call]  # (work folder, tree) -> Call
+    issue: int = 11
 
 
 ATTEMPTS: list[Attempt] = []
 
 
-def attempt(item: int, name: str):
+def attempt(item: int, name: str, issue: int = 11):
     def add(make):
-        ATTEMPTS.append(Attempt(item, name, make))
+        ATTEMPTS.append(Attempt(item, name, make, issue))
         return make
 
     return add
+
+
+def attempt18(item: int, name: str):
+    """An attempt of issue 18 (``--issue 18``)."""
+    return attempt(item, name, issue=18)
 
 
 def cli(*args: str, **kw) -> Call:
@@ -659,6 +666,8 @@ def _stored_rows(path: Path) -> Callable[[], dict]:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             return {"rows": db.execute("SELECT COUNT(*) FROM results").fetchone()[0]}
+        except sqlite3.Error as err:  # e.g. a hot journal left behind
+            return {"rows": f"unreadable ({err})"}
         finally:
             db.close()
 
@@ -784,6 +793,486 @@ attempt(13, "train CLI: --model-kwargs '{\"num_classes\": 0}'")(
 )
 
 
+# ============================================================================ issue 18
+# Round 3: what a file costs once read, writes outside the run, hangs. ``--issue 18``.
+BYTEARRAY_3GIB = b"\x80\x02cbuiltins\nbytearray\n\x8a\x05\x00\x00\x00\xc0\x00\x85R."
+MiB = 2**20
+
+
+def torch_zip(path, pkl: bytes, compress: bool = False):
+    """A torch.save-style zip whose ``data.pkl`` is ``pkl`` (``path`` may be a BytesIO)."""
+    mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", mode) as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        zf.writestr("archive/byteorder", "little")
+        zf.writestr("archive/version", "3\n")
+    return path
+
+
+class _Net:
+    """Models exported by the attempts (built lazily: torch is imported by the parent only)."""
+
+    @staticmethod
+    def ones():
+        from torch import nn
+
+        class Ones(nn.Module):  # allocates torch.ones(4, 4) at run time (edited to 30000²)
+            def __init__(self) -> None:
+                super().__init__()
+                self.lin = nn.Linear(12, 3)
+
+            def forward(self, x):
+                import torch
+
+                return self.lin(x.flatten(1)) + torch.ones(4, 4, device=x.device).sum() * 0
+
+        return Ones()
+
+    @staticmethod
+    def cifar():
+        from torch import nn
+
+        class Small(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 5, stride=4)
+                self.fc = nn.Linear(4 * 7 * 7, 10)
+
+            def forward(self, x):
+                return self.fc(self.conv(x).relu().flatten(1))
+
+        return Small()
+
+
+def export_pt2(path: Path, model, shape, dynamic: bool = True) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    dims = ({0: torch.export.Dim("batch", min=1, max=512)},) if dynamic else None
+    program = torch.export.export(model, (torch.randn(*shape),), dynamic_shapes=dims)
+    torch.export.save(program, path)
+    return path
+
+
+def edit_pt2(src: Path, dst: Path, edit=None, members: dict | None = None, pad: str = "") -> Path:
+    """A copy of a .pt2 with its model.json edited, members replaced, JSON text appended."""
+    with zipfile.ZipFile(src) as zf:
+        infos = zf.infolist()
+        root = infos[0].filename.split("/", 1)[0]
+        data = {i.filename[len(root) + 1 :]: zf.read(i) for i in infos}
+    program = json.loads(data["models/model.json"])
+    if edit is not None:
+        edit(program)
+    text = json.dumps(program)
+    data["models/model.json"] = (text[:-1] + pad + "}").encode() if pad else text.encode()
+    data.update(members or {})
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in data.items():
+            zf.writestr(f"{root}/{name}", body)
+    return dst
+
+
+def _ones_pt2(w: Path, edit=None, **kw) -> Path:
+    src = export_pt2(w / "src.pt2", _Net.ones(), (2, 3, 4))
+    out = edit_pt2(src, w / "model.pt2", edit, **kw)
+    src.unlink()
+    return out
+
+
+def _tensor_value(name: str, text: str):
+    def edit(program):
+        sizes = program["graph_module"]["graph"]["tensor_values"][name]["sizes"]
+        sizes[0]["as_expr"]["expr_str"] = text
+
+    return edit
+
+
+def stream_zeros(write, nbytes: int, chunk: int = 1 << 24) -> None:
+    zeros = bytes(chunk)
+    while nbytes > 0:
+        write(zeros[: min(chunk, nbytes)])
+        nbytes -= chunk
+
+
+def bomb_pt(path: Path, nbytes: int) -> Path:
+    """A .pt (zip) whose one float32 storage of ``nbytes`` zeros is deflated (built streaming)."""
+    import torch
+
+    small = io.BytesIO()
+    torch.save({"w": torch.zeros(1)}, small)
+    with zipfile.ZipFile(io.BytesIO(small.getvalue())) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    pkl_name = next(n for n in members if n.endswith("data.pkl"))
+    n = nbytes // 4  # the storage's numel and the tensor's size, in the pickle
+    members[pkl_name] = members[pkl_name].replace(b"K\x01t", b"J" + n.to_bytes(4, "little") + b"t")
+    members[pkl_name] = members[pkl_name].replace(
+        b"K\x01\x85", b"J" + n.to_bytes(4, "little") + b"\x85", 1
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in members.items():
+            if name.endswith("/data/0"):
+                with zf.open(name, "w", force_zip64=True) as f:
+                    stream_zeros(f.write, nbytes)
+            else:
+                zf.writestr(name, body)
+    return path
+
+
+def npz_bomb(path: Path, n: int) -> Path:
+    """An npz of ``n`` 32x32x3 uint8 zero images (both splits: x, y), deflated, built streaming."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for key, shape, dtype in (("x", (n, 32, 32, 3), "|u1"), ("y", (n,), "<i8")):
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                header, {"descr": dtype, "fortran_order": False, "shape": shape}
+            )
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                f.write(header.getvalue())
+                stream_zeros(f.write, size)
+    return path
+
+
+def png(path: Path, side: int, rows: bool = True) -> Path:
+    """A greyscale ``side`` x ``side`` PNG of zeros (its IDAT compressed streaming)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    z = zlib.compressobj(9)
+    row = bytes(side + 1)
+    idat = b"".join(z.compress(row) for _ in range(side if rows else 1)) + z.flush()
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _listing(folder: Path) -> Callable[[], dict]:
+    return lambda: {"outside": sorted(p.name for p in folder.iterdir())}
+
+
+# ---- 1, 2. the unpickler
+@attempt18(1, "inspect CLI: 854-byte .pt whose pickle calls builtins.bytearray(3 GiB)")
+def _(w, t):
+    torch_zip(w / "ba.pt", BYTEARRAY_3GIB)
+    return cli("inspect", str(w / "ba.pt"), timeout=120, mem=6 * GiB)
+
+
+@attempt18(1, "Inspect page: the same .pt uploaded")
+def _(w, t):
+    torch_zip(w / "ba.pt", BYTEARRAY_3GIB)
+    act = f"upload('ba.pt', open({str(w / 'ba.pt')!r}, 'rb').read())"
+    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), mem=7 * GiB, timeout=180)
+
+
+@attempt18(1, "inspect CLI: .pt2 whose sample_inputs call builtins.bytearray(3 GiB)")
+def _(w, t):
+    inner = torch_zip(io.BytesIO(), BYTEARRAY_3GIB).getvalue()
+    _ones_pt2(w, members={"data/sample_inputs/model.pt": inner})
+    return cli("inspect", str(w / "model.pt2"), timeout=120, mem=6 * GiB)
+
+
+@attempt18(2, "inspect CLI: 40 kB .pt whose pickle builds 40 M empty dicts")
+def _(w, t):
+    torch_zip(w / "dicts.pt", b"\x80\x02(" + b"}" * 40_000_000 + b"l.", compress=True)
+    return cli("inspect", str(w / "dicts.pt"), timeout=180, mem=6 * GiB)
+
+
+# ---- 3. check order
+@attempt18(3, "Inspect page: 1.6 kB .pt, a (30000, 30000) tensor expanded from one value")
+def _(w, t):
+    import torch
+
+    torch.save({"w": torch.zeros(1).expand(30000, 30000)}, w / "expanded.pt")
+    act = f"upload('expanded.pt', open({str(w / 'expanded.pt')!r}, 'rb').read())"
+    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), mem=7 * GiB, timeout=180)
+
+
+# ---- 4. a store that lifts its own limit
+@attempt18(4, "Interactions page: store listing 100k labels, its H inflating to 1 GiB")
+def _(w, t):
+    run = analysed_run(w) / "runs" / "tiny-run"
+    blob = io.BytesIO()
+    with zipfile.ZipFile(blob, "w", zipfile.ZIP_DEFLATED) as zf:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": "<f8", "fortran_order": False, "shape": (2**27,)}
+        )
+        with zf.open("H.npy", "w", force_zip64=True) as f:
+            f.write(header.getvalue())
+            stream_zeros(f.write, 2**30)
+    with sqlite3.connect(run / "analysis.sqlite") as db:
+        for key, summary in db.execute("SELECT settings_key, summary FROM results").fetchall():
+            summary = json.loads(summary)
+            summary["labels"] = [f"g{i}" for i in range(100_000)]
+            db.execute(
+                "UPDATE results SET summary=?, arrays=? WHERE settings_key=?",
+                (json.dumps(summary), blob.getvalue(), key),
+            )
+    db.close()
+    state = f"at.session_state['run_path'] = {str(run)!r}"
+    return code(
+        page_code(t, "pages/1_Layer_interactions.py", state=state),
+        env={"HESSIAN_LENS_RUNS": str(run.parent)},
+        mem=7 * GiB,
+        timeout=240,
+    )
+
+
+# ---- 5. JSON that expands
+@attempt18(5, "inspect CLI: 435 kB .pt2 whose model.json carries 150 MB of [{},…]")
+def _(w, t):
+    _ones_pt2(w, pad=', "padding": [' + "{}," * 50_000_000 + "{}]")
+    return cli("inspect", str(w / "model.pt2"), timeout=240, mem=6 * GiB)
+
+
+@attempt18(5, "inspect CLI: 95 MB safetensors header of [{},…]")
+def _(w, t):
+    header = b'{"pad": [' + b"{}," * 31_000_000 + b"{}]}"
+    (w / "pad.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    return cli("inspect", str(w / "pad.safetensors"), timeout=240, mem=6 * GiB)
+
+
+# ---- 6. the limits of analyze and of data files
+def _tiny_run(w: Path, npz: Path | None = None) -> Path:
+    npz = npz or tiny_npz(w / "tiny.npz")
+    return write_run(w / "run", manifest("r", data={"name": "cifar10", "source": str(npz)}))
+
+
+@attempt18(6, "analyze CLI: a 3 MB run checkpoint deflating to 3 GiB (inspect refuses it)")
+def _(w, t):
+    run = _tiny_run(w)
+    bomb_pt(run / "epoch_0001.pt", 3 * GiB)
+    return _analyze(run, timeout=240, mem=6 * GiB)
+
+
+@attempt18(6, "analyze CLI: 4 MB npz holding 2 GiB per split")
+def _(w, t):
+    npz = npz_bomb(w / "bomb.npz", 2 * GiB // 3072)
+    run = _tiny_run(w, npz)
+    save_pt(run / "epoch_0001.pt", lenet_state(), {**LENET, "epoch": 1})
+    return _analyze(run, timeout=240, mem=6 * GiB)
+
+
+@attempt18(6, "analyze CLI: an image folder of 12 PNGs of 144 Mpx")
+def _(w, t):
+    for i in range(12):
+        folder = w / "imgs" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        png(folder / f"{i}.png", 12_000)
+    run = _tiny_run(w)
+    save_pt(run / "epoch_0001.pt", lenet_state(2, 1), {"model": {"name": "lenet5",
+            "kwargs": {"in_channels": 1, "num_classes": 2}}, "epoch": 1})  # fmt: skip
+    args = ["--data", f"imagefolder:{w / 'imgs'}"]
+    return cli("analyze", str(run), *args, "--samples", "8", "--batch-size", "4", "--device",
+               "cpu", "--no-progress", timeout=300, mem=6 * GiB)  # fmt: skip
+
+
+@attempt18(6, "analyze CLI: one 200 Mpx PNG")
+def _(w, t):
+    folder = w / "imgs" / "c0"
+    folder.mkdir(parents=True)
+    png(folder / "big.png", 14_200, rows=False)
+    run = _tiny_run(w)
+    save_pt(run / "epoch_0001.pt", lenet_state(), {**LENET, "epoch": 1})
+    args = ["--data", f"imagefolder:{w / 'imgs'}", "--samples", "8", "--batch-size", "4"]
+    return cli("analyze", str(run), *args, "--device", "cpu", "--no-progress", timeout=120)
+
+
+# ---- 7, 8. .pt2 graphs
+@attempt18(7, "load + one forward: .pt2 whose graph calls aten.ones([30000, 30000])")
+def _(w, t):
+    def huge(program):
+        for node in program["graph_module"]["graph"]["nodes"]:
+            if node["target"] == "torch.ops.aten.ones.default":
+                node["inputs"][0]["arg"]["as_ints"] = [30000, 30000]
+
+    _ones_pt2(w, huge)
+    probe = (
+        "import sys, torch; from hessian_lens.checkpoint import load_checkpoint\n"
+        "try:\n"
+        f"    m, _ = load_checkpoint({str(w / 'model.pt2')!r})\n"
+        "    m(torch.zeros(2, 3, 4)); print('loaded and ran', file=sys.stderr)\n"
+        "except Exception as err:\n"
+        "    sys.exit(f'{type(err).__name__}: {err}')"
+    )
+    return code(probe, timeout=180, mem=6 * GiB)
+
+
+@attempt18(8, "inspect CLI: .pt2 with a symbolic Max(...) of 200 arguments")
+def _(w, t):
+    terms = ", ".join(f"{i}*s77 + {40000 - i * i}" for i in range(1, 201))
+    _ones_pt2(w, _tensor_value("add", f"Max({terms})"))
+    return cli("inspect", str(w / "model.pt2"), timeout=120)
+
+
+# ---- 9. the server's upload limit
+@attempt18(9, "server: Streamlit's maxUploadSize against the app's 500 MB")
+def _(w, t):
+    probe = (
+        "import sys, streamlit as st\n"
+        "print('server.maxUploadSize =', st.get_option('server.maxUploadSize'), 'MB', "
+        "file=sys.stderr)"
+    )
+    return code(probe, timeout=60)
+
+
+# ---- 10, 11, 12. writes, deletes, hangs
+@attempt18(10, "analyze CLI: analysis.sqlite a symlink to a file outside the run")
+def _(w, t):
+    outside = w / "outside"
+    outside.mkdir()
+    sqlite3.connect(outside / "victim.sqlite").close()
+    run = _tiny_run(w)
+    save_pt(run / "epoch_0001.pt", lenet_state(), {**LENET, "epoch": 1})
+    (run / "analysis.sqlite").symlink_to(outside / "victim.sqlite")
+
+    def check() -> dict:
+        return {"victim_tables": _sqlite_facts(outside / "victim.sqlite")["tables"]}
+
+    return cli("analyze", str(run), "--samples", "32", "--batch-size", "32", "--device", "cpu",
+               "--no-progress", check=check)  # fmt: skip
+
+
+@attempt18(11, "Inspect page: uploads/ a symlink to a folder of 3 files, HESSIAN_LENS_CACHE_MB=0.1")
+def _(w, t):
+    outside = w / "outside"
+    outside.mkdir()
+    for name in ("notes.txt", "photo.jpg", "0123456789abcdef.pt"):
+        (outside / name).write_bytes(b"x" * 200_000)
+    (w / "cache").mkdir()
+    (w / "cache" / "uploads").symlink_to(outside)
+    save_pt(w / "m.pt", lenet_state(), LENET)
+    act = f"upload('m.pt', open({str(w / 'm.pt')!r}, 'rb').read())"
+    return code(
+        page_code(t, "pages/3_Inspect_checkpoint.py", act),
+        env={"HESSIAN_LENS_CACHE_MB": "0.1"},
+        check=_listing(outside),
+    )
+
+
+@attempt18(12, "analyze CLI: a store whose claims trigger reads a never-ending recursive view")
+def _(w, t):
+    run = analysed_run(w) / "runs" / "tiny-run"
+    db = sqlite3.connect(run / "analysis.sqlite")
+    db.executescript(
+        "DELETE FROM results;"
+        "CREATE VIEW forever AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c)"
+        " SELECT max(x) FROM c;"
+        "CREATE TRIGGER slow AFTER INSERT ON claims BEGIN SELECT * FROM forever; END;"
+    )
+    db.close()
+    npz = w / "analysed" / "tiny.npz"
+    return cli("analyze", str(run), "--data-root", str(npz), "--samples", "32", "--batch-size",
+               "32", "--device", "cpu", "--no-progress", timeout=90)  # fmt: skip
+
+
+# ---- 13. tracebacks
+@attempt18(13, "analyze CLI: a .pt2 as a run's checkpoint")
+def _(w, t):
+    run = _tiny_run(w)
+    export_pt2(run / "epoch_0001.pt2", _Net.cifar(), (2, 3, 32, 32))
+    return _analyze(run, timeout=180)
+
+
+@attempt18(13, "analyze CLI: --lease-seconds nan")
+def _(w, t):
+    run = _tiny_run(w)
+    save_pt(run / "epoch_0001.pt", lenet_state(), {**LENET, "epoch": 1})
+    base = _analyze(run)
+    base.args += ["--lease-seconds", "nan"]
+    return base
+
+
+@attempt18(13, "analyze CLI: --data safetensors with bfloat16 targets")
+def _(w, t):
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    data = {"inputs": torch.rand(32, 3, 32, 32), "targets": (torch.arange(32) % 10).bfloat16()}
+    save_file(data, w / "d.safetensors")
+    run = _tiny_run(w)
+    save_pt(run / "epoch_0001.pt", lenet_state(), {**LENET, "epoch": 1})
+    base = _analyze(run)
+    base.args += ["--data", str(w / "d.safetensors")]
+    return base
+
+
+@attempt18(13, "analyze CLI: all-zero 1-channel images")
+def _(w, t):
+    y = np.arange(40) % 10
+    zeros = np.zeros((40, 32, 32, 1), np.uint8)
+    np.savez(w / "zeros.npz", x_train=zeros, y_train=y, x_test=zeros, y_test=y)
+    run = _tiny_run(w, w / "zeros.npz")
+    save_pt(run / "epoch_0001.pt", lenet_state(10, 1),
+            {"model": {"name": "lenet5", "kwargs": {"in_channels": 1}}, "epoch": 1})  # fmt: skip
+    return _analyze(run)
+
+
+# ---- 14. an interrupted write
+INTERRUPT = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA cache_size = 1")
+db.execute("BEGIN IMMEDIATE")
+db.execute("UPDATE results SET checkpoint = 'half-written'")
+for i in range(300):
+    db.execute("INSERT INTO claims VALUES (?, 'k', 'me', 1)", (str(i) * 50,))
+os._exit(0)
+"""
+
+
+def _interrupted(w: Path) -> Path:
+    run = analysed_run(w) / "runs" / "tiny-run"
+    subprocess.run([PY, "-c", INTERRUPT, str(run / "analysis.sqlite")], check=True, timeout=60)
+    return run
+
+
+@attempt18(14, "Interactions page: a store with a hot journal (a writer killed mid-write)")
+def _(w, t):
+    run = _interrupted(w)
+    state = f"at.session_state['run_path'] = {str(run)!r}"
+    return code(
+        page_code(t, "pages/1_Layer_interactions.py", state=state),
+        env={"HESSIAN_LENS_RUNS": str(run.parent)},
+    )
+
+
+@attempt18(14, "analyze CLI: the same store")
+def _(w, t):
+    run = _interrupted(w)
+    npz = w / "analysed" / "tiny.npz"
+    return cli("analyze", str(run), "--data-root", str(npz), "--samples", "64", "--batch-size",
+               "32", "--device", "cpu", "--no-progress", check=_stored_rows(
+                   run / "analysis.sqlite"))  # fmt: skip
+
+
+# ---- 15, 16. what is printed and shown
+@attempt18(15, "inspect CLI: .pt2 with a symbol without a range")
+def _(w, t):
+    _ones_pt2(w, _tensor_value("add", "u5"))
+    return cli("inspect", str(w / "model.pt2"), timeout=120)
+
+
+@attempt18(16, "home page: run.json fields holding markdown images")
+def _(w, t):
+    image = "![x](http://127.0.0.1:9/pixel.png)"
+    write_run(
+        w / "runs" / "evil",
+        manifest(f"evil {image}", model={"name": image, "kwargs": {}}, init=image,
+                 data={"name": image}, optimizer={"name": image, "lr": 0.1}),
+    )  # fmt: skip
+    post = (
+        "out['images'] = sum(str(e.value).count('![x](') for k in ('markdown', 'subheader', "
+        "'warning', 'info') for e in at.get(k))"
+    )
+    return code(page_code(t, "app.py", post=post), env={"HESSIAN_LENS_RUNS": str(w / "runs")})
+
+
 # ---------------------------------------------------------------------------- runner
 def _limits(mem: int) -> Callable[[], None]:
     def apply() -> None:
@@ -890,6 +1379,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="items, e.g. 1,13 (default: all)")
     ap.add_argument("--match", default="", help="only attempts whose name holds this text")
     ap.add_argument("--list", action="store_true", help="list the attempts and stop")
+    ap.add_argument("--issue", type=int, default=11, help="11 (the first round) or 18")
+    ap.add_argument("--before-label", default="fe81ed9", help="the before tree, in the table")
     ap.add_argument(
         "--table",
         nargs=2,
@@ -899,13 +1390,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.table:
-        print(table(*args.table))
+        print(table(*args.table, issue=args.issue, label=args.before_label))
         return 0
     items = {int(i) for i in args.only.split(",") if i.strip()}
     chosen = [
         a
         for a in ATTEMPTS
-        if (not items or a.item in items) and args.match.lower() in a.name.lower()
+        if a.issue == args.issue
+        and (not items or a.item in items)
+        and args.match.lower() in a.name.lower()
     ]
     for a in chosen:
         if args.list:
@@ -966,6 +1459,58 @@ PINS = {
 }
 
 
+H3 = "test_hardening3.py::"
+PINS.update(
+    {
+        "inspect CLI: 854-byte": H3
+        + "test_a_pickle_calling_bytearray_is_refused_before_torch_allocates",
+        "Inspect page: the same .pt": H3
+        + "test_a_pickle_calling_bytearray_is_refused_before_torch_allocates",
+        "inspect CLI: .pt2 whose sample_inputs": H3
+        + "test_a_pt2_whose_sample_inputs_call_bytearray_is_refused",
+        "inspect CLI: 40 kB": H3 + "test_a_pickle_building_millions_of_objects_is_stopped_early",
+        "Inspect page: 1.6 kB": H3 + "test_inspect_page_checks_memory_before_values; "
+        "test_a_tensor_expanded_from_one_value_is_refused_at_read_time",
+        "Interactions page: store listing": H3
+        + "test_a_store_listing_100k_labels_does_not_lift_the_array_limit",
+        "inspect CLI: 435 kB": H3
+        + "test_a_pt2_program_padded_with_millions_of_empty_objects_is_refused",
+        "inspect CLI: 95 MB": H3
+        + "test_a_safetensors_header_of_millions_of_empty_objects_is_refused",
+        "analyze CLI: a 3 MB": H3 + "test_analyze_reads_run_checkpoints_under_the_checkpoint_limit",
+        "analyze CLI: 4 MB npz": H3
+        + "test_npz_members_are_checked_against_the_data_limit_before_inflating",
+        "analyze CLI: an image folder": H3
+        + "test_huge_images_are_refused_from_their_header[12000]",
+        "analyze CLI: one 200 Mpx": H3 + "test_huge_images_are_refused_from_their_header[14200]",
+        "load + one forward": H3
+        + "test_a_pt2_graph_allocating_gigabytes_is_refused_before_running",
+        "inspect CLI: .pt2 with a symbolic Max": H3
+        + "test_a_pt2_with_a_huge_symbolic_max_is_refused_quickly",
+        "server: Streamlit's": H3 + "test_the_servers_upload_limit_is_the_apps; "
+        "test_inspect_page_caps_the_app_limit_at_the_servers",
+        "analyze CLI: analysis.sqlite a symlink": H3
+        + "test_analyze_never_writes_a_store_symlinked_outside_the_run",
+        "Inspect page: uploads/": H3 + "test_eviction_never_deletes_files_the_cache_did_not_write",
+        "analyze CLI: a store whose claims": H3
+        + "test_a_store_with_a_trigger_or_view_is_refused_not_run; "
+        "test_every_store_query_has_a_time_bound",
+        "analyze CLI: a .pt2 as": H3 + "test_analyze_reads_a_pt2_checkpoint_of_a_run",
+        "analyze CLI: --lease-seconds": H3 + "test_analyze_with_a_nan_lease_is_one_line",
+        "analyze CLI: --data safetensors": H3
+        + "test_safetensors_data_with_bfloat16_targets_is_read",
+        "analyze CLI: all-zero": H3
+        + "test_analyze_of_all_zero_images_is_one_line_and_leaves_no_store",
+        "Interactions page: a store with a hot": H3
+        + "test_a_hot_journal_is_rolled_back_by_a_writer_and_explained_to_a_viewer",
+        "analyze CLI: the same store": H3
+        + "test_a_hot_journal_is_rolled_back_by_a_writer_and_explained_to_a_viewer",
+        "inspect CLI: .pt2 with a symbol": H3 + "test_torch_logs_nothing_while_a_pt2_is_validated",
+        "home page: run.json fields": H3 + "test_home_page_shows_run_json_fields_as_plain_text",
+    }
+)
+
+
 def _pin(name: str) -> str:
     if name.startswith(("train CLI", "analyze CLI: labels")):
         return CLI_TESTS
@@ -995,6 +1540,8 @@ def outcome(row: dict | None) -> str:
                 parts.append(f"{page['subheaders']} cards")
             if page.get("torch_load_calls") is not None:
                 parts.append(f"torch.load × {page['torch_load_calls']}")
+            if page.get("images") is not None:
+                parts.append(f"{page['images']} markdown images from run.json")
     else:
         parts.append(f"exit {row['rc']}")
         if row["traceback"]:
@@ -1017,11 +1564,11 @@ def _short(text: str, n: int = 90) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def table(before: Path, after: Path) -> str:
+def table(before: Path, after: Path, issue: int = 11, label: str = "fe81ed9") -> str:
     rows_b = {json.loads(x)["attempt"]: json.loads(x) for x in before.read_text().splitlines()}
     rows_a = {json.loads(x)["attempt"]: json.loads(x) for x in after.read_text().splitlines()}
-    lines = ["| # | attempt | before (fe81ed9) | after | pinned by |", "|---|---|---|---|---|"]
-    for a in ATTEMPTS:
+    lines = [f"| # | attempt | before ({label}) | after | pinned by |", "|---|---|---|---|---|"]
+    for a in (a for a in ATTEMPTS if a.issue == issue):
         b, n = rows_b.get(a.name), rows_a.get(a.name)
         pin = _pin(a.name)
         lines.append(f"| {a.item} | {a.name} | {outcome(b)} | {outcome(n)} | `{pin}` |")

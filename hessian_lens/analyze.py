@@ -29,7 +29,8 @@ from hessian_lens.data import Batches, ImageData, check_model_fits, load_dataset
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.partition import Partition, check_scheme
-from hessian_lens.store import Record, ResultStore
+from hessian_lens.settings import checkpoint_limit_bytes
+from hessian_lens.store import MAX_GROUPS, Record, ResultStore
 from hessian_lens.summary import PseudoHessian, pseudo_hessian
 
 ENGINE_VERSION = "1"
@@ -107,6 +108,12 @@ def analyze_model(
         (and ``d3`` with ``order3``).
     """
     part = Partition.from_name(model, settings.partition)
+    if len(part.groups) > MAX_GROUPS:  # a store refuses to read such a record back
+        raise ValueError(
+            f"the {settings.partition} partition of this model has S = {len(part.groups):,} "
+            f"groups, more than the {MAX_GROUPS:,} a stored analysis may have; choose a "
+            "coarser partition (canonical, by_layer, by_module:K with a smaller K)"
+        )
     tick = _batch_progress(progress) if progress is not None else False
     res = pseudo_hessian(
         model,
@@ -150,7 +157,7 @@ def derived(H: torch.Tensor, g: torch.Tensor, part: Partition) -> tuple[dict, di
         ``(arrays, summary)`` as stored by :func:`analyze_model` (labels, kinds, layers,
         sizes, inverse status, comparisons per block choice).
     """
-    inv = linalg.inverse(H)
+    inv = _checked_inverse(H, g)
     arrays = {
         "H": H,
         "g": g,
@@ -182,6 +189,28 @@ def derived(H: torch.Tensor, g: torch.Tensor, part: Partition) -> tuple[dict, di
         "compare": compare,
     }
     return arrays, summary
+
+
+def _checked_inverse(H: torch.Tensor, g: torch.Tensor) -> linalg.Inverse:
+    """``linalg.inverse(H)``, or a FloatingPointError saying why H̄ cannot be trusted.
+
+    Raises:
+        FloatingPointError: H̄ or ḡ hold NaN or infinities, or H̄ cannot be decomposed
+            (e.g. all-zero images: every gradient vanishes).
+    """
+    if not (torch.isfinite(H).all() and torch.isfinite(g).all()):
+        raise FloatingPointError(
+            "H̄ or ḡ hold NaN or infinite values: the model diverged on this data, or the "
+            "data is degenerate (constant or all-zero images); check the checkpoint and data."
+        )
+    try:
+        return linalg.inverse(H)
+    except torch.linalg.LinAlgError as err:
+        first = (str(err).splitlines() or ["LinAlgError"])[0][:120]
+        raise FloatingPointError(
+            f"H̄ cannot be decomposed ({first}); the data is degenerate for this model "
+            "(constant or all-zero images give vanishing gradients): check the data set."
+        ) from None
 
 
 def compute_record(
@@ -314,10 +343,13 @@ def analyze_run(
         NotARunError: the folder holds neither run.json nor a checkpoint (nothing created).
     """
     run = Path(run)
+    if not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0):
+        raise ValueError(f"the lease must be a finite number of seconds > 0, got {lease_s!r}")
     files = select_checkpoints(run, epochs)
     subset = run_data(run, settings, data, data_source)
     batches, fingerprint = subset.batches(settings.batch_size), subset.fingerprint()
     _check_data_fits_first(run, files, batches)
+    created = not (run / runfolder.STORE_FILE).exists()
     job = _Job(
         ResultStore(run / runfolder.STORE_FILE),
         settings,
@@ -327,6 +359,24 @@ def analyze_run(
         owner_id(),
         lease_s,
     )
+    try:
+        seconds = _analyze_all(job, files, progress, poll_s)
+    except BaseException:
+        if created:  # nothing half-written: a store this call made and filled with nothing
+            job.store.discard_if_empty()
+        raise
+    if callable(progress):
+        progress(1.0, f"{len(files)} checkpoints analysed")
+    return {
+        "computed": len(seconds),
+        "skipped": len(files) - len(seconds),
+        "store": str(job.store.path),
+        "seconds": seconds,
+    }
+
+
+def _analyze_all(job: _Job, files: list[Path], progress, poll_s: float) -> list[float]:
+    """Every checkpoint, each claimed or waited for; the seconds of those computed here."""
     bar = _bar(progress, len(files))
     pending, seconds, done = list(files), [], 0
     while pending:
@@ -347,14 +397,7 @@ def analyze_run(
         pending = waiting
     if bar is not None:
         bar.close()
-    if callable(progress):
-        progress(1.0, f"{len(files)} checkpoints analysed")
-    return {
-        "computed": len(seconds),
-        "skipped": len(files) - len(seconds),
-        "store": str(job.store.path),
-        "seconds": seconds,
-    }
+    return seconds
 
 
 def _check_data_fits_first(run: Path, files: list[Path], batches) -> None:
@@ -364,7 +407,7 @@ def _check_data_fits_first(run: Path, files: list[Path], batches) -> None:
     labels (labels within its outputs), so a wrong data set leaves nothing behind.
     """
     if files and hasattr(batches, "data") and not (run / runfolder.STORE_FILE).exists():
-        model, _ = load_checkpoint(files[0], max_bytes=None)
+        model, _ = load_checkpoint(files[0], max_bytes=checkpoint_limit_bytes())
         check_model_fits(model, batches.data)
 
 
@@ -387,7 +430,7 @@ class _Job:
         if state != "taken":
             return state, None
         try:
-            model, meta = load_checkpoint(path, max_bytes=None)
+            model, meta = load_checkpoint(path, max_bytes=checkpoint_limit_bytes())
             if hasattr(self.batches, "data"):
                 check_model_fits(model, self.batches.data)
             record = compute_record(
@@ -457,7 +500,7 @@ def analyze_run_data_parallel(
     bar = _bar(progress if rank == 0 else False, len(todo))
     seconds = []
     for path in todo:
-        model, meta = load_checkpoint(path, max_bytes=None)
+        model, meta = load_checkpoint(path, max_bytes=checkpoint_limit_bytes())
         record = compute_record(
             model,
             meta,

@@ -40,6 +40,7 @@ from hessian_lens.files import (  # file_sha256, write_json: re-exported for cal
 from hessian_lens.files import file_sha256 as file_sha256
 from hessian_lens.files import write_json as write_json
 from hessian_lens.models import MODELS
+from hessian_lens.pickles import PickleRefusedError, check_torch_file
 from hessian_lens.registry import ArchitectureError
 
 FORMAT = "hessian-lens-checkpoint/1"
@@ -157,6 +158,7 @@ def read_checkpoint(
     else:
         state, meta = _read_torch(path, head, max_bytes, name)
     _check_tensors(state, name)
+    _check_expansion(state, name)
     return state, meta
 
 
@@ -314,7 +316,27 @@ def _read_torch(
         )
     if head.startswith(b"PK\x03\x04"):
         _check_zip_sizes(path, max_bytes, name)
+    check_pickle(path, max_bytes, name)
     return _unpack(_torch_load(path, name), name)
+
+
+def check_pickle(source: Any, max_bytes: int | None, name: str) -> None:
+    """Dry-run a ``torch.save`` file's pickle before ``torch.load`` (:mod:`pickles`).
+
+    Raises:
+        CheckpointError: a global beyond tensors (named), a pickle building too many
+            objects, a tensor larger than ``max_bytes``, or a malformed pickle.
+    """
+    try:
+        check_torch_file(source, max_bytes)
+    except PickleRefusedError as err:
+        raise CheckpointError(
+            f"{name} holds pickled Python objects beyond tensors ({err}). Hessian Lens "
+            "never runs code from a file and reads only tensors, dicts and plain values; "
+            "re-save it with torch.save(model.state_dict(), path) or as safetensors."
+        ) from None
+    except Exception as err:  # hostile bytes raise anything: one clean message for all
+        raise _corrupt(name, err) from None
 
 
 def _check_zip_sizes(path: Path, max_bytes: int | None, name: str) -> None:
@@ -718,6 +740,26 @@ def _check_memory(model: nn.Module, state: Mapping[str, Tensor], what: str) -> N
             f"{what}: {type(model).__name__} needs {need / 2**20:,.0f} MB of weights but the "
             f"file stores only {stored / 2**20:,.1f} MB (expanded or shared tensors); "
             "refusing to allocate it."
+        )
+
+
+def _check_expansion(state: Mapping[str, Tensor], what: str) -> None:
+    """Refuse tensors that would need far more memory than the file stores.
+
+    A tensor expanded from one stored value (stride 0) costs nothing to read, but every
+    check of its values (NaN, inf) and every copy allocates all of it. Checked at read
+    time, before any value is looked at, by the CLI and the page alike.
+    """
+    logical = sum(t.numel() * t.element_size() for t in state.values())
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()
+    }
+    stored = sum(storages.values())
+    if logical > 2 * stored + MEMORY_SLACK_BYTES:
+        raise CheckpointError(
+            f"{what}: its tensors hold {logical / 2**20:,.0f} MB of values but the file "
+            f"stores only {stored / 2**20:,.1f} MB (tensors expanded from a few values, or "
+            "many names sharing one storage); refusing to read them."
         )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 
@@ -301,6 +302,8 @@ def _analyze(args) -> int:
     from hessian_lens import distributed
     from hessian_lens.analyze import AnalysisSettings
 
+    if not math.isfinite(args.lease_seconds) or args.lease_seconds <= 0:
+        raise ValueError(f"--lease-seconds must be a finite number > 0, got {args.lease_seconds}")
     settings = AnalysisSettings(
         samples=args.samples,
         partition=args.partition,
@@ -372,8 +375,9 @@ def _shard_mode(args, world: int) -> str:
 
 def _inspect(args) -> int:
     from hessian_lens.inspection import Inspection
+    from hessian_lens.settings import checkpoint_limit_bytes
 
-    ins = Inspection.open(args.path)
+    ins = Inspection.open(args.path, max_bytes=checkpoint_limit_bytes())
     model, meta = ins.build(args.architecture, args.model_kwargs)
     out = {
         "file": args.path,

@@ -238,8 +238,9 @@ def check_model_fits(model: nn.Module, data: ImageData, classes: bool = True) ->
     if expected is not None and tuple(expected) != data.shape[: len(expected)]:
         raise DataError(f"the model expects {_shape_text(expected)}, the data gives {given}")
     x = data.normalize(data.x[:2]).to(next(model.parameters()).dtype)
-    was = model.training
-    model.eval()
+    modes = [(m, m.training) for m in model.modules()]
+    for m, _ in modes:  # not model.eval(): torch.export modules refuse it
+        m.training = False
     try:
         with torch.no_grad():
             out = model(x.to(next(model.parameters()).device))
@@ -249,7 +250,8 @@ def check_model_fits(model: nn.Module, data: ImageData, classes: bool = True) ->
             f"the model expects {want}, the data gives {given} ({str(err).splitlines()[0][:120]})"
         ) from None
     finally:
-        model.train(was)
+        for m, was in modes:
+            m.training = was
     if classes and out.dim() == 2 and data.num_classes > out.shape[1]:
         raise DataError(
             f"the data has labels up to {data.num_classes - 1} but the model has "
@@ -388,11 +390,33 @@ def _read_npz(path: str, mtime_ns: int, train: bool) -> tuple[Tensor, Tensor]:
         raise DataError(f"{path} is not a readable npz file ({err})") from None
     with z:
         keys = _npz_keys(path, files, split)
+        _check_npz_sizes(z, keys, path)
         try:
             x, y = z[keys[0]], z[keys[1]]
         except (ValueError, OSError, EOFError) as err:
             raise DataError(f"{path}: cannot read {keys[0]} / {keys[1]} ({err})") from None
     return _images(x, f"{Path(path).name}:{keys[0]}"), _labels(y, f"{Path(path).name}:{keys[1]}")
+
+
+def _check_npz_sizes(z: np.lib.npyio.NpzFile, keys: tuple[str, str], path: str) -> None:
+    """Refuse members that declare more than the data limit, before inflating them.
+
+    The sizes come from the zip's directory (what ``np.load`` would allocate); a 4 MB npz
+    can declare gigabytes.
+    """
+    from hessian_lens.settings import DATA_LIMIT_ENV, data_limit_bytes
+
+    limit = data_limit_bytes()
+    try:
+        declared = sum(z.zip.getinfo(f"{key}.npy").file_size for key in keys)
+    except (KeyError, AttributeError):
+        return  # an uncompressed-name oddity: np.load reports it
+    if declared > limit:
+        raise DataError(
+            f"{path}: {keys[0]} and {keys[1]} hold {declared / 2**20:,.0f} MB once "
+            f"decompressed, over the {limit / 2**20:,.0f} MB limit for one split; set "
+            f"{DATA_LIMIT_ENV} higher if you trust the file"
+        )
 
 
 def _npz_keys(path: str, files: list[str], split: str) -> tuple[str, str]:
@@ -442,8 +466,16 @@ def _statistics(key: str, x: Tensor) -> tuple[tuple[float, ...], tuple[float, ..
     sample = x[:: max(1, len(x) // 10_000)]
     v = sample.float().div(255.0) if sample.dtype == torch.uint8 else sample.float()
     mean = v.mean(dim=(0, 2, 3))
-    std = v.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+    std = v.std(dim=(0, 2, 3))
+    if len(v) > 1 and bool((std == 0).any()):
+        raise DataError(
+            f"{key}: the images are constant (one value in every pixel of a channel, e.g. all "
+            "zero): they carry nothing to train on or analyse; check the data set"
+        )
+    # rounded as recorded in run.json, never to 0 (a division by zero: NaN inputs)
+    return tuple(round(float(m), 4) for m in mean), tuple(
+        max(round(float(s), 4), 1e-4) for s in std
+    )
 
 
 def split_validation(data: ImageData, size: int) -> tuple[ImageData, ImageData]:
@@ -478,29 +510,81 @@ def load_image_folder(folder: str | os.PathLike, train: bool = True) -> ImageDat
 
 
 def _read_images(base: Path, classes: list[str]) -> tuple[Tensor, Tensor]:
-    from PIL import Image, UnidentifiedImageError
+    from hessian_lens.settings import data_limit_bytes
 
+    files = [
+        (label, path)
+        for label, name in enumerate(classes)
+        for path in sorted((base / name).iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    ]
+    budget = _ImageBudget(len(files), data_limit_bytes())
     images, labels, size = [], [], None
-    for label, name in enumerate(classes):
-        for path in sorted((base / name).iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-                continue
-            try:
-                with Image.open(path) as im:
-                    arr = np.asarray(im.convert("RGB" if im.mode not in ("L",) else "L"))
-            except (UnidentifiedImageError, OSError) as err:
-                raise DataError(f"{path} is not a readable image ({err})") from None
-            arr = arr[..., None] if arr.ndim == 2 else arr
-            if size is None:
-                size = arr.shape
-            if arr.shape != size:
-                raise DataError(f"{path} is {arr.shape}, other images are {size}: resize them")
-            images.append(arr)
-            labels.append(label)
+    for label, path in files:
+        arr = _decode(path, budget)
+        arr = arr[..., None] if arr.ndim == 2 else arr
+        if size is None:
+            size = arr.shape
+        if arr.shape != size:
+            raise DataError(f"{path} is {arr.shape}, other images are {size}: resize them")
+        images.append(arr)
+        labels.append(label)
     if not images:
         raise DataError(f"{base}: no images ({', '.join(IMAGE_SUFFIXES)}) in the class folders")
     x = torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy())
     return x, torch.tensor(labels, dtype=torch.int64)
+
+
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def _decode(path: Path, budget: _ImageBudget) -> np.ndarray:
+    """One image as uint8 (H, W[, C]), its size checked from its header before decoding."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                budget.check(path, im)
+                return np.asarray(im.convert("RGB" if im.mode not in ("L",) else "L"))
+    except Image.DecompressionBombError:
+        raise budget.too_many_pixels(path) from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"{path} is not a readable image ({err})") from None
+
+
+@dataclass
+class _ImageBudget:
+    """What a folder of images may cost once decoded, checked from each image's header."""
+
+    count: int
+    limit: int
+
+    def check(self, path: Path, im) -> None:
+        """Refuse an image too large, or a folder of such images over the data limit."""
+        from hessian_lens.settings import DATA_LIMIT_ENV
+
+        width, height = im.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise self.too_many_pixels(path, width * height)
+        total = self.count * width * height * (1 if im.mode == "L" else 3)
+        if total > self.limit:
+            raise DataError(
+                f"{path.parent.parent}: {self.count} images of {width}x{height} pixels hold "
+                f"{total / 2**20:,.0f} MB decoded, over the {self.limit / 2**20:,.0f} MB limit; "
+                f"resize them or set {DATA_LIMIT_ENV} higher"
+            )
+
+    def too_many_pixels(self, path: Path, pixels: int | None = None) -> DataError:
+        """The error of an image with more than :data:`MAX_IMAGE_PIXELS` pixels."""
+        count = f"{pixels / 1e6:,.0f} M" if pixels else "too many "
+        return DataError(
+            f"{path} has {count}pixels (limit {MAX_IMAGE_PIXELS / 1e6:.0f} M, checked before "
+            "decoding it); a data set's images are small: resize it"
+        )
 
 
 def load_safetensors_data(path: str | os.PathLike, train: bool = True) -> ImageData:
@@ -538,6 +622,8 @@ def load_safetensors_data(path: str | os.PathLike, train: bool = True) -> ImageD
         and x.shape[1] not in (1, 3)
     ):
         x = x.permute(0, 3, 1, 2).contiguous()
+    if y.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: exact in float32
+        y = y.float()
     y = _labels(y.numpy(), f"{path.name}:{names[1]}")
     mean, std = _statistics(str(path) + split, x)
     return ImageData(x, y, f"{path.name}:{split}", mean, std)

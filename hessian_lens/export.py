@@ -66,12 +66,15 @@ one.
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import keyword
+import logging
 import math
 import re
 import tempfile
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -82,13 +85,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hessian_lens.checkpoint import DEFAULT_MAX_BYTES, CheckpointError
+from hessian_lens.checkpoint import DEFAULT_MAX_BYTES, CheckpointError, check_pickle
+from hessian_lens.files import UnsafeFileError, loads_bounded
 
 CHUNK = 1 << 20
 MAX_MEMBERS = 100_000
 MAX_EXPR_CHARS = 4000
 MAX_EXPR_NODES = 2000
+MAX_CALL_ARGS = 32
+#: Max / Min / And / Or take at most this many arguments: sympy compares every pair of
+#: them (200 arguments took minutes), and all such calls of a program together may cost at
+#: most MAX_PAIRWISE_COST (the sum of their squared argument counts).
+MAX_PAIRWISE_ARGS = 8
+MAX_PAIRWISE_COST = 2000
+MAX_PROGRAM_EXPR_NODES = 200_000
 MAX_INT = 2**63
+MAX_JSON_DEPTH = 64  # a program's JSON is about 12 deep; its values are checked one by one
 
 PROGRAM = "models/model.json"
 WEIGHTS_CONFIG = "data/weights/model_weights_config.json"
@@ -198,7 +210,7 @@ def load_exported(
         with tempfile.TemporaryDirectory(prefix="hessian-lens-pt2-") as tmp:
             clean = Path(tmp) / "sanitized.pt2"
             _write_sanitized(archive, program.json, clean)
-            module = _rebuild(clean, program, name)
+            module = _rebuild(clean, program, name, max_bytes)
     meta = _meta(module, program, examples, archive)
     return module, meta
 
@@ -246,11 +258,15 @@ class _Archive:
         return bytes(out)
 
     def text(self, member: str) -> Any:
-        """A JSON member, parsed."""
+        """A JSON member, parsed (bounded: at most 1,000,000 objects and arrays)."""
         try:
-            return json.loads(self.read(member).decode("utf-8"))
-        except (ValueError, RecursionError) as err:  # bad UTF-8, JSON, or 5000-digit ints
+            text = self.read(member).decode("utf-8")
+        except ValueError as err:  # bad UTF-8
             raise _error(self.name, f"has invalid JSON in {member} ({err})", _REEXPORT) from None
+        try:
+            return loads_bounded(text, member, max_depth=MAX_JSON_DEPTH)
+        except UnsafeFileError as err:  # too many objects, too deep, bad JSON, 5000-digit ints
+            raise _error(self.name, f"has unusable JSON: {err}", _REEXPORT) from None
 
 
 def _open_zip(path: Path, max_bytes: int | None, name: str) -> zipfile.ZipFile:
@@ -409,10 +425,15 @@ def _walk(obj: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _check_values(program: dict, name: str) -> None:
-    """Symbolic expressions, operator arguments and custom objects anywhere in the JSON."""
+    """Symbolic expressions, operator arguments and custom objects anywhere in the JSON.
+
+    The expressions together are bounded too (their nodes, and the pairwise comparisons
+    their Max / Min calls cost sympy), so that rebuilding them takes a bounded time.
+    """
+    budget = _ExprBudget(name)
     for key, value in _walk(program):
         if key == "expr_str":
-            _check_expr(value, name)
+            budget.charge(_check_expr(value, name), value)
         elif key == "as_operator":
             _check_target(value, name)
         elif key == "as_graph":
@@ -476,7 +497,34 @@ def _check_target(target: Any, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------- sympy text
-def _check_expr(text: Any, name: str) -> None:
+class _ExprBudget:
+    """What a program's symbolic expressions may cost sympy, all together."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.nodes, self.pairs = name, 0, 0
+
+    def charge(self, nodes: list[ast.AST], text: str) -> None:
+        """Count an expression's nodes and its Max / Min pairs; refuse past the budget."""
+        self.nodes += len(nodes)
+        self.pairs += sum(
+            len(n.args) ** 2
+            for n in nodes
+            if isinstance(n, ast.Call) and getattr(n.func, "id", None) in _PAIRWISE
+        )
+        if self.nodes > MAX_PROGRAM_EXPR_NODES or self.pairs > MAX_PAIRWISE_COST:
+            raise _error(
+                self.name,
+                f"holds symbolic sizes too large to rebuild in a bounded time (up to "
+                f"{text[:60]!r}: {self.nodes:,} expression nodes, {self.pairs:,} pairwise "
+                "comparisons of Max/Min arguments)",
+                _REEXPORT,
+            )
+
+
+_PAIRWISE = frozenset({"Max", "Min", "And", "Or"})
+
+
+def _check_expr(text: Any, name: str) -> list[ast.AST]:
     """Refuse an ``expr_str`` that is more than a small sympy expression.
 
     torch rebuilds it with ``sympy.sympify``, i.e. ``eval``: only calls of allow-listed sympy
@@ -495,6 +543,7 @@ def _check_expr(text: Any, name: str) -> None:
     for node in nodes:  # breadth first: a call is seen before its arguments
         if not _expr_node_ok(node, strings):
             raise _bad_expr(text, name)
+    return nodes
 
 
 def _expr_node_ok(node: ast.AST, strings: set[int]) -> bool:
@@ -527,6 +576,8 @@ def _call_ok(node: ast.Call, strings: set[int]) -> bool:
     if func not in _SYMPY_FUNCS or not all(_keyword_ok(k, func) for k in node.keywords):
         return False
     args = node.args
+    if len(args) > (MAX_PAIRWISE_ARGS if func in _PAIRWISE else MAX_CALL_ARGS):
+        return False
     if func in ("Symbol", "Float") and args and isinstance(args[0], ast.Constant):
         pattern = _SYMBOL_NAME if func == "Symbol" else _FLOAT_TEXT
         if isinstance(args[0].value, str) and pattern.fullmatch(args[0].value):
@@ -834,6 +885,7 @@ def _example_shapes(archive: _Archive) -> list[list[int]] | None:
         return None
     data = archive.read(SAMPLE_INPUTS)
     _check_nested_zip(data, archive)
+    check_pickle(io.BytesIO(data), archive.max_bytes, f"{archive.name}'s sample inputs")
     try:
         sample = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # any failure of the restricted unpickler
@@ -902,11 +954,18 @@ def _on_cpu(config: dict) -> dict:
     return config
 
 
-def _rebuild(clean: Path, program: _Program, name: str) -> nn.Module:
+def _rebuild(clean: Path, program: _Program, name: str, max_bytes: int | None) -> nn.Module:
     try:
-        module = torch.export.load(clean).module()
+        with _quiet_torch():
+            exported = torch.export.load(clean)
+            _check_allocations(exported, program, name, max_bytes)
+            module = exported.module()
+    except CheckpointError:
+        raise
     except Exception as err:  # torch raises many types on a bad program
         why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        if "warnings above" in why:  # torch's log, silenced: say what it usually means
+            why = "its deserializer failed: a symbolic size without a range, or a malformed node"
         raise _error(
             name,
             f"passed the safety checks, but torch could not rebuild the program ({why})",
@@ -923,6 +982,93 @@ def _rebuild(clean: Path, program: _Program, name: str) -> nn.Module:
         )
     module.register_forward_pre_hook(InputCheck(program.inputs, name), prepend=True)
     return module
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """No log records or warnings while torch reads a file: its error is reported in one line.
+
+    torch logs a whole traceback (140+ lines) before raising on, e.g., a symbol without a
+    range. ``logging.disable`` is process-wide; it is restored at once.
+    """
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _check_allocations(exported: Any, program: _Program, name: str, limit: int | None) -> None:
+    """Run the graph on fake tensors (shapes only); refuse any step above ``limit`` bytes.
+
+    A graph can allocate at run time whatever its arguments say (``aten.ones([30000,
+    30000])``: 3.4 GB from a few bytes of JSON); propagating fake tensors at the example
+    input shapes computes every intermediate's size without allocating any of them.
+    """
+    if limit is None:
+        return
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        args = _fake_inputs(exported, program, mode)
+        try:
+            _Sizes(exported.graph_module, limit, name).run(*args)
+        except CheckpointError:
+            raise
+        except Exception as err:  # an operator without shape rules, a bad argument
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise _error(
+                name, f"cannot be checked before running it ({why})", _UNSUPPORTED
+            ) from None
+
+
+class _Sizes(torch.fx.Interpreter):
+    """Runs a graph (on fake tensors) and refuses the first step above ``limit`` bytes."""
+
+    def __init__(self, gm: torch.fx.GraphModule, limit: int, name: str) -> None:
+        super().__init__(gm)
+        self.extra_traceback = False
+        self.limit, self.name = limit, name
+
+    def run_node(self, node: torch.fx.Node) -> Any:
+        """Run one node and check the size of what it returns."""
+        out = super().run_node(node)
+        leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, Tensor)]
+        nbytes = sum(t.numel() * t.element_size() for t in leaves)
+        if nbytes > self.limit:
+            raise _error(
+                self.name,
+                f"would allocate {_mb(nbytes)} in one step ({node.target} -> "
+                f"{[tuple(t.shape) for t in leaves][:2]}), over the {_mb(self.limit)} "
+                "limit, at its example input shape",
+                _TRUST,
+            )
+        return out
+
+
+def _fake_inputs(exported: Any, program: _Program, mode: Any) -> list:
+    """The graph's placeholders: its weights as fake tensors, inputs of the example shapes."""
+    from torch.export.graph_signature import InputKind
+
+    users = iter(program.inputs)
+    out = []
+    for spec in exported.graph_signature.input_specs:
+        if spec.kind == InputKind.USER_INPUT:
+            user = next(users)
+            shape = [s if s is not None else 2 for s in user.example]
+            with mode:
+                out.append(torch.empty(shape, dtype=getattr(torch, user.dtype)))
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+            value = exported.state_dict.get(spec.target)
+            if value is None:  # a non-persistent buffer
+                value = exported.constants[spec.target]
+            out.append(mode.from_tensor(value))
+        else:
+            out.append(mode.from_tensor(exported.constants[spec.target]))
+    return out
 
 
 class InputCheck:

@@ -20,6 +20,9 @@ from typing import Any
 
 MAX_JSON_DEPTH = 32
 DEFAULT_JSON_BYTES = 64 * 2**20
+#: JSON objects and arrays one document may hold: ``[{},{},...]`` costs ~60 bytes of memory
+#: per 3 bytes of text, so a size limit alone does not bound what parsing builds.
+MAX_JSON_CONTAINERS = 1_000_000
 
 
 class UnsafeFileError(ValueError):
@@ -107,18 +110,30 @@ def read_json(path: str | os.PathLike, max_bytes: int = DEFAULT_JSON_BYTES) -> A
     return loads_bounded(path.read_bytes(), path.name)
 
 
-def loads_bounded(text: str | bytes, what: str = "JSON") -> Any:
-    """``json.loads`` that refuses nesting deeper than :data:`MAX_JSON_DEPTH`.
+def loads_bounded(
+    text: str | bytes,
+    what: str = "JSON",
+    max_depth: int = MAX_JSON_DEPTH,
+    max_containers: int = MAX_JSON_CONTAINERS,
+) -> Any:
+    """``json.loads`` that refuses nesting deeper than ``max_depth`` or too many containers.
 
-    The depth is checked on the raw text first, so a 200,000-deep document never reaches
-    the recursive parser.
+    Both are checked on the raw text first, so a 200,000-deep document never reaches the
+    recursive parser and millions of ``{}`` are never built.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
-    depth = json_text_depth(text)
-    if depth > MAX_JSON_DEPTH:
+    steps = _structure(text)
+    containers = steps.count(2)  # first: at C speed, before the depth scan
+    if containers > max_containers:
         raise UnsafeFileError(
-            f"{what} is nested {depth} levels deep (limit {MAX_JSON_DEPTH}); refusing it."
+            f"{what} holds {containers:,} JSON objects and arrays (limit {max_containers:,}); "
+            "refusing to build them."
+        )
+    depth = max(0, max(accumulate(b - 1 for b in steps), default=0))
+    if depth > max_depth:
+        raise UnsafeFileError(
+            f"{what} is nested {depth} levels deep (limit {max_depth}); refusing it."
         )
     try:
         return json.loads(text)
@@ -137,10 +152,15 @@ def json_text_depth(text: str | bytes) -> int:
         >>> json_text_depth('{"a": "[[[", "b": [[1], {"c": "\\]"}]}')
         3
     """
+    steps = _structure(text)
+    return max(0, max(accumulate(b - 1 for b in steps), default=0))
+
+
+def _structure(text: str | bytes) -> bytes:
+    """The brackets of a JSON text outside strings, opening ones as 2, closing ones as 0."""
     raw = text.encode("utf-8", "replace") if isinstance(text, str) else bytes(text)
     raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
-    steps = b"".join(raw.split(b'"')[::2]).translate(_STEP)  # [ { -> 2, ] } -> 0
-    return max(0, max(accumulate(b - 1 for b in steps), default=0))
+    return b"".join(raw.split(b'"')[::2]).translate(_STEP)  # [ { -> 2, ] } -> 0
 
 
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')

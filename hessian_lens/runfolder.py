@@ -81,7 +81,11 @@ def checkpoint_order(path: Path) -> tuple[float, str]:
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
-    """The checkpoint files of a folder (regular files of every suffix), by epoch."""
+    """The checkpoint files of a folder (regular files of every suffix), by epoch.
+
+    A symbolic link counts only when it points inside the folder: a run folder is never a
+    way to read files elsewhere.
+    """
     folder = Path(folder)
     try:
         entries = list(folder.iterdir())
@@ -90,9 +94,22 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     files = [
         p
         for p in entries
-        if p.suffix in CHECKPOINT_SUFFIXES and p.name != RESUME_FILE and is_regular_file(p)
+        if p.suffix in CHECKPOINT_SUFFIXES
+        and p.name != RESUME_FILE
+        and is_regular_file(p)
+        and _stays_inside(p, folder)
     ]
     return sorted(files, key=checkpoint_order)
+
+
+def _stays_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (a link followed) lies in ``folder``."""
+    if not path.is_symlink():
+        return True
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a loop of links
+        return False
 
 
 def is_run(folder: str | Path) -> bool:

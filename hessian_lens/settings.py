@@ -6,6 +6,10 @@
 - ``HESSIAN_LENS_MAX_UPLOAD_MB``: the largest checkpoint accepted (default 500).
 - ``HESSIAN_LENS_CACHE_MB``: the upload cache's size before LRU eviction (default 2000).
 - ``HESSIAN_LENS_MODELS``: the operator's model files (``@register_model``), ``:``-separated.
+- ``HESSIAN_LENS_MAX_CHECKPOINT_MB``: the largest checkpoint ``analyze`` and ``inspect`` read,
+  also once inflated (default 500).
+- ``HESSIAN_LENS_MAX_DATA_MB``: the most bytes one data split may hold once decoded (an npz
+  member, a folder of images; default 1024).
 
 A bad value is a :class:`SettingsError` naming the variable, raised when the setting is
 read (the dashboard shows it on its first page; the CLI prints it as one line).
@@ -23,8 +27,12 @@ CACHE_ENV = "HESSIAN_LENS_CACHE"
 UPLOAD_LIMIT_ENV = "HESSIAN_LENS_MAX_UPLOAD_MB"
 CACHE_LIMIT_ENV = "HESSIAN_LENS_CACHE_MB"
 MODELS_ENV = "HESSIAN_LENS_MODELS"
+CHECKPOINT_LIMIT_ENV = "HESSIAN_LENS_MAX_CHECKPOINT_MB"
+DATA_LIMIT_ENV = "HESSIAN_LENS_MAX_DATA_MB"
 DEFAULT_UPLOAD_MB = 500.0
 DEFAULT_CACHE_MB = 2000.0
+DEFAULT_CHECKPOINT_MB = 500.0
+DEFAULT_DATA_MB = 1024.0
 MAX_MEGABYTES = 1024.0 * 1024.0  # 1 TB: beyond is a typo, not a setting
 MB = 2**20
 
@@ -63,6 +71,16 @@ def upload_limit_bytes() -> int:
     return megabytes(UPLOAD_LIMIT_ENV, DEFAULT_UPLOAD_MB)
 
 
+def checkpoint_limit_bytes() -> int:
+    """Largest run checkpoint read by ``analyze`` / ``inspect``, also once inflated."""
+    return megabytes(CHECKPOINT_LIMIT_ENV, DEFAULT_CHECKPOINT_MB)
+
+
+def data_limit_bytes() -> int:
+    """Most bytes one data split may hold once decoded (``$HESSIAN_LENS_MAX_DATA_MB``)."""
+    return megabytes(DATA_LIMIT_ENV, DEFAULT_DATA_MB)
+
+
 def cache_limit_bytes() -> int:
     """Size of the upload cache before the least recently used files go."""
     return megabytes(CACHE_LIMIT_ENV, DEFAULT_CACHE_MB)
@@ -98,3 +116,5 @@ def check_all() -> None:
     """
     upload_limit_bytes()
     cache_limit_bytes()
+    checkpoint_limit_bytes()
+    data_limit_bytes()

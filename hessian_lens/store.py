@@ -47,8 +47,17 @@ from hessian_lens.files import UnsafeFileError, loads_bounded
 
 SCHEMA_VERSION = "1"
 BUSY_MS = 60_000
+#: Every connection's work is bounded (SQLite's progress handler): a store edited to make
+#: SQLite loop (a trigger reading a never-ending recursive view) fails instead of hanging.
+QUERY_SECONDS = 120.0
+_PROGRESS_STEPS = 10_000
+_OUR_TABLES = ("results", "meta", "claims")
 MAX_ARRAY_ITEMS = 64  # arrays per record
 MAX_SUMMARY_BYTES = 16 * 2**20
+#: The most groups a record may list: the discrete partition's limit (one group per scalar).
+MAX_GROUPS = 5000
+#: S x S arrays a record holds at most (H, Hinv, their normalised forms, 3 block inverses).
+MAX_MATRICES = 12
 _RESULT_COLUMNS = (
     "checkpoint_sha",
     "settings_key",
@@ -128,8 +137,14 @@ class ResultStore:
             self._uri = _readonly_uri(self.path)
             self._check_ours()
             return
+        if self.path.is_symlink():
+            raise StoreError(
+                f"{self.path} is a symbolic link (to {os.readlink(self.path)}); Hessian Lens "
+                "writes only a real analysis.sqlite inside the run folder. Remove the link."
+            )
         if not self.path.exists():
             self._create()
+        self._recover()
         self._check_ours(writable=True)
         self._leave_wal()
         with self._connect() as db:  # one transaction: others see no table or all of them
@@ -172,6 +187,39 @@ class ResultStore:
             for extra in ("", "-wal", "-shm", "-journal"):
                 Path(f"{tmp}{extra}").unlink(missing_ok=True)
 
+    def _recover(self) -> None:
+        """Roll back a hot journal (a writer killed mid-transaction): SQLite does it on read.
+
+        Only a read-write connection may; a viewer is told to run ``analyze``.
+        """
+        if not _hot_journal(self.path):
+            return
+        db = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None)
+        try:  # best effort: a file that stays unreadable is reported by _check_ours
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            pass
+        finally:
+            db.close()
+
+    def discard_if_empty(self) -> bool:
+        """Delete the file if it holds no result and no claim (a run that failed at once).
+
+        The file is removed while the write lock is held; returns whether it was.
+        """
+        try:
+            with self._connect() as db:
+                db.execute("BEGIN IMMEDIATE")
+                rows = db.execute(
+                    "SELECT (SELECT count(*) FROM results) + (SELECT count(*) FROM claims)"
+                ).fetchone()[0]
+                if rows == 0:
+                    self.path.unlink()
+                db.execute("COMMIT")
+        except (StoreError, OSError):
+            return False
+        return rows == 0
+
     def _leave_wal(self) -> None:
         """Switch a WAL store (earlier versions) to the rollback journal, if no one has it open.
 
@@ -205,6 +253,7 @@ class ResultStore:
                 db.execute(f"PRAGMA busy_timeout = {BUSY_MS}")
         except sqlite3.Error as err:
             raise StoreError(f"{self.path}: cannot open the store ({err}).") from None
+        _time_bound(db)
         return _Closing(db, self.path)
 
     def _check_ours(self, writable: bool = False) -> None:
@@ -218,10 +267,13 @@ class ResultStore:
         uri = self._uri if self.readonly else _readonly_uri(self.path)
         try:
             db = sqlite3.connect(uri, uri=True, timeout=10.0)
+            _time_bound(db)
             try:
+                objects = db.execute("SELECT type, name, tbl_name FROM sqlite_master").fetchall()
                 tables = {
                     name: {c[1] for c in db.execute(f"PRAGMA table_info({name})")}
-                    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                    for kind, name, _ in objects
+                    if kind == "table" and name in _OUR_TABLES
                 }
                 schema = (
                     db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -231,8 +283,10 @@ class ResultStore:
             finally:
                 db.close()
         except sqlite3.Error:
-            tables, schema = {"?": set()}, None
-        if writable and not tables:
+            if _hot_journal(self.path):
+                raise StoreError(_interrupted(self.path)) from None
+            objects, tables, schema = [("?", "?", "?")], {}, None
+        if writable and not objects:
             return
         if not set(_RESULT_COLUMNS) <= tables.get("results", set()) or schema is None:
             raise StoreError(
@@ -240,6 +294,7 @@ class ResultStore:
                 "or not SQLite at all); it was left as it is. Move it away, or analyse into "
                 "another folder."
             )
+        _check_schema_objects(self.path, objects)
 
     # ------------------------------------------------------------------ queries
     def has(self, checkpoint_sha: str, settings: dict[str, Any]) -> bool:
@@ -413,9 +468,58 @@ class _Closing:
 
     def __exit__(self, kind, err, tb) -> bool:
         self.db.close()
+        if isinstance(err, sqlite3.OperationalError) and str(err) == "interrupted":
+            raise StoreError(
+                f"{self.path}: a query took longer than {QUERY_SECONDS:g} s and was stopped "
+                "(a store edited to make SQLite loop?); move the file away."
+            ) from None
         if isinstance(err, sqlite3.DatabaseError) and not isinstance(err, sqlite3.IntegrityError):
+            if _hot_journal(self.path):
+                raise StoreError(_interrupted(self.path)) from None
             raise StoreError(f"{self.path}: the store cannot be read ({err}).") from None
         return False
+
+
+def _time_bound(db: sqlite3.Connection) -> None:
+    """Stop any statement of this connection running past :data:`QUERY_SECONDS`."""
+    deadline = time.monotonic() + QUERY_SECONDS
+    db.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_STEPS)
+
+
+def _check_schema_objects(path: Path, objects: list[tuple[str, str, str]]) -> None:
+    """Refuse triggers, views, indexes and tables a Hessian Lens store never has.
+
+    A trigger runs SQL chosen by whoever wrote the file on every write (an endless
+    recursive view hangs ``analyze``); nothing in our schema needs one.
+    """
+    odd = [
+        f"{kind} {name[:40]!r}"
+        for kind, name, table in objects
+        if not (kind == "table" and name in _OUR_TABLES)
+        and not (kind == "index" and name.startswith("sqlite_autoindex_") and table in _OUR_TABLES)
+    ]
+    if odd:
+        raise StoreError(
+            f"{path} holds schema objects a Hessian Lens store never has ({', '.join(odd[:4])}); "
+            "it was left as it is and nothing in it was run. Move it away, or analyse into "
+            "another folder."
+        )
+
+
+def _hot_journal(path: Path) -> bool:
+    """Whether a non-empty rollback journal lies beside ``path`` (an interrupted write)."""
+    try:
+        return Path(f"{path}-journal").stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _interrupted(path: Path) -> str:
+    return (
+        f"{path} holds an interrupted write; run analyze to recover "
+        f"(`python -m hessian_lens analyze {path.parent}`): a writer was killed in the middle "
+        f"of a transaction and left {path.name}-journal, which only a writer may roll back."
+    )
 
 
 def _readonly_uri(path: Path) -> str:
@@ -457,6 +561,8 @@ def unpack_arrays(blob: bytes, max_items: int) -> dict[str, np.ndarray]:
             if len(infos) > MAX_ARRAY_ITEMS:
                 raise StoreError(f"a stored record holds {len(infos)} arrays; refusing it")
             big = [i.filename for i in infos if i.file_size > limit]
+            if sum(i.file_size for i in infos) > MAX_MATRICES * limit:
+                big = big or [f"{len(infos)} arrays together"]
             if big:
                 raise StoreError(
                     f"a stored record declares arrays larger than S = {int(max_items**0.5)} "
@@ -486,6 +592,11 @@ def _record(row) -> Record:
         raise StoreError("a stored record's summary is not an object")
     labels = summary.get("labels") if isinstance(summary.get("labels"), list) else []
     S = max(len(labels), 1)
+    if S > MAX_GROUPS:
+        raise StoreError(
+            f"a stored record lists {S:,} groups, more than the {MAX_GROUPS:,} an analysis "
+            "can have; refusing to read its arrays (the store was edited or is not ours)"
+        )
     return Record(
         str(sha),
         _summary(settings, "settings"),

@@ -6,13 +6,20 @@ results cache is moved aside.
 Layout under the cache folder (:func:`hessian_lens.settings.cache_dir`)::
 
     uploads/<sha256[:16]><suffix>   uploaded checkpoints (mtime = last use)
+    uploads.index                   the names this cache wrote into uploads/, one a line
     inspect.sqlite                  their analyses (a normal results store)
+
+Eviction deletes only files that the index lists, that are named as the cache names them
+and that are regular files (never a link), in an ``uploads`` folder that is itself not a
+link: another program's files are never deleted, even if the folder is pointed elsewhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import stat
 import time
 from pathlib import Path
 
@@ -23,6 +30,8 @@ from hessian_lens.store import ResultStore, StoreError
 UPLOADS = "uploads"
 STORE = "inspect.sqlite"
 SUFFIXES = (".pt", ".pth", ".safetensors", ".pt2")
+INDEX = "uploads.index"
+_OURS = re.compile(r"[0-9a-f]{16}\.(pt|pth|safetensors|pt2)")
 
 
 def save_upload(cache: Path, name: str, data: bytes, limit: int) -> tuple[Path, str]:
@@ -41,19 +50,56 @@ def save_upload(cache: Path, name: str, data: bytes, limit: int) -> tuple[Path, 
             f"{name} is {len(data) / 2**20:,.1f} MB, over the {limit / 2**20:,.1f} MB limit; "
             "set HESSIAN_LENS_MAX_UPLOAD_MB to accept larger files."
         )
+    folder = _own_folder(cache)
+    if folder is None:
+        raise CheckpointError(
+            f"the upload folder {cache / UPLOADS} is a symbolic link; the upload cache writes "
+            "and deletes only in a folder of its own. Remove the link, or set "
+            "HESSIAN_LENS_CACHE to another folder."
+        )
     sha = hashlib.sha256(data).hexdigest()
-    path = cache / UPLOADS / f"{sha[:16]}{suffix}"
+    path = folder / f"{sha[:16]}{suffix}"
     if path.exists():
-        os.utime(path)
+        os.utime(path, follow_symlinks=False)
     else:
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    if path.name not in _index(cache):  # one short line: an atomic append, never via a link
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        fd = os.open(cache / INDEX, flags, 0o666)
+        try:
+            os.write(fd, (path.name + "\n").encode())
+        finally:
+            os.close(fd)
     return path, sha
 
 
 def discard(path: Path) -> None:
-    """Delete a refused upload (never a file outside the uploads folder)."""
-    if path.parent.name == UPLOADS:
+    """Delete a refused upload (only a file of the cache's own, never a link)."""
+    if path.parent.name == UPLOADS and _own_folder(path.parent.parent) and _ours(path):
         path.unlink(missing_ok=True)
+
+
+def _own_folder(cache: Path) -> Path | None:
+    """``cache/uploads`` unless it is a symbolic link (then None)."""
+    folder = cache / UPLOADS
+    return None if folder.is_symlink() else folder
+
+
+def _index(cache: Path) -> set[str]:
+    """The names the cache wrote into its uploads folder."""
+    try:
+        text = (cache / INDEX).read_text(errors="replace")
+    except OSError:
+        return set()
+    return {line for line in text.splitlines() if _OURS.fullmatch(line)}
+
+
+def _ours(path: Path) -> bool:
+    """A regular file (not a link) named as the cache names its files."""
+    try:
+        return _OURS.fullmatch(path.name) is not None and stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def evict(cache: Path, limit: int, keep: Path | None = None) -> list[Path]:
@@ -74,23 +120,26 @@ def evict(cache: Path, limit: int, keep: Path | None = None) -> list[Path]:
         path.unlink(missing_ok=True)
         total -= size
         gone.append(path)
+    if gone:  # a name appended meanwhile may be lost: that file is then kept, never deleted
+        left = sorted(_index(cache) - {p.name for p in gone})
+        atomic_write(cache / INDEX, lambda tmp: Path(tmp).write_text("\n".join(left) + "\n"))
     return gone
 
 
 def _sizes(cache: Path) -> dict[Path, tuple[float, int]]:
-    """``{upload: (mtime, bytes)}`` of the files that still exist."""
+    """``{upload: (mtime, bytes)}`` of the cache's own files that still exist (the index's)."""
+    folder = _own_folder(cache)
+    if folder is None:
+        return {}
     out = {}
-    try:
-        entries = list((cache / UPLOADS).iterdir())
-    except OSError:
-        return out
-    for p in entries:
+    for name in _index(cache):
+        path = folder / name
         try:
-            st = p.stat()
+            st = path.lstat()
         except OSError:
             continue
-        if p.is_file():
-            out[p] = (st.st_mtime, st.st_size)
+        if stat.S_ISREG(st.st_mode):
+            out[path] = (st.st_mtime, st.st_size)
     return out
 
 

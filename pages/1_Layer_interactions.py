@@ -15,7 +15,7 @@ st.caption(
 
 def draw(run) -> None:
     recs = reads.records(run, settings)
-    st.markdown(f"**{run.name}** · {len(recs)} analysed checkpoints")
+    st.markdown(f"**{common.plain(run.name)}** · {len(recs)} analysed checkpoints")
     render_interactions(recs, key="interactions")
 
 

@@ -392,8 +392,8 @@ def test_expanded_tensors_cannot_make_a_tiny_file_allocate_a_big_model(tmp_path)
         {"state_dict": state, "meta": {"model": {"name": "mlp", "kwargs": {"sizes": sizes}}}}, path
     )
     assert path.stat().st_size < 10_000
-    with pytest.raises(
-        CheckpointError, match="needs 128 MB of weights but the file stores only 0.0"
+    with pytest.raises(  # refused at read time, before any model (issue 18, item 3)
+        CheckpointError, match="hold 128 MB of values but the file stores only 0.0"
     ):
         load_checkpoint(path)
 

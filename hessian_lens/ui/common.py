@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,25 @@ from hessian_lens.ui import reads
 REPO_RUNS = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
+_MARKUP = re.compile(r"[\\`\[\]<>$]")
+
+
+def plain(value: Any) -> str:
+    r"""A value read from a file, as markdown that shows it as text.
+
+    Every element of Streamlit renders markdown: a run name ``![x](http://...)`` would make
+    the browser fetch that address, ``<...>`` is HTML or a link, ``$...$`` math. Brackets,
+    angle brackets, dollars, backticks and backslashes are escaped and line breaks dropped
+    (no new block); other text, names like ``lenet5_cifar-10`` included, is unchanged.
+
+    Example:
+        >>> plain("![x](http://a/b.png) $1$")
+        '!\\[x\\](http://a/b.png) \\$1\\$'
+    """
+    text = str(value).replace("\r", " ").replace("\n", " ")
+    return _MARKUP.sub(lambda m: "\\" + m.group(0), text)
+
+
 def page(title: str, icon: str = "🔭") -> None:
     """Page configuration, the sidebar title, and a stop with a message on bad settings."""
     st.set_page_config(page_title=f"{title} · Hessian Lens", page_icon=icon, layout="wide")
@@ -23,7 +43,7 @@ def page(title: str, icon: str = "🔭") -> None:
     try:
         env.check_all()
     except env.SettingsError as err:
-        st.error(f"Settings: {err}")
+        st.error(f"Settings: {plain(err)}")
         st.stop()
 
 
@@ -37,12 +57,12 @@ def guard() -> Iterator[None]:
     try:
         yield
     except (ValueError, OSError, MemoryError) as err:
-        st.error(str(err))
+        st.error(plain(err))
     except Exception as err:
         if type(err).__name__ in ("StopException", "RerunException"):  # Streamlit control flow
             raise
         st.error(
-            f"Unexpected error ({type(err).__name__}: {str(err)[:300]}). The page could not "
+            f"Unexpected error ({type(err).__name__}: {plain(str(err)[:300])}). The page could not "
             "be drawn; please report it with the steps that led here."
         )
 
@@ -110,8 +130,8 @@ def select_settings(run: Run) -> dict[str, Any] | None:
     options = run.settings()
     if not options:
         st.warning(
-            f"Run **{run.name}** has no analysis yet: `python -m hessian_lens analyze "
-            f"{run.path}` computes one (a progress bar shows how long)."
+            f"Run **{plain(run.name)}** has no analysis yet: `python -m hessian_lens analyze "
+            f"{plain(run.path)}` computes one (a progress bar shows how long)."
         )
         return None
     labels = [describe_settings(s) for s in options]

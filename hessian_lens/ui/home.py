@@ -8,7 +8,7 @@ import streamlit as st
 
 from hessian_lens import plots
 from hessian_lens.runs import Run, describe_settings, load_run
-from hessian_lens.ui.common import fmt_epoch
+from hessian_lens.ui.common import fmt_epoch, plain
 from hessian_lens.ui.live import LIVE_MARK, REFRESH_S
 
 PAGE_SIZE = 10
@@ -50,15 +50,15 @@ def card(run: Run, selected: bool) -> None:
     """One run's card; anything unreadable in it becomes a warning on this card only."""
     with st.container(border=True):
         left, right = st.columns([1, 2])
-        left.subheader(("▶ " if selected else "") + run.name)
+        left.subheader(("▶ " if selected else "") + plain(run.name))
         if run.live():
             left.markdown(f":red[{LIVE_MARK}] — being written; this card follows it")
         for warning in run.warnings:
-            left.warning(warning)
+            left.warning(plain(warning))
         try:
             _card_body(run, left, right)
         except (ValueError, OSError, TypeError, KeyError) as err:
-            left.warning(f"Part of this run cannot be shown: {err}")
+            left.warning(f"Part of this run cannot be shown: {plain(err)}")
 
 
 def _card_body(run: Run, left, right) -> None:
@@ -67,8 +67,8 @@ def _card_body(run: Run, left, right) -> None:
     train_size = data.get("train_size")
     momentum = opt.get("momentum")
     left.markdown(
-        f"**Architecture** `{model['name']}` {model['kwargs'] or ''}"
-        + (f" · init {m.raw['init']}" if isinstance(m.raw.get("init"), str) else "")
+        f"**Architecture** {plain(model['name'])} {plain(model['kwargs'] or '')}"
+        + (f" · init {plain(m.raw['init'])}" if isinstance(m.raw.get("init"), str) else "")
         + f"  \n**Data** {_shown(data.get('name'))}"
         + (f" · {train_size:,} training images" if _count(train_size) else "")
         + f"  \n**Optimizer** {_shown(opt.get('name'))} (lr {_shown(opt.get('lr'))}"
@@ -97,10 +97,10 @@ def _analysed(run: Run, left) -> None:
         span = f" (epochs {fmt_epoch(min(epochs))}–{fmt_epoch(max(epochs))})" if epochs else ""
         left.markdown(
             f"**Analysed** {len(analysed)} checkpoints{span}: "
-            f"{describe_settings(run.settings()[0])}"
+            f"{plain(describe_settings(run.settings()[0]))}"
         )
     else:
-        left.info(f"Not analysed yet: `python -m hessian_lens analyze {run.path}`")
+        left.info(f"Not analysed yet: `python -m hessian_lens analyze {plain(run.path)}`")
 
 
 def _shown(value) -> str:
@@ -109,7 +109,7 @@ def _shown(value) -> str:
     A list or an object where a name or a number belongs is a broken file, not a label.
     """
     if isinstance(value, str) and value:
-        return value
+        return plain(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:g}" if isinstance(value, float) else str(value)
     return "?"

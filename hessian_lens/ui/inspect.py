@@ -30,7 +30,7 @@ AUTO = "auto-detect"
 def render_inspect(runs: list[Run]) -> None:
     """The whole page below its title."""
     _user_models()
-    limit = env.upload_limit_bytes()
+    limit = upload_limit()
     cache = env.cache_dir()
     upload = st.file_uploader(
         "Checkpoint",
@@ -59,6 +59,24 @@ def render_inspect(runs: list[Run]) -> None:
         + (f" · epoch {meta['epoch']}" if isinstance(meta.get("epoch"), (int, float)) else "")
     )
     _analysis(ins, runs, architecture, kwargs)
+
+
+def upload_limit() -> int:
+    """The app's upload limit, capped at the server's (``server.maxUploadSize``), with a warning.
+
+    Streamlit buffers a whole upload before the app sees it; its own limit is the one that
+    bounds the server's memory, so the app never promises more.
+    """
+    limit = env.upload_limit_bytes()
+    server = int(st.get_option("server.maxUploadSize")) * 2**20
+    if limit > server:
+        st.warning(
+            f"{env.UPLOAD_LIMIT_ENV} allows {limit / 2**20:,.0f} MB but the server accepts "
+            f"{server / 2**20:,.0f} MB (server.maxUploadSize); uploads are limited to that. "
+            f"Start the dashboard with `--server.maxUploadSize {-(-limit // 2**20)}` to "
+            "accept larger files."
+        )
+    return min(limit, server)
 
 
 def _open(upload, limit: int, cache: Path):

@@ -15,6 +15,7 @@ from hessian_lens.runs import (
     optimizer_log,
     rates_over_steps,
 )
+from hessian_lens.ui.common import plain
 
 
 def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
@@ -30,7 +31,7 @@ def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
     logs = {r.name: optimizer_log(r) for r in picked}
     for r in picked:  # a log that cannot be read: say so, not "no PartitionNewton run"
         for warning in logs[r.name][1]:
-            st.warning(f"{r.name}: {warning}")
+            st.warning(plain(f"{r.name}: {warning}"))
     # Every run with a log, those compared above first (the others' logs are read when picked).
     by_name = {r.name: r for r in [*picked, *with_history]}  # compared ones first
     newton = [r for r in by_name.values() if (r.path / OPTIMIZER_LOG).is_file()]
@@ -46,7 +47,7 @@ def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
     log, warnings = logs.get(run.name) or optimizer_log(run)
     if run.name not in logs:  # those of the compared runs are said above
         for warning in warnings:
-            st.warning(f"{run.name}: {warning}")
+            st.warning(plain(f"{run.name}: {warning}"))
     if log is None:
         return
     _rates(log, key)
@@ -96,7 +97,9 @@ def _rates(log: dict, key: str) -> None:
         st.caption(f"Log thinned to {len(log['entries']):,} of {log['total_entries']:,} entries.")
     errors = [e for e in log["entries"] if e.get("error")]
     if errors:
-        st.caption(f"{len(errors)} recomputations kept the previous rates: {errors[-1]['error']}")
+        st.caption(
+            f"{len(errors)} recomputations kept the previous rates: {plain(errors[-1]['error'])}"
+        )
 
 
 @st.cache_resource(show_spinner="Replaying the run to its first update…", max_entries=4)

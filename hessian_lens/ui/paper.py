@@ -9,7 +9,7 @@ import streamlit as st
 from hessian_lens import paper, plots
 from hessian_lens.runs import Run
 from hessian_lens.ui import reads
-from hessian_lens.ui.common import fmt_epoch
+from hessian_lens.ui.common import fmt_epoch, plain
 from hessian_lens.ui.exports import figure_downloads
 
 FIGURES = {
@@ -80,7 +80,7 @@ def render_paper(runs: Sequence[Run], key: str = "paper") -> None:
         chosen[fig_id] = recs
         if not recs:
             st.warning(
-                f"{run.name} has no canonical analysis at the paper's epochs "
+                f"{plain(run.name)} has no canonical analysis at the paper's epochs "
                 f"({', '.join(fmt_epoch(e) for e in epochs)})."
             )
         _figure(recs, scale, f"{key}-{fig_id}")
