@@ -233,6 +233,22 @@ def train(config: TrainConfig, progress: bool = True, command: str | None = None
     """
     config.validate()
     sess = _session(config, progress, command)
+    sess.manifest["state"] = "recording"  # the dashboard follows the run while it trains
+    try:
+        _train_epochs(sess, config, progress)
+    finally:
+        _finish(sess)
+    return sess.out
+
+
+def _finish(sess: _Session) -> None:
+    """Mark the run ``"state": "finished"`` (it no longer shows as live)."""
+    manifest = runfolder.read_manifest(sess.out).raw
+    if manifest:
+        runfolder.write_manifest(sess.out, {**manifest, "state": "finished"})
+
+
+def _train_epochs(sess: _Session, config: TrainConfig, progress: bool) -> None:
     history = _resume(sess)
     if not history:
         history = [_epoch_zero(sess)]
@@ -250,7 +266,6 @@ def train(config: TrainConfig, progress: bool = True, command: str | None = None
             )
     if bar is not None:
         bar.close()
-    return sess.out
 
 
 def _session(config: TrainConfig, progress: bool, command: str | None) -> _Session:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from hessian_lens.ui import common
+from hessian_lens.ui import common, live
 from hessian_lens.ui.optimizer import render_optimizer
 
 common.page("Optimizer", "🧭")
@@ -13,4 +13,4 @@ st.caption(
 )
 
 with common.guard():
-    render_optimizer(common.all_runs())
+    live.follow_runs(common.all_runs(), render_optimizer)

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from hessian_lens.ui import common
+from hessian_lens.ui import common, live
 from hessian_lens.ui.paper import render_paper
 
 common.page("Paper", "📄")
@@ -14,4 +14,4 @@ st.caption(
 )
 
 with common.guard():
-    render_paper(common.all_runs())
+    live.follow_runs(common.all_runs(), render_paper)

@@ -113,3 +113,28 @@ def test_reads_while_writing_are_always_whole(live_env):
     finally:
         proc.kill()
     assert reads > 3 and len(ResultStore.reader(run / "analysis.sqlite").records()) == 5
+
+
+def test_a_training_run_is_live_while_it_trains_and_the_optimizer_page_follows_it(
+    live_env, monkeypatch
+):
+    from tests.apptools import make_pn_run
+    from tests.conftest import write_tiny_npz
+
+    states = []
+    real = runfolder.write_manifest
+    monkeypatch.setattr(
+        runfolder, "write_manifest", lambda path, m: states.append(m.get("state")) or real(path, m)
+    )
+    run = make_pn_run(live_env / "runs" / "pn-live", write_tiny_npz(live_env / "d.npz"))
+    assert states[0] == "recording" and states[-1] == "finished", states
+    assert not load_run(run).live()
+    manifest = runfolder.read_manifest(run).raw
+    runfolder.write_manifest(run, {**manifest, "state": "recording"})  # as if still training
+    for page in ("pages/4_Optimizer.py", "pages/5_Paper.py"):
+        at = open_page(page)
+        no_errors(at)
+        assert any("● live" in c.value and "pn-live" in c.value for c in at.caption), page
+    runfolder.write_manifest(run, {**manifest, "state": "finished"})
+    at = open_page("pages/4_Optimizer.py")
+    assert not any("● live" in c.value for c in at.caption)

@@ -10,7 +10,7 @@ committed rows of the SQLite store and ``run.json`` is replaced atomically.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import streamlit as st
 
@@ -46,6 +46,28 @@ def follow(run: Run, draw: Callable[[Run], None]) -> None:
         if fresh.settings() != settings or not fresh.live():
             st.rerun(scope="app")
         live_caption(fresh)
+        draw(fresh)
+
+    body()
+
+
+def follow_runs(runs: Sequence[Run], draw: Callable[[list[Run]], None]) -> None:
+    """``draw(runs)`` for a page about several runs; redrawn while any of them is live.
+
+    Each redraw reads every run again from disk; the whole page reruns once none is live.
+    """
+    if not any(r.live() for r in runs):
+        draw(list(runs))
+        return
+
+    @st.fragment(run_every=REFRESH_S)
+    def body() -> None:
+        fresh = [load_run(r.path) for r in runs]
+        live = [r for r in fresh if r.live()]
+        if not live:
+            st.rerun(scope="app")
+        for r in live:
+            live_caption(r)
         draw(fresh)
 
     body()
