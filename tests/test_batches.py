@@ -19,7 +19,7 @@ from hessian_lens import batches as B
 from hessian_lens.memory import Planner
 from tests.compare import EXACT, assert_close
 from tests.oracle import oracle
-from tests.tiny import SeqNet, perturb
+from tests.tiny import SeqNet, TinyAttention, perturb
 
 F64 = torch.float64
 
@@ -422,19 +422,9 @@ def test_transformer_layer_on_the_math_kernel_and_the_setting_restored():
     )
 
 
-class Attn(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
-
-
 def test_vmap_falls_back_to_the_loop_on_multihead_attention():
     torch.manual_seed(0)
-    model = perturb(Attn(), scale=0.2)
+    model = perturb(TinyAttention(classes=2), scale=0.2)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(6, 3, 4, generator=gen, dtype=F64), torch.randint(0, 2, (6,), generator=gen)
     res = hl.pseudo_hessian(

@@ -18,19 +18,7 @@ from hessian_lens.models import GPT
 from hessian_lens.reference import full_derivative
 from hessian_lens.registry import build_model
 from tests.compare import DEVICES, EXACT, assert_close
-from tests.tiny import perturb
-
-
-class TinyAttention(nn.Module):
-    """Self-attention (fused in_proj_weight) over 3 tokens, mean-pooled, then a classifier."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
+from tests.tiny import TinyAttention, perturb
 
 
 def tiny_attention():

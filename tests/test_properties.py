@@ -24,7 +24,7 @@ from hessian_lens import batches as B
 from hessian_lens.memory import Planner
 from tests.compare import EXACT, assert_close
 from tests.oracle import flat_whole_loss
-from tests.tiny import SeqNet, perturb
+from tests.tiny import SeqNet, TinyAttention, perturb
 
 F64 = torch.float64
 N = 8  # samples
@@ -34,16 +34,6 @@ PROPERTY = settings(
     derandomize=True,  # the same examples on every run and machine (CI is reproducible)
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-class AttnNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
 
 
 class ConvNet(nn.Module):
@@ -66,7 +56,7 @@ KINDS = {
     "conv": (ConvNet, (N, 1, 5, 5), 0),
     "lstm_batch_first": (lambda: SeqNet(True, 2, 3, 3), (N, 3, 2), 0),
     "lstm_sequence_first": (lambda: SeqNet(False, 2, 3, 3), (3, N, 2), (1, 0)),
-    "attention": (AttnNet, (N, 3, 4), 0),
+    "attention": (TinyAttention, (N, 3, 4), 0),
 }
 
 

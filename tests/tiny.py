@@ -91,3 +91,15 @@ class SeqNet(nn.Module):
     def forward(self, x):
         out, _ = self.lstm(x)
         return self.fc(out[:, -1] if self.batch_first else out[-1])
+
+
+class TinyAttention(nn.Module):
+    """Self-attention (fused in_proj_weight) over the tokens, mean-pooled, then a classifier."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
