@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import hashlib
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -457,6 +458,11 @@ class LossContract:
 
     def _settle(self, losses: list[float], weights: list[float], rtol: float) -> None:
         whole, a, b = losses
+        if not all(math.isfinite(v) for v in losses):
+            raise ValueError(
+                f"the loss on the first batch is not finite ({whole}; halves {a}, {b}): "
+                "check the data (constant or NaN inputs) and the model's weights"
+            )
         scale = max(abs(whole), abs(a), abs(b), 1e-30)
         mean_like = abs(whole * weights[0] - (a * weights[1] + b * weights[2])) <= rtol * scale * (
             weights[0] or 1.0

@@ -154,6 +154,10 @@ def test_reduction_verified_declared_or_refused():
     check(hl.pseudo_hessian(model, none, cut(x, y, [3, 5]), reduction="sum"), H, g, L)
     with pytest.raises(ValueError, match="not a scalar"):
         hl.pseudo_hessian(model, lambda o, t: F.cross_entropy(o, t, reduction="none"), (x, y))
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        hl.pseudo_hessian(model, mean_fn, (bad, y))
     with pytest.raises(ValueError, match="reduction must be"):
         hl.pseudo_hessian(model, F.cross_entropy, (x, y), reduction="batchmean")
 
