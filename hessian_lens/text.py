@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from hessian_lens.data import Batches, DataError, DataNotFoundError
+from hessian_lens.settings import DATA_LIMIT_ENV, data_limit_bytes
 
 DEFAULT_CONTEXT = 128
 TEST_FRACTION = 0.1
@@ -221,6 +222,7 @@ def _windows(stream: Tensor, context: int, source: str, vocab: int, corpus: dict
 def _read_corpus(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
     """``(train bytes, test bytes, description)`` of a file, folder or glob."""
     if "*" not in path and Path(path).is_file():
+        _check_size([Path(path)], path)
         data = Path(path).read_bytes()
         _check_utf8(data, path)
         cut = len(data) - int(len(data) * TEST_FRACTION)
@@ -234,6 +236,7 @@ def _read_corpus(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
         }
         return data[:cut], data[cut:], corpus
     root, files = _files(path)
+    _check_size(files, path)
     train, test, skipped = [], [], 0
     for f in files:
         data = f.read_bytes()
@@ -270,6 +273,21 @@ def held_out(relative: str) -> bool:
     """
     digest = hashlib.sha256(relative.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 >= 1 - TEST_FRACTION
+
+
+def _check_size(files: list[Path], path: str) -> None:
+    """Refuse a corpus larger than the data limit before reading it (one byte a token).
+
+    Raises:
+        DataError: over ``$HESSIAN_LENS_MAX_DATA_MB``.
+    """
+    total, limit = sum(f.stat().st_size for f in files), data_limit_bytes()
+    if total > limit:
+        raise DataError(
+            f"text:{path} holds {total / 2**20:,.0f} MB of text, over the "
+            f"{limit / 2**20:,.0f} MB data limit; use a smaller corpus or set "
+            f"{DATA_LIMIT_ENV} higher"
+        )
 
 
 def _files(path: str) -> tuple[Path, list[Path]]:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from hessian_lens import runfolder
-from hessian_lens.checkpoint import CheckpointError, save_checkpoint
+from hessian_lens.checkpoint import CheckpointError, check_pickle, save_checkpoint
 from hessian_lens.data import (
     Batches,
     ImageData,
@@ -41,6 +41,7 @@ from hessian_lens.files import atomic_write, write_json
 from hessian_lens.losses import LOSSES, correct_predictions, get_loss
 from hessian_lens.models import INITS
 from hessian_lens.registry import build_model, check_kwargs
+from hessian_lens.settings import checkpoint_limit_bytes
 
 OPTIMIZERS = ("sgd", "adam", "partition-newton")
 CURVATURE_DATA = ("separate", "same")
@@ -502,6 +503,7 @@ def _resume(sess: _Session) -> list[dict[str, Any]]:
         if (out / runfolder.RUN_FILE).exists():
             raise CheckpointError(f"{out} holds a run without resume.pt; choose a new --out.")
         return []
+    check_pickle(state_path, checkpoint_limit_bytes(), state_path.name)  # before torch sees it
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     stored = json.loads(state["identity"])
     defaults = TrainConfig(out="").identity()  # fields added since the run was written

@@ -96,3 +96,12 @@ def test_model_checks_for_token_windows(tmp_path):
         check_model_fits(GPT(context=8, layers=1, heads=2, width=8), data)
     with pytest.raises(DataError, match="vocab_size=256"):
         check_model_fits(GPT(vocab_size=100, context=16, layers=1, heads=2, width=8), data)
+
+
+def test_a_corpus_over_the_data_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("HESSIAN_LENS_MAX_DATA_MB", "0.001")  # 1,048 bytes
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "a.txt").write_text("x = 1\n" * 400)
+    for spec in (tmp_path / "big" / "a.txt", tmp_path / "big"):
+        with pytest.raises(DataError, match="over the 0 MB data limit"):
+            load_dataset(f"text:{spec}")

@@ -261,3 +261,14 @@ def test_gpt_on_text_trains_records_the_corpus_and_resumes(tmp_path):
     assert all(0 < h["test_acc"] <= 1 for h in history[1:])  # token accuracy, not 0
     model, _ = load_checkpoint(out / "epoch_0002.pt")
     assert model(torch.zeros(1, 32, dtype=torch.long)).shape == (1, 32, 256)
+
+
+class _Payload:
+    """Any class: its pickle names a global beyond tensors."""
+
+
+def test_a_hostile_resume_file_is_refused_before_torch_loads_it(tmp_path, tiny_npz):
+    out = train(config(tmp_path / "r", tiny_npz, epochs=1), progress=False)
+    torch.save({"identity": "{}", "payload": _Payload()}, out / "resume.pt")
+    with pytest.raises(CheckpointError, match="beyond tensors"):
+        train(config(tmp_path / "r", tiny_npz, epochs=2), progress=False)
