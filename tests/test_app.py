@@ -401,3 +401,12 @@ def test_block_diagonal_recomputes_for_records_without_the_stored_inverse(
         torch.from_numpy(old.arrays["H"]), blocks_of("kind", s["layers"], s["kinds"])
     )
     np.testing.assert_allclose(zs(chart(at, "blockdiag-side"))[1], want.numpy())
+
+
+def test_the_weight_bias_split_is_not_offered_when_a_group_mixes_them():
+    from hessian_lens.ui.interactions import has_blocks
+
+    kinds = ["weight", "bias", "weight", "bias"]
+    assert has_blocks({"kinds": kinds}, range(4))
+    assert not has_blocks({"kinds": [*kinds, "mixed"]}, range(5))  # e.g. a head's Q group
+    assert has_blocks({"kinds": [*kinds, "mixed"]}, range(4))  # filtered out: split again

@@ -56,9 +56,13 @@ def group_filter(summary: dict, key: str) -> list[int]:
 
 
 def has_blocks(summary: dict, keep: Sequence[int]) -> bool:
-    """Whether the WW / BB / WB split applies: weights and biases in two layers at least."""
+    """Whether the WW / BB / WB split applies: weights and biases in two layers at least.
+
+    Never when a group mixes weights and biases (a head's Q rows with their bias entries,
+    a layer): the split would leave such groups out of every panel.
+    """
     kinds = [summary["kinds"][i] for i in keep]
-    return kinds.count("weight") >= 2 and kinds.count("bias") >= 2
+    return "mixed" not in kinds and kinds.count("weight") >= 2 and kinds.count("bias") >= 2
 
 
 def matrix_panels(rec: dict, name: str, scale: str, view: str, keep: Sequence[int]) -> list:
