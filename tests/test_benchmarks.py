@@ -227,3 +227,23 @@ def test_bench_train_step_times_steps_of_the_named_model_on_real_windows(tmp_pat
     assert row["kwargs"] == kwargs and row["samples_per_epoch"] == windows
     assert row["steps_per_epoch"] == -(-windows // 8)
     assert row["s_per_epoch"] == round(row["s_per_step"] * row["steps_per_epoch"])
+
+
+def test_transformer_claims_table_is_the_one_docs_transformers_quotes():
+    """docs/transformers.md quotes benchmarks/transformer_claims.py on the shipped stores."""
+    table = subprocess.run(
+        [sys.executable, "benchmarks/transformer_claims.py", "--markdown"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    doc = (REPO / "docs" / "transformers.md").read_text()
+    quoted = doc.split("<!-- begin:claims -->")[1].split("<!-- end:claims -->")[0].strip()
+    assert quoted == table
+    rows = run_script("benchmarks/transformer_claims.py")
+    gpt = [r for r in rows if r["run"] == "gpt-text"]
+    assert len(gpt) >= 10 and len({r["epoch"] for r in gpt if r["epoch"] < 1}) >= 5
+    assert all("q_over_v" in r for r in gpt) and not any(
+        "q_over_v" in r for r in rows if r not in gpt
+    )
