@@ -1,8 +1,10 @@
 """Analysis time per checkpoint vs one gradient pass over the same samples.
 
-For LeNet-5, VGG-11' and torchvision ResNet-18 (CIFAR-10 shapes, canonical partition):
-the median time of ``analyze_model`` (g_bar, H_bar, inverse, comparisons) and of one
-gradient pass over the same samples and batches, measured alternately in the same run, and
+For LeNet-5, VGG-11' and torchvision ResNet-18 (CIFAR-10 shapes, canonical partition),
+the small torchvision ViT and the built-in GPT of the transformer runs (per-head partition,
+``--models vit gpt``): the median time of ``analyze_model`` (g_bar, H_bar, inverse,
+comparisons) and of one gradient pass over the same samples and batches, measured
+alternately in the same run, and
 their ratio next to S (the pruned double-backward loop needs about S gradients' worth of
 backward work at most: row s of H_bar only differentiates groups s..S). One JSON line each.
 
@@ -19,45 +21,75 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hessian_lens.analyze import AnalysisSettings, analyze_model
+from hessian_lens.losses import get_loss
 from hessian_lens.registry import build_model
 
+IMAGES = (3, 32, 32)
+VIT = {
+    "image_size": 32,
+    "patch_size": 4,
+    "num_layers": 4,
+    "num_heads": 4,
+    "hidden_dim": 128,
+    "mlp_dim": 256,
+    "num_classes": 10,
+}
+GPT = {"layers": 2, "heads": 4, "width": 64, "context": 64}
+# name -> (architecture, kwargs, partition, loss, input maker)
 MODELS = {
-    "lenet5": ("lenet5", {}),
-    "vgg11p": ("vgg11p", {}),
-    "resnet18": ("torchvision:resnet18", {"num_classes": 10}),
+    "lenet5": ("lenet5", {}, "canonical", "cross_entropy", "images"),
+    "vgg11p": ("vgg11p", {}, "canonical", "cross_entropy", "images"),
+    "resnet18": (
+        "torchvision:resnet18",
+        {"num_classes": 10},
+        "canonical",
+        "cross_entropy",
+        "images",
+    ),
+    "vit": ("torchvision:VisionTransformer", VIT, "by_head", "cross_entropy", "images"),
+    "gpt": ("gpt", GPT, "by_head", "next_token", "tokens"),
 }
 
 
-def gradient_pass(model, batches) -> None:
+def data(kind: str, samples: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random CIFAR-shaped images and labels, or byte windows and their next bytes."""
+    if kind == "images":
+        x = torch.randn(samples, *IMAGES, generator=gen)
+        return x, torch.randint(0, 10, (samples,), generator=gen)
+    tokens = torch.randint(0, 256, (samples, GPT["context"] + 1), generator=gen)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def gradient_pass(model, batches, loss_fn) -> None:
     """One gradient of the mean loss over all batches (what an epoch step costs per sample)."""
     model.zero_grad(set_to_none=True)
     n = sum(len(y) for _, y in batches)
     for x, y in batches:
-        (F.cross_entropy(model(x), y) * (len(y) / n)).backward()
+        (loss_fn(model(x), y) * (len(y) / n)).backward()
 
 
 def measure(name: str, samples: int, batch_size: int, repeats: int) -> dict:
-    arch, kwargs = MODELS[name]
+    arch, kwargs, partition, loss, kind = MODELS[name]
     torch.manual_seed(0)
     model = build_model(arch, **kwargs).eval()
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(samples, 3, 32, 32, generator=gen)
-    y = torch.randint(0, 10, (samples,), generator=gen)
+    x, y = data(kind, samples, torch.Generator().manual_seed(0))
     batches = [
         (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, samples, batch_size)
     ]
-    settings = AnalysisSettings(samples=samples, batch_size=batch_size)
+    settings = AnalysisSettings(
+        samples=samples, batch_size=batch_size, partition=partition, loss=loss
+    )
+    loss_fn = get_loss(loss)
     grads, analyses = [], []
-    gradient_pass(model, batches)  # warm-up
+    gradient_pass(model, batches, loss_fn)  # warm-up
     summary, _ = analyze_model(model, batches, settings)
     for _ in range(repeats):
         t0 = time.perf_counter()
-        gradient_pass(model, batches)
+        gradient_pass(model, batches, loss_fn)
         grads.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         analyze_model(model, batches, settings)
@@ -65,6 +97,7 @@ def measure(name: str, samples: int, batch_size: int, repeats: int) -> dict:
     g, a = statistics.median(grads), statistics.median(analyses)
     return {
         "model": name,
+        "partition": partition,
         "S": len(summary["labels"]),
         "samples": samples,
         "batch_size": batch_size,

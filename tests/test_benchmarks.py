@@ -247,3 +247,20 @@ def test_transformer_claims_table_is_the_one_docs_transformers_quotes():
     assert all("q_over_v" in r for r in gpt) and not any(
         "q_over_v" in r for r in rows if r not in gpt
     )
+
+
+def test_bench_analysis_times_the_transformers_with_their_head_partition():
+    (row,) = run_script(
+        "benchmarks/bench_analysis.py",
+        "--models",
+        "gpt",
+        "--samples",
+        "8",
+        "--batch-size",
+        "4",
+        "--repeats",
+        "1",
+    )
+    assert row["model"] == "gpt" and row["partition"] == "by_head" and row["S"] == 54
+    assert row["ratio"] == pytest.approx(row["analysis_s"] / row["gradient_s"], rel=0.02, abs=0.02)
+    assert row["ratio_per_group"] == pytest.approx(row["ratio"] / 54, rel=0.02, abs=0.002)
