@@ -66,3 +66,14 @@ def app_env(app_run, tmp_path, monkeypatch) -> tuple[Path, Path]:
     st.cache_data.clear()
     st.cache_resource.clear()
     return run, npz
+
+
+def need_browser() -> None:
+    """Skip without Chromium and Playwright; fail instead where CI requires the browser."""
+    from hessian_lens.browser import missing_browser
+
+    reason = missing_browser()
+    if reason:
+        if os.environ.get("HESSIAN_LENS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser test required in CI but {reason}")
+        pytest.skip(reason)

@@ -11,6 +11,7 @@ import pytest
 
 from hessian_lens import cli, report
 from hessian_lens.runs import load_run
+from tests.conftest import need_browser
 from tests.recorded import make_recorder_run
 
 
@@ -81,10 +82,7 @@ def test_an_unknown_format_writes_nothing(run, tmp_path, capsys):
 
 def test_figures_as_files(run, tmp_path):
     pytest.importorskip("kaleido")
-    from hessian_lens.browser import missing_browser
-
-    if missing_browser():
-        pytest.skip(missing_browser())
+    need_browser()
     folder = tmp_path / "figs"
     written = report.write_report(run, tmp_path / "r.html", folder, ("svg", "pdf"))
     names = sorted(p.name for p in written[1:])
@@ -101,11 +99,9 @@ def test_figures_as_files(run, tmp_path):
 def test_one_figure_as_bytes_in_each_format():
     pytest.importorskip("kaleido")
     from hessian_lens import plots
-    from hessian_lens.browser import missing_browser
     from hessian_lens.figexport import figure_bytes
 
-    if missing_browser():
-        pytest.skip(missing_browser())
+    need_browser()
     fig = plots.heatmap(plots.full_panel(np.eye(3), ["a", "b", "c"]))
     assert figure_bytes(fig, "svg").startswith(b"<svg")
     assert figure_bytes(fig, "png").startswith(b"\x89PNG")

@@ -37,6 +37,7 @@ from tests.apptools import (
     metadata_bomb,
     user_net,
 )
+from tests.conftest import need_browser
 from tests.e2e.layout import collect, problems
 from tests.e2e.server import (
     REPO,
@@ -45,7 +46,6 @@ from tests.e2e.server import (
     choose,
     chromium_page,
     heatmap_count,
-    missing_browser,
     not_blank,
     open_expander,
     read_only_mount,
@@ -63,11 +63,7 @@ SLOW_MS = 240_000  # ResNet-18's H̄ on 10 images: ~25 s on 2 cores, more on a b
 
 @pytest.fixture(scope="module")
 def browser_ready():
-    reason = missing_browser()
-    if reason:
-        if os.environ.get("HESSIAN_LENS_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"browser test required in CI but {reason}")
-        pytest.skip(reason)
+    need_browser()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 

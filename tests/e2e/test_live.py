@@ -7,12 +7,12 @@ Skipped (with the reason) where Chromium is absent, except in CI
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from hessian_lens.report import write_report
-from tests.e2e.server import chromium_page, heatmap_count, missing_browser, wait_for_heatmaps
+from tests.conftest import need_browser
+from tests.e2e.server import chromium_page, heatmap_count, wait_for_heatmaps
 from tests.recorded import make_recorder_run
 
 pytestmark = pytest.mark.browser
@@ -20,11 +20,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def browser_ready():
-    reason = missing_browser()
-    if reason:
-        if os.environ.get("HESSIAN_LENS_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"browser test required in CI but {reason}")
-        pytest.skip(reason)
+    need_browser()
 
 
 def test_report_opens_offline_and_its_slider_changes_the_epoch(browser_ready, tmp_path):
