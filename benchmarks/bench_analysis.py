@@ -24,20 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_train_step import VIT  # the small ViT config of the transformer runs
+
 from hessian_lens.analyze import AnalysisSettings, analyze_model
 from hessian_lens.losses import get_loss
 from hessian_lens.registry import build_model
 
 IMAGES = (3, 32, 32)
-VIT = {
-    "image_size": 32,
-    "patch_size": 4,
-    "num_layers": 4,
-    "num_heads": 4,
-    "hidden_dim": 128,
-    "mlp_dim": 256,
-    "num_classes": 10,
-}
 GPT = {"layers": 2, "heads": 4, "width": 64, "context": 64}
 # name -> (architecture, kwargs, partition, loss, input maker)
 MODELS = {
