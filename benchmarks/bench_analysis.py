@@ -95,8 +95,8 @@ def measure(name: str, samples: int, batch_size: int, repeats: int) -> dict:
         "samples": samples,
         "batch_size": batch_size,
         "threads": torch.get_num_threads(),
-        "gradient_s": round(g, 3),
-        "analysis_s": round(a, 3),
+        "gradient_s": round(g, 5),
+        "analysis_s": round(a, 5),
         "ratio": round(a / g, 2),
         "ratio_per_group": round(a / g / len(summary["labels"]), 3),
     }
