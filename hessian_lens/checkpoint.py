@@ -731,10 +731,7 @@ def _check_memory(model: nn.Module, state: Mapping[str, Tensor], what: str) -> N
     otherwise make a tiny file allocate gigabytes.
     """
     need = registry.parameter_bytes(model)
-    storages = {
-        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()
-    }
-    stored = sum(storages.values())
+    stored = _stored_bytes(state)
     if need > 2 * stored + MEMORY_SLACK_BYTES:
         raise CheckpointError(
             f"{what}: {type(model).__name__} needs {need / 2**20:,.0f} MB of weights but the "
@@ -751,16 +748,21 @@ def _check_expansion(state: Mapping[str, Tensor], what: str) -> None:
     time, before any value is looked at, by the CLI and the page alike.
     """
     logical = sum(t.numel() * t.element_size() for t in state.values())
-    storages = {
-        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()
-    }
-    stored = sum(storages.values())
+    stored = _stored_bytes(state)
     if logical > 2 * stored + MEMORY_SLACK_BYTES:
         raise CheckpointError(
             f"{what}: its tensors hold {logical / 2**20:,.0f} MB of values but the file "
             f"stores only {stored / 2**20:,.1f} MB (tensors expanded from a few values, or "
             "many names sharing one storage); refusing to read them."
         )
+
+
+def _stored_bytes(state: Mapping[str, Tensor]) -> int:
+    """Bytes the tensors' storages hold, each shared storage counted once."""
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in state.values()
+    }
+    return sum(storages.values())
 
 
 def _check_finite(state: Mapping[str, Tensor], what: str) -> None:
