@@ -330,11 +330,7 @@ def check_pickle(source: Any, max_bytes: int | None, name: str) -> None:
     try:
         check_torch_file(source, max_bytes)
     except PickleRefusedError as err:
-        raise CheckpointError(
-            f"{name} holds pickled Python objects beyond tensors ({err}). Hessian Lens "
-            "never runs code from a file and reads only tensors, dicts and plain values; "
-            "re-save it with torch.save(model.state_dict(), path) or as safetensors."
-        ) from None
+        raise _beyond_tensors(name, str(err)) from None
     except Exception as err:  # hostile bytes raise anything: one clean message for all
         raise _corrupt(name, err) from None
 
@@ -370,13 +366,18 @@ def _torch_load(path: Path, name: str) -> Any:
             (line.strip() for line in detail if "Unsupported" in line or "global" in line.lower()),
             detail[0],
         )[:200]
-        raise CheckpointError(
-            f"{name} holds pickled Python objects beyond tensors ({why}). Hessian Lens "
-            "never runs code from a file; re-save it with torch.save(model.state_dict(), "
-            "path) or as safetensors."
-        ) from None
+        raise _beyond_tensors(name, why) from None
     except Exception as err:  # hostile bytes raise anything: one clean message for all
         raise _corrupt(name, err) from None
+
+
+def _beyond_tensors(name: str, why: str) -> CheckpointError:
+    """The one message for a pickle that holds more than tensors and plain values."""
+    return CheckpointError(
+        f"{name} holds pickled Python objects beyond tensors ({why}). Hessian Lens "
+        "never runs code from a file and reads only tensors, dicts and plain values; "
+        "re-save it with torch.save(model.state_dict(), path) or as safetensors."
+    )
 
 
 def _corrupt(name: str, err: BaseException) -> CheckpointError:
