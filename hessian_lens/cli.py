@@ -134,6 +134,13 @@ def _add_train(sub) -> None:
         metavar="PATIENCE",
         help="halve lr when the training loss has not improved for PATIENCE epochs",
     )
+    p.add_argument(
+        "--augment",
+        default="none",
+        choices=["none", "flip", "crop+flip"],
+        help="training-batch augmentation of images: left-right flips, and random crops "
+        "of the 4-pixel zero-padded image (evaluation and analysis never augment)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder (resumed when it exists)")
     _common(p)
@@ -291,6 +298,7 @@ def _train(args) -> int:
         seed=args.seed,
         lr_plateau=args.lr_plateau,
         download=args.download,
+        augment=args.augment,
         device=resolve_device(args.device),
     )
     out = train(config, progress=not args.no_progress)

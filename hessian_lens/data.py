@@ -187,6 +187,41 @@ class Batches:
             yield self.data.prepare(idx)
 
 
+AUGMENTS = ("none", "flip", "crop+flip")
+AUGMENT_OFFSET = 7_919  # keeps the augmentation stream apart from the shuffle stream
+CROP_PAD = 4
+
+
+def augment_generator(seed: int, epoch: int) -> torch.Generator:
+    """The augmentation stream of ``(seed, epoch)``: a resumed run replays the same crops."""
+    return torch.Generator().manual_seed(seed * SHUFFLE_STRIDE + epoch + AUGMENT_OFFSET)
+
+
+def augment(x: Tensor, kind: str, gen: torch.Generator) -> Tensor:
+    """Training augmentation of a batch of normalised images ``(N, C, H, W)``.
+
+    ``flip``: each image mirrored left-right with probability 1/2. ``crop+flip``: also a
+    random ``H x W`` crop of the image zero-padded by 4 pixels on each side (zero is the
+    data mean after normalisation), the standard CIFAR recipe. ``none``: ``x`` itself.
+    """
+    if kind == "none":
+        return x
+    if kind not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {kind!r}; choose one of {list(AUGMENTS)}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"augmentation {kind!r} needs image batches (N, C, H, W), got {tuple(x.shape)}"
+        )
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1).to(x.device), x.flip(-1), x)
+    if kind == "crop+flip":
+        padded = nn.functional.pad(x, (CROP_PAD,) * 4)
+        offsets = torch.randint(0, 2 * CROP_PAD + 1, (n, 2), generator=gen).tolist()
+        x = torch.stack([padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(offsets)])
+    return x
+
+
 def check_arrays(x: Tensor, y: Tensor, what: str) -> None:
     """Refuse images or labels that cannot train a classifier, with the reason.
 

@@ -31,8 +31,11 @@ from torch import nn
 from hessian_lens import runfolder
 from hessian_lens.checkpoint import CheckpointError, check_pickle, save_checkpoint
 from hessian_lens.data import (
+    AUGMENTS,
     Batches,
     ImageData,
+    augment,
+    augment_generator,
     check_model_fits,
     load_dataset,
     split_validation,
@@ -82,6 +85,7 @@ class TrainConfig:
     device: str = "cpu"
     lr_plateau: int | None = None
     download: bool = False
+    augment: str = "none"
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the stored one (all but epochs/out)."""
@@ -115,6 +119,10 @@ class TrainConfig:
                 f"--curvature-data must be one of {list(CURVATURE_DATA)}",
             ),
             (self.curvature_size > 0, "--curvature-size must be > 0"),
+            (
+                self.augment in AUGMENTS,
+                f"--augment must be one of {list(AUGMENTS)}, got {self.augment!r}",
+            ),
             (
                 all(_finite(f) and 0 < f < self.epochs for f in self.checkpoints_at),
                 f"--checkpoints-at must be epochs strictly between 0 and {self.epochs}",
@@ -276,6 +284,8 @@ def _session(config: TrainConfig, progress: bool, command: str | None) -> _Sessi
             raise ValueError(f"--out {out}: {folder} is a file; give a folder for the run.")
     device = torch.device(config.device)
     train_set, test_set, val_set = load_data(config)
+    if config.augment != "none" and not isinstance(train_set, ImageData):
+        raise ValueError(f"--augment {config.augment} applies to images; {config.data} is not")
     torch.manual_seed(config.seed)
     model = build_model(config.model, init=config.init, **config.model_kwargs).to(device)
     check_model_fits(model, train_set)
@@ -342,8 +352,9 @@ def _train_epoch(sess: _Session, marks: dict[int, float]):
     total, correct, n, targets = 0.0, 0, 0, 0
     newton = type(optimizer).__name__ == "PartitionNewton"
     batches = _bar(sess.progress, len(sess.loader), 0, leave=False, desc="batches", it=sess.loader)
+    gen = augment_generator(sess.config.seed, sess.loader.epoch)
     for step, (x, y) in enumerate(batches if batches is not None else sess.loader, start=1):
-        x, y = x.to(device), y.to(device)
+        x, y = augment(x, sess.config.augment, gen).to(device), y.to(device)
         box: dict[str, Any] = {}
 
         def closure(x=x, y=y, box=box):
@@ -444,6 +455,7 @@ def _manifest(
                 and (config.curvature_data or "separate") == "separate"
                 else "same: the training minibatch"
             ),
+            "augment": config.augment,
         },
         "loss": config.loss,
         "optimizer": {"name": config.optimizer, **optimizer_settings(optimizer)},

@@ -107,3 +107,24 @@ def test_image_data_normalize_known_values():
     out = data.normalize(data.x).reshape(3)
     expected = torch.tensor([(1 - m) / s for m, s in zip(data.mean, data.std, strict=True)])
     assert torch.allclose(out, expected)
+
+
+def test_augment_flips_and_crops_windows_of_the_padded_image_reproducibly():
+    from hessian_lens.data import AUGMENTS, augment, augment_generator
+
+    x = torch.randn(64, 3, 8, 8)
+    assert augment(x, "none", augment_generator(0, 1)) is x
+    flipped = augment(x, "flip", augment_generator(0, 1))
+    same = [bool(torch.equal(a, b)) for a, b in zip(flipped, x, strict=True)]
+    mirrored = [bool(torch.equal(a, b.flip(-1))) for a, b in zip(flipped, x, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True)) and 10 < sum(same) < 54
+    out = augment(x, "crop+flip", augment_generator(0, 1))
+    assert torch.equal(out, augment(x, "crop+flip", augment_generator(0, 1)))
+    assert not torch.equal(out, augment(x, "crop+flip", augment_generator(0, 2)))
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for img, src in zip(out, padded, strict=True):
+        windows = [src[:, a : a + 8, b : b + 8] for a in range(9) for b in range(9)]
+        assert any(torch.equal(img, w) or torch.equal(img, w.flip(-1)) for w in windows)
+    assert (out == 0).any() and "crop+flip" in AUGMENTS
+    with pytest.raises(ValueError, match="image batches"):
+        augment(torch.zeros(4, 8), "flip", augment_generator(0, 0))

@@ -272,3 +272,21 @@ def test_a_hostile_resume_file_is_refused_before_torch_loads_it(tmp_path, tiny_n
     torch.save({"identity": "{}", "payload": _Payload()}, out / "resume.pt")
     with pytest.raises(CheckpointError, match="beyond tensors"):
         train(config(tmp_path / "r", tiny_npz, epochs=2), progress=False)
+
+
+def test_augmented_runs_resume_on_the_same_trajectory_and_differ_from_plain(tmp_path, tiny_npz):
+    aug = {"augment": "crop+flip"}
+    straight = train(config(tmp_path / "a", tiny_npz, **aug), progress=False)
+    train(config(tmp_path / "b", tiny_npz, epochs=1, **aug), progress=False)
+    resumed = train(config(tmp_path / "b", tiny_npz, **aug), progress=False)
+    plain = train(config(tmp_path / "c", tiny_npz), progress=False)
+    a, b, c = (
+        load_checkpoint(r / "epoch_0002.pt")[0].state_dict() for r in (straight, resumed, plain)
+    )
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not all(torch.allclose(a[k], c[k], atol=1e-3) for k in a)
+    assert json.loads((resumed / "run.json").read_text())["data"]["augment"] == "crop+flip"
+    with pytest.raises(CheckpointError, match=r"other settings \(augment\)"):
+        train(config(tmp_path / "b", tiny_npz, epochs=3), progress=False)
+    with pytest.raises(ValueError, match="--augment must be one of"):
+        train(config(tmp_path / "d", tiny_npz, augment="mixup"), progress=False)
