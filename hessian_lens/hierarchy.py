@@ -170,13 +170,15 @@ def coarsen(rec: dict, groups: Sequence[tuple[str, Sequence[int]]]) -> dict:
     """
     summary, arrays = rec["summary"], rec["arrays"]
     M = membership(len(summary["labels"]), groups)
+    if len(groups) == M.shape[0]:
+        return _permuted(rec, [m[0] for _, m in groups])
     H = M.T @ np.asarray(arrays["H"], dtype=np.float64) @ M
     g = M.T @ np.asarray(arrays["g"], dtype=np.float64)
     inv = linalg.inverse(torch.from_numpy(H))
     kinds = [_merged([summary["kinds"][i] for i in m]) for _, m in groups]
     layers = [_common_module([summary["layers"][i] for i in m]) for _, m in groups]
     new_summary = {
-        **summary,
+        **{k: v for k, v in summary.items() if k != "compare"},  # about the fine groups
         "labels": [label for label, _ in groups],
         "kinds": kinds,
         "layers": layers,
@@ -190,6 +192,21 @@ def coarsen(rec: dict, groups: Sequence[tuple[str, Sequence[int]]]) -> dict:
     }
     new_arrays = {"H": H, "g": g, "Hinv": inv.inv.numpy()}
     return {**rec, "summary": new_summary, "arrays": new_arrays}
+
+
+def _permuted(rec: dict, at: Sequence[int]) -> dict:
+    """The record with its groups in order ``at``: the stored matrices, rows and columns moved."""
+    summary = dict(rec["summary"])
+    for name in ("labels", "kinds", "layers", "sizes"):
+        summary[name] = [rec["summary"][name][i] for i in at]
+    arrays = {}
+    for name, a in rec["arrays"].items():
+        a = np.asarray(a)
+        if a.ndim == 2 and a.shape[0] == a.shape[1] == len(at):
+            arrays[name] = a[np.ix_(at, at)]
+        elif name == "g" or name.startswith("eta_"):  # per group (not the eigenvalues)
+            arrays[name] = a[list(at)]
+    return {**rec, "summary": summary, "arrays": arrays}
 
 
 def _merged(values: Sequence[str]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import plotly.graph_objects as go
@@ -47,6 +47,7 @@ class Panel:
     rows: list[str]
     cols: list[str]
     title: str
+    bounds: list[int] = field(default_factory=list)  # rows (= columns) starting a new layer
 
 
 def transform(M: np.ndarray, scale: str, linthresh: float | None = None) -> np.ndarray:
@@ -111,12 +112,32 @@ def interaction_blocks(
 
 
 def full_panel(
-    M: np.ndarray, labels: Sequence[str], raw: np.ndarray | None = None, title: str = "all groups"
+    M: np.ndarray,
+    labels: Sequence[str],
+    raw: np.ndarray | None = None,
+    title: str = "all groups",
+    separate_layers: bool = False,
 ) -> Panel:
-    """The whole S x S matrix as a panel labelled by group."""
-    return Panel(
-        np.asarray(M), np.asarray(M if raw is None else raw), list(labels), list(labels), title
-    )
+    """The whole S x S matrix as a panel labelled by group.
+
+    ``separate_layers``: thin lines between layers (:func:`layer_bounds`).
+    """
+    bounds = layer_bounds(labels) if separate_layers else []
+    raw = np.asarray(M if raw is None else raw)
+    return Panel(np.asarray(M), raw, list(labels), list(labels), title, bounds)
+
+
+def layer_bounds(labels: Sequence[str]) -> list[int]:
+    """Positions where a new layer starts (:func:`hessian_lens.hierarchy.layer_of`), not 0.
+
+    Example:
+        >>> layer_bounds(["b.0.q.head0", "b.0.k.head0", "b.1.q.head0", "ln_f.weight"])
+        [2, 3]
+    """
+    from hessian_lens.hierarchy import layer_of
+
+    layers = [layer_of(x) for x in labels]
+    return [i for i in range(1, len(layers)) if layers[i] != layers[i - 1]]
 
 
 def symmetric_limit(*arrays: np.ndarray) -> float:
@@ -143,6 +164,7 @@ def heatmap(
         plot_bgcolor="white",
     )
     _label_axes(fig, panel, geo.x[0], geo.y[0])
+    _separators(fig, panel)
     return fig
 
 
@@ -263,6 +285,7 @@ def panel_row(
         trace.update(coloraxis=axis)
         fig.add_trace(trace, row=1, col=i)
         _label_axes(fig, p, geo.x[i - 1], geo.y[i - 1], row=1, col=i)
+        _separators(fig, p, row=1, col=i)
         if shared and i > 1:
             continue
         domain = fig.layout[f"xaxis{i if i > 1 else ''}"].domain
@@ -609,8 +632,10 @@ def _ticks(
     """Tick positions and texts that do not collide.
 
     Up to ``max_ticks`` labels: every one. More (deep networks, S up to a few hundred): one
-    tick where the module changes (``layer1``, ``layer2``, ...; see
-    :func:`module_prefixes`), the prefix as text. Then ticks closer than ``min_gap`` rows
+    tick where the layer changes (``blocks.0``, ``blocks.1``, ``layer1.0``, ...; see
+    :func:`hessian_lens.hierarchy.layer_of`) when that gives at most ``max_ticks / 2``
+    layers, else where the module changes (``layer1``, ``layer2``; see
+    :func:`module_prefixes`), the name as text. Then ticks closer than ``min_gap`` rows
     to the previous one kept are dropped, and the rest thinned evenly to ``max_ticks``;
     hovering still names every cell.
 
@@ -624,7 +649,7 @@ def _ticks(
     if len(labels) <= max_ticks:
         starts, texts = list(range(len(labels))), labels
     else:
-        texts = module_prefixes(labels)
+        texts = _tick_texts(labels, max_ticks)
         starts = [i for i, h in enumerate(texts) if i == 0 or h != texts[i - 1]]
     kept: list[int] = []
     for i in starts:
@@ -633,6 +658,15 @@ def _ticks(
     if len(kept) > max_ticks:
         kept = kept[:: -(-len(kept) // max_ticks)]
     return kept, [texts[i] for i in kept]
+
+
+def _tick_texts(labels: Sequence[str], max_ticks: int) -> list[str]:
+    """Each label's layer, or its module when there are more than ``max_ticks / 2`` layers."""
+    from hessian_lens.hierarchy import layer_of
+
+    layers = [layer_of(x) for x in labels]
+    runs = sum(1 for i in range(len(layers)) if i == 0 or layers[i] != layers[i - 1])
+    return layers if runs <= max_ticks // 2 else module_prefixes(labels)
 
 
 def _label_axes(fig: go.Figure, panel: Panel, x: _Axis, y: _Axis, **where) -> None:
@@ -665,6 +699,19 @@ def _label_axes(fig: go.Figure, panel: Panel, x: _Axis, y: _Axis, **where) -> No
         **common,
         **where,
     )
+
+
+def _separators(fig: go.Figure, panel: Panel, **where) -> None:
+    """Thin grey lines between the layers of a panel (its ``bounds``), across and down."""
+    n_rows, n_cols = np.shape(panel.z)
+    line = dict(color="rgba(90, 90, 90, 0.55)", width=1)
+    for b in panel.bounds:
+        fig.add_shape(
+            type="line", x0=b - 0.5, x1=b - 0.5, y0=-0.5, y1=n_rows - 0.5, line=line, **where
+        )
+        fig.add_shape(
+            type="line", y0=b - 0.5, y1=b - 0.5, x0=-0.5, x1=n_cols - 0.5, line=line, **where
+        )
 
 
 def _trace(panel: Panel, zmax: float, colorbar: str) -> go.Heatmap:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from hessian_lens import linalg, plots
+from hessian_lens import hierarchy, linalg, plots
 from hessian_lens.partition import blocks_of
 from hessian_lens.store import ResultStore
 from tests.apptools import (
@@ -25,6 +25,7 @@ from tests.apptools import (
     no_errors,
     open_page,
 )
+from tests.conftest import REPO
 from tests.layoutcheck import layout_problems
 
 INTERACTIONS = "pages/1_Layer_interactions.py"
@@ -219,18 +220,14 @@ def test_resnet18_ticks_at_module_boundaries_and_the_group_filter(deep_env):
     np.testing.assert_array_equal(heatmap_z(spec), last.arrays["H"])
     starts = {}
     for i, label in enumerate(labels):
-        starts.setdefault(label.split(".")[0], i)
-    assert list(starts.values()) == [0, 1, 3, 15, 30, 45, 60]
+        starts.setdefault(hierarchy.layer_of(label), i)
+    blocks = [f"layer{m}.{b}" for m in range(1, 5) for b in (0, 1)]
+    assert list(starts) == ["conv1", "bn1", *blocks, "fc"]
     for axis in ("xaxis", "yaxis"):  # bn1 starts one row after conv1: no room for its tick
-        assert spec["layout"][axis]["ticktext"] == [
-            "conv1",
-            "layer1",
-            "layer2",
-            "layer3",
-            "layer4",
-            "fc",
-        ]
-        assert spec["layout"][axis]["tickvals"] == [0, 3, 15, 30, 45, 60]
+        assert spec["layout"][axis]["ticktext"] == ["conv1", *blocks, "fc"]
+        assert spec["layout"][axis]["tickvals"] == [0, *list(starts.values())[2:]]
+    lines = {s["x0"] + 0.5 for s in spec["layout"]["shapes"] if s["x0"] == s["x1"]}
+    assert lines == set(list(starts.values())[1:])  # a line between every two layers
     assert layout_problems(spec) == []
 
     modules.set_value(["layer1"]).run()
@@ -266,14 +263,8 @@ def test_resnet50_full_matrix_of_161_groups(deep_env):
     spec = chart(at, "interactions-Hinv")
     np.testing.assert_array_equal(heatmap_z(spec), rec.arrays["Hinv"])
     assert heatmap_z(spec).shape == (161, 161)
-    assert spec["layout"]["yaxis"]["ticktext"] == [
-        "conv1",
-        "layer1",
-        "layer2",
-        "layer3",
-        "layer4",
-        "fc",
-    ]
+    blocks = [f"layer{m}.{b}" for m, n in enumerate((3, 4, 6, 3), start=1) for b in range(n)]
+    assert spec["layout"]["yaxis"]["ticktext"] == ["conv1", *blocks, "fc"]  # 16 blocks
     assert layout_problems(spec) == []
 
 
@@ -410,3 +401,39 @@ def test_the_weight_bias_split_is_not_offered_when_a_group_mixes_them():
     assert has_blocks({"kinds": kinds}, range(4))
     assert not has_blocks({"kinds": [*kinds, "mixed"]}, range(5))  # e.g. a head's Q group
     assert has_blocks({"kinds": [*kinds, "mixed"]}, range(4))  # filtered out: split again
+
+
+GPT_TEXT = REPO / "checkpoints" / "gpt-text"
+
+
+def test_gpt_heads_collapse_per_layer_head_and_type_exactly(app_env):
+    """The shipped GPT (per-head, S = 54): each level is M^T H̄ M of the stored H̄."""
+    at = open_page(INTERACTIONS, GPT_TEXT)
+    no_errors(at)
+    rec = stored(GPT_TEXT)[-1]
+    labels = rec.summary["labels"]
+    assert at.selectbox(key="interactions-level").value == "group"
+    spec = chart(at, "interactions-H")
+    at_order = hierarchy.order(labels)
+    assert spec["layout"]["yaxis"]["ticktext"] == ["tok_emb", "blocks.0", "blocks.1", "ln_f"]
+    np.testing.assert_array_equal(heatmap_z(spec), rec.arrays["H"][np.ix_(at_order, at_order)])
+    for level, size in (("layer", 5), ("block", 15), ("head", 17)):
+        at.selectbox(key="interactions-level").set_value(level).run()
+        no_errors(at)
+        units = hierarchy.units(labels, level)
+        M = hierarchy.membership(len(labels), units)
+        H = M.T @ rec.arrays["H"] @ M
+        assert len(units) == size
+        np.testing.assert_allclose(heatmap_z(chart(at, "interactions-H")), H, rtol=1e-12)
+        inv = linalg.inverse(torch.from_numpy(H)).inv.numpy()
+        np.testing.assert_allclose(heatmap_z(chart(at, "interactions-Hinv")), inv, rtol=1e-9)
+    at.multiselect(key="interactions-open").set_value(["blocks.1"]).run()
+    no_errors(at)
+    shown = chart(at, "interactions-H")["layout"]["yaxis"]
+    opened = hierarchy.units(labels, "head", expanded={"blocks.1"})
+    assert len(opened) == 17 - 7 + 25  # blocks.1's 7 units give way to its 25 groups
+    M = hierarchy.membership(len(labels), opened)
+    np.testing.assert_allclose(heatmap_z(chart(at, "interactions-H")), M.T @ rec.arrays["H"] @ M)
+    assert "blocks.1.attn.q.head0" in shown["ticktext"] and layout_problems(chart(at, "interactions-H")) == []
+    at.radio(key="interactions-within").set_value("block").run()
+    no_errors(at)

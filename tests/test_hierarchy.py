@@ -115,3 +115,27 @@ def test_collapsing_equals_the_coarser_partitions_brute_force(name, level):
     assert coarse["summary"]["sizes"] == [part.groups[i].size for i in at]
     inv = hl.linalg.inverse(Hc[at][:, at]).inv.numpy()
     np.testing.assert_allclose(coarse["arrays"]["Hinv"], inv, rtol=1e-8, atol=1e-12)
+
+
+def test_reordering_alone_moves_the_stored_matrices_without_recomputing():
+    labels = ["b.0.k.head0", "b.0.q.head1", "b.0.q.head0"]
+    H = np.array([[1.0, 2.0, 3.0], [2.0, 5.0, 6.0], [3.0, 6.0, 9.0]])
+    rec = {
+        "summary": {
+            "labels": labels,
+            "kinds": ["w"] * 3,
+            "layers": ["b.0"] * 3,
+            "sizes": [1, 2, 3],
+        },
+        "arrays": {
+            "H": H,
+            "Hinv": H * 10,
+            "g": np.array([1.0, 2.0, 3.0]),
+            "eigenvalues": np.ones(3),
+        },
+    }
+    out = hierarchy.coarsen(rec, hierarchy.units(labels, "group"))
+    assert out["summary"]["labels"] == ["b.0.q.head0", "b.0.k.head0", "b.0.q.head1"]
+    assert out["arrays"]["Hinv"][0].tolist() == [90.0, 30.0, 60.0]  # stored, only moved
+    assert out["arrays"]["g"].tolist() == [3.0, 1.0, 2.0] and out["summary"]["sizes"] == [3, 1, 2]
+    assert "eigenvalues" not in out["arrays"]

@@ -183,3 +183,18 @@ def test_layout_check_catches_overlaps():
     fig = _rows_of_panels()["resnet full"]
     fig.update_yaxes(tickvals=[0, 1], ticktext=["conv1", "bn1"])
     assert any("y tick labels touch" in p for p in layout_problems(fig))
+
+
+def test_transformer_heatmaps_tick_each_layer_and_separate_layers_with_lines():
+    labels = ["tok_emb.weight", "pos_emb.weight"]
+    for b in range(2):
+        labels += [f"blocks.{b}.attn.{r}.head{h}" for h in range(4) for r in "qkvo"]
+        labels += [f"blocks.{b}.mlp.fc{i}.{k}" for i in (1, 2) for k in ("weight", "bias")]
+    labels += ["ln_f.weight", "ln_f.bias"]
+    panel = plots.full_panel(sym(len(labels)), labels, separate_layers=True)
+    assert panel.bounds == [1, 2, 22, 42]
+    fig = plots.panel_row([panel], height=760)
+    assert list(fig.layout.yaxis.ticktext) == ["tok_emb", "pos_emb", "blocks.0", "blocks.1", "ln_f"]
+    assert len(fig.layout.shapes) == 2 * len(panel.bounds)
+    assert not plots.full_panel(sym(len(labels)), labels).bounds
+    assert not layout_problems(fig)

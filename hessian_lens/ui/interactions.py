@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import streamlit as st
 
-from hessian_lens import plots
+from hessian_lens import hierarchy, plots
 from hessian_lens.ui.common import fmt_epoch, select_epoch
 from hessian_lens.ui.exports import figure_downloads
 
@@ -55,6 +55,52 @@ def group_filter(summary: dict, key: str) -> list[int]:
     return keep
 
 
+def tree_controls(recs: Sequence[dict], key: str) -> list[dict]:
+    """The records regrouped as the user asks: layer -> head -> block type, collapsible.
+
+    Offered when the partition has attention heads or more than ``FILTER_ABOVE`` groups.
+    Collapsed branches are exact unions of groups (``M^T H̄ M``, H̄⁻¹ recomputed); the
+    records come back unchanged when nothing is asked.
+    """
+    labels = recs[-1]["summary"]["labels"]
+    heads = hierarchy.has_heads(labels)
+    if not heads and len(labels) <= FILTER_ABOVE:
+        return list(recs)
+    layers = list(dict.fromkeys(hierarchy.layer_of(x) for x in labels))
+    levels = [lv for lv in hierarchy.LEVELS if heads or lv != "head"]
+    title = "Layers → heads → Q / K / V / O / MLP" if heads else "Layers"
+    with st.expander(title, expanded=heads):
+        c1, c2, c3 = st.columns([1.3, 2, 1])
+        level = c1.selectbox(
+            "Show",
+            levels,
+            index=0,
+            format_func=hierarchy.LEVEL_NAMES.get,
+            key=f"{key}-level",
+            help="A collapsed branch is the union of its groups: its H̄ entries are the "
+            "exact sums (U^A = Σ U^s), its H̄⁻¹ the inverse of that smaller H̄.",
+        )
+        opened = c2.multiselect(
+            "Open layers (every group)",
+            layers,
+            default=[],
+            key=f"{key}-open",
+            disabled=level == "group",
+        )
+        within = "head"
+        if heads:
+            within = c3.radio(
+                "Inside a layer",
+                hierarchy.ORDERS,
+                key=f"{key}-within",
+                format_func={"head": "head → Q/K/V/O", "block": "Q/K/V/O → head"}.get,
+            )
+    return [
+        hierarchy.coarsen(r, hierarchy.units(r["summary"]["labels"], level, set(opened), within))
+        for r in recs
+    ]
+
+
 def has_blocks(summary: dict, keep: Sequence[int]) -> bool:
     """Whether the WW / BB / WB split applies: weights and biases in two layers at least.
 
@@ -75,7 +121,8 @@ def matrix_panels(rec: dict, name: str, scale: str, view: str, keep: Sequence[in
         kinds = [summary["kinds"][i] for i in keep]
         layers = [summary["layers"][i] for i in keep]
         return list(plots.interaction_blocks(shown[idx], kinds, layers, raw[idx]).values())
-    return [plots.full_panel(shown[idx], labels, raw[idx], MATRICES[name])]
+    tree = hierarchy.has_heads(labels) or len(labels) > FILTER_ABOVE
+    return [plots.full_panel(shown[idx], labels, raw[idx], MATRICES[name], separate_layers=tree)]
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -98,6 +145,7 @@ def _matrix_only(rec: dict, name: str) -> dict:
 
 def render_interactions(recs: Sequence[dict], key: str) -> None:
     """Heatmaps of H̄ and H̄⁻¹ (WW / BB / WB or full), epoch slider, play, downloads."""
+    recs = tree_controls(recs, key)
     keep = group_filter(recs[-1]["summary"], key)
     if not keep:
         st.info("No group left to show: widen the filter.")
