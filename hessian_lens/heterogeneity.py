@@ -274,3 +274,18 @@ def partner(own: str, size: int, candidates: Sequence[tuple[str, int] | None]) -
         if d < gap:
             best, gap = i, d
     return best
+
+
+def lower_median(values) -> float:
+    """The median as :func:`hessian_lens.linalg.spread` takes it (``torch.median``).
+
+    The lower of the two middle values for an even count.
+
+    Example:
+        >>> lower_median([3.0, 1.0, 2.0, 4.0]), lower_median([5.0])
+        (2.0, 5.0)
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if v.size == 0:
+        raise ValueError("the median of no values")
+    return float(v[(v.size - 1) // 2])

@@ -920,18 +920,22 @@ def log_abs(values) -> np.ndarray:
 def left_out_note(values) -> str:
     """What a log-scale figure of curvatures leaves out, in words ('' when nothing).
 
+    ``values``: one per group, or groups x checkpoints (then cells are counted).
+
     Example:
         >>> left_out_note([1.0, float("nan"), float("nan"), 0.0])
         '2 of 4 groups left out: ḡ_s = 0 (no gradient on them); 1 with c_s = 0'
     """
     from hessian_lens.heterogeneity import left_out
 
-    undefined, zero = left_out(values)
+    v = np.asarray(values, dtype=np.float64)
+    undefined, zero = left_out(v.ravel())
+    noun = "groups" if v.ndim == 1 else "(group, checkpoint) cells"
     parts = []
     if undefined:
-        parts.append(f"{undefined} of {len(values)} groups left out: ḡ_s = 0 (no gradient on them)")
+        parts.append(f"{undefined} of {v.size} {noun} left out: ḡ_s = 0 (no gradient on them)")
     if zero:
-        parts.append(f"{zero} with c_s = 0" if parts else f"{zero} groups left out: c_s = 0")
+        parts.append(f"{zero} with c_s = 0" if parts else f"{zero} {noun} left out: c_s = 0")
     return "; ".join(parts)
 
 
@@ -1064,6 +1068,8 @@ def block_trends(
 ) -> go.Figure:
     """Each block type's median |c_s| across checkpoints (log y).
 
+    The median is :func:`hessian_lens.heterogeneity.lower_median`, as in the spreads.
+
     Args:
         x: the checkpoints' epochs.
         values: ``c_s``, groups x checkpoints (NaN where undefined).
@@ -1074,7 +1080,7 @@ def block_trends(
         title: figure title.
         height: figure height in px.
     """
-    from hessian_lens.heterogeneity import type_order
+    from hessian_lens.heterogeneity import lower_median, type_order
 
     if mode not in ("band", "groups"):
         raise ValueError(f"mode must be 'band' or 'groups', got {mode!r}")
@@ -1092,7 +1098,7 @@ def block_trends(
         fig.add_trace(
             go.Scatter(
                 x=x,
-                y=_nan_none(_column_stat(rows, np.median)),
+                y=_nan_none(_column_stat(rows, lower_median)),
                 name=t,
                 legendgroup=t,
                 mode="lines+markers",
