@@ -1220,23 +1220,56 @@ def curvature_heatmap(
                 hoverinfo="skip",
             )
         )
-    layers = [layer_of(x) for x in shown]
-    if len(shown) <= MAX_TICKS:
-        tick_rows, tick_text = list(range(len(shown))), shown
-    else:
-        tick_rows = [i for i, lay in enumerate(layers) if i == 0 or lay != layers[i - 1]]
-        tick_rows = tick_rows[:: -(-len(tick_rows) // MAX_TICKS)]
-        tick_text = [layers[i] for i in tick_rows]
-    fig.update_yaxes(tickmode="array", tickvals=tick_rows, ticktext=tick_text, autorange="reversed")
+    height, row_px, font = _heatmap_rows(len(shown))
+    tick_rows, tick_text = _layer_ticks(shown, [layer_of(x) for x in shown], row_px, font)
+    fig.update_yaxes(
+        tickmode="array",
+        tickvals=tick_rows,
+        ticktext=tick_text,
+        tickfont=dict(size=font),
+        autorange="reversed",
+    )
     fig.update_xaxes(tickmode="array", tickvals=list(range(len(names))), ticktext=list(names))
     fig.update_layout(
         title=_with_note(title, values),
-        height=int(min(1600, max(340, 14 * len(shown) + 150))),
+        height=height,
         margin=dict(l=10, r=10, t=70, b=10),
         xaxis_title="checkpoint (epoch)",
         legend=dict(orientation="h", y=-0.1),
     )
     return _auto_margins(fig)
+
+
+HEATMAP_FRAME = 170  # px of a curvature heatmap outside its rows (title, x ticks, legend)
+
+
+def _heatmap_rows(n: int) -> tuple[int, float, int]:
+    """``(height, px per row, tick font)``: rows of 18 px with every label, else 12 px."""
+    row = 18 if n <= MAX_TICKS else 12
+    height = int(min(1600, max(340, row * n + HEATMAP_FRAME)))
+    font = 11 if n <= MAX_TICKS else SMALL_FONT
+    return height, max(height - HEATMAP_FRAME, 1) / max(n, 1), font
+
+
+def _layer_ticks(labels, layers, row_px: float, font: int) -> tuple[list[int], list[str]]:
+    """Every label up to :data:`MAX_TICKS`; past it, a tick where a layer starts.
+
+    Ticks closer than a line of text to the one before are dropped, the rest thinned to
+    :data:`MAX_TICKS`.
+
+    Example:
+        >>> _layer_ticks(["a.w", "b.w", "c.0.w", "c.0.b"], ["a", "b", "c.0", "c.0"], 10.0, 9)
+        ([0, 2], ['a', 'c.0'])
+    """
+    if len(labels) <= MAX_TICKS and row_px >= font * LINE_EM:
+        return list(range(len(labels))), [str(x) for x in labels]
+    gap = math.ceil(font * LINE_EM / row_px)
+    kept: list[int] = []
+    for i in range(len(layers)):
+        if (i == 0 or layers[i] != layers[i - 1]) and (not kept or i - kept[-1] >= gap):
+            kept.append(i)
+    kept = kept[:: -(-len(kept) // MAX_TICKS)] if kept else kept
+    return kept, [layers[i] for i in kept]
 
 
 @dataclass

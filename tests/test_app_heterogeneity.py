@@ -144,3 +144,26 @@ def test_groups_without_gradient_are_left_out_and_another_direction_is_refused(e
     assert not at.exception
     assert len(at.error) == 1 and "direction 'given'" in at.error[0].value
     assert plots.left_out_note(np.ones(3)) == ""
+
+
+def test_the_page_follows_a_run_being_written(env):
+    """A run marked recording (as a Recorder leaves it): a new analysis shows on the next
+    redraw, and the slider, left at the last epoch, moves on to it."""
+    part, ones = fake_partition("lenet5"), {"g": np.ones(10)}
+    grads = {0: ones, 1: ones, 2: ones}
+    run = make_fake_run(
+        env / "live-run", part, epochs=(0, 1), overrides=grads, manifest={"state": "recording"}
+    )
+    at = open_page(PAGE, run)
+    no_errors(at)
+    assert any("● live" in c.value for c in at.caption)
+    assert at.select_slider(key="hetero-epoch").options == ["0", "1"]
+    later = env / "later"  # epoch 2 lands in the live run's store
+    make_fake_run(later, part, epochs=(0, 1, 2), overrides=grads, seed=5)
+    (rec,) = [r for r in ResultStore(later / "analysis.sqlite").records() if r.epoch == 2]
+    ResultStore(run / "analysis.sqlite").put(rec)
+    at.run()
+    no_errors(at)
+    epoch = at.select_slider(key="hetero-epoch")
+    assert epoch.options == ["0", "1", "2"] and epoch.value == "2"
+    assert_strip_is(chart(at, "hetero-strip"), measured(run, 2.0))

@@ -115,13 +115,13 @@ def _metrics(m: heterogeneity.Measured) -> None:
     cols = st.columns(4)
     cols[0].metric(
         "spread, all groups",
-        _fmt(o["log10_std"], " dec."),
-        help="std of log10 |c_s| over the groups, in decades",
+        _fmt(o["log10_std"]),
+        help="std of log10 |c_s| over the groups, in decades (1: a factor 10)",
     )
     cols[1].metric(
         "between block types",
-        _fmt(o["between_blocks_log10_std"], " dec."),
-        help="std of log10 of the block types' median |c_s| (0: all types alike)",
+        _fmt(o["between_blocks_log10_std"]),
+        help="std of log10 of the block types' median |c_s|, in decades (0: all alike)",
     )
     cols[2].metric("negative c_s", f"{o['negative']} of {o['defined']}")
     cols[3].metric(
@@ -134,8 +134,8 @@ def _table(m: heterogeneity.Measured) -> list[dict]:
     return [{k: _fmt(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
-def _fmt(value: float, unit: str = "") -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.3g}{unit}"
+def _fmt(value: float) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.3g}"
 
 
 def _across_epochs(run: Run, ms, values, key: str) -> dict:
