@@ -309,3 +309,16 @@ def test_comparison_shares_one_scale_and_draws_both_spreads():
     }
     names = [t.name for t in fig.data if t.showlegend is not False and t.type == "scatter"]
     assert names.count("no head") == 1  # one legend entry for both strips
+
+
+def test_no_defined_curvature_at_all_draws_empty_figures_that_say_so():
+    nan = np.full(6, np.nan)  # e.g. every ḡ_s = 0
+    strip = plots.curvature_strip(H_LABELS, nan, H_BLOCKS, H_HEADS)
+    assert _points(strip) == [] and "6 of 6 groups left out" in strip.layout.title.text
+    trends = plots.block_trends([0, 1], np.stack([nan, nan], axis=1), H_BLOCKS, H_LABELS)
+    assert all(y is None for t in trends.data for y in t.y)
+    heat = plots.curvature_heatmap(H_LABELS, ["0"], nan[:, None])
+    assert np.isnan(np.asarray(heat.data[0].z, dtype=float)).all()
+    side = plots.StripSide("init", H_LABELS, nan, H_BLOCKS, H_HEADS)
+    fig = plots.heterogeneity_comparison(side, side, {"init": ([0.0], [np.nan], [np.nan])})
+    assert [t.y for t in fig.data if t.name == "init: all groups"] == [(None,)]
