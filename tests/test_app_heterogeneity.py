@@ -102,8 +102,12 @@ def test_gpt_strip_slider_and_the_comparison_picked(env):
 
 def test_vgg_without_heads_and_biases_as_their_own_type(env):
     vgg = SHIPPED / "vgg11p-cifar10"
+    (env / "broken-store").mkdir()  # not offered to compare with, and spoils nothing
+    (env / "broken-store" / "run.json").write_text('{"name": "broken-store"}')
+    (env / "broken-store" / "analysis.sqlite").write_bytes(b"garbage" * 64)
     at = open_page(PAGE, vgg)
     no_errors(at)
+    assert not [p for p in at.selectbox(key="hetero-compare").options if "broken" in p]
     assert chart_keys(at) == CHARTS
     assert table_types(at) == ["conv", "output"]
     box = at.selectbox(key="hetero-compare")

@@ -205,8 +205,12 @@ def _side(run: Run, m: heterogeneity.Measured) -> plots.StripSide:
 
 
 def _pick_other(run: Run, m, runs: Sequence[Run], key: str) -> Run | None:
-    """The "compare with" picker: a CNN for a transformer and vice versa by default."""
-    candidates = [r for r in runs if r.path != run.path and r.store_path.exists()]
+    """The "compare with" picker: a CNN for a transformer and vice versa by default.
+
+    Only runs with a readable analysis are offered (a broken store is not one).
+    """
+    families = {str(r.path): family_of(r) for r in runs if r.path != run.path}
+    candidates = [r for r in runs if families.get(str(r.path)) is not None]  # readable ones
     paths = [NONE] + [str(r.path) for r in candidates]
     state = f"{key}-compare"
     if st.session_state.get(f"{state}-of") != str(run.path) or (
@@ -215,7 +219,7 @@ def _pick_other(run: Run, m, runs: Sequence[Run], key: str) -> Run | None:
         st.session_state.pop(state, None)  # a new run: its own default partner
         st.session_state[f"{state}-of"] = str(run.path)
     found = heterogeneity.partner(
-        heterogeneity.family(m.labels), len(m.labels), [family_of(r) for r in candidates]
+        heterogeneity.family(m.labels), len(m.labels), [families[p] for p in paths[1:]]
     )
     names = {str(r.path): r.name for r in candidates}
     choice = st.selectbox(
