@@ -31,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hessian_lens import heads, linalg  # noqa: E402
+from hessian_lens import heads, heterogeneity  # noqa: E402
 from hessian_lens.runs import load_run  # noqa: E402
 
 DEFAULT_RUNS = (
@@ -45,10 +45,9 @@ def measure(record) -> dict:
     """The claims' numbers of one analysed checkpoint."""
     labels = record.summary["labels"]
     H = torch.as_tensor(record.arrays["H"]).double()
-    g = torch.as_tensor(record.arrays["g"]).double()
-    c = linalg.group_curvature(H, g)
+    het = heterogeneity.measure(labels, H, heterogeneity.norms_sq(record.arrays, record.settings))
+    c = torch.tensor(het["curvature"], dtype=torch.float64)
     blocks = [heads.block_of(label) for label in labels]
-    het = linalg.heterogeneity(H, g, blocks)
     layer = record.summary["compare"]["layer"]
     row = {
         "epoch": record.epoch,

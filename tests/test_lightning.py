@@ -131,6 +131,7 @@ PAGES = (
     "pages/3_Inspect_checkpoint.py",
     "pages/4_Optimizer.py",
     "pages/5_Paper.py",
+    "pages/6_Block_heterogeneity.py",
 )
 
 
@@ -150,6 +151,7 @@ def test_the_run_opens_on_every_page(fitted, tmp_path, monkeypatch):
         drawn[page] = chart_keys(at)
     assert "interactions-H" in drawn["pages/1_Layer_interactions.py"]
     assert "blockdiag-side" in drawn["pages/2_Block_diagonal.py"]
+    assert "hetero-strip" in drawn["pages/6_Block_heterogeneity.py"]
     assert any(k.startswith("curves-") and "run" in k for k in drawn["app.py"])
 
 

@@ -198,3 +198,142 @@ def test_transformer_heatmaps_tick_each_layer_and_separate_layers_with_lines():
     assert len(fig.layout.shapes) == 2 * len(panel.bounds)
     assert not plots.full_panel(sym(len(labels)), labels).bounds
     assert not layout_problems(fig)
+
+
+# ---------------------------------------------------------------------------- heterogeneity
+H_LABELS = [
+    "blocks.0.attn.q.head0",
+    "blocks.0.attn.q.head1",
+    "blocks.0.attn.k.head0",
+    "blocks.0.attn.k.head1",
+    "blocks.0.mlp.fc1.weight",
+    "emb.weight",
+]
+H_BLOCKS = ["q", "q", "k", "k", "mlp", "embedding"]
+H_HEADS = [0, 1, 0, 1, None, None]
+
+
+def _points(fig):
+    """Every strip point: (label, x, y, signed value, trace name)."""
+    out = []
+    for tr in fig.data:
+        if tr.type == "scatter" and tr.customdata is not None:
+            for x, y, cd in zip(tr.x, tr.y, tr.customdata, strict=True):
+                out.append((cd[0], x, y, cd[1], tr.name))
+    return out
+
+
+def test_strip_draws_log_magnitudes_by_type_and_head_and_leaves_out_undefined_groups():
+    values = np.array([0.01, -0.1, 10.0, np.nan, 0.0, 100.0])
+    fig = plots.curvature_strip(H_LABELS, values, H_BLOCKS, H_HEADS)
+    pts = {p[0]: p for p in _points(fig)}
+    assert sorted(pts) == sorted(np.array(H_LABELS)[[0, 1, 2, 5]].tolist())  # NaN and 0 out
+    for i, label in enumerate(H_LABELS):
+        if label in pts:
+            assert pts[label][2] == pytest.approx(np.log10(abs(values[i])))
+            assert pts[label][3] == values[i]  # hover: the signed value
+    assert pts[H_LABELS[0]][4] == "head 0" and pts[H_LABELS[1]][4] == "head 1"
+    assert pts["emb.weight"][4] == "no head"
+    ticks = fig.layout.xaxis.ticktext
+    assert ticks == ("embedding (1)", "q (2)", "k (2)", "mlp (1)")  # input to output
+    for label, x, *_ in pts.values():  # each point in its type's column
+        col = [t.split(" ")[0] for t in ticks].index(H_BLOCKS[H_LABELS.index(label)])
+        assert abs(x - col) < 0.5
+    (rings,) = [t for t in fig.data if t.name == "c_s < 0 (ringed)"]
+    assert list(rings.y) == [pytest.approx(-1.0)]
+    assert "1 of 6 groups left out: ḡ_s = 0" in fig.layout.title.text
+    assert "1 with c_s = 0" in fig.layout.title.text
+    clean = plots.curvature_strip(H_LABELS, np.ones(6), H_BLOCKS, H_HEADS, title="t")
+    assert clean.layout.title.text == "t"
+    assert not [t for t in clean.data if t.name == "c_s < 0 (ringed)"]
+
+
+def test_block_trends_median_and_band_per_type_across_epochs():
+    values = np.array(
+        [
+            [1.0, 2.0, 3.0],
+            [-4.0, 8.0, np.nan],
+            [10.0, 10.0, 10.0],
+            [1000.0, 100.0, 0.0],
+            [5.0, 5.0, 5.0],
+            [7.0, 7.0, 7.0],
+        ]
+    )
+    fig = plots.block_trends([0, 0.5, 1], values, H_BLOCKS, H_LABELS)
+    lines = {t.name: t for t in fig.data if t.showlegend is not False}
+    assert list(lines) == ["embedding", "q", "k", "mlp"]
+    assert list(lines["q"].y) == [1.0, 2.0, 3.0]  # lower median of |1|, |-4| is 1; NaN out
+    assert list(lines["k"].y) == [10.0, 10.0, 10.0]  # the 0 has no logarithm: left out
+    band = [t for t in fig.data if t.legendgroup == "k" and t.showlegend is False]
+    assert [list(t.y) for t in band] == [[1000.0, 100.0, 10.0], [10.0, 10.0, 10.0]]
+    assert fig.layout.yaxis.type == "log"
+    groups = plots.block_trends([0, 0.5, 1], values, H_BLOCKS, H_LABELS, mode="groups")
+    thin = [t for t in groups.data if t.showlegend is False]
+    assert len(thin) == 6 and list(thin[1].y) == [1.0, 2.0, 3.0]  # q head0 ... in type order
+    with pytest.raises(ValueError, match="mode"):
+        plots.block_trends([0], values[:, :1], H_BLOCKS, H_LABELS, mode="box")
+
+
+def test_curvature_heatmap_rows_in_hierarchy_order_with_negatives_marked():
+    from hessian_lens.hierarchy import order
+
+    rng = np.random.default_rng(0)
+    values = 10.0 ** rng.normal(size=(6, 3))
+    values[1, 2] = -values[1, 2]
+    values[3, 0] = np.nan
+    fig = plots.curvature_heatmap(H_LABELS, ["0", "1", "2"], values)
+    rows = order(H_LABELS, "head")
+    assert rows != list(range(6))  # head by head: the order matters here
+    z = np.asarray(fig.data[0].z, dtype=float)
+    want = np.log10(np.abs(values[rows]))
+    np.testing.assert_allclose(z[np.isfinite(want)], want[np.isfinite(want)])
+    assert np.isnan(z[rows.index(3), 0])
+    assert list(fig.layout.yaxis.ticktext) == [H_LABELS[i] for i in rows]
+    (cross,) = [t for t in fig.data if t.name == "c_s < 0"]
+    assert (list(cross.x), list(cross.y)) == ([2], [rows.index(1)])
+    assert "1 of 18 (group, checkpoint) cells left out" in fig.layout.title.text
+    with pytest.raises(ValueError, match="groups x checkpoints"):
+        plots.curvature_heatmap(H_LABELS, ["0", "1"], values)
+
+
+def test_comparison_shares_one_scale_and_draws_both_spreads():
+    a = plots.StripSide("gpt", H_LABELS, np.array([1e-3, 1e-2, 1, 10, 1, 1]), H_BLOCKS, H_HEADS)
+    b = plots.StripSide(
+        "cnn",
+        ["c1.weight", "c1.bias", "fc.weight"],
+        np.array([1e3, 1.0, np.nan]),
+        ["conv", "conv", "linear"],
+        [None] * 3,
+    )
+    spreads = {
+        "gpt": ([0, 0.5, 1], [1.0, 0.5, 0.4], [1.5, 1.0, 0.9]),
+        "cnn": ([0, 1], [0.2, 0.3], [1.0, 1.2]),
+    }
+    fig = plots.heterogeneity_comparison(a, b, spreads)
+    assert fig.layout.yaxis.range == fig.layout.yaxis2.range
+    lo, hi = fig.layout.yaxis.range
+    assert lo < -3 < 3 < hi  # both strips' extremes inside the one scale
+    titles = [an.text for an in fig.layout.annotations]
+    assert titles[0] == "gpt" and titles[1].startswith("cnn<br><sup>1 of 3 groups left out")
+    lines = {t.name: list(t.y) for t in fig.data if t.name and ": " in t.name}
+    assert lines == {
+        "gpt: between block types": [1.0, 0.5, 0.4],
+        "gpt: all groups": [1.5, 1.0, 0.9],
+        "cnn: between block types": [0.2, 0.3],
+        "cnn: all groups": [1.0, 1.2],
+    }
+    names = [t.name for t in fig.data if t.showlegend is not False and t.type == "scatter"]
+    assert names.count("no head") == 1  # one legend entry for both strips
+
+
+def test_no_defined_curvature_at_all_draws_empty_figures_that_say_so():
+    nan = np.full(6, np.nan)  # e.g. every ḡ_s = 0
+    strip = plots.curvature_strip(H_LABELS, nan, H_BLOCKS, H_HEADS)
+    assert _points(strip) == [] and "6 of 6 groups left out" in strip.layout.title.text
+    trends = plots.block_trends([0, 1], np.stack([nan, nan], axis=1), H_BLOCKS, H_LABELS)
+    assert all(y is None for t in trends.data for y in t.y)
+    heat = plots.curvature_heatmap(H_LABELS, ["0"], nan[:, None])
+    assert np.isnan(np.asarray(heat.data[0].z, dtype=float)).all()
+    side = plots.StripSide("init", H_LABELS, nan, H_BLOCKS, H_HEADS)
+    fig = plots.heterogeneity_comparison(side, side, {"init": ([0.0], [np.nan], [np.nan])})
+    assert [t.y for t in fig.data if t.name == "init: all groups"] == [(None,)]

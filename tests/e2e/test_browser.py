@@ -279,6 +279,7 @@ def test_nothing_overlaps_at_two_widths(url, width):
         ("interactions_blocks", "Layer_interactions", 6),
         ("block_diagonal", "Block_diagonal", 3),
         ("interactions_resnet18", "Layer_interactions?run=deep-resnet18", 2),
+        ("heterogeneity_gpt", "Block_heterogeneity?run=gpt-text", 1),
     ]
     found = []
     with chromium_page(width=width, height=2000) as page:
