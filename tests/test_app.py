@@ -434,6 +434,7 @@ def test_gpt_heads_collapse_per_layer_head_and_type_exactly(app_env):
     assert len(opened) == 17 - 7 + 25  # blocks.1's 7 units give way to its 25 groups
     M = hierarchy.membership(len(labels), opened)
     np.testing.assert_allclose(heatmap_z(chart(at, "interactions-H")), M.T @ rec.arrays["H"] @ M)
-    assert "blocks.1.attn.q.head0" in shown["ticktext"] and layout_problems(chart(at, "interactions-H")) == []
+    assert "blocks.1.attn.q.head0" in shown["ticktext"]
+    assert layout_problems(chart(at, "interactions-H")) == []
     at.radio(key="interactions-within").set_value("block").run()
     no_errors(at)
