@@ -65,6 +65,8 @@ _MODULES = (
     "distributed",
     "heads",
     "text",
+    "hierarchy",
+    "heterogeneity",
 )
 
 __all__ = [*sorted(_EXPORTS), "__version__", "optim"]

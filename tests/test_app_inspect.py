@@ -357,3 +357,35 @@ def test_a_missing_model_file_is_a_warning_not_a_stop(app_env, tmp_path, monkeyp
         f"HESSIAN_LENS_MODELS: --models {tmp_path / 'gone.py'}: no such Python file."
     ]
     assert at.success[0].value.startswith("**epoch_0001.pt**: `lenet5`")
+
+
+def test_a_gpt_checkpoint_defaults_to_its_runs_text_and_loss_and_splits_heads(app_env, tmp_path):
+    """The shipped gpt-text's last checkpoint: next_token by default, by_head exact."""
+    from hessian_lens.losses import next_token
+    from tests.conftest import REPO
+
+    ckpt = REPO / "checkpoints" / "gpt-text" / "epoch_0006.pt"
+    at = inspect(ckpt.name, ckpt.read_bytes())
+    no_errors(at)
+    from hessian_lens.runs import load_run
+
+    manifest = load_run(ckpt.parent).manifest
+    assert at.text_input(key="data-spec").value == manifest.data["name"]  # the run's corpus
+    assert at.selectbox(key="loss").value == "next_token"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):  # the split is by file: both sides need some
+        (corpus / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i} + 1\n" * 20)
+    spec = f"text:{corpus}@64"
+    at.text_input(key="data-spec").set_value(spec).run()
+    at.selectbox(key="partition").set_value("by_head").run()
+    at.button(key="compute").click().run()
+    no_errors(at)
+    model, _ = hl.load_checkpoint(ckpt)
+    batches, _ = analysis_batches(None, AnalysisSettings(samples=SAMPLES, batch_size=500), spec)
+    part = Partition.by_head(model)
+    want = hl.pseudo_hessian(model.eval(), next_token, batches, partition=part).H.numpy()
+    assert want.shape == (54, 54)
+    got = heatmap_z(chart(at, "inspect-H"))
+    order = hl.hierarchy.order(part.labels)
+    np.testing.assert_allclose(got, want[np.ix_(order, order)], rtol=1e-5, atol=1e-9)

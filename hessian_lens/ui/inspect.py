@@ -15,6 +15,7 @@ import streamlit as st
 
 from hessian_lens import settings as env
 from hessian_lens import uploads
+from hessian_lens.losses import LOSSES
 from hessian_lens.partition import SCHEMES
 from hessian_lens.runs import Run
 from hessian_lens.settings import MODELS_ENV
@@ -22,7 +23,7 @@ from hessian_lens.ui.blockdiag import render_block_diagonal
 from hessian_lens.ui.interactions import render_interactions
 from hessian_lens.ui.reads import as_dict
 
-PARTITIONS = (*SCHEMES[:3], "by_module:2", "by_kind")
+PARTITIONS = (*SCHEMES[:3], "by_module:2", "by_kind", "by_head", "adam_mini", "by_neuron")
 BATCH_SIZE = 500
 AUTO = "auto-detect"
 
@@ -193,6 +194,23 @@ def default_data_source(runs: list[Run]) -> str:
     )
 
 
+def run_defaults(meta: dict, runs: list[Run]) -> dict[str, str]:
+    """Data set, source and loss of the run that wrote the checkpoint (its ``meta["run"]``).
+
+    A checkpoint of ``gpt-text`` is analysed on that run's corpus with ``next_token`` by
+    default; any other file on CIFAR-10 with cross-entropy (and the data source of
+    :func:`default_data_source`).
+    """
+    found = next((r for r in runs if r.name == meta.get("run") and meta.get("run")), None)
+    data = found.manifest.data if found is not None else {}
+    spec = data.get("name") if isinstance(data.get("name"), str) else "cifar10"
+    source = data.get("source") if isinstance(data.get("source"), str) else None
+    loss = found.manifest.loss if found is not None else None
+    if loss not in LOSSES:
+        loss = "next_token" if spec.startswith("text:") else "cross_entropy"
+    return {"spec": spec, "source": source or default_data_source(runs), "loss": loss}
+
+
 @st.cache_resource(show_spinner="Loading data…", max_entries=4)
 def analysis_data(spec: str, source: str, samples: int, seed: int, batch_size: int):
     """The analysis subset and its fingerprint (loaded once per server; never downloads)."""
@@ -223,27 +241,30 @@ def batch_plan(meta: dict, samples: int) -> tuple[int, int]:
 def _analysis(ins, runs: list[Run], architecture, kwargs) -> None:
     from hessian_lens.analyze import AnalysisSettings
 
-    c0, c1, c2, c3, c4 = st.columns([1.2, 2.4, 1, 1.2, 0.8])
+    defaults = run_defaults(ins.meta, runs)
+    c0, c1, c2, c3, c4, c5 = st.columns([1.2, 2.2, 0.9, 1.1, 1.1, 0.8])
     spec = c0.text_input(
         "Data set",
-        "cifar10",
+        defaults["spec"],
         key="data-spec",
-        help="cifar10, mnist, ..., imagefolder:DIR, npz:PATH, PATH.safetensors",
+        help="cifar10, mnist, ..., imagefolder:DIR, npz:PATH, PATH.safetensors, "
+        "text:PATH[@context] (default: the data of the run that wrote the file)",
     )
     source = c1.text_input(
         "Data source (npz file or torchvision folder)",
-        default_data_source(runs),
+        defaults["source"],
         key="data-source",
         help="Read only: nothing is created or downloaded from here.",
     )
     samples = c2.number_input("Samples", 10, 50000, 1000, step=500, key="samples")
     partition = c3.selectbox("Partition", PARTITIONS, key="partition")
-    order3 = c4.checkbox("D³ diagonal", key="order3")
+    loss = c4.selectbox("Loss", LOSSES, index=list(LOSSES).index(defaults["loss"]), key="loss")
+    order3 = c5.checkbox("D³ diagonal", key="order3")
     batch_size, samples = batch_plan(ins.meta, int(samples))
     if batch_size != BATCH_SIZE:
         st.caption(f"This export fixes its batch size: batches of {batch_size}, {samples} samples.")
     settings = AnalysisSettings(
-        samples=samples, partition=partition, order3=order3, batch_size=batch_size
+        samples=samples, partition=partition, order3=order3, batch_size=batch_size, loss=loss
     )
     batches, fingerprint = analysis_data(
         spec, source, settings.samples, settings.seed, settings.batch_size
