@@ -25,6 +25,7 @@ import shutil
 import pytest
 import torch
 
+from hessian_lens import hierarchy
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.registry import build_model
 from tests.apptools import (
@@ -280,6 +281,7 @@ def test_nothing_overlaps_at_two_widths(url, width):
         ("block_diagonal", "Block_diagonal", 3),
         ("interactions_resnet18", "Layer_interactions?run=deep-resnet18", 2),
         ("heterogeneity_gpt", "Block_heterogeneity?run=gpt-text", 1),
+        ("interactions_gpt", "Layer_interactions?run=gpt-text", 2),
     ]
     found = []
     with chromium_page(width=width, height=2000) as page:
@@ -294,6 +296,11 @@ def test_nothing_overlaps_at_two_widths(url, width):
                 slider.focus()
                 slider.press("Home")
                 page.get_by_text("— epoch 0").first.wait_for(timeout=60_000)
+                wait_for_heatmaps(page, count)
+            if name == "interactions_gpt":  # every group, then one per head (54 -> 17)
+                found += problems(collect(page), where=f"{name} (groups) at {width} px: ")
+                choose(page, "Show", hierarchy.LEVEL_NAMES["head"])
+                page.get_by_text("blocks.0.head3").first.wait_for(timeout=60_000)
                 wait_for_heatmaps(page, count)
             page.wait_for_timeout(800)
             found += problems(collect(page), where=f"{name} at {width} px: ")
