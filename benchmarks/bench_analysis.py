@@ -9,6 +9,9 @@ their ratio next to S (the pruned double-backward loop needs about S gradients' 
 backward work at most: row s of H_bar only differentiates groups s..S). One JSON line each.
 
     python benchmarks/bench_analysis.py --samples 500 --batch-size 250 --repeats 3
+    python benchmarks/bench_analysis.py --run checkpoints/gpt-text --samples 64 --repeats 1
+
+``--run``: at a shipped run's analysed checkpoints (its partition, loss and data).
 """
 
 from __future__ import annotations
@@ -76,7 +79,45 @@ def measure(name: str, samples: int, batch_size: int, repeats: int) -> dict:
     settings = AnalysisSettings(
         samples=samples, batch_size=batch_size, partition=partition, loss=loss
     )
-    loss_fn = get_loss(loss)
+    return {"model": name, **timed(model, list(batches), settings, repeats)}
+
+
+def measure_run(run: Path, epochs: list[float] | None, samples: int, repeats: int) -> list[dict]:
+    """The same timing at a shipped run's analysed checkpoints, on the run's own data.
+
+    The partition, loss and data set are those the run was analysed with (its store);
+    ``samples`` training samples in one batch.
+    """
+    from hessian_lens.analyze import analysis_batches, select_checkpoints
+    from hessian_lens.checkpoint import load_checkpoint
+    from hessian_lens.runs import load_run
+
+    found = load_run(run)
+    stored = found.settings()[0]
+    settings = AnalysisSettings(
+        samples=samples,
+        batch_size=samples,
+        partition=stored.get("partition", "canonical"),
+        loss=stored.get("loss", "cross_entropy"),
+    )
+    data = found.manifest.data
+    batches, _ = analysis_batches(data.get("source"), settings, data.get("name", "cifar10"))
+    batches = list(batches)
+    out = []
+    for path in select_checkpoints(run, epochs):
+        model, meta = load_checkpoint(path)
+        model = model.float().eval()
+        row = {"run": found.name, "checkpoint": path.name, "epoch": meta.get("epoch")}
+        out.append({**row, **timed(model, batches, settings, repeats)})
+    return out
+
+
+def timed(model, batches: list, settings: AnalysisSettings, repeats: int) -> dict:
+    """Median analysis and gradient-pass seconds, alternated, and their ratio (also / S)."""
+    loss_fn = get_loss(settings.loss)
+    samples = sum(len(y) for _, y in batches)
+    batch_size = max(len(y) for _, y in batches)
+    partition = settings.partition
     grads, analyses = [], []
     gradient_pass(model, batches, loss_fn)  # warm-up
     summary, _ = analyze_model(model, batches, settings)
@@ -89,7 +130,6 @@ def measure(name: str, samples: int, batch_size: int, repeats: int) -> dict:
         analyses.append(time.perf_counter() - t0)
     g, a = statistics.median(grads), statistics.median(analyses)
     return {
-        "model": name,
         "partition": partition,
         "S": len(summary["labels"]),
         "samples": samples,
@@ -108,7 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--run", type=Path, help="time a shipped run's checkpoints instead")
+    ap.add_argument("--epochs", help="with --run: only these epochs, e.g. 0,1,12")
     args = ap.parse_args(argv)
+    if args.run is not None:
+        epochs = [float(e) for e in args.epochs.split(",")] if args.epochs else None
+        for row in measure_run(args.run, epochs, args.samples, args.repeats):
+            print(json.dumps(row), flush=True)
+        return
     for name in args.models:
         print(json.dumps(measure(name, args.samples, args.batch_size, args.repeats)), flush=True)
 

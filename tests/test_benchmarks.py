@@ -264,3 +264,23 @@ def test_bench_analysis_times_the_transformers_with_their_head_partition():
     assert row["model"] == "gpt" and row["partition"] == "by_head" and row["S"] == 54
     assert row["ratio"] == pytest.approx(row["analysis_s"] / row["gradient_s"], rel=0.02, abs=0.02)
     assert row["ratio_per_group"] == pytest.approx(row["ratio"] / 54, rel=0.02, abs=0.002)
+
+
+def test_bench_analysis_times_a_shipped_runs_checkpoints_on_its_own_data(cifar_npz):
+    """--run: the run's partition and loss, one row per asked checkpoint, ratio of the two."""
+    rows = run_script(
+        "benchmarks/bench_analysis.py",
+        "--run",
+        "checkpoints/lenet5-cifar10",
+        "--epochs",
+        "0,21",
+        "--samples",
+        "16",
+        "--repeats",
+        "1",
+    )
+    assert [r["epoch"] for r in rows] == [0, 21]
+    for r in rows:
+        assert r["run"] == "lenet5-cifar10" and r["partition"] == "canonical" and r["S"] == 10
+        assert r["samples"] == 16 and r["gradient_s"] > 0 and r["analysis_s"] > 0
+        assert abs(r["ratio"] - r["analysis_s"] / r["gradient_s"]) < 0.01 * r["ratio"] + 0.01
