@@ -13,7 +13,8 @@ For every analysed checkpoint of a run (read-only, nothing computed but S x S al
   decrease of the order-2 model the block-diagonal step achieves relative to the full one.
 
 Prints one JSON line per checkpoint; ``--markdown`` prints the table docs/transformers.md
-quotes (tests/test_benchmarks.py checks that they agree).
+quotes and ``--summary`` its per-claim tables (tests/test_benchmarks.py checks that they
+agree).
 
     python benchmarks/transformer_claims.py --runs checkpoints/gpt-text checkpoints/vgg11p-cifar10
 """
@@ -107,6 +108,86 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(table: list[dict]) -> str:
+    """The three claims' tables docs/transformers.md quotes, one row per run."""
+    runs = {}
+    for r in table:
+        runs.setdefault(r["run"], {}).setdefault(r["epoch"], r)  # a float16 twin: the first
+    return "\n\n".join([_query_value(runs), _heterogeneity(runs), _block_diagonal(runs)])
+
+
+def _at(rows: dict, epoch: float) -> dict:
+    """The row at ``epoch``, else the first one after it ({} when none)."""
+    later = [e for e in sorted(rows) if e >= epoch]
+    return rows[later[0]] if later else {}
+
+
+def _span(values) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return f"{_fmt(min(values))} to {_fmt(max(values))}" if values else "–"
+
+
+def _query_value(runs: dict) -> str:
+    lines = [
+        "| run | q/v curvature at init | at epoch 0.5 | at epoch 1 | last (epoch) "
+        "| raw H̄_ss q/v at init | last |",
+        "|" + "---|" * 7,
+    ]
+    for run, rows in runs.items():
+        if not any("q_over_v" in r for r in rows.values()):
+            continue
+        first, last = rows[min(rows)], rows[max(rows)]
+        cells = [
+            run,
+            _fmt(first.get("q_over_v")),
+            _fmt(_at(rows, 0.5).get("q_over_v")),
+            _fmt(_at(rows, 1).get("q_over_v")),
+            f"{_fmt(last.get('q_over_v'))} ({last['epoch']:g})",
+            _fmt(first.get("q_over_v_raw")),
+            _fmt(last.get("q_over_v_raw")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _heterogeneity(runs: dict) -> str:
+    lines = [
+        "| run | S | spread at init | spread from epoch 0.5 on | between types at init "
+        "| between types from epoch 0.5 on |",
+        "|" + "---|" * 6,
+    ]
+    for run, rows in runs.items():
+        first = rows[min(rows)]
+        later = [r for e, r in rows.items() if e >= 0.5]
+        cells = [
+            run,
+            str(first["S"]),
+            _fmt(first["log10_std"]),
+            _span(r["log10_std"] for r in later),
+            _fmt(first["between_blocks"]),
+            _span(r["between_blocks"] for r in later),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _block_diagonal(runs: dict) -> str:
+    lines = [
+        "| run | off-block H̄⁻¹ (norm.) | bd decrease / full | cos(η_bd, η) from epoch 2 on |",
+        "|" + "---|" * 4,
+    ]
+    for run, rows in runs.items():
+        off = [100 * r["off_share_Hinv_norm_layer"] for r in rows.values()]
+        cells = [
+            run,
+            f"{_fmt(min(off))}% to {_fmt(max(off))}%",
+            _span(r["decrease_bd_over_full"] for r in rows.values()),
+            _span(r["cos_eta_layer"] for e, r in rows.items() if e >= 2),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(x, unit: str = "") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -118,10 +199,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS))
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--summary", action="store_true", help="the per-claim tables")
     args = parser.parse_args()
     table = rows(args.runs)
-    if args.markdown:
-        print(markdown(table))
+    if args.markdown or args.summary:
+        print(markdown(table) if args.markdown else summary(table))
         return
     for r in table:
         print(json.dumps(r))

@@ -241,6 +241,15 @@ def test_transformer_claims_table_is_the_one_docs_transformers_quotes():
     doc = (REPO / "docs" / "transformers.md").read_text()
     quoted = doc.split("<!-- begin:claims -->")[1].split("<!-- end:claims -->")[0].strip()
     assert quoted == table
+    tables = subprocess.run(
+        [sys.executable, "benchmarks/transformer_claims.py", "--summary"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    quoted = doc.split("<!-- begin:summary -->")[1].split("<!-- end:summary -->")[0].strip()
+    assert quoted == tables
     rows = run_script("benchmarks/transformer_claims.py")
     gpt = [r for r in rows if r["run"] == "gpt-text"]
     assert len(gpt) >= 10 and len({r["epoch"] for r in gpt if r["epoch"] < 1}) >= 5
