@@ -177,9 +177,6 @@ def case(name: str, method: str, samples: int, batch: int, device: str) -> dict:
         "rss_bytes": rss.peak,
         "tensors_bytes": tensors,
         "budget_bytes": plan.budget,
-        "fixed_bytes": plan.fixed_bytes,
-        "per_sample_bytes": plan.per_sample_bytes,
-        "output_bytes": plan.output_bytes,
     }
 
 
@@ -217,26 +214,35 @@ def with_ratios(row: dict, constrained: bool) -> dict:
     }
 
 
-def split_budget(row: dict) -> int:
-    """The budget whose micro-batch is ``batch / SPLIT`` samples under the same plan."""
-    micro = max(row["batch"] // SPLIT, 1)
-    fixed, per = row["fixed_bytes"], row["per_sample_bytes"]
-    return row["output_bytes"] + fixed + micro * per + per // 2
+def split_budget(name: str, method: str, batch: int, device: str) -> int:
+    """The budget that the plan of one batch fills with ``batch / SPLIT`` samples."""
+    model, batches, partition, loss, _ = setup(name, batch, batch)
+    dev = torch.device(device)
+    model, (x, y) = model.to(dev), (t.to(dev) for t in batches[0])
+    part = Partition.from_name(model, partition)
+    saved = os.environ.pop(memory.MAX_MEMORY_ENV, None)  # the machine's budget, as the case
+    try:
+        plan = hl.memory_plan(
+            model, get_loss(loss), (x, y), partition=part, dtype=torch.float32, method=method
+        )
+    finally:
+        if saved is not None:
+            os.environ[memory.MAX_MEMORY_ENV] = saved
+    return plan.peak(max(batch // SPLIT, 1)) + plan.per_sample_bytes // 2
 
 
-def cases(name: str, method: str, batch: int, device: str, split: bool) -> list[dict]:
-    """The machine-budget case of one batch, then (``split``) the split-budget case."""
-    args = [name, method, str(batch), str(batch), device]
-    first = in_fresh_process(args, None)
-    if "error" in first:
-        return [{"model": name, "method": method, "batch": batch, **first}]
-    rows = [with_ratios(first, False)]
-    if split and batch >= 2 * SPLIT:
-        second = in_fresh_process(args, split_budget(first))
-        if "error" in second:
-            rows.append({"model": name, "method": method, "batch": batch, **second})
+def cases(name: str, method: str, batch: int, device: str, budgets: list[str]) -> list[dict]:
+    """One batch under the machine's budget and/or one that fits ``batch / SPLIT`` samples."""
+    args, rows = [name, method, str(batch), str(batch), device], []
+    for budget in budgets:
+        split = budget == "split"
+        if split and batch < 2 * SPLIT:
+            continue
+        row = in_fresh_process(args, split_budget(name, method, batch, device) if split else None)
+        if "error" in row:
+            rows.append({"model": name, "method": method, "batch": batch, **row})
         else:
-            rows.append(with_ratios(second, True))
+            rows.append(with_ratios(row, split))
     return rows
 
 
@@ -246,6 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", nargs="*", default=["loop", "vmap"])
     ap.add_argument("--batch-sizes", nargs="*", type=int, default=[8, 32])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--budgets",
+        nargs="*",
+        choices=["machine", "split"],
+        default=["machine", "split"],
+        help="split: only for the largest batch size",
+    )
     ap.add_argument("--quick", action="store_true", help="LeNet-5, loop, batch 8 (seconds)")
     ap.add_argument("--case", nargs=5, metavar=("MODEL", "METHOD", "SAMPLES", "BATCH", "DEV"))
     args = ap.parse_args(argv)
@@ -258,8 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         for method in args.methods:
             for batch in args.batch_sizes:
-                split = batch == max(args.batch_sizes)
-                for row in cases(name, method, batch, args.device, split):
+                largest = batch == max(args.batch_sizes)
+                budgets = [b for b in args.budgets if b == "machine" or largest]
+                for row in cases(name, method, batch, args.device, budgets):
                     print(json.dumps(row), flush=True)
 
 

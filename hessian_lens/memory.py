@@ -517,8 +517,10 @@ class Planner:
         partition: the groups (S).
         spec: the orders (``full``, ``diag``).
         back_end: what computes: ``name``, ``loss_fn``, ``chunk_size`` (set here),
-            ``chunks(S)`` (chunk sizes to try, largest first) and
-            ``probe(state, partition, spec, x, y, chunk=, meter=)`` (peaks per order).
+            ``screen(state, x)`` (what it decides from the model before it is planned:
+            the vmap back end falls back to the loop there), ``chunks(S)`` (chunk sizes to
+            try, largest first) and ``probe(state, partition, spec, x, y, chunk=, meter=)``
+            (peaks per order).
         splittable: ``False`` when samples are coupled (BatchNorm batch statistics).
         head: ``head(x, y, n)``: the first ``n`` samples of a batch (along its batch
             dimension); ``None``: along dimension 0 of a tensor or a tuple of tensors.
@@ -570,6 +572,7 @@ class Planner:
 
     def probe(self, x, y, samples: int) -> MemoryPlan:
         """Measure the back end on the first samples of this batch; set the chunk size."""
+        self.back_end.screen(self.state, self.head(x, y, PROBE_SAMPLES[0])[0])
         self.plan = plan_micro_batch(
             probe=lambda n, chunk: self._measure(*self.head(x, y, n), chunk),
             chunks=self.back_end.chunks(len(self.partition)),
