@@ -12,7 +12,8 @@ split), and under a budget that the plan fills with ``batch / 4`` samples
 The prediction is the engine's own plan (``result.memory``): ``plan.peak(m)`` for its
 micro-batch ``m``. The measured peak is the growth during the call over a baseline taken
 once the model, the data and a warm-up (``memory_plan`` on 5 samples: it loads the kernels
-and runs the probe the call then reuses) are in memory and glibc has returned its free heap
+and runs the probe the call then reuses; with ``vmap`` also one call on 4 samples, as its
+CPU probe runs the loop) are in memory and glibc has returned its free heap
 (``malloc_trim``), of
 
 * ``rss``: the resident set's high-water mark (``VmHWM`` after resetting it through
@@ -146,6 +147,8 @@ def case(name: str, method: str, samples: int, batch: int, device: str) -> dict:
     common = {"partition": part, "dtype": torch.float32, "method": method}
     head = (batches[0][0][: WARM_UP + 1], batches[0][1][: WARM_UP + 1])
     hl.memory_plan(model, loss_fn, head, **common)  # loads the kernels, caches the probe
+    if method == "vmap":  # on the CPU its probe is the loop's: load torch.func's code too
+        hl.pseudo_hessian(model, loss_fn, [tuple(t[:WARM_UP] for t in head)], **common)
     release_free_heap()
     with RssPeak() as rss, memory.PeakMeter(dev) as meter:
         res = hl.pseudo_hessian(model, loss_fn, batches, **common)

@@ -41,7 +41,8 @@ PROBE_SAMPLES = (2, 4)  # probe batch sizes; batches of at most the larger are n
 OUTPUT_COPIES = 3  # running sum, one batch's contribution, the symmetrised result
 # Per-sample bytes the probe cannot see, as a factor on what it sees. CPU: scratch inside
 # kernels (im2col, ...) and allocator overhead; measured 1.1-2.5 (resident set peak over
-# tensor bytes) on LeNet-5, VGG-11' and a tiny CNN, orders 2-3, both back ends. CUDA: the
+# tensor bytes) on LeNet-5, VGG-11' and a tiny CNN, orders 2-3, both back ends; 1.5-1.8
+# on the per-head ViT and GPT (benchmarks/bench_memory.py: predicted vs measured). CUDA: the
 # allocator's peak already holds kernel workspaces; the margin covers rounding and
 # fragmentation (not yet measured: benchmarks/gpu_check.sh prints predicted vs measured).
 PER_SAMPLE_OVERHEAD = {"cpu": 2.0, "cuda": 1.25}
