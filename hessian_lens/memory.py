@@ -41,7 +41,8 @@ PROBE_SAMPLES = (2, 4)  # probe batch sizes; batches of at most the larger are n
 OUTPUT_COPIES = 3  # running sum, one batch's contribution, the symmetrised result
 # Per-sample bytes the probe cannot see, as a factor on what it sees. CPU: scratch inside
 # kernels (im2col, ...) and allocator overhead; measured 1.1-2.5 (resident set peak over
-# tensor bytes) on LeNet-5, VGG-11' and a tiny CNN, orders 2-3, both back ends. CUDA: the
+# tensor bytes) on LeNet-5, VGG-11' and a tiny CNN, orders 2-3, both back ends; 1.5-1.8
+# on the per-head ViT and GPT (benchmarks/bench_memory.py: predicted vs measured). CUDA: the
 # allocator's peak already holds kernel workspaces; the margin covers rounding and
 # fragmentation (not yet measured: benchmarks/gpu_check.sh prints predicted vs measured).
 PER_SAMPLE_OVERHEAD = {"cpu": 2.0, "cuda": 1.25}
@@ -517,8 +518,10 @@ class Planner:
         partition: the groups (S).
         spec: the orders (``full``, ``diag``).
         back_end: what computes: ``name``, ``loss_fn``, ``chunk_size`` (set here),
-            ``chunks(S)`` (chunk sizes to try, largest first) and
-            ``probe(state, partition, spec, x, y, chunk=, meter=)`` (peaks per order).
+            ``screen(state, x)`` (what it decides from the model before it is planned:
+            the vmap back end falls back to the loop there), ``chunks(S)`` (chunk sizes to
+            try, largest first) and ``probe(state, partition, spec, x, y, chunk=, meter=)``
+            (peaks per order).
         splittable: ``False`` when samples are coupled (BatchNorm batch statistics).
         head: ``head(x, y, n)``: the first ``n`` samples of a batch (along its batch
             dimension); ``None``: along dimension 0 of a tensor or a tuple of tensors.
@@ -570,6 +573,7 @@ class Planner:
 
     def probe(self, x, y, samples: int) -> MemoryPlan:
         """Measure the back end on the first samples of this batch; set the chunk size."""
+        self.back_end.screen(self.state, self.head(x, y, PROBE_SAMPLES[0])[0])
         self.plan = plan_micro_batch(
             probe=lambda n, chunk: self._measure(*self.head(x, y, n), chunk),
             chunks=self.back_end.chunks(len(self.partition)),

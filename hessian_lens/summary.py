@@ -877,6 +877,9 @@ class _LoopBackEnd:
     def chunks(self, S: int) -> list[int | None]:
         return [None]
 
+    def screen(self, state: _State, x) -> None:
+        """Nothing to decide before planning (the vmap back end may fall back here)."""
+
     def probe(self, *, state, partition, spec, x, y, chunk, meter: PeakMeter) -> list[int]:
         """Peak bytes after each order of the widest chain of passes.
 
@@ -986,23 +989,31 @@ class _VmapBackEnd:
         or that torch.func cannot vectorise or differentiate forward (the fused attention
         of ``nn.MultiheadAttention``).
         """
-        if self.fallback is None and not self.screened:
-            self.screened = True
-            wrong = ops_run(lambda: acc.state.forward(x), VMAP_WRONG_OPS)
-            if wrong:
-                self._fall_back(acc, f"torch.func's derivatives of {', '.join(wrong)} are wrong")
+        self.screen(acc.state, x)
         if self.fallback is None:
             try:
                 return self._product(acc, x, y, weight)
             except (NotImplementedError, RuntimeError) as err:
                 if not _unsupported_by_func(err):
                     raise
-                self._fall_back(acc, f"torch.func cannot run this model ({_first_line(err)})")
+                self._fall_back(acc.state, f"torch.func cannot run this model ({_first_line(err)})")
         return self.fallback.product(acc, x, y, weight)
 
-    def _fall_back(self, acc: _Accumulator, why: str) -> None:
+    def screen(self, state: _State, x) -> None:
+        """Fall back to the loop when the model runs one of :data:`VMAP_WRONG_OPS` (once).
+
+        Called by the planner before it plans (and by the first micro-batch when nothing
+        was planned): a run that falls back is planned as the loop it runs.
+        """
+        if self.fallback is None and not self.screened:
+            self.screened = True
+            wrong = ops_run(lambda: state.forward(x), VMAP_WRONG_OPS)
+            if wrong:
+                self._fall_back(state, f"torch.func's derivatives of {', '.join(wrong)} are wrong")
+
+    def _fall_back(self, state: _State, why: str) -> None:
         self.fallback = _LoopBackEnd(self.loss_fn)
-        acc.state.notes.append(f"method='vmap' fell back to the loop back end: {why}")
+        state.notes.append(f"method='vmap' fell back to the loop back end: {why}")
 
     def _product(self, acc: _Accumulator, x, y, weight: float) -> Tensor:
         st, S = acc.state, len(acc.partition)
@@ -1020,6 +1031,8 @@ class _VmapBackEnd:
 
     def chunks(self, S: int) -> list[int | None]:
         """Chunk sizes to try, largest first (the given one only, when given)."""
+        if self.fallback is not None:
+            return [None]
         if self.fixed_chunk:
             return [self.chunk_size]
         return sorted({max(S >> i, 1) for i in range(S.bit_length() + 1)}, reverse=True)
@@ -1035,6 +1048,8 @@ class _VmapBackEnd:
         """
         chunk = chunk or len(partition)
         batch = {"state": state, "partition": partition, "spec": spec, "x": x, "y": y}
+        if self.fallback is not None:  # the loop will run (screen): its peaks
+            return self.fallback.probe(**batch, chunk=None, meter=meter)
         if state.device.type == "cuda":
             return self.measure(**batch, chunk=chunk, meter=meter)
         loop = _LoopBackEnd(self.loss_fn).probe(**batch, chunk=None, meter=meter)

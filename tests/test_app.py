@@ -438,3 +438,27 @@ def test_gpt_heads_collapse_per_layer_head_and_type_exactly(app_env):
     assert layout_problems(chart(at, "interactions-H")) == []
     at.radio(key="interactions-within").set_value("block").run()
     no_errors(at)
+
+
+VIT = REPO / "checkpoints" / "vit-cifar10"
+
+
+def test_the_shipped_vit_on_every_page(app_env):
+    """vit-cifar10 (per head, S = 108): every page opens on it, the tree collapses exactly."""
+    from tests.apptools import plotly_specs
+
+    rec = stored(VIT)[-1]
+    labels = rec.summary["labels"]
+    assert len(labels) == 108 and hierarchy.has_heads(labels)
+    at = open_page(INTERACTIONS, VIT)
+    no_errors(at)
+    at.selectbox(key="interactions-level").set_value("head").run()
+    no_errors(at)
+    units = hierarchy.units(labels, "head")
+    M = hierarchy.membership(len(labels), units)
+    np.testing.assert_allclose(heatmap_z(chart(at, "interactions-H")), M.T @ rec.arrays["H"] @ M)
+    assert layout_problems(chart(at, "interactions-H")) == []
+    for page in (BLOCKDIAG, "pages/6_Block_heterogeneity.py", "app.py"):
+        at = open_page(page, VIT)
+        no_errors(at)
+        assert plotly_specs(at), page

@@ -293,3 +293,22 @@ def test_bench_analysis_times_a_shipped_runs_checkpoints_on_its_own_data(cifar_n
         assert r["run"] == "lenet5-cifar10" and r["partition"] == "canonical" and r["S"] == 10
         assert r["samples"] == 16 and r["gradient_s"] > 0 and r["analysis_s"] > 0
         assert abs(r["ratio"] - r["analysis_s"] / r["gradient_s"]) < 0.01 * r["ratio"] + 0.01
+
+
+def test_bench_memory_compares_the_plan_with_the_measured_peak(capsys):
+    """Quick mode: LeNet-5 on 8 samples, under the machine's budget then one fitting 2."""
+    load("benchmarks/bench_memory.py").main(["--quick", "--device", "cpu"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["budget"] for r in rows] == ["machine", "split"], rows
+    machine, split = rows
+    assert (machine["micro_batch"], split["micro_batch"]) == (8, 2)  # what each budget fits
+    assert split["budget_source"].startswith("HESSIAN_LENS_MAX_MEMORY_GB=")
+    for r in rows:
+        assert r["model"] == "lenet5" and r["method"] == r["ran"] == "loop" and r["S"] == 10
+        plan = r["output_mib"] + r["fixed_mib"] + r["micro_batch"] * r["per_sample_mib"]
+        assert r["predicted_mib"] == pytest.approx(plan, abs=0.02), r
+        for ratio in ("ratio", "ratio_rss", "ratio_tensors"):
+            assert 0 < r[ratio] < float("inf"), r
+        assert r["ratio_rss"] == pytest.approx(r["rss_mib"] / r["predicted_mib"], rel=0.01)
+        assert r["ratio_tensors"] == pytest.approx(r["tensors_mib"] / r["predicted_mib"], rel=0.01)
+        assert r["ratio"] == r["ratio_rss"]  # on the CPU the ratio is the resident set's

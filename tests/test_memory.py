@@ -139,6 +139,32 @@ def test_tiny_budget_splits_batches_and_keeps_the_result(monkeypatch, method):
         assert_close(free.H, whole.H, **EXACT)
 
 
+def test_vmap_that_falls_back_to_the_loop_is_planned_as_the_loop(monkeypatch):
+    """LayerNorm makes method='vmap' run the loop: the plan is the loop's, not S+1 times it.
+
+    Planned as vmap, the budget below (the loop's 40 samples and a half) would fit only
+    40 / (S + 1) = 5 samples of the vmap plan: the run would split its batch for nothing.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3))
+    counted = Counted()
+    counted.net = model
+    x, y = data_for("mlp", n=40)
+    loop = hl.memory_plan(counted, loss_fn, (x, y), method="loop")
+    vmap = hl.memory_plan(counted, loss_fn, (x, y), method="vmap")
+    assert (vmap.fixed_bytes, vmap.per_sample_bytes) == (loop.fixed_bytes, loop.per_sample_bytes)
+    assert vmap.chunk_size is None
+    set_budget(monkeypatch, loop.output_bytes + loop.fixed_bytes + 40.5 * loop.per_sample_bytes)
+    counted.sizes.clear()
+    want = hl.pseudo_hessian(counted, loss_fn, (x, y), method="loop")
+    loop_calls, counted.sizes = counted.sizes, []
+    res = hl.pseudo_hessian(counted, loss_fn, (x, y), method="vmap")
+    assert res.method == "loop" and any("fell back to the loop" in n for n in res.notes)
+    assert res.memory.micro_batch >= 40
+    assert counted.sizes == [2, *loop_calls], counted.sizes  # the screen, then the loop's calls
+    assert_close(res.H, want.H, **EXACT)
+
+
 def test_tiny_budget_with_batches_and_order_three(monkeypatch):
     model = Counted()
     x, y = data_for("cnn", n=35)
