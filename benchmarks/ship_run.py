@@ -33,7 +33,7 @@ NOTE = (
 )
 
 
-def ship(run: Path, out: Path, keep: set[float]) -> dict:
+def ship(run: Path, out: Path, keep: set[float], note: str = "") -> dict:
     """Write the shipped folder ``out`` from ``run``; returns what was done."""
     out.mkdir(parents=True, exist_ok=False)
     manifest = read_manifest(run).raw
@@ -60,6 +60,11 @@ def ship(run: Path, out: Path, keep: set[float]) -> dict:
             h["checkpoint"] = name
         history.append(h)
     manifest = {**manifest, "history": history, "state": "finished"}
+    if note:
+        manifest["note"] = note
+    augment = manifest.get("config", {}).get("augment")
+    if augment and "augment" not in manifest.get("data", {}):  # runs from before it was copied
+        manifest["data"] = {**manifest["data"], "augment": augment}
     manifest["checkpoints_not_shipped"] = {"note": NOTE, "sha256": absent}
     write_json(out / RUN_FILE, manifest)
     size = sum(p.stat().st_size for p in out.iterdir())
@@ -76,9 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--keep", default="", help="epochs whose .pt checkpoints ship as they are")
+    p.add_argument("--note", default="", help="a note for run.json (e.g. why it stopped)")
     args = p.parse_args(argv)
     keep = {float(e) for e in args.keep.split(",") if e.strip()}
-    print(json.dumps(ship(args.run, args.out, keep)))
+    print(json.dumps(ship(args.run, args.out, keep, args.note)))
 
 
 if __name__ == "__main__":

@@ -282,6 +282,8 @@ def test_nothing_overlaps_at_two_widths(url, width):
         ("interactions_resnet18", "Layer_interactions?run=deep-resnet18", 2),
         ("heterogeneity_gpt", "Block_heterogeneity?run=gpt-text", 1),
         ("interactions_gpt", "Layer_interactions?run=gpt-text", 2),
+        ("interactions_vit", "Layer_interactions?run=vit-cifar10", 2),
+        ("heterogeneity_vit", "Block_heterogeneity?run=vit-cifar10", 1),
     ]
     found = []
     with chromium_page(width=width, height=2000) as page:
