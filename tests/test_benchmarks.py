@@ -312,3 +312,37 @@ def test_bench_memory_compares_the_plan_with_the_measured_peak(capsys):
         assert r["ratio_rss"] == pytest.approx(r["rss_mib"] / r["predicted_mib"], rel=0.01)
         assert r["ratio_tensors"] == pytest.approx(r["tensors_mib"] / r["predicted_mib"], rel=0.01)
         assert r["ratio"] == r["ratio_rss"]  # on the CPU the ratio is the resident set's
+
+
+def test_ship_run_keeps_what_it_says_and_the_last_checkpoint_as_float16(tmp_path):
+    from hessian_lens.checkpoint import read_checkpoint
+    from hessian_lens.files import file_sha256
+    from hessian_lens.runfolder import list_checkpoints, read_manifest
+    from tests.apptools import make_analysed_run
+
+    run, _ = make_analysed_run(tmp_path / "src")
+    spec = importlib.util.spec_from_file_location("ship_run", REPO / "benchmarks" / "ship_run.py")
+    ship_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_run)
+    done = ship_run.ship(run, tmp_path / "out", keep={0.0}, note="stopped early")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in list_checkpoints(out)) == [
+        "epoch_0000.pt",
+        "epoch_0002.safetensors",
+    ]
+    assert not (out / "resume.pt").exists() and done["bytes"] > 0
+    half, _ = read_checkpoint(out / "epoch_0002.safetensors")
+    full, _ = read_checkpoint(run / "epoch_0002.pt")
+    assert half.keys() == full.keys()
+    for k, v in full.items():
+        assert half[k].dtype == (torch.float16 if v.is_floating_point() else v.dtype)
+        assert torch.allclose(half[k].float(), v.float(), rtol=1e-3, atol=1e-4)
+    manifest = read_manifest(out).raw
+    assert manifest["state"] == "finished" and manifest["note"] == "stopped early"
+    assert [h.get("checkpoint") for h in manifest["history"]] == [
+        "epoch_0000.pt",
+        None,
+        "epoch_0002.safetensors",
+    ]
+    absent = manifest["checkpoints_not_shipped"]["sha256"]
+    assert absent == {n: file_sha256(run / n) for n in ("epoch_0001.pt", "epoch_0002.pt")}
