@@ -54,6 +54,7 @@ def measure(record) -> dict:
         "epoch": record.epoch,
         "S": len(labels),
         "loss": record.summary["loss"],
+        "defined": het["overall"]["defined"],
         "log10_std": het["overall"]["log10_std"],
         "between_blocks": het["overall"].get("between_blocks_log10_std", math.nan),
         "off_share_Hinv_norm_layer": layer["off_share_Hinv_norm"],
@@ -63,9 +64,14 @@ def measure(record) -> dict:
     q = [i for i, b in enumerate(blocks) if b == "q"]
     v = [i for i, b in enumerate(blocks) if b == "v"]
     if q and v:
-        row["q_over_v"] = _median(c[q].abs()) / _median(c[v].abs())
-        row["q_over_v_raw"] = _median(H.diagonal()[q].abs()) / _median(H.diagonal()[v].abs())
+        row["q_over_v"] = _ratio(_median(c[q].abs()), _median(c[v].abs()))
+        row["q_over_v_raw"] = _ratio(_median(H.diagonal()[q].abs()), _median(H.diagonal()[v].abs()))
     return row
+
+
+def _ratio(a: float, b: float) -> float:
+    """``a / b``, NaN where undefined (no gradient in those groups: torchvision's ViT at init)."""
+    return a / b if b != 0 and math.isfinite(a) and math.isfinite(b) else math.nan
 
 
 def _median(t: torch.Tensor) -> float:
@@ -152,8 +158,8 @@ def _query_value(runs: dict) -> str:
 
 def _heterogeneity(runs: dict) -> str:
     lines = [
-        "| run | S | spread at init | spread from epoch 0.5 on | between types at init "
-        "| between types from epoch 0.5 on |",
+        "| run | S (with gradient at init) | spread at init | spread from epoch 0.5 on "
+        "| between types at init | between types from epoch 0.5 on |",
         "|" + "---|" * 6,
     ]
     for run, rows in runs.items():
@@ -161,7 +167,7 @@ def _heterogeneity(runs: dict) -> str:
         later = [r for e, r in rows.items() if e >= 0.5]
         cells = [
             run,
-            str(first["S"]),
+            f"{first['S']} ({first['defined']})",
             _fmt(first["log10_std"]),
             _span(r["log10_std"] for r in later),
             _fmt(first["between_blocks"]),
