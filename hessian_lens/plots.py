@@ -1061,6 +1061,9 @@ def _rings(idx, x, y, legend: bool) -> go.Scatter:
     )
 
 
+HALF_WIDTH_TYPES = 4  # more block types than this in half a figure: slanted labels
+
+
 def _type_axis(types: Sequence[str], blocks: Sequence[str]) -> dict:
     return dict(
         tickmode="array",
@@ -1370,7 +1373,10 @@ def heterogeneity_comparison(
         traces, types = _strip_traces(side.labels, side.values, side.blocks, side.heads, seen)
         for tr in traces:
             fig.add_trace(tr, row=1, col=col)
-        fig.update_xaxes(_type_axis(types, side.blocks), row=1, col=col)
+        axis = _type_axis(types, side.blocks)
+        if len(types) > HALF_WIDTH_TYPES:  # half a row is too narrow for them side by side
+            axis.update(tickangle=-45, automargin=True)
+        fig.update_xaxes(axis, row=1, col=col)
     logs = np.concatenate([log_abs(left.values), log_abs(right.values)])
     logs = logs[np.isfinite(logs)]
     if logs.size:
