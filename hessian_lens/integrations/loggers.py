@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from hessian_lens import linalg, plots
+from hessian_lens import heterogeneity, linalg, plots
 from hessian_lens.store import Record
 
 PREFIX = "hessian"
@@ -71,8 +71,8 @@ def curvature_scalars(summary: dict[str, Any], arrays: dict[str, np.ndarray]) ->
         (1.0, 101.0, 100.0)
     """
     H, g, Hinv = arrays["H"], arrays["g"], arrays["Hinv"]
-    u_sq = np.asarray(arrays.get("u_sq", g), dtype=np.float64)
-    curv = linalg.group_curvature(torch.as_tensor(H), torch.as_tensor(np.clip(u_sq, 0, None)))
+    u_sq = np.clip(heterogeneity.norms_sq(arrays), 0, None)  # rounding can give -1e-20
+    curv = linalg.group_curvature(torch.as_tensor(H), torch.as_tensor(u_sq))
     spread = linalg.spread(curv)
     layer = summary.get("compare", {}).get("layer", {})
     out = {
