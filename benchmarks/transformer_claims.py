@@ -111,7 +111,7 @@ def markdown(table: list[dict]) -> str:
             _fmt(r["cos_eta_layer"]),
             _fmt(r["decrease_bd_over_full"]),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return "\n".join(lines)
 
 
@@ -153,7 +153,7 @@ def _query_value(runs: dict) -> str:
             _fmt(first.get("q_over_v_raw")),
             _fmt(last.get("q_over_v_raw")),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return "\n".join(lines)
 
 
@@ -174,7 +174,7 @@ def _heterogeneity(runs: dict) -> str:
             _fmt(first["between_blocks"]),
             _span(r["between_blocks"] for r in later),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return "\n".join(lines)
 
 
@@ -195,8 +195,12 @@ def _block_diagonal(runs: dict) -> str:
             _span(r["decrease_bd_over_full"] for r in rows.values()),
             _span(r["cos_eta_layer"] for e, r in rows.items() if e >= 2),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return "\n".join(lines)
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _fmt(x, unit: str = "") -> str:

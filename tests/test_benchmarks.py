@@ -231,25 +231,17 @@ def test_bench_train_step_times_steps_of_the_named_model_on_real_windows(tmp_pat
 
 def test_transformer_claims_table_is_the_one_docs_transformers_quotes():
     """docs/transformers.md quotes benchmarks/transformer_claims.py on the shipped stores."""
-    table = subprocess.run(
-        [sys.executable, "benchmarks/transformer_claims.py", "--markdown"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
     doc = (REPO / "docs" / "transformers.md").read_text()
-    quoted = doc.split("<!-- begin:claims -->")[1].split("<!-- end:claims -->")[0].strip()
-    assert quoted == table
-    tables = subprocess.run(
-        [sys.executable, "benchmarks/transformer_claims.py", "--summary"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    quoted = doc.split("<!-- begin:summary -->")[1].split("<!-- end:summary -->")[0].strip()
-    assert quoted == tables
+    for flag, tag in (("--markdown", "claims"), ("--summary", "summary")):
+        printed = subprocess.run(
+            [sys.executable, "benchmarks/transformer_claims.py", flag],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        quoted = doc.split(f"<!-- begin:{tag} -->")[1].split(f"<!-- end:{tag} -->")[0]
+        assert quoted.strip() == printed, tag
     rows = run_script("benchmarks/transformer_claims.py")
     transformers = [r for r in rows if r["run"] in ("gpt-text", "vit-cifar10")]
     for run in ("gpt-text", "vit-cifar10"):  # >= 10 analysed points, several inside epoch 1
