@@ -126,7 +126,7 @@ def units(
 
     Example:
         >>> units(["l.0.q.head0", "l.0.k.head0", "l.0.q.head1", "l.0.mlp.weight"], "head")
-        [('l.0.head0', [0, 1]), ('l.0.head1', [2]), ('l.0.mlp', [3])]
+        [('l.0.head0', [0, 1]), ('l.0.q.head1', [2]), ('l.0.mlp.weight', [3])]
     """
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")

@@ -358,7 +358,7 @@ def test_a_gpt_checkpoint_defaults_to_its_runs_text_and_loss_and_splits_heads(ap
     from hessian_lens.losses import next_token
     from tests.conftest import REPO
 
-    ckpt = REPO / "checkpoints" / "gpt-text" / "epoch_0006.pt"
+    ckpt = REPO / "checkpoints" / "gpt-text" / "epoch_0006.safetensors"  # float16
     at = inspect(ckpt.name, ckpt.read_bytes())
     no_errors(at)
     from hessian_lens.runs import load_run

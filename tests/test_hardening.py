@@ -198,6 +198,9 @@ def test_home_page_leaves_a_foreign_sqlite_file_untouched(env, analysed, monkeyp
     db.close()
     before = (theirs / "analysis.sqlite").read_bytes()
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(root))
+    from hessian_lens.ui import common
+
+    monkeypatch.setattr(common, "REPO_RUNS", root)  # only these runs: one page of cards
     at = page("app.py")
     assert not at.exception
     assert {"tiny-run", "theirs"} <= set(cards(at))  # the copy keeps its run.json's name

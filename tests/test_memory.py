@@ -161,7 +161,9 @@ def test_vmap_that_falls_back_to_the_loop_is_planned_as_the_loop(monkeypatch):
     res = hl.pseudo_hessian(counted, loss_fn, (x, y), method="vmap")
     assert res.method == "loop" and any("fell back to the loop" in n for n in res.notes)
     assert res.memory.micro_batch >= 40
-    assert counted.sizes == [2, *loop_calls], counted.sizes  # the screen, then the loop's calls
+    # the same forward calls as the loop, beyond the screen and the probes (2 and 4 samples,
+    # repeated or not depending on the probe cache): no split of the 40 samples
+    assert [n for n in counted.sizes if n > 4] == [n for n in loop_calls if n > 4], counted.sizes
     assert_close(res.H, want.H, **EXACT)
 
 
