@@ -383,3 +383,23 @@ def test_a_gpt_checkpoint_defaults_to_its_runs_text_and_loss_and_splits_heads(ap
     got = heatmap_z(chart(at, "inspect-H"))
     order = hl.hierarchy.order(part.labels)
     np.testing.assert_allclose(got, want[np.ix_(order, order)], rtol=1e-5, atol=1e-9)
+
+
+def test_run_defaults_come_from_the_run_that_wrote_the_checkpoint(tiny_npz):
+    from types import SimpleNamespace
+
+    from hessian_lens.ui.inspect import run_defaults
+
+    def run(name, data, loss):
+        return SimpleNamespace(name=name, manifest=SimpleNamespace(data=data, loss=loss))
+
+    runs = [
+        run("other", {"name": "mnist", "source": "/elsewhere"}, "mse"),
+        run("mine", {"name": f"npz:{tiny_npz}", "source": str(tiny_npz)}, "nll"),
+    ]
+    got = run_defaults({"run": "mine"}, runs)
+    assert got == {"spec": f"npz:{tiny_npz}", "source": str(tiny_npz), "loss": "nll"}
+    text = run_defaults({"run": "gpt"}, [run("gpt", {"name": "text:/c@8"}, None)])
+    assert text["spec"] == "text:/c@8" and text["loss"] == "next_token"
+    unknown = run_defaults({"run": "nobody"}, runs)
+    assert unknown["spec"] == "cifar10" and unknown["loss"] == "cross_entropy"
