@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import plotly.graph_objects as go
 
+from hessian_lens.heterogeneity import left_out, lower_median, type_order
+from hessian_lens.hierarchy import layer_of, order
 from hessian_lens.linalg import normalize
 
 SCALES = ("raw", "normalized", "signed log")
@@ -134,8 +136,6 @@ def layer_bounds(labels: Sequence[str]) -> list[int]:
         >>> layer_bounds(["b.0.q.head0", "b.0.k.head0", "b.1.q.head0", "ln_f.weight"])
         [2, 3]
     """
-    from hessian_lens.hierarchy import layer_of
-
     layers = [layer_of(x) for x in labels]
     return [i for i in range(1, len(layers)) if layers[i] != layers[i - 1]]
 
@@ -662,8 +662,6 @@ def _ticks(
 
 def _tick_texts(labels: Sequence[str], max_ticks: int) -> list[str]:
     """Each label's layer, or its module when there are more than ``max_ticks / 2`` layers."""
-    from hessian_lens.hierarchy import layer_of
-
     layers = [layer_of(x) for x in labels]
     runs = sum(1 for i in range(len(layers)) if i == 0 or layers[i] != layers[i - 1])
     return layers if runs <= max_ticks // 2 else module_prefixes(labels)
@@ -973,8 +971,6 @@ def left_out_note(values) -> str:
         >>> left_out_note([1.0, float("nan"), float("nan"), 0.0])
         '2 of 4 groups left out: ḡ_s = 0 (no gradient on them); 1 with c_s = 0'
     """
-    from hessian_lens.heterogeneity import left_out
-
     v = np.asarray(values, dtype=np.float64)
     undefined, zero = left_out(v.ravel())
     noun = "groups" if v.ndim == 1 else "(group, checkpoint) cells"
@@ -988,8 +984,6 @@ def left_out_note(values) -> str:
 
 def _strip_traces(labels, values, blocks, heads, seen: set | None = None) -> tuple[list, list]:
     """Box and point traces of a curvature strip, and the block types (x = 0, 1, ...)."""
-    from hessian_lens.heterogeneity import type_order
-
     seen = set() if seen is None else seen
     y, v = log_abs(values), np.asarray(values, dtype=np.float64)
     types = type_order(blocks)
@@ -1130,8 +1124,6 @@ def block_trends(
         title: figure title.
         height: figure height in px.
     """
-    from hessian_lens.heterogeneity import lower_median, type_order
-
     if mode not in ("band", "groups"):
         raise ValueError(f"mode must be 'band' or 'groups', got {mode!r}")
     mag = 10.0 ** log_abs(values)  # NaN where undefined or 0
@@ -1233,8 +1225,6 @@ def curvature_heatmap(
     hovering gives the label, the checkpoint and the signed value. Past
     :data:`MAX_TICKS` groups the y ticks name the layers where they start.
     """
-    from hessian_lens.hierarchy import layer_of, order
-
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(labels), len(names)):
         raise ValueError(
