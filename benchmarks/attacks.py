@@ -310,7 +310,7 @@ def _(w, t):
         w / "bomb.pt", lenet_state(), {"model": {"name": "lenet5", "kwargs": {"j": memo_bomb()}}}
     )
     act = f"upload('bomb.pt', open({str(w / 'bomb.pt')!r}, 'rb').read())"
-    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), timeout=90, mem=5 * GiB)
+    return code(page_code(t, "views/Inspect_checkpoint.py", act), timeout=90, mem=5 * GiB)
 
 
 @attempt(1, "inspect CLI: meta nested 200,000 deep (.pt)")
@@ -340,7 +340,7 @@ def _(w, t):
     save_pt(w / "good.pt", lenet_state(), LENET)
     act = f"upload('good.pt', open({str(w / 'good.pt')!r}, 'rb').read())"
     post = "out['torch_load_calls'] = len(loads)"
-    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act, pre=COUNT_LOADS, post=post))
+    return code(page_code(t, "views/Inspect_checkpoint.py", act, pre=COUNT_LOADS, post=post))
 
 
 # ---- 3. architectures from metadata
@@ -375,7 +375,7 @@ def _(w, t):
         "at.selectbox(key='arch-name').set_value('mlp')\n"
         "at.text_input(key='arch-kwargs').set_value('{\"sizes\": [131072, 131072]}').run()"
     )
-    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), mem=6 * GiB)
+    return code(page_code(t, "views/Inspect_checkpoint.py", act), mem=6 * GiB)
 
 
 # ---- 4. odd tensors, bad kwargs
@@ -418,7 +418,7 @@ def _(w, t):
     db.close()
     state = f"at.session_state['run_path'] = {str(run)!r}"
     return code(
-        page_code(t, "pages/1_Layer_interactions.py", state=state),
+        page_code(t, "views/Layer_interactions.py", state=state),
         env={"HESSIAN_LENS_RUNS": str(run.parent)},
         mem=7 * GiB,
         timeout=180,
@@ -442,7 +442,7 @@ def _(w, t):
     (run / "optimizer_log.json").write_text(json.dumps({"labels": labels, "entries": entries}))
     post = f"out['log_mb'] = {round((run / 'optimizer_log.json').stat().st_size / 2**20, 1)}"
     return code(
-        page_code(t, "pages/4_Optimizer.py", PICK_PN, post=post),
+        page_code(t, "views/Optimizer.py", PICK_PN, post=post),
         env={"HESSIAN_LENS_RUNS": str(run.parent)},
         timeout=300,
     )
@@ -511,8 +511,8 @@ def _(w, t):
 
 @attempt(7, "Interactions page: runs and cache on a read-only bind mount")
 def _(w, t):
-    call, state = _readonly(w, "pages/1_Layer_interactions.py")
-    call.args = ["-c", page_code(t, "pages/1_Layer_interactions.py", state=state)]
+    call, state = _readonly(w, "views/Layer_interactions.py")
+    call.args = ["-c", page_code(t, "views/Layer_interactions.py", state=state)]
     return call
 
 
@@ -524,7 +524,7 @@ def _(w, t):
         f"upload('good.pt', open({str(w / 'good.pt')!r}, 'rb').read())\n"
         f"at.text_input(key='data-source').set_value({str(w / 'nowhere' / 'cifar')!r}).run()"
     )
-    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), timeout=120)
+    return code(page_code(t, "views/Inspect_checkpoint.py", act), timeout=120)
 
 
 # ---- 9. analyze outside runs
@@ -556,7 +556,7 @@ def _(w, t):
     act = f"upload('evil.pt', {evil!r})\nupload('text.pt', b'hello, not a checkpoint')"
     uploads = w / "cache" / "uploads"
     return code(
-        page_code(t, "pages/3_Inspect_checkpoint.py", act),
+        page_code(t, "views/Inspect_checkpoint.py", act),
         check=lambda: {"cached": sorted(p.name for p in uploads.glob("*"))},
     )
 
@@ -574,7 +574,7 @@ def _(w, t):
     act = "\n".join(f"upload({n!r}, open({str(w / n)!r}, 'rb').read())" for n in names)
     uploads = w / "cache" / "uploads"
     return code(
-        page_code(t, "pages/3_Inspect_checkpoint.py", act),
+        page_code(t, "views/Inspect_checkpoint.py", act),
         env={"HESSIAN_LENS_CACHE_MB": "0.6"},
         check=lambda: {"cached": len(list(uploads.glob("*")))},
     )
@@ -588,7 +588,7 @@ def _(w, t):
     save_pt(w / "good.pt", lenet_state(), LENET)
     act = f"upload('good.pt', open({str(w / 'good.pt')!r}, 'rb').read())"
     return code(
-        page_code(t, "pages/3_Inspect_checkpoint.py", act),
+        page_code(t, "views/Inspect_checkpoint.py", act),
         env={"HESSIAN_LENS_DATA": str(w / "tiny.npz")},
         check=lambda: {"cache": sorted(p.name for p in (w / "cache").iterdir())},
     )
@@ -622,7 +622,7 @@ def _settings_run(w: Path, t: Path, settings: dict, key: str) -> Call:
     db.close()
     return code(
         page_code(
-            t, "pages/1_Layer_interactions.py", state=f"at.session_state['run_path'] = {str(run)!r}"
+            t, "views/Layer_interactions.py", state=f"at.session_state['run_path'] = {str(run)!r}"
         ),
         env={"HESSIAN_LENS_RUNS": str(run.parent)},
     )
@@ -647,7 +647,7 @@ def _(w, t):
     }
     (run / "optimizer_log.json").write_text(json.dumps(log))
     return code(
-        page_code(t, "pages/4_Optimizer.py", PICK_PN), env={"HESSIAN_LENS_RUNS": str(run.parent)}
+        page_code(t, "views/Optimizer.py", PICK_PN), env={"HESSIAN_LENS_RUNS": str(run.parent)}
     )
 
 
@@ -702,7 +702,7 @@ for _v in ("inf", "abc", "-1"):
 
     def _limit(w, t, v=_v):
         return code(
-            page_code(t, "pages/3_Inspect_checkpoint.py"), env={"HESSIAN_LENS_MAX_UPLOAD_MB": v}
+            page_code(t, "views/Inspect_checkpoint.py"), env={"HESSIAN_LENS_MAX_UPLOAD_MB": v}
         )
 
     attempt(12, f"Inspect page: HESSIAN_LENS_MAX_UPLOAD_MB={_v}")(_limit)
@@ -965,7 +965,7 @@ def _(w, t):
 def _(w, t):
     torch_zip(w / "ba.pt", BYTEARRAY_3GIB)
     act = f"upload('ba.pt', open({str(w / 'ba.pt')!r}, 'rb').read())"
-    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), mem=7 * GiB, timeout=180)
+    return code(page_code(t, "views/Inspect_checkpoint.py", act), mem=7 * GiB, timeout=180)
 
 
 @attempt18(1, "inspect CLI: .pt2 whose sample_inputs call builtins.bytearray(3 GiB)")
@@ -988,7 +988,7 @@ def _(w, t):
 
     torch.save({"w": torch.zeros(1).expand(30000, 30000)}, w / "expanded.pt")
     act = f"upload('expanded.pt', open({str(w / 'expanded.pt')!r}, 'rb').read())"
-    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), mem=7 * GiB, timeout=180)
+    return code(page_code(t, "views/Inspect_checkpoint.py", act), mem=7 * GiB, timeout=180)
 
 
 # ---- 4. a store that lifts its own limit
@@ -1015,7 +1015,7 @@ def _(w, t):
     db.close()
     state = f"at.session_state['run_path'] = {str(run)!r}"
     return code(
-        page_code(t, "pages/1_Layer_interactions.py", state=state),
+        page_code(t, "views/Layer_interactions.py", state=state),
         env={"HESSIAN_LENS_RUNS": str(run.parent)},
         mem=7 * GiB,
         timeout=240,
@@ -1148,7 +1148,7 @@ def _(w, t):
     save_pt(w / "m.pt", lenet_state(), LENET)
     act = f"upload('m.pt', open({str(w / 'm.pt')!r}, 'rb').read())"
     return code(
-        page_code(t, "pages/3_Inspect_checkpoint.py", act),
+        page_code(t, "views/Inspect_checkpoint.py", act),
         env={"HESSIAN_LENS_CACHE_MB": "0.1"},
         check=_listing(outside),
     )
@@ -1237,7 +1237,7 @@ def _(w, t):
     run = _interrupted(w)
     state = f"at.session_state['run_path'] = {str(run)!r}"
     return code(
-        page_code(t, "pages/1_Layer_interactions.py", state=state),
+        page_code(t, "views/Layer_interactions.py", state=state),
         env={"HESSIAN_LENS_RUNS": str(run.parent)},
     )
 

@@ -28,8 +28,8 @@ from tests.apptools import (
 from tests.conftest import REPO
 from tests.layoutcheck import layout_problems
 
-INTERACTIONS = "pages/1_Layer_interactions.py"
-BLOCKDIAG = "pages/2_Block_diagonal.py"
+INTERACTIONS = "views/Layer_interactions.py"
+BLOCKDIAG = "views/Block_diagonal.py"
 
 
 def stored(run):
@@ -458,7 +458,7 @@ def test_the_shipped_vit_on_every_page(app_env):
     M = hierarchy.membership(len(labels), units)
     np.testing.assert_allclose(heatmap_z(chart(at, "interactions-H")), M.T @ rec.arrays["H"] @ M)
     assert layout_problems(chart(at, "interactions-H")) == []
-    for page in (BLOCKDIAG, "pages/6_Block_heterogeneity.py", "app.py"):
+    for page in (BLOCKDIAG, "views/Block_heterogeneity.py", "app.py"):
         at = open_page(page, VIT)
         no_errors(at)
         assert plotly_specs(at), page

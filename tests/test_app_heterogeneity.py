@@ -25,7 +25,7 @@ from tests.apptools import (
 )
 from tests.conftest import REPO
 
-PAGE = "pages/6_Block_heterogeneity.py"
+PAGE = "views/Block_heterogeneity.py"
 SHIPPED = REPO / "checkpoints"
 CHARTS = ["hetero-strip", "hetero-trends", "hetero-heatmap", "hetero-side"]
 

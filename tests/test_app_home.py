@@ -144,14 +144,14 @@ def test_a_broken_run_folder_warns_on_its_own_card_and_every_card_renders(
 
 def test_broken_stores_and_settings_on_the_interactions_page(app_env, zoo, monkeypatch):
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(zoo))
-    at = open_page("pages/1_Layer_interactions.py", zoo / "h-garbage-store")
+    at = open_page("views/Layer_interactions.py", zoo / "h-garbage-store")
     assert not at.exception
     assert [e.value for e in at.error] == [
         f"{zoo / 'h-garbage-store' / 'analysis.sqlite'} {NOT_A_STORE} (an SQLite file of another "
         "program, or not SQLite at all); it was left as it is. Move it away, or analyse into "
         "another folder."
     ]
-    at = open_page("pages/1_Layer_interactions.py", zoo / "j-bad-settings")
+    at = open_page("views/Layer_interactions.py", zoo / "j-bad-settings")
     no_errors(at)
     assert at.selectbox(key="settings_select").format_func(0) == "3 · many samples · ? · seed 0"
     assert len(at.get("plotly_chart")) == 2
@@ -232,7 +232,7 @@ def test_five_hundred_runs_are_paged(app_env, tmp_path, monkeypatch):
 
 def test_a_link_names_the_run(app_env):
     run, _ = app_env
-    page = "pages/1_Layer_interactions.py"
+    page = "views/Layer_interactions.py"
     at = open_page(page, query={"run": "tiny-run"})
     no_errors(at)
     assert at.selectbox(key="run_select").value == str(run)

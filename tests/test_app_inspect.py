@@ -30,7 +30,7 @@ from tests.apptools import (
     user_net,
 )
 
-INSPECT = "pages/3_Inspect_checkpoint.py"
+INSPECT = "views/Inspect_checkpoint.py"
 SAMPLES = 10  # the smallest the page accepts: the analyses stay fast
 
 

@@ -176,7 +176,7 @@ def test_inspect_page_checks_memory_before_values(tmp_path, monkeypatch):
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "nan.pt"
     torch.save({"w": torch.full((1,), float("nan")).expand(8192, 8192)}, path)  # 256 MB
-    at = AppTest.from_file(str(REPO / "pages/3_Inspect_checkpoint.py"), default_timeout=180)
+    at = AppTest.from_file(str(REPO / "views/Inspect_checkpoint.py"), default_timeout=180)
     at.run()
     at.file_uploader[0].set_value(("nan.pt", path.read_bytes(), "application/octet-stream"))
     at.run()
@@ -419,7 +419,7 @@ def test_inspect_page_caps_the_app_limit_at_the_servers(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HESSIAN_LENS_MAX_UPLOAD_MB", "5000")
-    at = AppTest.from_file(str(REPO / "pages/3_Inspect_checkpoint.py"), default_timeout=180)
+    at = AppTest.from_file(str(REPO / "views/Inspect_checkpoint.py"), default_timeout=180)
     at.run()
     assert not at.exception
     shown = [str(w.value) for w in at.warning]

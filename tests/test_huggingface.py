@@ -117,5 +117,5 @@ def test_every_n_steps_with_the_step_gradient_opens_on_every_page(tmp_path, monk
     for page in PAGES:
         at = open_page(page, run)
         no_errors(at)
-        if page == "pages/1_Layer_interactions.py":
+        if page == "views/Layer_interactions.py":
             assert "interactions-H" in chart_keys(at)

@@ -126,12 +126,12 @@ def test_epoch_ends_with_the_step_gradient_of_the_last_step(tmp_path):
 
 PAGES = (
     "app.py",
-    "pages/1_Layer_interactions.py",
-    "pages/2_Block_diagonal.py",
-    "pages/3_Inspect_checkpoint.py",
-    "pages/4_Optimizer.py",
-    "pages/5_Paper.py",
-    "pages/6_Block_heterogeneity.py",
+    "views/Layer_interactions.py",
+    "views/Block_diagonal.py",
+    "views/Inspect_checkpoint.py",
+    "views/Optimizer.py",
+    "views/Paper.py",
+    "views/Block_heterogeneity.py",
 )
 
 
@@ -149,9 +149,9 @@ def test_the_run_opens_on_every_page(fitted, tmp_path, monkeypatch):
         at = open_page(page, run)
         no_errors(at)
         drawn[page] = chart_keys(at)
-    assert "interactions-H" in drawn["pages/1_Layer_interactions.py"]
-    assert "blockdiag-side" in drawn["pages/2_Block_diagonal.py"]
-    assert "hetero-strip" in drawn["pages/6_Block_heterogeneity.py"]
+    assert "interactions-H" in drawn["views/Layer_interactions.py"]
+    assert "blockdiag-side" in drawn["views/Block_diagonal.py"]
+    assert "hetero-strip" in drawn["views/Block_heterogeneity.py"]
     assert any(k.startswith("curves-") and "run" in k for k in drawn["app.py"])
 
 

@@ -20,6 +20,7 @@ from hessian_lens.partition import SCHEMES
 from hessian_lens.runs import Run
 from hessian_lens.settings import MODELS_ENV
 from hessian_lens.ui.blockdiag import render_block_diagonal
+from hessian_lens.ui.common import scoped
 from hessian_lens.ui.interactions import render_interactions
 from hessian_lens.ui.reads import as_dict
 
@@ -28,8 +29,8 @@ BATCH_SIZE = 500
 AUTO = "auto-detect"
 
 
-def render_inspect(runs: list[Run]) -> None:
-    """The whole page below its title."""
+def render_inspect(runs: list[Run], selected: Run | None = None) -> None:
+    """The whole page below its title (``selected``: the sidebar's run)."""
     _user_models()
     limit = upload_limit()
     cache = env.cache_dir()
@@ -59,7 +60,7 @@ def render_inspect(runs: list[Run]) -> None:
         + f" · {n_params:,} parameters"
         + (f" · epoch {meta['epoch']}" if isinstance(meta.get("epoch"), (int, float)) else "")
     )
-    _analysis(ins, runs, architecture, kwargs)
+    _analysis(ins, runs, architecture, kwargs, selected)
 
 
 def upload_limit() -> int:
@@ -194,14 +195,22 @@ def default_data_source(runs: list[Run]) -> str:
     )
 
 
-def run_defaults(meta: dict, runs: list[Run]) -> dict[str, str]:
+def run_defaults(
+    meta: dict, runs: list[Run], selected: Run | None = None, architecture: str | None = None
+) -> dict[str, str]:
     """Data set, source and loss of the run that wrote the checkpoint (its ``meta["run"]``).
 
     A checkpoint of ``gpt-text`` is analysed on that run's corpus with ``next_token`` by
-    default; any other file on CIFAR-10 with cross-entropy (and the data source of
+    default. A file that names no known run takes those of the sidebar's run (``selected``)
+    when that run trained the same architecture (``architecture``, else the file's own);
+    any other file CIFAR-10 with cross-entropy (and the data source of
     :func:`default_data_source`).
     """
     found = next((r for r in runs if r.name == meta.get("run") and meta.get("run")), None)
+    declared = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    arch = architecture or declared.get("name")
+    if found is None and selected is not None and arch and selected.manifest.model["name"] == arch:
+        found = selected
     data = found.manifest.data if found is not None else {}
     spec = data.get("name") if isinstance(data.get("name"), str) else "cifar10"
     source = data.get("source") if isinstance(data.get("source"), str) else None
@@ -238,27 +247,29 @@ def batch_plan(meta: dict, samples: int) -> tuple[int, int]:
     return BATCH_SIZE, samples
 
 
-def _analysis(ins, runs: list[Run], architecture, kwargs) -> None:
+def _analysis(ins, runs: list[Run], architecture, kwargs, selected: Run | None) -> None:
     from hessian_lens.analyze import AnalysisSettings
 
-    defaults = run_defaults(ins.meta, runs)
+    defaults = run_defaults(ins.meta, runs, selected, architecture)
     c0, c1, c2, c3, c4, c5 = st.columns([1.2, 2.2, 0.9, 1.1, 1.1, 0.8])
     spec = c0.text_input(
         "Data set",
         defaults["spec"],
-        key="data-spec",
+        key=scoped("data-spec"),
         help="cifar10, mnist, ..., imagefolder:DIR, npz:PATH, PATH.safetensors, "
         "text:PATH[@context] (default: the data of the run that wrote the file)",
     )
     source = c1.text_input(
         "Data source (npz file or torchvision folder)",
         defaults["source"],
-        key="data-source",
+        key=scoped("data-source"),
         help="Read only: nothing is created or downloaded from here.",
     )
     samples = c2.number_input("Samples", 10, 50000, 1000, step=500, key="samples")
     partition = c3.selectbox("Partition", PARTITIONS, key="partition")
-    loss = c4.selectbox("Loss", LOSSES, index=list(LOSSES).index(defaults["loss"]), key="loss")
+    loss = c4.selectbox(
+        "Loss", LOSSES, index=list(LOSSES).index(defaults["loss"]), key=scoped("loss")
+    )
     order3 = c5.checkbox("D³ diagonal", key="order3")
     batch_size, samples = batch_plan(ins.meta, int(samples))
     if batch_size != BATCH_SIZE:

@@ -330,3 +330,74 @@ def test_layout_check_sees_overlaps(url):
         )
         found = problems(collect(page))
         assert any(("cbfill" in p or "colorbar" in p) and "ytick" in p for p in found), found
+
+
+def _sidebar_choice(page, label: str) -> str:
+    """What the sidebar's selectbox ``label`` shows."""
+    box = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text=label)
+    return box.first.get_by_role("combobox").input_value()
+
+
+def _switch(page, name: str) -> None:
+    """Pick the run ``name`` in the sidebar and wait for the page to be redrawn."""
+    box = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="Run")
+    box.first.click()
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    settle(page)
+    page.wait_for_timeout(1000)
+    settle(page)
+
+
+#: page -> heatmaps drawn on a per-head run (vit-cifar10, gpt-text); 0: none
+SWITCH_PAGES = {
+    "": 0,
+    "Layer_interactions": 2,
+    "Block_diagonal": 3,
+    "Block_heterogeneity": 1,
+    "Inspect_checkpoint": 0,
+    "Optimizer": 0,
+    "Paper": 24,
+}
+
+
+@pytest.mark.parametrize("address", list(SWITCH_PAGES))
+def test_every_page_follows_a_run_switch(url, address):
+    """Open a page on the demo run, switch the sidebar's run twice: the page redraws for
+    the new run (its analysis, its groups, its figures), nothing stale, nothing overlaps."""
+    from hessian_lens.runs import describe_settings, load_run
+
+    found = []
+    with chromium_page(width=1500, height=1600) as page:
+        page.goto(f"{url}/{address}")
+        page.get_by_test_id("stSidebar").get_by_text("Run", exact=True).first.wait_for()
+        settle(page)
+        for name in ("vit-cifar10", "gpt-text", "lenet5-cifar10-paper"):
+            _switch(page, name)
+            assert _sidebar_choice(page, "Run") == name
+            assert alerts(page) == [] and tracebacks(page) == 0, (name, alerts(page))
+            assert page.get_by_text("No group left").count() == 0
+            assert page.get_by_text("Showing 0 of").count() == 0
+            analysed = load_run(REPO / "checkpoints" / name).settings()
+            if address in ("Layer_interactions", "Block_diagonal", "Block_heterogeneity"):
+                assert _sidebar_choice(page, "Analysis") == describe_settings(analysed[0])
+            heatmaps = SWITCH_PAGES[address]
+            if name == "lenet5-cifar10-paper":  # a CNN: fewer, different figures
+                heatmaps = min(heatmaps, 1)
+            if heatmaps:
+                wait_for_heatmaps(page, heatmaps)
+                page.wait_for_timeout(800)
+                found += problems(collect(page), where=f"{address} on {name}: ")
+            if address == "Layer_interactions" and name != "lenet5-cifar10-paper":
+                modules = page.get_by_test_id("stMultiSelect").filter(has_text="Modules").first
+                first = "class_token" if name == "vit-cifar10" else "tok_emb"
+                assert modules.get_by_text(first, exact=True).count() == 1
+            if address == "Paper" and name == "lenet5-cifar10-paper":
+                main = page.get_by_test_id("stMain").get_by_test_id("stSelectbox")
+                picked = main.filter(has_text="Run").first.get_by_role("combobox")
+                assert picked.input_value() == name
+            if address == "Optimizer" and name != "lenet5-cifar10-paper":
+                compared = page.get_by_test_id("stMultiSelect").first
+                assert compared.get_by_text(name, exact=True).count() == 1
+        shot(page, f"switch_{address or 'home'}")
+    assert found == []

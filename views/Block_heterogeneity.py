@@ -16,7 +16,7 @@ st.caption(
 
 
 def draw(run) -> None:
-    render_heterogeneity(run, settings, runs, key="hetero")
+    render_heterogeneity(run, settings, runs, key=common.scoped("hetero"))
 
 
 with common.guard():

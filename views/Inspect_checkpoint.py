@@ -14,4 +14,5 @@ st.caption(
 )
 
 with common.guard():
-    render_inspect(common.all_runs())
+    runs = common.all_runs()
+    render_inspect(runs, common.select_run(runs, hint=False))

@@ -16,7 +16,7 @@ st.caption(
 def draw(run) -> None:
     recs = reads.records(run, settings)
     st.markdown(f"**{common.plain(run.name)}** · {len(recs)} analysed checkpoints")
-    render_interactions(recs, key="interactions")
+    render_interactions(recs, key=common.scoped("interactions"))
 
 
 with common.guard():
