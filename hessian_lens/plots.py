@@ -498,23 +498,32 @@ def _row_limits(panels: Sequence[Panel], zmax, shared: bool) -> list[float]:
     ]
 
 
+#: The training curves: (history key, name, colour, dash, on the right axis). Each metric
+#: has its own colour, so a run that logs only some of them looks like the others.
+CURVES = (
+    ("train_loss", "train loss", "#1f77b4", None, False),
+    ("test_loss", "test loss", "#ff7f0e", "dot", False),
+    ("train_acc", "train accuracy", "#2ca02c", None, True),
+    ("test_acc", "test accuracy", "#d62728", "dot", True),
+)
+
+
 def curves(history: Sequence[Mapping], height: int = 260) -> go.Figure:
     """Training curves of a run: loss (left axis) and accuracy (right axis) per epoch."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     epochs = [h["epoch"] for h in history]
-    for key, name, dash, right in (
-        ("train_loss", "train loss", None, False),
-        ("test_loss", "test loss", "dot", False),
-        ("train_acc", "train accuracy", None, True),
-        ("test_acc", "test accuracy", "dot", True),
-    ):
+    for key, name, colour, dash, right in CURVES:
         values = [h.get(key) if _finite(h.get(key)) else None for h in history]
         if any(v is not None for v in values):
             fig.add_trace(
                 go.Scatter(
-                    x=epochs, y=values, name=name, mode="lines+markers", line=dict(dash=dash)
+                    x=epochs,
+                    y=values,
+                    name=name,
+                    mode="lines+markers",
+                    line=dict(dash=dash, color=colour),
                 ),
                 secondary_y=right,
             )

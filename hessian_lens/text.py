@@ -11,6 +11,13 @@ A text data set spec (:func:`hessian_lens.data.load_dataset` dispatches here):
                                  10% (deterministic, stable when files are added).
                                  Files that are not UTF-8 text (or hold NUL bytes)
                                  are skipped and counted.
+``text:stdlib``                  the running Python's standard library: its top-level
+                                 modules (``stdlib/*.py``); ``text:stdlib/GLOB`` (e.g.
+                                 ``text:stdlib/json/*.py``) a glob inside it. Paths are
+                                 recorded relative to it (portable between machines;
+                                 the Python version is recorded too, since the files
+                                 change with it). A folder named ``stdlib``:
+                                 ``text:./stdlib``.
 ``npz:PATH`` / ``PATH.safetensors``  a 1-D integer array ``tokens`` (last 10% for
                                  testing) or ``train_tokens`` and ``test_tokens``.
 ===============================  ==================================================
@@ -26,6 +33,8 @@ import functools
 import glob
 import hashlib
 import os
+import platform
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +50,9 @@ DEFAULT_CONTEXT = 128
 TEST_FRACTION = 0.1
 BYTE_VOCAB = 256
 TOKEN_KEYS = ("tokens", "train_tokens", "test_tokens")
+STDLIB = "stdlib"  # text:stdlib, the running Python's standard library
+STDLIB_DEFAULT = "*.py"  # text:stdlib alone: its top-level modules
+INSTALLED = ("site-packages", "dist-packages")  # inside some standard libraries, not of them
 
 
 @dataclass
@@ -170,13 +182,46 @@ def load_text(spec: str, train: bool = True, context: int | None = None) -> Text
     """
     path = spec.split(":", 1)[1] if spec.lower().startswith("text:") else spec
     context = context or DEFAULT_CONTEXT
-    train_bytes, test_bytes, corpus = _read_corpus(str(Path(path).expanduser()))
+    where, recorded = resolve_corpus(path)
+    skip = INSTALLED if recorded else ()
+    train_bytes, test_bytes, corpus = _read_corpus(where, skip)
     data = train_bytes if train else test_bytes
     split = "train" if train else "test"
     stream = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
-    corpus = {**corpus, "context": context, "vocab_size": BYTE_VOCAB}
-    name = Path(path.split("*", 1)[0].rstrip("/")).name or path
+    corpus = {**corpus, **recorded, "context": context, "vocab_size": BYTE_VOCAB}
+    name = STDLIB if recorded else Path(path.split("*", 1)[0].rstrip("/")).name or path
     return _windows(stream, context, f"text:{name}:{split}", BYTE_VOCAB, corpus)
+
+
+def stdlib_root() -> Path:
+    """The running Python's standard library folder (``sysconfig``'s ``stdlib`` path)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def resolve_corpus(path: str) -> tuple[str, dict[str, Any]]:
+    """Where a ``text:`` corpus is read, and what ``run.json`` records of it instead.
+
+    ``stdlib`` and ``stdlib/GLOB`` are read in :func:`stdlib_root` (never in the
+    ``site-packages`` some installs keep there) and recorded relative to it, with the
+    Python version; any other path is read and recorded as given.
+
+    Example:
+        >>> where, recorded = resolve_corpus("stdlib")
+        >>> where == str(stdlib_root() / "*.py"), recorded["path"]
+        (True, 'stdlib/*.py')
+        >>> resolve_corpus("corpus.txt")
+        ('corpus.txt', {})
+    """
+    if path != STDLIB and not path.startswith(f"{STDLIB}/"):
+        return str(Path(path).expanduser()), {}
+    inside = path[len(STDLIB) :].strip("/") or STDLIB_DEFAULT
+    if Path(inside).is_absolute() or ".." in Path(inside).parts:
+        raise DataError(f"text:{path}: give a glob inside the standard library (stdlib/*.py)")
+    return str(stdlib_root() / inside), {
+        "path": f"{STDLIB}/{inside}",
+        "root": "the standard library of the Python that reads it",
+        "python": platform.python_version(),
+    }
 
 
 def load_tokens(arrays: dict[str, np.ndarray], what: str, train: bool, context: int | None):
@@ -219,8 +264,11 @@ def _windows(stream: Tensor, context: int, source: str, vocab: int, corpus: dict
 
 # ---------------------------------------------------------------------------- reading
 @functools.lru_cache(maxsize=2)
-def _read_corpus(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
-    """``(train bytes, test bytes, description)`` of a file, folder or glob."""
+def _read_corpus(path: str, skip: tuple[str, ...] = ()) -> tuple[bytes, bytes, dict[str, Any]]:
+    """``(train bytes, test bytes, description)`` of a file, folder or glob.
+
+    Files under a folder named in ``skip`` (relative to the corpus's root) are left out.
+    """
     if "*" not in path and Path(path).is_file():
         _check_size([Path(path)], path)
         data = Path(path).read_bytes()
@@ -236,6 +284,7 @@ def _read_corpus(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
         }
         return data[:cut], data[cut:], corpus
     root, files = _files(path)
+    files = [f for f in files if not set(f.relative_to(root).parts[:-1]) & set(skip)]
     _check_size(files, path)
     train, test, skipped = [], [], 0
     for f in files:

@@ -65,6 +65,9 @@ def test_the_page_follows_a_run_being_written(live_env):
         assert slider(at).options == ["0", "1"] and slider(at).value == "1"
         home = open_page("app.py", run)
         assert any("● live" in m.value for m in home.markdown)
+        (card,) = [m.value for m in home.markdown if "user:" in m.value]  # its card
+        assert "**Training** recorded by hl.Recorder" in card and "?" not in card, card
+        assert "**Data** batches given to hl.Recorder" in card
 
         (gate / "go_2").touch()  # a new epoch lands: the slider, left at the last, follows
         wait_for_epochs(run, 3, proc)

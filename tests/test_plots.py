@@ -92,6 +92,11 @@ def test_curves_trends_lines_and_limits():
     ]
     fig = plots.curves(history)
     assert [t.name for t in fig.data] == ["train loss", "test accuracy"]
+    full = plots.curves([{**h, "test_loss": 2.0, "train_acc": 0.5} for h in history])
+    live = plots.curves([{"epoch": 0, "test_acc": 0.1}])  # a run that logs accuracy alone
+    colour = {t.name: t.line.color for t in full.data}
+    assert len(set(colour.values())) == 4  # each metric its own colour, on every card
+    assert {t.name: t.line.color for t in [*fig.data, *live.data]}.items() <= colour.items()
     assert list(plots.trends([0, 1], {"x": [1, 2]}).data[0].y) == [1, 2]
     assert plots.lines({"a": ([0, 1], [3, 4])}, "step", "η", log_y=True).layout.yaxis.type == "log"
     assert plots.symmetric_limit(np.zeros((2, 2))) == 1.0

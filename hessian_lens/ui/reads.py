@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from hessian_lens.runs import Run, find_runs, load_run
+from hessian_lens.runs import Run, find_runs, load_run, one_per_epoch
 from hessian_lens.store import ResultStore
 
 RUNS_TTL_S = 10
@@ -36,14 +36,24 @@ def _stamp(path: Path) -> float:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _records(store: str, settings_json: str, stamp: float) -> list[dict[str, Any]]:
-    return [as_dict(r) for r in ResultStore.reader(store).records(json.loads(settings_json))]
+def _records(
+    store: str, settings_json: str, stamp: float, kept: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    found = ResultStore.reader(store).records(json.loads(settings_json))
+    return [as_dict(r) for r in one_per_epoch(found, kept)]
 
 
 def records(run: Run, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """The analysed checkpoints of a run under settings (cached until the store changes)."""
+    """The analysed checkpoints of a run under settings, one per epoch.
+
+    Of two analyses of one epoch, :func:`~hessian_lens.runs.one_per_epoch` picks the one
+    shown. Cached until the store changes.
+    """
     return _records(
-        str(run.store_path), json.dumps(settings, sort_keys=True), _stamp(run.store_path)
+        str(run.store_path),
+        json.dumps(settings, sort_keys=True),
+        _stamp(run.store_path),
+        tuple(p.name for p in run.checkpoints),
     )
 
 
