@@ -20,20 +20,22 @@ receive, under ``hessian/...``:
 * ``loss``: the loss on the analysis data;
 
 and the heatmaps ``hessian/H`` and ``hessian/Hinv`` (normalised: diag(|M|)^-½ M
-diag(|M|)^-½, white 0, red > 0, blue < 0) as images. wandb and aim are imported only
-when such a logger is made.
+diag(|M|)^-½, white 0, red > 0, blue < 0) as labelled pictures: title, group names,
+lines between layers, colour bar (:mod:`hessian_lens.images`). wandb and aim are imported
+only when such a logger is made.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from hessian_lens import heterogeneity, linalg, plots
+from hessian_lens.images import heatmap_image
 from hessian_lens.store import Record
 
 PREFIX = "hessian"
@@ -98,12 +100,27 @@ def _off_share(M: np.ndarray, summary: dict[str, Any]) -> float:
     return float(np.abs(M)[~same].sum() / total) if total > 0 else 0.0
 
 
-def heatmap_images(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``hessian/H`` and ``hessian/Hinv``, normalised, as RGB images (rows x cols x 3)."""
+IMAGE_TITLES = {
+    "H": "pseudo-Hessian H-bar, normalised",
+    "Hinv": "inverse of H-bar, normalised",
+}
+
+
+def heatmap_images(
+    arrays: dict[str, np.ndarray], labels: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """``hessian/H`` and ``hessian/Hinv``, normalised, as labelled pictures (RGB arrays).
+
+    Each is a figure drawn by :func:`hessian_lens.images.heatmap_image`: a title, the
+    group names (``labels``; default their numbers) on both axes, lines between layers and
+    a colour bar from -1 to 1.
+    """
     out = {}
     for name in ("H", "Hinv"):
         shown = plots.transform(arrays[name], "normalized")
-        out[f"{PREFIX}/{name}"] = plots.matrix_rgb(shown, zmax=1.0)
+        names = list(labels) if labels is not None else [str(i) for i in range(len(shown))]
+        picture = heatmap_image(shown, names, IMAGE_TITLES[name], zmax=1.0)
+        out[f"{PREFIX}/{name}"] = picture.pixels
     return out
 
 
@@ -122,7 +139,7 @@ class TensorBoardLogger:
         for tag, value in curvature_scalars(record.summary, record.arrays).items():
             if math.isfinite(value):
                 self.writer.add_scalar(tag, value, step)
-        for tag, img in heatmap_images(record.arrays).items():
+        for tag, img in heatmap_images(record.arrays, record.summary.get("labels")).items():
             self.writer.add_image(tag, img, step, dataformats="HWC")
         self.writer.flush()
 
@@ -141,7 +158,7 @@ class WandbLogger:
     def log_record(self, record: Record, step: int) -> None:
         """Log the scalars and heatmaps of ``record`` at ``step``."""
         data: dict[str, Any] = dict(curvature_scalars(record.summary, record.arrays))
-        for tag, img in heatmap_images(record.arrays).items():
+        for tag, img in heatmap_images(record.arrays, record.summary.get("labels")).items():
             data[tag] = self.wandb.Image(img)
         self.run.log(data, step=step)
 
@@ -159,7 +176,7 @@ class AimLogger:
         for tag, value in curvature_scalars(record.summary, record.arrays).items():
             if math.isfinite(value):
                 self.run.track(value, name=tag, step=step)
-        for tag, img in heatmap_images(record.arrays).items():
+        for tag, img in heatmap_images(record.arrays, record.summary.get("labels")).items():
             self.run.track(self.aim.Image(img), name=tag, step=step)
 
 
