@@ -13,6 +13,8 @@ The public API::
     model = hl.build_model("torchvision:resnet18", num_classes=10)
     model, meta = hl.load_checkpoint(path)              # .pt / .pth / .safetensors / .pt2
     with hl.Recorder("runs/exp", model, loss_fn, batches) as rec: rec.log(0)
+    run = hl.load_run("runs/exp")                       # read-only: run.json + analysis.sqlite
+    rec = run.records()[-1]                             # rec.epoch, rec.arrays["H"], ...
 
 Names are imported on first use, so ``import hessian_lens.runs`` (the dashboard's run
 browser) does not pay for importing torch.
@@ -54,6 +56,9 @@ _EXPORTS = {
     "TaylorView": "hessian_lens.taylor",
     "taylor_view": "hessian_lens.taylor",
     "get_loss": "hessian_lens.losses",
+    "load_run": "hessian_lens.runs",
+    "find_runs": "hessian_lens.runs",
+    "Run": "hessian_lens.runs",
 }
 _MODULES = (
     "optim",
