@@ -39,6 +39,7 @@ from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import OWN_LOSS, get_loss
 from hessian_lens.partition import Partition
+from hessian_lens.registry import USER_PREFIX
 from hessian_lens.store import Record, ResultStore
 from hessian_lens.summary import pseudo_hessian
 
@@ -111,7 +112,7 @@ class Recorder:
         self.loggers = as_loggers(loggers)
         self.rank = _rank()
         self.model_entry = {
-            "name": architecture or f"user:{type(model).__name__}",
+            "name": architecture or f"{USER_PREFIX}{type(model).__name__}",
             "kwargs": dict(architecture_kwargs or {}),
         }
         self._fingerprint: str | None = None

@@ -37,6 +37,8 @@ from torch.overrides import TorchFunctionMode
 from hessian_lens.models import ACTIVATIONS, MODELS, VGG11_CONFIG, initialize
 
 TORCHVISION_PREFIX = "torchvision:"
+#: ``user:<class name>``: what a Recorder records of a model class nobody registered.
+USER_PREFIX = "user:"
 #: torchvision model classes built directly by name (their builders fix the sizes).
 TORCHVISION_CLASSES = ("VisionTransformer",)
 MODELS_ENV = "HESSIAN_LENS_MODELS"
@@ -143,6 +145,8 @@ def resolve(name: str) -> tuple[str, Callable[..., nn.Module]]:
     name = str(name).strip()
     if name in _USER:
         return name, _USER[name]
+    if name.startswith(USER_PREFIX):
+        return _user_class(name)
     if name.startswith(TORCHVISION_PREFIX):
         builder = name[len(TORCHVISION_PREFIX) :]
         if builder in TORCHVISION_CLASSES:
@@ -166,6 +170,25 @@ def resolve(name: str) -> tuple[str, Callable[..., nn.Module]]:
         f"unknown architecture '{name}'; known: {known}, or torchvision:<builder> "
         "(e.g. torchvision:resnet18), or register your own with @hl.register_model "
         "and --models FILE.py."
+    )
+
+
+def _user_class(name: str) -> tuple[str, Callable[..., nn.Module]]:
+    """The model registered as ``Net`` for ``user:Net``.
+
+    ``hl.Recorder`` records ``user:Net`` for a model of class ``Net`` it could not name.
+
+    Raises:
+        ArchitectureError: ``Net`` is not registered, saying how to register it.
+    """
+    cls = name[len(USER_PREFIX) :].strip()
+    if cls in _USER:
+        return cls, _USER[cls]
+    raise ArchitectureError(
+        f"'{name}' is a model of class {cls} from the training script, which this process "
+        f"cannot import: register it under the name '{cls}' in a Python file "
+        f'(@hessian_lens.register_model("{cls}") above the class or a function building it) '
+        "and give that file with --models FILE.py (the dashboard: $HESSIAN_LENS_MODELS=FILE.py)"
     )
 
 
