@@ -25,7 +25,7 @@ from torch import nn
 
 from hessian_lens import linalg, runfolder
 from hessian_lens.checkpoint import load_checkpoint
-from hessian_lens.data import Batches, ImageData, check_model_fits, load_dataset
+from hessian_lens.data import Batches, DataError, ImageData, check_model_fits, load_dataset
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.partition import Partition, check_scheme
@@ -259,6 +259,13 @@ def run_data(
             "folder that `hessian-lens train --out` wrote, or a folder of checkpoints."
         )
     manifest = runfolder.read_manifest(run)
+    if data is None and manifest.data.get("name") == runfolder.RECORDER_DATA:
+        raise DataError(
+            f"{run} was recorded by hl.Recorder from batches in memory, which analyze cannot "
+            "load again: give its data set with --data (cifar10, mnist, npz:PATH, "
+            "imagefolder:DIR, safetensors:PATH, text:PATH@T) and --data-root PATH, or record "
+            'with hl.Recorder(..., data_spec="cifar10", data_source=PATH) to name it'
+        )
     spec = str(data or manifest.data.get("name") or "cifar10")
     source = data_source or manifest.data.get("source")
     return load_dataset(spec, source, train=True).subset(settings.samples, settings.seed)

@@ -72,6 +72,11 @@ class Recorder:
             with ``log_record(record, step)`` (:mod:`hessian_lens.integrations.loggers`).
         batch_dim, reduction, forward: the data contract, as in
             :func:`~hessian_lens.pseudo_hessian`.
+        data_spec, data_source: the data set ``analysis_data`` comes from, as ``analyze``
+            loads it (``"cifar10"`` and its npz or folder, ``"npz:PATH"``,
+            ``"text:stdlib@64"``, ...): recorded in run.json, so that ``hessian-lens
+            analyze RUN`` can measure more samples of it. Without it, ``analyze`` asks for
+            ``--data``.
     """
 
     def __init__(
@@ -94,6 +99,8 @@ class Recorder:
         batch_dim: int | tuple[int, int] = 0,
         reduction: str | None = None,
         forward: Callable | None = None,
+        data_spec: str | None = None,
+        data_source: str | None = None,
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
@@ -116,6 +123,7 @@ class Recorder:
             "kwargs": dict(architecture_kwargs or {}),
         }
         self._fingerprint: str | None = None
+        self.data_entry = _data_entry(data_spec, data_source)
         self.manifest = self._start_manifest(name)
 
     # ------------------------------------------------------------------ public
@@ -189,7 +197,7 @@ class Recorder:
             "name": name or self.path.name,
             "model": self.model_entry,
             "loss": self.loss_name,
-            "data": {"name": "analysis data given to the Recorder"},
+            "data": self.data_entry,
             "recorder": True,
             "history": [],
         }
@@ -288,6 +296,22 @@ class Recorder:
         history = [h for h in self.manifest.get("history", []) if h.get("epoch") != entry["epoch"]]
         self.manifest["history"] = sorted([*history, entry], key=lambda h: h["epoch"])
         runfolder.write_manifest(self.path, self.manifest)
+
+
+def _data_entry(spec: str | None, source: str | None) -> dict[str, Any]:
+    """run.json's ``data``: the data set spec given, else :data:`runfolder.RECORDER_DATA`.
+
+    Raises:
+        ValueError: a spec or source that is not a non-empty string.
+    """
+    for what, value in (("data_spec", spec), ("data_source", source)):
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise ValueError(f"{what} must be a data set spec string such as 'cifar10'")
+    if spec is None:
+        if source is not None:
+            raise ValueError("data_source needs data_spec (the data set it is a source of)")
+        return {"name": runfolder.RECORDER_DATA}
+    return {"name": spec.strip(), **({"source": source} if source else {})}
 
 
 def _group_squares(res, part: Partition):

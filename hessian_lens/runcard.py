@@ -15,8 +15,6 @@ from typing import Any
 
 from hessian_lens import runfolder
 
-#: The data name a Recorder writes when it was given batches, not a reloadable spec.
-RECORDER_DATA = "analysis data given to the Recorder"
 OPTIMIZER_EXTRAS = ("momentum", "weight_decay", "betas")  # shown beside lr when set
 
 
@@ -66,8 +64,8 @@ def data_text(data: dict[str, Any]) -> str:
         'text:stdlib@64 · 66,610 training windows of 64 tokens · 168 files, 4.7 MB (stdlib/*.py, Python 3.11.7)'
     """  # noqa: E501
     name = data.get("name")
-    if name == RECORDER_DATA:
-        return "batches given to hl.Recorder (not reloadable: analyze takes --data)"
+    if name == runfolder.RECORDER_DATA:
+        return "batches given to hl.Recorder (no data set named: analyze takes --data)"
     corpus = data.get("corpus") if isinstance(data.get("corpus"), dict) else None
     out = name if isinstance(name, str) and name else "?"
     size = data.get("train_size")

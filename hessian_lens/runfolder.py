@@ -29,6 +29,8 @@ STORE_FILE = "analysis.sqlite"
 OPTIMIZER_LOG = "optimizer_log.json"
 RESUME_FILE = "resume.pt"
 RUN_FORMAT = "hessian-lens-run/1"
+#: The data a Recorder records when it was given batches and no reloadable data spec.
+RECORDER_DATA = "analysis data given to the Recorder"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".pt2")
 MANIFEST_MAX_BYTES = 16 * 2**20
 LOG_MAX_BYTES = 64 * 2**20

@@ -131,3 +131,44 @@ def test_recorder_refuses_a_shuffling_loader(tmp_path):
         tmp_path / "ok", OnlyInThisScript(), F.cross_entropy, hl.fixed_batches(loader)
     )
     assert rec.log(0).summary["n_samples"] == 32
+
+
+def _mlp_run(path, npz, **kwargs):
+    """A Recorder run of the built-in MLP measured on 32 images of an npz."""
+    from hessian_lens.data import load_dataset
+
+    torch.manual_seed(0)
+    model = hl.build_model("mlp", sizes=[3072, 6, 10])
+    batches = load_dataset(f"npz:{npz}").subset(32).batches(16)
+    kw = {"architecture": "mlp", "architecture_kwargs": {"sizes": [3072, 6, 10]}, **kwargs}
+    with hl.Recorder(path, model, F.cross_entropy, batches, **kw) as rec:
+        rec.log(0)
+    return path
+
+
+def test_analyze_of_a_recorder_run_without_a_data_set_says_how_to_give_one(tmp_path, capsys):
+    from hessian_lens import cli
+    from tests.conftest import write_tiny_npz
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz")
+    run = _mlp_run(tmp_path / "run", npz)
+    assert cli.main(["analyze", str(run), "--samples", "16", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--data" in err and "data_spec=" in err, err
+    assert "unknown data set" not in err
+    args = ["analyze", str(run), "--samples", "16", "--no-progress", "--data", f"npz:{npz}"]
+    assert cli.main(args) == 0  # as it says
+    assert len(load_run(run).settings()) == 2  # the Recorder's analysis and this one
+
+
+def test_a_recorder_given_its_data_set_records_it_and_analyze_reloads_it(tmp_path):
+    from hessian_lens import cli
+    from tests.conftest import write_tiny_npz
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz")
+    run = _mlp_run(tmp_path / "run", npz, data_spec=f"npz:{npz}")
+    assert json.loads((run / "run.json").read_text())["data"] == {"name": f"npz:{npz}"}
+    assert cli.main(["analyze", str(run), "--samples", "16", "--no-progress"]) == 0
+    assert len(load_run(run).settings()) == 2
+    with pytest.raises(ValueError, match="data_source needs data_spec"):
+        hl.Recorder(tmp_path / "other", nn.Linear(2, 2), F.mse_loss, [], data_source="x.npz")

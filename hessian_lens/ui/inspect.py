@@ -17,6 +17,7 @@ from hessian_lens import settings as env
 from hessian_lens import uploads
 from hessian_lens.losses import LOSSES
 from hessian_lens.partition import SCHEMES
+from hessian_lens.runfolder import RECORDER_DATA
 from hessian_lens.runs import Run
 from hessian_lens.settings import MODELS_ENV
 from hessian_lens.ui.blockdiag import render_block_diagonal
@@ -213,6 +214,8 @@ def run_defaults(
         found = selected
     data = found.manifest.data if found is not None else {}
     spec = data.get("name") if isinstance(data.get("name"), str) else "cifar10"
+    if spec == RECORDER_DATA:  # batches a Recorder was given: nothing to load by name
+        spec = "cifar10"
     source = data.get("source") if isinstance(data.get("source"), str) else None
     loss = found.manifest.loss if found is not None else None
     if loss not in LOSSES:
