@@ -1,4 +1,4 @@
-"""Curvature next to the loss curves: scalars and heatmaps to TensorBoard, W&B or Aim.
+"""Curvature next to the loss curves: scalars and heatmaps to TensorBoard, W&B, MLflow or Aim.
 
 Give loggers to a :class:`~hessian_lens.recorder.Recorder` (or a callback)::
 
@@ -6,9 +6,9 @@ Give loggers to a :class:`~hessian_lens.recorder.Recorder` (or a callback)::
     rec = hl.Recorder("runs/exp", model, F.cross_entropy, batches,
                       loggers=[SummaryWriter("tb/exp")])
 
-A ``SummaryWriter``, a ``wandb`` run and an ``aim.Run`` are recognised as they are; any
-object with a ``log_record(record, step)`` method is used as one. At each analysis they
-receive, under ``hessian/...``:
+A ``SummaryWriter``, a ``wandb`` run, an MLflow run (``mlflow.start_run()``) and an
+``aim.Run`` are recognised as they are; any object with a ``log_record(record, step)``
+method is used as one. At each analysis they receive, under ``hessian/...``:
 
 * ``off_block_H``, ``off_block_Hinv``: share of Σ|H̄| and of Σ|H̄⁻¹| outside the
   per-layer diagonal blocks (0: the layers do not interact);
@@ -21,13 +21,20 @@ receive, under ``hessian/...``:
 
 and the heatmaps ``hessian/H`` and ``hessian/Hinv`` (normalised: diag(|M|)^-½ M
 diag(|M|)^-½, white 0, red > 0, blue < 0) as labelled pictures: title, group names,
-lines between layers, colour bar (:mod:`hessian_lens.images`). wandb and aim are imported
-only when such a logger is made.
+lines between layers, colour bar (:mod:`hessian_lens.images`). wandb, mlflow and aim are
+imported only when such a logger is made.
+
+Steps: TensorBoard, MLflow and Aim file each value under its step. W&B has one step
+counter per run, which a training loop advances once a batch: the curvature goes under its
+own step metric ``hessian/step`` (``define_metric``), so epoch 3 is not refused as a step
+in the past. Aim is tested write-only (it does not install here): its values are read in
+Aim's own UI or ``aim.Repo``.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -144,8 +151,18 @@ class TensorBoardLogger:
         self.writer.flush()
 
 
+#: W&B's x-axis for the curvature (:class:`WandbLogger`).
+WANDB_STEP = f"{PREFIX}/step"
+
+
 class WandbLogger:
-    """Scalars and images to a Weights & Biases run (default: the active ``wandb.run``)."""
+    """Scalars and images to a Weights & Biases run (default: the active ``wandb.run``).
+
+    ``hessian/*`` is plotted against its own step metric ``hessian/step`` (the step given
+    to :meth:`log_record`), defined with ``run.define_metric``: the run's own step, which
+    the training loop's per-batch ``wandb.log`` calls advance, is left to them (W&B drops
+    a value logged at a step below its current one: only epoch 0 survived).
+    """
 
     def __init__(self, run=None) -> None:
         import wandb
@@ -154,13 +171,42 @@ class WandbLogger:
         self.run = run if run is not None else wandb.run
         if self.run is None:
             raise ValueError("no active W&B run: call wandb.init() first, or pass run=")
+        self.run.define_metric(WANDB_STEP, hidden=True)
+        self.run.define_metric(f"{PREFIX}/*", step_metric=WANDB_STEP)
 
     def log_record(self, record: Record, step: int) -> None:
-        """Log the scalars and heatmaps of ``record`` at ``step``."""
+        """Log the scalars and heatmaps of ``record`` with ``hessian/step = step``."""
         data: dict[str, Any] = dict(curvature_scalars(record.summary, record.arrays))
         for tag, img in heatmap_images(record.arrays, record.summary.get("labels")).items():
             data[tag] = self.wandb.Image(img)
-        self.run.log(data, step=step)
+        self.run.log({**data, WANDB_STEP: step})
+
+
+class MlflowLogger:
+    """Scalars and images to an MLflow run (default: the active one, ``mlflow.start_run()``).
+
+    Scalars are metrics ``hessian/<name>`` at the step; heatmaps go through
+    ``log_image(key=..., step=...)`` (MLflow's images with steps, under ``images/``).
+    """
+
+    def __init__(self, run=None) -> None:
+        import mlflow
+
+        run = run if run is not None else mlflow.active_run()
+        if run is None:
+            raise ValueError("no active MLflow run: call mlflow.start_run() first, or pass run=")
+        self.run_id = run.info.run_id
+        self.client = mlflow.tracking.MlflowClient()
+        self.metric = mlflow.entities.Metric
+
+    def log_record(self, record: Record, step: int) -> None:
+        """Log the scalars (one batch) and heatmaps of ``record`` at ``step``."""
+        now = int(time.time() * 1000)
+        scalars = curvature_scalars(record.summary, record.arrays).items()
+        metrics = [self.metric(k, v, now, step) for k, v in scalars if math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        for tag, img in heatmap_images(record.arrays, record.summary.get("labels")).items():
+            self.client.log_image(self.run_id, img, key=tag, step=step)
 
 
 class AimLogger:
@@ -193,11 +239,13 @@ def as_logger(obj) -> Logger:
         return TensorBoardLogger(obj)
     if kind.startswith("wandb"):
         return WandbLogger(obj)
+    if kind.startswith("mlflow"):
+        return MlflowLogger(obj)
     if kind.startswith("aim"):
         return AimLogger(obj)
     raise TypeError(
         f"cannot log curvature to a {kind}: give a torch.utils.tensorboard.SummaryWriter, a "
-        "wandb run, an aim.Run, or an object with log_record(record, step)"
+        "wandb run, an MLflow run, an aim.Run, or an object with log_record(record, step)"
     )
 
 
