@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from hessian_lens.runs import describe_settings, load_run
-from tests.apptools import no_errors, open_page
+from tests.apptools import no_errors, open_page, plotly_specs
 from tests.conftest import REPO
+from tests.layoutcheck import layout_problems
 
 VIEWS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "views").glob("*.py"))
 SHIPPED = REPO / "checkpoints"
@@ -107,6 +108,11 @@ def test_a_run_page_follows_a_run_switch(page):
             assert not any(t.startswith("Showing") for t in texts), texts  # no stale filter
         if page != "Block_diagonal":
             assert any(t.startswith(f"**{name}**") for t in texts), texts
+        if page != "Block_heterogeneity":  # heatmap rows: nothing overlaps at 620 px
+            heatmaps = [
+                s for s in plotly_specs(at) if {d["type"] for d in s["data"]} == {"heatmap"}
+            ]
+            assert heatmaps and all(layout_problems(s) == [] for s in heatmaps), (page, name)
 
 
 def test_the_paper_page_draws_the_sidebar_run():
