@@ -130,15 +130,13 @@ def checkpoints_text(kept: int, analysed: int) -> str:
     Example:
         >>> checkpoints_text(3, 13)
         '3 checkpoints kept (13 analysed, the others deleted after their analysis)'
-        >>> checkpoints_text(22, 22)
-        '22 checkpoints'
-    """
+        >>> checkpoints_text(1, 6), checkpoints_text(22, 22)
+        ('1 checkpoint kept (6 analysed, the others deleted after their analysis)', '22 checkpoints')
+    """  # noqa: E501
+    files = f"{kept} checkpoint{'' if kept == 1 else 's'}"
     if analysed > kept:
-        return (
-            f"{kept} checkpoints kept ({analysed} analysed, the others deleted after their "
-            "analysis)"
-        )
-    return f"{kept} checkpoints"
+        return f"{files} kept ({analysed} analysed, the others deleted after their analysis)"
+    return files
 
 
 def epochs_span(epochs: Sequence[float | None]) -> str:
