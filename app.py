@@ -32,10 +32,9 @@ def home() -> None:
     with common.guard():
         runs = common.all_runs()
         run = common.select_run(runs)
-        if run is not None:
-            for col, (page, (_, _, label)) in zip(
-                st.columns(len(VIEWS)), zip(PAGES[1:], VIEWS, strict=True), strict=True
-            ):
+        if run is not None:  # two rows of three: six columns cut the labels at 1500 px
+            cols = [*st.columns(3), *st.columns(3)]
+            for col, page, (_, _, label) in zip(cols, PAGES[1:], VIEWS, strict=True):
                 col.page_link(page, label=label)
         render_cards(runs, run)
 
