@@ -79,8 +79,10 @@ def test_the_report_of_a_per_head_run_is_readable(browser_ready, tmp_path, width
         labels = page.locator("#fig-H .slider-group .slider-label").all_text_contents()
         steps = [t for t in labels if not t.startswith("epoch ")]  # not the current value
         assert len(steps) == 13 and len(set(steps)) == 13, steps  # no epoch twice
-        page.wait_for_timeout(500)
-        found += problems(collect(page), where=f"report at {width} px: ")
+        page.wait_for_timeout(1500)
+        heatmaps = [f for f in collect(page) if any(i["kind"] == "heatmap" for i in f["items"])]
+        assert len(heatmaps) == 2
+        found += problems(heatmaps, where=f"report at {width} px: ")
         for svg in sorted(figs.glob("*.svg")):
             page.set_content(f"<div class='js-plotly-plot'>{svg.read_text()}</div>")
             found += problems(collect(page), where=f"{svg.name}: ")
