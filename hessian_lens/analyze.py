@@ -26,12 +26,12 @@ from torch import nn
 from hessian_lens import linalg, runfolder
 from hessian_lens.checkpoint import load_checkpoint
 from hessian_lens.data import Batches, ImageData, check_model_fits, load_dataset
+from hessian_lens.engine import PseudoHessian, pseudo_hessian
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.partition import Partition, check_scheme
 from hessian_lens.settings import checkpoint_limit_bytes
 from hessian_lens.store import MAX_GROUPS, Record, ResultStore
-from hessian_lens.summary import PseudoHessian, pseudo_hessian
 
 ENGINE_VERSION = "1"
 BLOCKS = ("layer", "tensor", "kind")

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hessian_lens.engine import differentiate, pseudo_hessian, summaries_from_gradient
 from hessian_lens.linalg import scales
 from hessian_lens.partition import Group, Partition, parameter_kind
-from hessian_lens.summary import differentiate, pseudo_hessian, summaries_from_gradient
 
 REGULARIZATIONS = ("none", "diag", "cubic")
 DIRECTIONS = ("momentum", "gradient", "adam")

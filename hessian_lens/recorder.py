@@ -27,7 +27,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import Tensor, nn
@@ -36,11 +36,12 @@ from hessian_lens import runfolder
 from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
 from hessian_lens.batches import as_batches, split_batch, tree_leaves
 from hessian_lens.checkpoint import save_checkpoint
+from hessian_lens.engine import Options, pseudo_hessian
+from hessian_lens.engine.options import EngineKeywords
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import OWN_LOSS, get_loss
 from hessian_lens.partition import Partition
 from hessian_lens.store import Record, ResultStore
-from hessian_lens.summary import pseudo_hessian
 
 
 class Recorder:
@@ -64,13 +65,14 @@ class Recorder:
         every: analyse at every ``every``-th ``log`` call (the first one always).
         save_checkpoints: write ``epoch_NNNN.pt`` at each call.
         order3: also store the diagonal of ``D^(3)``.
-        dtype: the analysis dtype (``torch.float64`` for references).
-        progress: a tqdm bar per analysis.
         loggers: where each analysis's scalars and heatmaps also go, under
             ``hessian/...``: a ``SummaryWriter``, a wandb run, an ``aim.Run`` or an object
             with ``log_record(record, step)`` (:mod:`hessian_lens.integrations.loggers`).
-        batch_dim, reduction, forward: the data contract, as in
-            :func:`~hessian_lens.pseudo_hessian`.
+        options: the data contract and run options of every analysis
+            (:class:`hessian_lens.Options`: ``batch_dim``, ``reduction``, ``forward``,
+            ``dtype`` (``torch.float64`` for references), ``progress`` (a tqdm bar per
+            analysis), ``device``, ``method``, ...).
+        **keywords: any field of :class:`hessian_lens.Options`, overriding ``options``.
     """
 
     def __init__(
@@ -86,13 +88,10 @@ class Recorder:
         save_checkpoints: bool = True,
         architecture_kwargs: dict[str, Any] | None = None,
         order3: bool = False,
-        dtype: torch.dtype | None = None,
-        progress: bool = False,
         *,
         loggers=None,
-        batch_dim: int | tuple[int, int] = 0,
-        reduction: str | None = None,
-        forward: Callable | None = None,
+        options: Options | None = None,
+        **keywords: Unpack[EngineKeywords],
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
@@ -103,8 +102,8 @@ class Recorder:
         self.loss_name, self.loss_fn = _loss(loss_fn)
         self.data = as_batches(analysis_data)
         self.partition = partition
-        self.order3, self.dtype, self.progress = order3, dtype, progress
-        self.contract = {"batch_dim": batch_dim, "reduction": reduction, "forward": forward}
+        self.order3 = order3
+        self.options = Options.of(options, **keywords)
         self.calls, self.closed = 0, False
         from hessian_lens.integrations.loggers import as_loggers
 
@@ -219,11 +218,9 @@ class Recorder:
             self.loss_fn,
             self.data,
             partition=part,
-            dtype=self.dtype,
-            d3_diagonal=self.order3,
-            progress=self.progress,
             direction=direction,
-            **self.contract,
+            d3_diagonal=self.order3,
+            options=self.options,
         )
         if self.rank != 0:
             return None
@@ -253,12 +250,13 @@ class Recorder:
         return Partition.from_name(self.model, self.partition or "canonical")
 
     def _settings(self, part: Partition, n: int) -> dict[str, Any]:
+        dtype = self.options.dtype or next(self.model.parameters()).dtype
         settings = {
             "samples": n,
             "partition": part.scheme,
             "order3": self.order3,
             "seed": 0,
-            "dtype": str(self.dtype or next(self.model.parameters()).dtype).replace("torch.", ""),
+            "dtype": str(dtype).removeprefix("torch."),
             "data": self._data_fingerprint(),
             "engine": ENGINE_VERSION,
         }
