@@ -340,3 +340,16 @@ def test_ship_run_keeps_what_it_says_and_the_last_checkpoint_as_float16(tmp_path
     ]
     absent = manifest["checkpoints_not_shipped"]["sha256"]
     assert absent == {n: file_sha256(run / n) for n in ("epoch_0001.pt", "epoch_0002.pt")}
+
+
+def test_bench_overhead_floor_is_the_engines_h_bar_and_ratios_are_of_the_same_run():
+    bench = load("benchmarks/bench_overhead.py")
+    for name in ("lenet5-b32", "gpt-b32"):
+        model, data, loss_fn = bench.setup(*bench.CASES[name][:2], 4)
+        floor = bench.pruned_floor(model, loss_fn, data)
+        want = hl.pseudo_hessian(model, loss_fn, data).H
+        assert_close(torch.triu(want), floor, rtol=2e-4, atol=1e-6)  # upper triangle
+    rows = run_script("benchmarks/bench_overhead.py", "--quick")
+    (row,) = rows
+    assert row["case"] == "lenet5-b32" and row["S"] == 10
+    assert row["x_floor"] == pytest.approx(row["engine_ms"] / row["floor_ms"], rel=0.01)
