@@ -364,7 +364,8 @@ def memory_plan(
     spec = Spec.of(order, diagonal=diagonal, d3_diagonal=d3_diagonal)
     contract = opts.replace(reduction="mean").contract(loss_fn)
     with functional_state(model, part, opts) as st:
-        back_end = make_back_end(resolve_method(opts.method), contract.loss, opts.chunk_size)
+        method = resolve_method(opts.method)
+        back_end = make_back_end(method, contract.loss, opts.chunk_size, opts.curvature)
         planner = make_planner(st, part, spec, back_end, contract, opts.train_mode)
         x, y, samples = prepare(batch, st, contract)
         if samples <= PROBE_SAMPLES[-1]:

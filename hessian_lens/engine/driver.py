@@ -20,6 +20,7 @@ from hessian_lens import batches as B
 from hessian_lens import distributed as dist
 from hessian_lens.engine.accumulate import Accumulator, Spec, Summaries
 from hessian_lens.engine.autodiff import differentiate
+from hessian_lens.engine.curvature import GGNBackEnd
 from hessian_lens.engine.feed import (
     Totals,
     check_direction,
@@ -36,7 +37,7 @@ from hessian_lens.partition import Partition
 
 __all__ = ["BackEnd", "make_back_end", "make_planner", "over_ranks", "run"]
 
-BackEnd = LoopBackEnd | VmapBackEnd
+BackEnd = LoopBackEnd | VmapBackEnd | GGNBackEnd
 
 
 def run(
@@ -57,7 +58,8 @@ def run(
     batches = B.as_batches(data, two_passes=direction is None)
     with functional_state(model, part, options) as st:
         method = _checked_method(options, model)
-        back_end = make_back_end(method, contract.loss, options.chunk_size)
+        check_ggn(options, spec, loss_fn)
+        back_end = make_back_end(method, contract.loss, options.chunk_size, options.curvature)
         planner = make_planner(st, part, spec, back_end, contract, options.train_mode)
         if not on:
             planner.check_outputs()  # fail before pass 1 (when distributed: inside it)
@@ -78,9 +80,35 @@ def run(
         return out
 
 
-def make_back_end(method: str, loss_fn: LossFn, chunk_size: int | None) -> BackEnd:
-    """The back end of a resolved method (``"loop"`` or ``"vmap"``)."""
+def make_back_end(
+    method: str, loss_fn: LossFn, chunk_size: int | None, curvature: str = "hessian"
+) -> BackEnd:
+    """The back end of a resolved method (``"loop"`` or ``"vmap"``) and curvature."""
+    if curvature == "ggn":
+        return GGNBackEnd(loss_fn)
     return LoopBackEnd(loss_fn) if method == "loop" else VmapBackEnd(loss_fn, chunk_size)
+
+
+def check_ggn(options: Options, spec: Spec, loss_fn: LossFn | None) -> None:
+    """The Gauss-Newton runs at order 2, on the loop, with the loss apart from the model.
+
+    Raises:
+        ValueError: one line naming what to change.
+    """
+    if options.curvature != "ggn":
+        return
+    if spec.full != 2 or spec.diag:
+        raise ValueError(
+            "curvature='ggn' defines the order-2 summary only (G_bar = U^T G U): ask for "
+            "pseudo_hessian / summary_tensor(order=2) without d3_diagonal, or curvature='hessian'"
+        )
+    if resolve_method(options.method) != "loop":
+        raise ValueError("curvature='ggn' runs on the loop back end: use method='loop' or 'auto'")
+    if loss_fn is None:
+        raise ValueError(
+            "curvature='ggn' needs the loss apart from the model (G = J^T H_l J is taken at "
+            "the model's outputs): give loss_fn(outputs, targets) instead of loss_fn=None"
+        )
 
 
 def make_planner(st, part, spec, back_end, contract: Contract, train_mode: bool) -> Planner:

@@ -25,12 +25,13 @@ from torch import Tensor, nn
 
 from hessian_lens import batches as B
 
-__all__ = ["METHODS", "Contract", "EngineKeywords", "Options"]
+__all__ = ["CURVATURES", "METHODS", "Contract", "EngineKeywords", "Options"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Forward = Callable[[nn.Module, Any], Any]
 Progress = bool | Callable[[int, int | None], None]
 METHODS = ("auto", "loop", "vmap")
+CURVATURES = ("hessian", "ggn")  # H = d^2 L / dtheta^2, or the Gauss-Newton J^T H_l J
 
 
 class EngineKeywords(TypedDict, total=False):
@@ -46,6 +47,7 @@ class EngineKeywords(TypedDict, total=False):
     chunk_size: int | None
     distributed: bool | None
     progress: Progress
+    curvature: str
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class Options:
         distributed: ``None``: sum over the ranks of an initialised process group of more
             than one rank; ``False``: this process's data only; ``True``: require a group.
         progress: ``True`` for a tqdm bar, or a callable ``(done, total)`` per batch.
+        curvature: ``"hessian"`` (``H_bar = U^T H U``) or ``"ggn"`` (the generalised
+            Gauss-Newton ``G_bar = U^T J^T H_l J U``: positive semi-definite for a convex
+            loss; order 2 only; needs a ``loss_fn`` of the model's outputs).
 
     Example:
         >>> opts = Options(batch_dim=(1, 0), reduction="sum")
@@ -89,6 +94,7 @@ class Options:
     chunk_size: int | None = None
     distributed: bool | None = None
     progress: Progress = False
+    curvature: str = "hessian"
 
     def __post_init__(self) -> None:
         B.BatchDims.of(self.batch_dim)
@@ -102,6 +108,8 @@ class Options:
             raise TypeError(f"dtype must be a torch.dtype, got {self.dtype!r}")
         if self.chunk_size is not None and not _positive_int(self.chunk_size):
             raise ValueError(f"chunk_size must be an integer >= 1 or None, got {self.chunk_size!r}")
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
         if not isinstance(self.train_mode, bool):
             raise TypeError(f"train_mode must be True or False, got {self.train_mode!r}")
 
