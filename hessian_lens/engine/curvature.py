@@ -75,6 +75,14 @@ class HessianProducts:
         params = [self.state.params[i] for i in outputs]
         return differentiate(phi, params, retain_graph=True)
 
+    def apply_batched(self, V: Sequence[Tensor], inputs: Sequence[int], outputs: Sequence[int]):
+        """``H v_k`` for a stack of vectors (leading dimension k), one vectorised backward.
+
+        ``grad(g, theta, grad_outputs=V)`` is ``(dg/dtheta)^T V = H V`` (H is symmetric).
+        """
+        pairs = [(self.grads[i], t) for i, t in zip(inputs, V, strict=True)]
+        return _batched_vjp(pairs, [self.state.params[i] for i in outputs], V[0].shape[0])
+
 
 class GGNProducts:
     """``G_b v = J^T H_l J v`` for one micro-batch (module docstring)."""
@@ -112,10 +120,45 @@ class GGNProducts:
         jv = [torch.zeros_like(a) if z is None else z for a, z in zip(self.a, jv, strict=True)]
         return _vjp(self.leaves, params, self.output_hessian(jv))
 
+    def apply_batched(self, V: Sequence[Tensor], inputs: Sequence[int], outputs: Sequence[int]):
+        """``G v_k`` for a stack of vectors (leading dimension k), vectorised backwards.
+
+        ``J V = grad(J^T a, a, grad_outputs=V)`` (``a -> J^T a`` is linear), then ``H_l``
+        in output space, then ``J^T`` by one batched backward pass.
+        """
+        k = V[0].shape[0]
+        pairs = [(self.jt_a[i], t) for i, t in zip(inputs, V, strict=True)]
+        jv = _batched_vjp(pairs, self.a, k, detach=False)
+        w = self.output_hessian.batched(jv)
+        return _batched_vjp(
+            list(zip(self.leaves, w, strict=True)), [self.state.params[i] for i in outputs], k
+        )
+
 
 def products_for(curvature: str):
     """The per-micro-batch product class of a curvature (``"hessian"`` or ``"ggn"``)."""
     return HessianProducts if check_curvature(curvature) == "hessian" else GGNProducts
+
+
+def _batched_vjp(pairs, wrt: Sequence[Tensor], k: int, detach: bool = True) -> list[Tensor]:
+    """``sum_i (d out_i / d wrt)^T V_i`` for ``(out_i, V_i)`` pairs, batched over k vectors.
+
+    Outputs without a graph contribute nothing; an input they never reach gets zeros.
+    """
+    live = [(o, v) for o, v in pairs if o is not None and o.requires_grad]
+    zeros = [torch.zeros((k, *w.shape), dtype=w.dtype, device=w.device) for w in wrt]
+    if not live:
+        return zeros
+    out = torch.autograd.grad(
+        [o for o, _ in live],
+        list(wrt),
+        grad_outputs=[v for _, v in live],
+        retain_graph=True,
+        allow_unused=True,
+        is_grads_batched=True,
+    )
+    out = [z if g is None else g for z, g in zip(zeros, out, strict=True)]
+    return [g.detach() for g in out] if detach else out
 
 
 def _vjp(leaves: Sequence[Tensor], params: Sequence[Tensor], cotangents) -> list[Tensor]:
@@ -141,6 +184,12 @@ class _AutogradOutputHessian:
             torch.zeros_like(c) if g is None else g for c, g in zip(self.copies, grads, strict=True)
         ]
         self.grads = [g.detach() for g in self.first]
+
+    def batched(self, Z: Sequence[Tensor]) -> list[Tensor]:
+        """``H_l z_k`` for stacks of output-space vectors (leading dimension k)."""
+        return _batched_vjp(
+            list(zip(self.first, Z, strict=True)), self.copies, Z[0].shape[0], detach=False
+        )
 
     def __call__(self, z: Sequence[Tensor]) -> list[Tensor]:
         terms = [(g * t).sum() for g, t in zip(self.first, z, strict=True) if g.requires_grad]
@@ -173,9 +222,18 @@ class _CrossEntropyOutputHessian:
 
     def __call__(self, z: Sequence[Tensor]) -> list[Tensor]:
         (zt,) = z
-        flat = _flatten_classes(zt, None)[0]
-        pz = (self.p * flat).sum(dim=1, keepdim=True)
-        return [_unflatten((self.p * flat - self.p * pz) * self.mask * self.scale, self.shape)]
+        return [self._apply(zt.reshape(1, *self.shape))[0]]
+
+    def batched(self, Z: Sequence[Tensor]) -> list[Tensor]:
+        """``H_l z_k`` for a stack of vectors (leading dimension k)."""
+        (zt,) = Z
+        return [self._apply(zt)]
+
+    def _apply(self, zt: Tensor) -> Tensor:
+        flat = zt.reshape(zt.shape[0], *self.p.shape)
+        pz = (self.p * flat).sum(dim=-1, keepdim=True)
+        out = (self.p * flat - self.p * pz) * self.mask * self.scale
+        return out.reshape(zt.shape[0], *self.shape)
 
 
 def _output_hessian(loss_fn, outputs, leaves: Sequence[Tensor], y):

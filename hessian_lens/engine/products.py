@@ -31,6 +31,7 @@ from hessian_lens.partition import Partition
 __all__ = ["DataCurvature", "Job"]
 
 ACCUMULATOR_SHARE = 0.25  # of the memory budget, for the running sums of one chunk of jobs
+MAX_BATCH = 32  # products vectorised in one backward pass (same inputs and outputs)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class DataCurvature:
         self.prints = B.Fingerprints()
         self.passes = 0
         self._kept: tuple | None = None  # (micro-batch products, weight, z) of a single batch
+        self.batch = MAX_BATCH
         self._context = None
 
     def __enter__(self) -> DataCurvature:
@@ -128,9 +130,10 @@ class DataCurvature:
             ]
             z = Totals()
             for prods, samples, weight in self._micro_batch_products():
-                for total, job in zip(sums, jobs, strict=True):
-                    result = prods.apply(job.vector, job.inputs, job.outputs)
-                    total.add_(torch.cat([r.reshape(-1) for r in result]), alpha=weight)
+                for members in _batches(jobs, self.batch):
+                    results = _apply(prods, [jobs[j] for j in members])
+                    for j, result in zip(members, results, strict=True):
+                        sums[j].add_(torch.cat([r.reshape(-1) for r in result]), alpha=weight)
                 z.add(samples, weight)
                 if tick is not None:
                     tick()
@@ -159,7 +162,7 @@ class DataCurvature:
         if self._kept is not None:
             yield self._kept
             return
-        if self.passes == 1:
+        if self.passes >= 1:  # every later pass checks it sees the first pass's batches
             self.prints.start_checking()
         self.passes += 1
         every = list(range(len(self.state.params)))
@@ -175,3 +178,21 @@ class DataCurvature:
         self.prints.finish()
         if count == 1 and not self.distributed:
             self._kept = first
+
+
+def _batches(jobs: Sequence[Job], size: int) -> list[list[int]]:
+    """Job indices grouped by (inputs, outputs), at most ``size`` per group, in job order."""
+    groups: dict[tuple, list[int]] = {}
+    for j, job in enumerate(jobs):
+        groups.setdefault((tuple(job.inputs), tuple(job.outputs)), []).append(j)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def _apply(prods, jobs: Sequence[Job]) -> list[list[Tensor]]:
+    """The products of jobs sharing inputs and outputs: one vectorised pass for several."""
+    first = jobs[0]
+    if len(jobs) == 1:
+        return [prods.apply(first.vector, first.inputs, first.outputs)]
+    stacked = [torch.stack(vs) for vs in zip(*(job.vector for job in jobs), strict=True)]
+    out = prods.apply_batched(stacked, first.inputs, first.outputs)
+    return [[t[k] for t in out] for k in range(len(jobs))]
