@@ -13,6 +13,11 @@ The public API::
     model = hl.build_model("torchvision:resnet18", num_classes=10)
     model, meta = hl.load_checkpoint(path)              # .pt / .pth / .safetensors / .pt2
     with hl.Recorder("runs/exp", model, loss_fn, batches) as rec: rec.log(0)
+    G = hl.pseudo_hessian(model, loss_fn, data, curvature="ggn").H   # Gauss-Newton U^T G U
+    bn = hl.block_norms(model, loss_fn, data, probes=64)  # .trace, .trace_se, .frobenius(_se)
+    sp = hl.block_spectra(model, loss_fn, data, steps=30)  # per-group Lanczos / SLQ, .lmax
+    js0 = hl.js_divergence(sp).js0                         # Zhang et al.'s JS⁰
+    opts = hl.Options(batch_dim=(1, 0), dtype=torch.float64)  # one options value, everywhere
 
 Names are imported on first use, so ``import hessian_lens.runs`` (the dashboard's run
 browser) does not pay for importing torch.
@@ -55,6 +60,12 @@ _EXPORTS = {
     "TaylorView": "hessian_lens.taylor",
     "taylor_view": "hessian_lens.taylor",
     "get_loss": "hessian_lens.losses",
+    "BlockNorms": "hessian_lens.measures",
+    "block_norms": "hessian_lens.measures",
+    "BlockSpectra": "hessian_lens.spectra",
+    "Spectrum": "hessian_lens.spectra",
+    "block_spectra": "hessian_lens.spectra",
+    "js_divergence": "hessian_lens.spectra",
 }
 _MODULES = (
     "optim",
@@ -68,6 +79,8 @@ _MODULES = (
     "text",
     "hierarchy",
     "heterogeneity",
+    "measures",
+    "spectra",
 )
 
 __all__ = [*sorted(_EXPORTS), "__version__", "optim"]

@@ -257,3 +257,86 @@ def _summarise(per_probe, part, exact, probes, frobenius, curvature, samples, se
             spread, out.frobenius_sq_se / (2 * out.frobenius).clamp(min=1e-300), 0.0
         )
     return out
+
+
+# ---------------------------------------------------------------------------- stored form
+MEASURES = ("trace", "frobenius", "spectra", "lmax")
+
+
+def check_measures(names) -> tuple[str, ...]:
+    """The measure names as a sorted tuple; a ValueError for an unknown one."""
+    names = tuple(sorted({n.strip() for n in names if n.strip()}))
+    unknown = [n for n in names if n not in MEASURES]
+    if unknown:
+        raise ValueError(f"unknown measure(s) {unknown}: choose among {', '.join(MEASURES)}")
+    return names
+
+
+def stored_measures(
+    model: nn.Module,
+    loss_fn: LossFn | None,
+    data,
+    partition: Partition,
+    names,
+    *,
+    probes: int,
+    steps: int,
+    slq_probes: int,
+    seed: int,
+    options: Options,
+) -> tuple[dict, dict[str, Tensor]]:
+    """The measures ``names`` as a record stores them: ``(summary, arrays)``.
+
+    Arrays: ``trace``, ``trace_se`` (S); ``frobenius``, ``frobenius_se`` (S x S);
+    ``spectrum_nodes``, ``spectrum_weights`` (S x slq_probes x steps) and ``model_nodes``,
+    ``model_weights`` (slq_probes x steps). ``probes`` Rademacher probes estimate the
+    traces and norms; ``slq_probes`` random starts of ``steps`` Lanczos steps the spectra.
+    The summary holds the conventions (curvature, probes, steps, seed) and the scalars
+    (``lmax``, ``lmin``, ``trace_total``, ``diagonal_share``, ``js0``).
+    """
+    from hessian_lens.spectra import block_spectra, js_divergence
+
+    names = check_measures(names)
+    summary: dict = {"names": list(names), "curvature": options.curvature, "seed": seed}
+    arrays: dict[str, Tensor] = {}
+    if "trace" in names or "frobenius" in names:
+        bn = block_norms(
+            model,
+            loss_fn,
+            data,
+            partition,
+            probes=probes,
+            seed=seed,
+            frobenius="frobenius" in names,
+            options=options,
+        )
+        arrays.update(trace=bn.trace, trace_se=bn.trace_se)
+        summary.update(
+            probes=probes,
+            trace_total=float(bn.trace.sum()),
+            trace_total_se=float(bn.trace_se.pow(2).sum().sqrt()),
+        )
+        if bn.frobenius is not None:
+            arrays.update(frobenius=bn.frobenius, frobenius_se=bn.frobenius_se)
+            summary["diagonal_share"] = bn.diagonal_share()
+    if "spectra" in names or "lmax" in names:
+        sp = block_spectra(
+            model,
+            loss_fn,
+            data,
+            partition,
+            steps=steps,
+            probes=slq_probes,
+            seed=seed,
+            blocks="spectra" in names,
+            options=options,
+        )
+        arrays.update(model_nodes=sp.whole.nodes, model_weights=sp.whole.weights)
+        summary.update(lmax=sp.lmax, lmin=sp.lmin, steps=steps, spectrum_probes=sp.probes)
+        if sp.blocks:
+            arrays["spectrum_nodes"] = torch.stack([b.nodes for b in sp.blocks])
+            arrays["spectrum_weights"] = torch.stack([b.weights for b in sp.blocks])
+            if len(sp.blocks) > 1:
+                summary["js0"] = js_divergence(sp).js0
+        summary["notes"] = sp.notes
+    return summary, arrays

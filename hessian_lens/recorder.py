@@ -40,6 +40,7 @@ from hessian_lens.engine import Options, pseudo_hessian
 from hessian_lens.engine.options import EngineKeywords
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import OWN_LOSS, get_loss
+from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition
 from hessian_lens.store import Record, ResultStore
 
@@ -65,6 +66,11 @@ class Recorder:
         every: analyse at every ``every``-th ``log`` call (the first one always).
         save_checkpoints: write ``epoch_NNNN.pt`` at each call.
         order3: also store the diagonal of ``D^(3)``.
+        measures: also at each analysis, among ``"trace"``, ``"frobenius"``, ``"spectra"``
+            and ``"lmax"`` (:mod:`hessian_lens.measures`): the loggers get
+            ``hessian/lambda_max`` and ``hessian/tr_H`` (with its standard error).
+        probes: Rademacher probes of the traces and norms (>= 2).
+        steps: Lanczos steps of the spectra and lambda_max.
         loggers: where each analysis's scalars and heatmaps also go, under
             ``hessian/...``: a ``SummaryWriter``, a wandb run, an ``aim.Run`` or an object
             with ``log_record(record, step)`` (:mod:`hessian_lens.integrations.loggers`).
@@ -89,6 +95,9 @@ class Recorder:
         architecture_kwargs: dict[str, Any] | None = None,
         order3: bool = False,
         *,
+        measures: tuple[str, ...] | list[str] = (),
+        probes: int = 16,
+        steps: int = 20,
         loggers=None,
         options: Options | None = None,
         **keywords: Unpack[EngineKeywords],
@@ -104,6 +113,10 @@ class Recorder:
         self.partition = partition
         self.order3 = order3
         self.options = Options.of(options, **keywords)
+        self.measures = check_measures(measures)
+        self.measure_counts = {"probes": probes, "steps": steps}
+        if self.measures and (not isinstance(probes, int) or probes < 2 or steps < 1):
+            raise ValueError(f"probes must be >= 2 and steps >= 1, got {probes!r}, {steps!r}")
         self.calls, self.closed = 0, False
         from hessian_lens.integrations.loggers import as_loggers
 
@@ -208,6 +221,20 @@ class Recorder:
             save_checkpoint(path, self.model, meta)
         return path
 
+    def _measure(self, part: Partition) -> tuple[dict, dict]:
+        """The asked-for measures of the analysis data (:func:`measures.stored_measures`)."""
+        return stored_measures(
+            self.model,
+            self.loss_fn,
+            self.data,
+            part,
+            self.measures,
+            slq_probes=1,
+            seed=0,
+            options=self.options.replace(progress=False),
+            **self.measure_counts,
+        )
+
     def _analyse(
         self, epoch: float, checkpoint: Path | None, direction: list[Tensor] | None = None
     ) -> Record | None:
@@ -222,14 +249,23 @@ class Recorder:
             d3_diagonal=self.order3,
             options=self.options,
         )
+        measured = self._measure(part) if self.measures else None  # every rank takes part
         if self.rank != 0:
             return None
         summary, arrays = stored_parts(res, part, self.loss_name)
+        if measured is not None:
+            summary["measures"] = measured[0]
+            arrays.update({k: v.double().cpu().numpy() for k, v in measured[1].items()})
+        summary["curvature"] = self.options.curvature
         summary["model"] = self.model_entry
         arrays["u_sq"] = _group_squares(res, part)
         settings = self._settings(part, res.n_samples)
         if direction is not None:
             settings["direction"] = "given"
+        if self.options.curvature != "hessian":
+            settings["curvature"] = self.options.curvature
+        if self.measures:
+            settings.update(measures=list(self.measures), **self.measure_counts, slq_probes=1)
         sha = file_sha256(checkpoint) if checkpoint is not None else _state_sha(self.model)
         name = checkpoint.name if checkpoint is not None else runfolder.checkpoint_name(epoch)
         record = Record(

@@ -121,6 +121,7 @@ def block_spectra(
     probes: int = 4,
     seed: int = 0,
     whole: bool = True,
+    blocks: bool = True,
     options: Options | None = None,
     **keywords: Unpack[EngineKeywords],
 ) -> BlockSpectra:
@@ -139,15 +140,20 @@ def block_spectra(
         probes: random starting vectors (SLQ averages over them).
         seed: the starting vectors' seed.
         whole: also the whole model's spectrum (``lmax``, ``lmin``, density).
+        blocks: the groups' spectra (``False``: the whole model's only, ``lmax`` alone).
         options: the engine options (``curvature="ggn"`` for the Gauss-Newton matrix).
         **keywords: any field of :class:`hessian_lens.Options`.
     """
     opts = Options.of(options, **keywords)
     if not (isinstance(steps, int) and steps >= 1 and isinstance(probes, int) and probes >= 1):
         raise ValueError(f"steps and probes must be integers >= 1, got {steps!r}, {probes!r}")
+    if not (whole or blocks):
+        raise ValueError(
+            "nothing to compute: ask for the blocks' spectra, the whole model's or both"
+        )
     part = partition if partition is not None else Partition.canonical(model)
     with DataCurvature(model, loss_fn, data, part, opts) as op:
-        ops = [_BlockOperator(op, part, s) for s in range(len(part))]
+        ops = [_BlockOperator(op, part, s) for s in range(len(part))] if blocks else []
         if whole:
             ops.append(_WholeOperator(op))
         full = [_basis_fits(op, o.size, steps) for o in ops]
@@ -172,7 +178,7 @@ def block_spectra(
     ]
     return BlockSpectra(
         labels=part.labels,
-        blocks=spectra[: len(part)],
+        blocks=spectra[: len(ops) - whole],
         whole=spectra[-1] if whole else None,
         steps=steps,
         probes=probes,

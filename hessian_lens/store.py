@@ -45,7 +45,9 @@ import numpy as np
 
 from hessian_lens.files import UnsafeFileError, loads_bounded
 
-SCHEMA_VERSION = "1"
+#: 2: a record may hold measures (block traces, Frobenius map, spectra); version 1 stores
+#: open unchanged (nothing in the file format changed, only what a record may hold).
+SCHEMA_VERSION = "2"
 BUSY_MS = 60_000
 #: Every connection's work is bounded (SQLite's progress handler): a store edited to make
 #: SQLite loop (a trigger reading a never-ending recursive view) fails instead of hanging.
@@ -56,8 +58,11 @@ MAX_ARRAY_ITEMS = 64  # arrays per record
 MAX_SUMMARY_BYTES = 16 * 2**20
 #: The most groups a record may list: the discrete partition's limit (one group per scalar).
 MAX_GROUPS = 5000
-#: S x S arrays a record holds at most (H, Hinv, their normalised forms, 3 block inverses).
+#: S x S arrays a record holds at most (H, Hinv, their normalised forms, 3 block inverses,
+#: the Frobenius map and its standard errors).
 MAX_MATRICES = 12
+#: Spectrum nodes one group may store (SLQ starts x Lanczos steps).
+MAX_SPECTRUM_NODES = 4096
 _RESULT_COLUMNS = (
     "checkpoint_sha",
     "settings_key",
@@ -603,7 +608,7 @@ def _record(row) -> Record:
         str(name),
         epoch,
         summary,
-        unpack_arrays(blob, S * S) if blob is not None else {},
+        unpack_arrays(blob, max(S * S, (S + 1) * MAX_SPECTRUM_NODES)) if blob is not None else {},
         float(seconds or 0.0),
         float(created or 0.0),
     )
