@@ -27,7 +27,6 @@ from hessian_lens import linalg, runfolder
 from hessian_lens.checkpoint import load_checkpoint
 from hessian_lens.data import Batches, ImageData, check_model_fits, load_dataset
 from hessian_lens.engine import Options, PseudoHessian, pseudo_hessian
-from hessian_lens.engine.options import CURVATURES
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.measures import check_measures, stored_measures
@@ -81,8 +80,8 @@ class AnalysisSettings:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
         check_scheme(self.partition)
-        if self.curvature not in CURVATURES:
-            raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
+        if self.curvature not in ("hessian", "ggn"):
+            raise ValueError(f"curvature must be 'hessian' or 'ggn', got {self.curvature!r}")
         object.__setattr__(self, "measures", check_measures(self.measures))
         for name, top in (("probes", 4096), ("steps", 1000), ("slq_probes", 256)):
             if not _count(getattr(self, name), top):

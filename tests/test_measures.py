@@ -153,3 +153,21 @@ def test_frobenius_standard_error_is_the_delta_method():
         bn.frobenius_se[nonzero], (bn.frobenius_sq_se / (2 * bn.frobenius))[nonzero], **EXACT
     )
     assert math.isfinite(float(bn.frobenius_se.max()))
+
+
+def test_the_functional_part_is_the_hessian_minus_the_gauss_newton():
+    """Ormaniec et al.'s split: ||(H - G)_st||_F exactly, and zero for a linear model."""
+    model, data = tiny_gpt().double(), gpt_data()
+    part = hl.Partition.by_head(model)
+    bn = block_norms(model, next_token, data, part, probes="exact", curvature="functional")
+    with sdpa_kernel(SDPBackend.MATH):
+        C = full_derivative(model, next_token, data, 2) - full_ggn(model, next_token, data)
+    trace, fro = dense_blocks(C, part)
+    assert_close(bn.frobenius, fro, rtol=1e-9, atol=1e-14)
+    assert_close(bn.trace, trace, rtol=1e-9, atol=1e-13)
+    linear = torch.nn.Linear(3, 2).double()
+    x, t = torch.randn(6, 3, dtype=F64), torch.randn(6, 2, dtype=F64)
+    zero = block_norms(linear, F.mse_loss, (x, t), probes="exact", curvature="functional")
+    assert float(zero.frobenius.abs().max()) < 1e-14
+    with pytest.raises(ValueError, match="is a measure of block norms"):
+        hl.pseudo_hessian(linear, F.mse_loss, (x, t), curvature="functional")

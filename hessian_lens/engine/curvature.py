@@ -37,20 +37,13 @@ from hessian_lens.engine.state import State
 
 __all__ = [
     "CURVATURES",
+    "FunctionalProducts",
     "GGNBackEnd",
     "GGNProducts",
     "HessianProducts",
-    "check_curvature",
     "products_for",
     "restricted",
 ]
-
-
-def check_curvature(curvature: str) -> str:
-    """``curvature`` if it is one of :data:`CURVATURES`, else a ValueError naming them."""
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
-    return curvature
 
 
 class HessianProducts:
@@ -135,9 +128,46 @@ class GGNProducts:
         )
 
 
+class FunctionalProducts:
+    """``(H_b - G_b) v``: the functional part of the Hessian (Ormaniec et al.'s split).
+
+    ``H - G = sum_k (dl/do_k) d^2 o_k / dtheta^2``, the curvature of the network itself
+    weighted by the loss's gradient: zero for a model linear in its parameters.
+    """
+
+    def __init__(self, state: State, loss_fn, x, y, inputs: Sequence[int]) -> None:
+        self.hessian = HessianProducts(state, loss_fn, x, y, inputs)
+        self.ggn = GGNProducts(state, loss_fn, x, y, inputs)
+        self.loss = self.hessian.loss
+
+    def gradient(self, which: Sequence[int]) -> list[Tensor]:
+        """The micro-batch's gradient on the parameters ``which``."""
+        return self.hessian.gradient(which)
+
+    def apply(self, v: Sequence[Tensor], inputs: Sequence[int], outputs: Sequence[int]):
+        """``(H v - G v)`` on the parameters ``outputs``."""
+        h, g = self.hessian.apply(v, inputs, outputs), self.ggn.apply(v, inputs, outputs)
+        return [a - b for a, b in zip(h, g, strict=True)]
+
+    def apply_batched(self, V: Sequence[Tensor], inputs: Sequence[int], outputs: Sequence[int]):
+        """``H v_k - G v_k`` for a stack of vectors."""
+        h = self.hessian.apply_batched(V, inputs, outputs)
+        g = self.ggn.apply_batched(V, inputs, outputs)
+        return [a - b for a, b in zip(h, g, strict=True)]
+
+
+PRODUCTS = {"hessian": HessianProducts, "ggn": GGNProducts, "functional": FunctionalProducts}
+
+
 def products_for(curvature: str):
-    """The per-micro-batch product class of a curvature (``"hessian"`` or ``"ggn"``)."""
-    return HessianProducts if check_curvature(curvature) == "hessian" else GGNProducts
+    """The per-micro-batch product class of a curvature: ``H``, ``G`` or ``H - G``.
+
+    ``"functional"`` (``H - G``) is offered by the measures (block norms and spectra), not
+    by the summaries (``pseudo_hessian(...).H - pseudo_hessian(..., curvature="ggn").H``).
+    """
+    if curvature not in PRODUCTS:
+        raise ValueError(f"curvature must be one of {tuple(PRODUCTS)}, got {curvature!r}")
+    return PRODUCTS[curvature]
 
 
 def _batched_vjp(pairs, wrt: Sequence[Tensor], k: int, detach: bool = True) -> list[Tensor]:

@@ -95,6 +95,11 @@ def check_ggn(options: Options, spec: Spec, loss_fn: LossFn | None) -> None:
     Raises:
         ValueError: one line naming what to change.
     """
+    if options.curvature == "functional":
+        raise ValueError(
+            "curvature='functional' (H - G) is a measure of block norms and spectra: for the "
+            "summary take pseudo_hessian(...).H - pseudo_hessian(..., curvature='ggn').H"
+        )
     if options.curvature != "ggn":
         return
     if spec.full != 2 or spec.diag:

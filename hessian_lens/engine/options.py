@@ -31,7 +31,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 Forward = Callable[[nn.Module, Any], Any]
 Progress = bool | Callable[[int, int | None], None]
 METHODS = ("auto", "loop", "vmap")
-CURVATURES = ("hessian", "ggn")  # H = d^2 L / dtheta^2, or the Gauss-Newton J^T H_l J
+CURVATURES = ("hessian", "ggn", "functional")  # H, the Gauss-Newton J^T H_l J, or H - G
 
 
 class EngineKeywords(TypedDict, total=False):
@@ -74,7 +74,9 @@ class Options:
         progress: ``True`` for a tqdm bar, or a callable ``(done, total)`` per batch.
         curvature: ``"hessian"`` (``H_bar = U^T H U``) or ``"ggn"`` (the generalised
             Gauss-Newton ``G_bar = U^T J^T H_l J U``: positive semi-definite for a convex
-            loss; order 2 only; needs a ``loss_fn`` of the model's outputs).
+            loss; order 2 only; needs a ``loss_fn`` of the model's outputs), or for the
+            measures (:func:`hessian_lens.block_norms`, :func:`hessian_lens.block_spectra`)
+            ``"functional"``: ``H - G``, the rest of the Hessian.
 
     Example:
         >>> opts = Options(batch_dim=(1, 0), reduction="sum")

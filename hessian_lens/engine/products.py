@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from hessian_lens import batches as B
 from hessian_lens import distributed as dist
 from hessian_lens.engine.accumulate import Spec
-from hessian_lens.engine.curvature import check_curvature, products_for
+from hessian_lens.engine.curvature import products_for
 from hessian_lens.engine.driver import make_back_end, make_planner, over_ranks
 from hessian_lens.engine.feed import Totals, micro_batches
 from hessian_lens.engine.options import Options
@@ -59,8 +59,9 @@ class DataCurvature:
 
     def __init__(self, model: nn.Module, loss_fn, data, partition: Partition, options: Options):
         self.model, self.loss_fn, self.partition, self.options = model, loss_fn, partition, options
-        self.curvature = check_curvature(options.curvature)
-        if self.curvature == "ggn" and loss_fn is None:
+        self.curvature = options.curvature
+        products_for(self.curvature)  # a known curvature
+        if self.curvature != "hessian" and loss_fn is None:
             raise ValueError(
                 "curvature='ggn' needs the loss apart from the model: give loss_fn(outputs, "
                 "targets) instead of loss_fn=None"
@@ -78,7 +79,8 @@ class DataCurvature:
     def __enter__(self) -> DataCurvature:
         self._context = functional_state(self.model, self.partition, self.options)
         self.state = self._context.__enter__()
-        back_end = make_back_end("loop", self.contract.loss, None, self.curvature)
+        curvature = "ggn" if self.curvature == "ggn" else "hessian"  # what the planner probes
+        back_end = make_back_end("loop", self.contract.loss, None, curvature)
         spec = Spec.of(2)
         self.planner = make_planner(
             self.state, self.partition, spec, back_end, self.contract, self.options.train_mode
