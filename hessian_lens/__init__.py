@@ -15,6 +15,11 @@ The public API::
     with hl.Recorder("runs/exp", model, loss_fn, batches) as rec: rec.log(0)
     run = hl.load_run("runs/exp")                       # read-only: run.json + analysis.sqlite
     rec = run.records()[-1]                             # rec.epoch, rec.arrays["H"], ...
+    G = hl.pseudo_hessian(model, loss_fn, data, curvature="ggn").H   # Gauss-Newton U^T G U
+    bn = hl.block_norms(model, loss_fn, data, probes=64)  # .trace, .trace_se, .frobenius(_se)
+    sp = hl.block_spectra(model, loss_fn, data, steps=30)  # per-group Lanczos / SLQ, .lmax
+    js0 = hl.js_divergence(sp).js0                         # Zhang et al.'s JS⁰
+    opts = hl.Options(batch_dim=(1, 0), dtype=torch.float64)  # one options value, everywhere
 
 Names are imported on first use, so ``import hessian_lens.runs`` (the dashboard's run
 browser) does not pay for importing torch.
@@ -39,15 +44,16 @@ _EXPORTS = {
     "AttentionLayout": "hessian_lens.heads",
     "Partition": "hessian_lens.partition",
     "PartitionError": "hessian_lens.partition",
-    "MemoryGuardError": "hessian_lens.summary",
-    "MemoryPlan": "hessian_lens.summary",
-    "memory_plan": "hessian_lens.summary",
-    "PseudoHessian": "hessian_lens.summary",
-    "pseudo_gradient": "hessian_lens.summary",
-    "pseudo_hessian": "hessian_lens.summary",
-    "summary_tensor": "hessian_lens.summary",
-    "taylor_terms": "hessian_lens.summary",
-    "losses_along": "hessian_lens.summary",
+    "MemoryGuardError": "hessian_lens.engine",
+    "Options": "hessian_lens.engine",
+    "MemoryPlan": "hessian_lens.engine",
+    "memory_plan": "hessian_lens.engine",
+    "PseudoHessian": "hessian_lens.engine",
+    "pseudo_gradient": "hessian_lens.engine",
+    "pseudo_hessian": "hessian_lens.engine",
+    "summary_tensor": "hessian_lens.engine",
+    "taylor_terms": "hessian_lens.engine",
+    "losses_along": "hessian_lens.engine",
     "ArchitectureError": "hessian_lens.registry",
     "build_model": "hessian_lens.registry",
     "register_model": "hessian_lens.registry",
@@ -59,6 +65,12 @@ _EXPORTS = {
     "load_run": "hessian_lens.runs",
     "find_runs": "hessian_lens.runs",
     "Run": "hessian_lens.runs",
+    "BlockNorms": "hessian_lens.measures",
+    "block_norms": "hessian_lens.measures",
+    "BlockSpectra": "hessian_lens.spectra",
+    "Spectrum": "hessian_lens.spectra",
+    "block_spectra": "hessian_lens.spectra",
+    "js_divergence": "hessian_lens.spectra",
 }
 _MODULES = (
     "optim",
@@ -72,6 +84,8 @@ _MODULES = (
     "text",
     "hierarchy",
     "heterogeneity",
+    "measures",
+    "spectra",
 )
 
 __all__ = [*sorted(_EXPORTS), "__version__", "optim"]

@@ -26,12 +26,13 @@ from torch import nn
 from hessian_lens import linalg, runfolder
 from hessian_lens.checkpoint import load_checkpoint
 from hessian_lens.data import Batches, DataError, ImageData, check_model_fits, load_dataset
+from hessian_lens.engine import Options, PseudoHessian, pseudo_hessian
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import LOSSES, get_loss
+from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition, check_scheme
 from hessian_lens.settings import checkpoint_limit_bytes
-from hessian_lens.store import MAX_GROUPS, Record, ResultStore
-from hessian_lens.summary import PseudoHessian, pseudo_hessian
+from hessian_lens.store import MAX_GROUPS, MAX_SPECTRUM_NODES, Record, ResultStore
 
 ENGINE_VERSION = "1"
 BLOCKS = ("layer", "tensor", "kind")
@@ -59,6 +60,11 @@ class AnalysisSettings:
     seed: int = 0
     dtype: str = "float32"
     loss: str = "cross_entropy"
+    curvature: str = "hessian"
+    measures: tuple[str, ...] = ()
+    probes: int = 16
+    steps: int = 20
+    slq_probes: int = 2
 
     def __post_init__(self) -> None:
         if not _count(self.samples, MAX_SAMPLES):
@@ -74,6 +80,21 @@ class AnalysisSettings:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
         check_scheme(self.partition)
+        if self.curvature not in ("hessian", "ggn"):
+            raise ValueError(f"curvature must be 'hessian' or 'ggn', got {self.curvature!r}")
+        object.__setattr__(self, "measures", check_measures(self.measures))
+        for name, top in (("probes", 4096), ("steps", 1000), ("slq_probes", 256)):
+            if not _count(getattr(self, name), top):
+                raise ValueError(
+                    f"{name} must be an integer in 1..{top}, got {getattr(self, name)!r}"
+                )
+        if self.measures and self.probes < 2:
+            raise ValueError("probes must be >= 2: a standard error needs two probes")
+        if self.steps * self.slq_probes > MAX_SPECTRUM_NODES:
+            raise ValueError(
+                f"steps x slq_probes must be at most {MAX_SPECTRUM_NODES} (the nodes a stored "
+                f"spectrum may hold), got {self.steps} x {self.slq_probes}"
+            )
 
     def key(self, data_fingerprint: str) -> dict[str, Any]:
         """The settings dict stored with each record (batch size does not change results)."""
@@ -81,6 +102,13 @@ class AnalysisSettings:
         d.pop("batch_size")
         if d["loss"] == "cross_entropy":
             d.pop("loss")
+        if d["curvature"] == "hessian":  # keys of records stored before curvature= existed
+            d.pop("curvature")
+        if not d["measures"]:
+            for name in ("measures", "probes", "steps", "slq_probes"):
+                d.pop(name)
+        else:
+            d["measures"] = list(d["measures"])
         return {**d, "data": data_fingerprint, "engine": ENGINE_VERSION}
 
 
@@ -115,18 +143,35 @@ def analyze_model(
             "coarser partition (canonical, by_layer, by_module:K with a smaller K)"
         )
     tick = _batch_progress(progress) if progress is not None else False
-    res = pseudo_hessian(
-        model,
-        get_loss(settings.loss),
-        batches,
-        partition=part,
+    options = Options(
         device=device,
         dtype=DTYPES[settings.dtype],
         progress=tick,
-        d3_diagonal=settings.order3,
         distributed=distributed,
+        curvature=settings.curvature,
     )
-    return stored_parts(res, part, settings.loss)
+    loss_fn = get_loss(settings.loss)
+    res = pseudo_hessian(
+        model, loss_fn, batches, partition=part, d3_diagonal=settings.order3, options=options
+    )
+    summary, arrays = stored_parts(res, part, settings.loss)
+    if settings.measures:
+        more, extra = stored_measures(
+            model,
+            loss_fn,
+            batches,
+            part,
+            settings.measures,
+            probes=settings.probes,
+            steps=settings.steps,
+            slq_probes=settings.slq_probes,
+            seed=settings.seed,
+            options=options.replace(progress=False),
+        )
+        summary["measures"] = more
+        arrays.update({k: as_numpy(v) for k, v in extra.items()})
+    summary["curvature"] = settings.curvature
+    return summary, arrays
 
 
 def stored_parts(

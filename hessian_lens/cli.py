@@ -40,6 +40,16 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(msg) from None
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """``"trace,lmax"`` → ``("lmax", "trace")``, each a known measure, for argparse."""
+    from hessian_lens.measures import check_measures
+
+    try:
+        return check_measures(text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _json_dict(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -179,6 +189,23 @@ def _add_analyze(sub) -> None:
         help="default: the run's own (run.json), else cross_entropy",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument(
+        "--curvature",
+        default="hessian",
+        choices=["hessian", "ggn"],
+        help="H̄ = UᵀHU, or the Gauss-Newton Ḡ = UᵀJᵀH_lJU",
+    )
+    p.add_argument(
+        "--measures",
+        type=_names,
+        default=(),
+        help="also per checkpoint, comma-separated: trace (block traces), frobenius (the S x S "
+        "block Frobenius map, traces included), spectra (per-block Lanczos/SLQ, JS⁰, lambda_max), "
+        "lmax (the whole model's lambda_max and lambda_min)",
+    )
+    p.add_argument("--probes", type=int, default=16, help="Rademacher probes of trace/frobenius")
+    p.add_argument("--steps", type=int, default=20, help="Lanczos steps of spectra/lmax")
+    p.add_argument("--slq-probes", type=int, default=2, help="random starts of spectra/lmax")
     p.add_argument(
         "--shard",
         default="auto",
@@ -336,6 +363,11 @@ def _analyze(args) -> int:
         seed=args.seed,
         dtype=args.dtype,
         loss=args.loss or _run_loss(args.run),
+        curvature=args.curvature,
+        measures=args.measures,
+        probes=args.probes,
+        steps=args.steps,
+        slq_probes=args.slq_probes,
     )
     device = distributed.init_from_env(resolve_device(args.device))
     try:

@@ -14,6 +14,7 @@ regularised inverse is built in those coordinates, so it is rescaling-covariant 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,6 +141,26 @@ def off_block_share(M: Tensor, blocks: Sequence[Sequence[int]]) -> float:
     return float(M.abs()[~mask].sum()) / total if total > 0 else 0.0
 
 
+def damped(H: Tensor, damping: float, norms_sq: Tensor | None = None) -> Tensor:
+    """``H_bar + damping * diag(||U^s||^2)``: the pseudo-Hessian of ``H + damping * I``.
+
+    ``U^T (H + lambda I) U = U^T H U + lambda U^T U`` and ``U^T U = diag(||U^s||^2)`` (the
+    groups are disjoint), so damping the full matrix by ``lambda`` damps ``H_bar`` by
+    ``lambda ||U^s||^2`` on its diagonal; ``norms_sq=None`` damps by ``lambda`` (as if
+    every ``||U^s|| = 1``).
+
+    Example:
+        >>> damped(torch.zeros(2, 2), 0.5, torch.tensor([1.0, 4.0])).diagonal().tolist()
+        [0.5, 2.0]
+    """
+    if not damping:
+        return H
+    if not (damping > 0 and math.isfinite(damping)):
+        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+    diag = torch.ones(H.shape[0], dtype=H.dtype) if norms_sq is None else norms_sq.to(H.dtype)
+    return H + damping * torch.diag(diag.to(H.device))
+
+
 def model_decrease(g: Tensor, H: Tensor, eta: Tensor) -> float:
     """Decrease of the order-2 model for per-group rates eta: ``g.eta - eta.H.eta / 2``."""
     g, H, eta = g.double(), H.double(), eta.double()
@@ -147,9 +168,17 @@ def model_decrease(g: Tensor, H: Tensor, eta: Tensor) -> float:
 
 
 def compare_block_diagonal(
-    H: Tensor, g: Tensor, blocks: Sequence[Sequence[int]], rtol: float = DEFAULT_RTOL
+    H: Tensor,
+    g: Tensor,
+    blocks: Sequence[Sequence[int]],
+    rtol: float = DEFAULT_RTOL,
+    damping: float = 0.0,
+    norms_sq: Tensor | None = None,
 ) -> dict[str, float | Tensor]:
     """Full inverse vs block-diagonal inverse, and the steps each gives.
+
+    With ``damping`` both use ``damped(H, damping, norms_sq)`` (Abreu et al.'s damped
+    curvature); the model decreases are those of the undamped ``H``.
 
     Returns:
         ``inv_full``, ``inv_bd`` (tensors), ``eta_full = H^-1 g``, ``eta_bd``, and the
@@ -165,8 +194,9 @@ def compare_block_diagonal(
         (0.3333, 0.25, 1.0)
     """
     H, g = _sym(H), g.double()
-    inv_full = inverse(H, rtol).inv
-    inv_bd = block_inverse(H, blocks, rtol)
+    D = damped(H, damping, norms_sq)
+    inv_full = inverse(D, rtol).inv
+    inv_bd = block_inverse(D, blocks, rtol)
     eta_full, eta_bd = inv_full @ g, inv_bd @ g
     norm = float(inv_full.norm())
     denom = float(eta_full.norm() * eta_bd.norm())

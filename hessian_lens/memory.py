@@ -18,6 +18,7 @@ uses. Splitting a batch into micro-batches is exact: every summary is sample-wei
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import warnings
@@ -501,12 +502,86 @@ def size(nbytes: float) -> str:
     return f"{int(nbytes)} B"
 
 
+# ---------------------------------------------------------------------------- memo
+MEMO_KEYS_PER_MODEL = 16  # remembered results per model object (least recently used dropped)
+
+
+class ModelMemo:
+    """Results remembered per model object (held weakly) and key, the newest few per model.
+
+    A key is what the result depends on besides the model object: :func:`model_signature`
+    (structure, shapes, dtypes, devices) is added to every key, so a model changed in place
+    (a layer added, a dtype cast) misses and its stale entries age out. Objects in a key
+    that must not be kept alive (a loss function, which may hold the model) enter through
+    :func:`identity`.
+    """
+
+    def __init__(self, keys_per_model: int = MEMO_KEYS_PER_MODEL) -> None:
+        self.keys_per_model = keys_per_model
+        self._memo: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+
+    def get(self, model: torch.nn.Module, key: tuple, compute: Callable[[], object]):
+        """The remembered result for ``(model, key)``, else ``compute()`` remembered."""
+        entries = self._memo.setdefault(model, {})
+        full = (model_signature(model), *key)
+        if full in entries:
+            entries[full] = entries.pop(full)  # most recently used last
+            return entries[full]
+        value = compute()
+        entries[full] = value
+        while len(entries) > self.keys_per_model:
+            entries.pop(next(iter(entries)))
+        return value
+
+
+def model_signature(model: torch.nn.Module) -> tuple:
+    """What a model's memory use depends on besides its values.
+
+    Names, shapes, dtypes, devices and ``requires_grad`` of its parameters and buffers, and
+    the types of its modules, with their train/eval modes.
+    """
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    return (
+        tuple((n, tuple(t.shape), t.dtype, t.device, t.requires_grad) for n, t in tensors),
+        tuple((type(m).__qualname__, m.training) for m in model.modules()),
+    )
+
+
+class _Identity:
+    """An object's identity in a memo key without keeping it alive (when it allows)."""
+
+    __slots__ = ("_id", "_ref")
+
+    def __init__(self, obj: object) -> None:
+        self._id = id(obj)
+        try:
+            self._ref = weakref.ref(obj)
+        except TypeError:  # not weakly referenceable: never equal to anything but itself
+            self._ref = None
+
+    def __hash__(self) -> int:
+        return self._id
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Identity) or self._id != other._id:
+            return False
+        if self is other:
+            return True
+        if self._ref is None or other._ref is None:
+            return False
+        mine = self._ref()
+        return mine is not None and mine is other._ref()
+
+
+def identity(obj: object) -> _Identity | None:
+    """``obj`` by identity in a memo key, held weakly (a reused ``id`` never matches)."""
+    return None if obj is None else _Identity(obj)
+
+
+PROBES = ModelMemo()  # probe peaks: a probe costs a few metered passes on tiny batches
+
+
 # ---------------------------------------------------------------------------- planner
-_PROBES: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, list[int]]] = (
-    weakref.WeakKeyDictionary()
-)  # probe peaks per model: a probe costs a few passes on tiny batches
-
-
 class Planner:
     """Micro-batch and chunk sizes that fit the memory budget.
 
@@ -588,37 +663,42 @@ class Planner:
         return self.plan
 
     def _measure(self, x, y, chunk: int | None) -> list[int]:
-        """Probe peaks per order on the batch ``(x, y)``, remembered per model (below)."""
-        key = self._probe_key(x, y, chunk)
-        cache = _PROBES.setdefault(self.state.model, {})
-        if key not in cache:
-            device = self.state.device
-            rng_devices = [device] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=rng_devices), PeakMeter(device) as meter:
-                cache[key] = self.back_end.probe(
-                    state=self.state,
-                    partition=self.partition,
-                    spec=self.spec,
-                    x=x,
-                    y=y,
-                    chunk=chunk,
-                    meter=meter,
-                )
-        return cache[key]
+        """Probe peaks per order on the batch ``(x, y)``, remembered per model (:data:`PROBES`).
+
+        A second call with the same model structure, options, partition, loss and sample
+        shapes probes nothing.
+        """
+        return PROBES.get(
+            self.state.model, self._probe_key(x, y, chunk), lambda: self._run(x, y, chunk)
+        )
+
+    def _run(self, x, y, chunk: int | None) -> list[int]:
+        device = self.state.device
+        rng_devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices), PeakMeter(device) as meter:
+            return self.back_end.probe(
+                state=self.state,
+                partition=self.partition,
+                spec=self.spec,
+                x=x,
+                y=y,
+                chunk=chunk,
+                meter=meter,
+            )
 
     def _probe_key(self, x, y, chunk: int | None) -> tuple:
         """What a probe's peaks depend on (not the parameter values).
 
-        Back end, chunk, orders, partition, loss, device, dtype, mode and the shapes of the
-        probe batch.
+        Back end, chunk, orders, partition, loss (the function by identity, its
+        reduction), device, dtype, mode and the shapes of the probe batch.
         """
-        part = self.partition
+        part, loss = self.partition, self.back_end.loss_fn
         return (
             self.back_end.name,
             chunk,
             self.spec,
             (part.scheme, tuple(part.names), tuple(part.labels)),
-            id(self.back_end.loss_fn),
+            (identity(getattr(loss, "fn", loss)), getattr(loss, "reduction", None)),
             self.state.device,
             self.state.dtype,
             self.state.model.training,

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hessian_lens.linalg import scales
+from hessian_lens.engine import Options, differentiate, pseudo_hessian, summaries_from_gradient
+from hessian_lens.linalg import damped, scales
 from hessian_lens.partition import Group, Partition, parameter_kind
-from hessian_lens.summary import differentiate, pseudo_hessian, summaries_from_gradient
 
 REGULARIZATIONS = ("none", "diag", "cubic")
 DIRECTIONS = ("momentum", "gradient", "adam")
@@ -63,8 +63,13 @@ def solve_rates(
     lambda_int: float = 1.0,
     eps: float = 1e-3,
     hard_case: str = "solve",
+    damping: float = 0.0,
+    norms_sq: Tensor | None = None,
 ) -> Solution:
     """Per-group learning rates from ``H_bar``, ``g_bar`` (and ``d3`` unless "none").
+
+    ``damping`` = lambda solves with ``H_bar + lambda diag(||U^s||^2)`` (the pseudo-Hessian
+    of ``H + lambda I``: :func:`hessian_lens.linalg.damped`) instead of ``H_bar``.
 
     ``hard_case``: when the cubic equation has no root inside the positive-definite region
     (the root sits on its boundary), ``"solve"`` takes the boundary solution along the
@@ -81,7 +86,7 @@ def solve_rates(
     """
     if regularization not in REGULARIZATIONS:
         raise ValueError(f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}")
-    H, g = _f64(H), _f64(g)
+    H, g = damped(_f64(H), damping, None if norms_sq is None else _f64(norms_sq)), _f64(g)
     if regularization == "none":
         return Solution(_solve(H, g, "H̄"), "none", False, "exact H̄⁻¹ḡ")
     if d3 is None:
@@ -228,14 +233,18 @@ def partition_newton_step(
     regularization: str = "cubic",
     lambda_int: float = 1.0,
     eps: float = 1e-3,
+    damping: float = 0.0,
     **engine,
 ) -> tuple[Tensor, dict[str, Any]]:
     """The S learning rates of one PartitionNewton step (the model is not changed).
 
     Apply them as ``theta_p -= eta[s] * u_p`` for p in group s (u: ``direction``, by
     default the gradient). Keyword ``engine`` arguments go to :func:`pseudo_hessian`
-    (``device``, ``dtype``, ``method``, ``distributed``, ...): inside a process group each
-    rank passes its shard and every rank gets the same rates, those of the union.
+    (``options=``, ``device``, ``dtype``, ``method``, ``distributed``, ``curvature``, ...):
+    inside a process group each rank passes its shard and every rank gets the same rates,
+    those of the union. ``curvature="ggn"`` has no ``D^(3)``: use ``regularization="none"``,
+    with ``damping`` (the rates of ``G_bar + lambda diag(||U^s||^2)``) where ``G_bar`` is
+    singular.
 
     Returns:
         ``(eta, diagnostics)`` with ``H``, ``g``, ``d3``, ``regularization``, ``acted``,
@@ -249,6 +258,12 @@ def partition_newton_step(
         >>> eta.shape, info["labels"]
         (torch.Size([2]), ['weight', 'bias'])
     """
+    ggn = Options.of(engine.get("options"), **{k: v for k, v in engine.items() if k != "options"})
+    if ggn.curvature == "ggn" and regularization != "none":
+        raise ValueError(
+            f"curvature='ggn' has no D^(3) for regularization='{regularization}': use "
+            "regularization='none' (with damping= where the Gauss-Newton is singular)"
+        )
     res = pseudo_hessian(
         model,
         loss_fn,
@@ -258,7 +273,10 @@ def partition_newton_step(
         d3_diagonal=regularization != "none",
         **engine,
     )
-    sol = solve_rates(res.H, res.g, res.d3, regularization, lambda_int, eps)
+    norms_sq = res.partition.reduce([u * u for u in res.direction], range(len(res.direction)))
+    sol = solve_rates(
+        res.H, res.g, res.d3, regularization, lambda_int, eps, damping=damping, norms_sq=norms_sq
+    )
     info = {
         "H": res.H,
         "g": res.g,
@@ -291,6 +309,8 @@ class PartitionNewton(torch.optim.Optimizer):
         betas: Adam's coefficients (``direction="adam"``).
         hard_case: ``"solve"`` or ``"keep_previous"`` (keep the previous rates when the
             cubic equation has no interior root, as the author's code does).
+        damping: lambda: the rates of ``H_bar + lambda diag(||U^s||^2)``, the
+            pseudo-Hessian of ``H + lambda I`` (:func:`hessian_lens.linalg.damped`).
 
     ``step(closure, curvature_closure=None)``: ``closure()`` re-evaluates the model and
     returns the loss **without calling backward()** (the optimizer differentiates it, twice
@@ -323,6 +343,7 @@ class PartitionNewton(torch.optim.Optimizer):
         clip_negative: bool = True,
         betas: tuple[float, float] = (0.9, 0.999),
         hard_case: str = "solve",
+        damping: float = 0.0,
     ) -> None:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -351,6 +372,7 @@ class PartitionNewton(torch.optim.Optimizer):
             "clip_negative": clip_negative,
             "betas": tuple(betas),
             "hard_case": hard_case,
+            "damping": damping,
         }
         self.steps = 0
         self.history: deque[tuple[Tensor, Tensor, Tensor | None]] = deque(maxlen=average)
@@ -455,7 +477,8 @@ class PartitionNewton(torch.optim.Optimizer):
         g, H, d3 = summaries_from_gradient(
             grads, params, [u[id(p)] for p in params], self.partition, needs_d3
         )
-        self.history.append((H, g, d3))
+        u_sq = self.partition.reduce([u[id(p)] ** 2 for p in params], range(len(params)))
+        self.history.append((damped(H, cfg["damping"], u_sq), g, d3))
         entry = {"step": self.steps, "recomputed": True}
         if len(self.history) < cfg["average"]:
             entry["warmup"] = True

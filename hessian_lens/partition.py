@@ -549,6 +549,27 @@ class Partition:
         """Indices of the parameters holding part of group ``s``."""
         return sorted(self._members[s])
 
+    def entries(self, s: int, i: int) -> torch.Tensor | None:
+        """Flat indices of group s inside parameter i (``None``: the whole parameter).
+
+        Raises:
+            PartitionError: parameter i holds no entry of group s.
+        """
+        sel = self._members[s].get(i, False)
+        if sel is False:
+            raise PartitionError(f"parameter {self.names[i]!r} holds no entry of group {s}")
+        if isinstance(sel, slice):
+            return torch.arange(sel.start, sel.stop)
+        return sel
+
+    def size(self, s: int) -> int:
+        """The number of scalars in group s."""
+        total = 0
+        for i in self.params_of(s):
+            idx = self.entries(s, i)
+            total += self.shapes[i].numel() if idx is None else idx.numel()
+        return total
+
     def expand(self, eta: torch.Tensor, i: int) -> torch.Tensor:
         """``eta`` broadcast onto parameter ``i``: entry ``eta[s]`` on every scalar of I_s."""
         a = self.assignment[i]

@@ -27,7 +27,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import Tensor, nn
@@ -36,12 +36,14 @@ from hessian_lens import runfolder
 from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
 from hessian_lens.batches import as_batches, split_batch, tree_leaves
 from hessian_lens.checkpoint import save_checkpoint
+from hessian_lens.engine import Options, pseudo_hessian
+from hessian_lens.engine.options import EngineKeywords
 from hessian_lens.files import file_sha256
 from hessian_lens.losses import OWN_LOSS, get_loss
+from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition
 from hessian_lens.registry import USER_PREFIX
 from hessian_lens.store import Record, ResultStore
-from hessian_lens.summary import pseudo_hessian
 
 
 class Recorder:
@@ -65,18 +67,24 @@ class Recorder:
         every: analyse at every ``every``-th ``log`` call (the first one always).
         save_checkpoints: write ``epoch_NNNN.pt`` at each call.
         order3: also store the diagonal of ``D^(3)``.
-        dtype: the analysis dtype (``torch.float64`` for references).
-        progress: a tqdm bar per analysis.
+        measures: also at each analysis, among ``"trace"``, ``"frobenius"``, ``"spectra"``
+            and ``"lmax"`` (:mod:`hessian_lens.measures`): the loggers get
+            ``hessian/lambda_max`` and ``hessian/tr_H`` (with its standard error).
+        probes: Rademacher probes of the traces and norms (>= 2).
+        steps: Lanczos steps of the spectra and lambda_max.
         loggers: where each analysis's scalars and heatmaps also go, under
             ``hessian/...``: a ``SummaryWriter``, a wandb run, an ``aim.Run`` or an object
             with ``log_record(record, step)`` (:mod:`hessian_lens.integrations.loggers`).
-        batch_dim, reduction, forward: the data contract, as in
-            :func:`~hessian_lens.pseudo_hessian`.
         data_spec, data_source: the data set ``analysis_data`` comes from, as ``analyze``
             loads it (``"cifar10"`` and its npz or folder, ``"npz:PATH"``,
             ``"text:stdlib@64"``, ...): recorded in run.json, so that ``hessian-lens
             analyze RUN`` can measure more samples of it. Without it, ``analyze`` asks for
             ``--data``.
+        options: the data contract and run options of every analysis
+            (:class:`hessian_lens.Options`: ``batch_dim``, ``reduction``, ``forward``,
+            ``dtype`` (``torch.float64`` for references), ``progress`` (a tqdm bar per
+            analysis), ``device``, ``method``, ...).
+        **keywords: any field of :class:`hessian_lens.Options`, overriding ``options``.
     """
 
     def __init__(
@@ -92,15 +100,15 @@ class Recorder:
         save_checkpoints: bool = True,
         architecture_kwargs: dict[str, Any] | None = None,
         order3: bool = False,
-        dtype: torch.dtype | None = None,
-        progress: bool = False,
         *,
+        measures: tuple[str, ...] | list[str] = (),
+        probes: int = 16,
+        steps: int = 20,
         loggers=None,
-        batch_dim: int | tuple[int, int] = 0,
-        reduction: str | None = None,
-        forward: Callable | None = None,
         data_spec: str | None = None,
         data_source: str | None = None,
+        options: Options | None = None,
+        **keywords: Unpack[EngineKeywords],
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
@@ -111,8 +119,12 @@ class Recorder:
         self.loss_name, self.loss_fn = _loss(loss_fn)
         self.data = as_batches(analysis_data)
         self.partition = partition
-        self.order3, self.dtype, self.progress = order3, dtype, progress
-        self.contract = {"batch_dim": batch_dim, "reduction": reduction, "forward": forward}
+        self.order3 = order3
+        self.options = Options.of(options, **keywords)
+        self.measures = check_measures(measures)
+        self.measure_counts = {"probes": probes, "steps": steps}
+        if self.measures and (not isinstance(probes, int) or probes < 2 or steps < 1):
+            raise ValueError(f"probes must be >= 2 and steps >= 1, got {probes!r}, {steps!r}")
         self.calls, self.closed = 0, False
         from hessian_lens.integrations.loggers import as_loggers
 
@@ -218,6 +230,20 @@ class Recorder:
             save_checkpoint(path, self.model, meta)
         return path
 
+    def _measure(self, part: Partition) -> tuple[dict, dict]:
+        """The asked-for measures of the analysis data (:func:`measures.stored_measures`)."""
+        return stored_measures(
+            self.model,
+            self.loss_fn,
+            self.data,
+            part,
+            self.measures,
+            slq_probes=1,
+            seed=0,
+            options=self.options.replace(progress=False),
+            **self.measure_counts,
+        )
+
     def _analyse(
         self, epoch: float, checkpoint: Path | None, direction: list[Tensor] | None = None
     ) -> Record | None:
@@ -228,20 +254,27 @@ class Recorder:
             self.loss_fn,
             self.data,
             partition=part,
-            dtype=self.dtype,
-            d3_diagonal=self.order3,
-            progress=self.progress,
             direction=direction,
-            **self.contract,
+            d3_diagonal=self.order3,
+            options=self.options,
         )
+        measured = self._measure(part) if self.measures else None  # every rank takes part
         if self.rank != 0:
             return None
         summary, arrays = stored_parts(res, part, self.loss_name)
+        if measured is not None:
+            summary["measures"] = measured[0]
+            arrays.update({k: v.double().cpu().numpy() for k, v in measured[1].items()})
+        summary["curvature"] = self.options.curvature
         summary["model"] = self.model_entry
         arrays["u_sq"] = _group_squares(res, part)
         settings = self._settings(part, res.n_samples)
         if direction is not None:
             settings["direction"] = "given"
+        if self.options.curvature != "hessian":
+            settings["curvature"] = self.options.curvature
+        if self.measures:
+            settings.update(measures=list(self.measures), **self.measure_counts, slq_probes=1)
         sha = file_sha256(checkpoint) if checkpoint is not None else _state_sha(self.model)
         name = checkpoint.name if checkpoint is not None else runfolder.checkpoint_name(epoch)
         record = Record(
@@ -262,12 +295,13 @@ class Recorder:
         return Partition.from_name(self.model, self.partition or "canonical")
 
     def _settings(self, part: Partition, n: int) -> dict[str, Any]:
+        dtype = self.options.dtype or next(self.model.parameters()).dtype
         settings = {
             "samples": n,
             "partition": part.scheme,
             "order3": self.order3,
             "seed": 0,
-            "dtype": str(self.dtype or next(self.model.parameters()).dtype).replace("torch.", ""),
+            "dtype": str(dtype).removeprefix("torch."),
             "data": self._data_fingerprint(),
             "engine": ENGINE_VERSION,
         }

@@ -126,3 +126,50 @@ def reference_summary(
     for _ in range(order):
         T = torch.tensordot(T, U, dims=([0], [1]))
     return T
+
+
+def full_ggn(model: nn.Module, loss_fn, data) -> Tensor:
+    """The dense generalised Gauss-Newton matrix ``G = sum_b n_b J_b^T H_l,b J_b / n`` (float64).
+
+    ``J_b`` is the Jacobian of the flattened outputs of batch b w.r.t. the flat trainable
+    parameters and ``H_l,b`` the Hessian of ``loss_fn(outputs, y_b)`` w.r.t. the flattened
+    outputs, both by ``torch.autograd.functional`` (dense; no code shared with the engine).
+    Batches are weighted by their sample counts, as :func:`flat_loss` does.
+    """
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
+    theta = torch.cat(
+        [p.detach().double().reshape(-1) for n, p in model.named_parameters() if p.requires_grad]
+    )
+    fixed = {
+        n: t.detach().double() if t.is_floating_point() else t.detach()
+        for n, t in list(model.named_parameters()) + list(model.named_buffers())
+        if n not in names
+    }
+    total, n = torch.zeros(theta.numel(), theta.numel(), dtype=torch.float64), 0
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        for x, y in [data] if isinstance(data, tuple) else list(data):
+            x = x.double() if x.is_floating_point() else x
+            y = y.double() if y.is_floating_point() else y
+
+            def outputs(flat: Tensor, x=x) -> Tensor:
+                values = dict(fixed)
+                for name, piece, shape in zip(
+                    names, flat.split([s.numel() for s in shapes]), shapes, strict=True
+                ):
+                    values[name] = piece.reshape(shape)
+                return functional_call(model, values, (x,))
+
+            out = outputs(theta).detach()
+            J = torch.autograd.functional.jacobian(lambda f: outputs(f).reshape(-1), theta)
+            H_l = torch.autograd.functional.hessian(
+                lambda o, y=y, shape=out.shape: loss_fn(o.reshape(shape), y), out.reshape(-1)
+            )
+            total += x.shape[0] * (J.T @ H_l @ J)
+            n += x.shape[0]
+    finally:
+        for m, training in was:
+            m.training = training
+    return total / n

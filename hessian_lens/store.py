@@ -45,7 +45,9 @@ import numpy as np
 
 from hessian_lens.files import UnsafeFileError, loads_bounded
 
-SCHEMA_VERSION = "1"
+#: 2: a record may hold measures (block traces, Frobenius map, spectra); version 1 stores
+#: open unchanged (nothing in the file format changed, only what a record may hold).
+SCHEMA_VERSION = "2"
 BUSY_MS = 60_000
 #: Every connection's work is bounded (SQLite's progress handler): a store edited to make
 #: SQLite loop (a trigger reading a never-ending recursive view) fails instead of hanging.
@@ -56,8 +58,11 @@ MAX_ARRAY_ITEMS = 64  # arrays per record
 MAX_SUMMARY_BYTES = 16 * 2**20
 #: The most groups a record may list: the discrete partition's limit (one group per scalar).
 MAX_GROUPS = 5000
-#: S x S arrays a record holds at most (H, Hinv, their normalised forms, 3 block inverses).
+#: S x S arrays a record holds at most (H, Hinv, their normalised forms, 3 block inverses,
+#: the Frobenius map and its standard errors).
 MAX_MATRICES = 12
+#: Spectrum nodes one group may store (SLQ starts x Lanczos steps).
+MAX_SPECTRUM_NODES = 4096
 _RESULT_COLUMNS = (
     "checkpoint_sha",
     "settings_key",
@@ -544,17 +549,20 @@ def _pack(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def unpack_arrays(blob: bytes, max_items: int) -> dict[str, np.ndarray]:
+def unpack_arrays(blob: bytes, S: int) -> dict[str, np.ndarray]:
     """The arrays of a blob, each member's declared size checked before inflating.
+
+    One array may hold ``S * S`` float64 entries (a matrix over the groups), or
+    ``(S + 1) * MAX_SPECTRUM_NODES`` (the spectra of every group and of the model).
 
     Args:
         blob: an npz archive.
-        max_items: the most float64 entries one array may hold (from S: ``S * S``).
+        S: the record's number of groups.
 
     Raises:
         StoreError: not an npz, too many members, or a member larger than allowed.
     """
-    limit = 8 * max_items + 4096
+    limit = 8 * max(S * S, (S + 1) * MAX_SPECTRUM_NODES) + 4096
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as z:
             infos = z.infolist()
@@ -565,7 +573,7 @@ def unpack_arrays(blob: bytes, max_items: int) -> dict[str, np.ndarray]:
                 big = big or [f"{len(infos)} arrays together"]
             if big:
                 raise StoreError(
-                    f"a stored record declares arrays larger than S = {int(max_items**0.5)} "
+                    f"a stored record declares arrays larger than S = {S} "
                     f"groups can need ({', '.join(big[:3])}); refusing to inflate it"
                 )
         with np.load(io.BytesIO(blob), allow_pickle=False) as z:
@@ -603,7 +611,7 @@ def _record(row) -> Record:
         str(name),
         epoch,
         summary,
-        unpack_arrays(blob, S * S) if blob is not None else {},
+        unpack_arrays(blob, S) if blob is not None else {},
         float(seconds or 0.0),
         float(created or 0.0),
     )

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hessian_lens.engine import losses_along, taylor_terms
 from hessian_lens.partition import Partition
-from hessian_lens.summary import losses_along, taylor_terms
 
 
 @dataclass

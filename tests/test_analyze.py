@@ -181,3 +181,50 @@ def test_four_processes_and_a_kill_compute_each_checkpoint_once(tmp_path, tiny_n
     counts = [int(line) for line in log.read_text().split()]
     assert sum(counts) == 6, counts  # every checkpoint computed once, the killed one retaken
     assert ResultStore(store_path).claims() == []
+
+
+def test_measures_and_gauss_newton_are_stored_with_their_conventions(tiny_run):
+    """analyze --measures: the record holds what block_norms / block_spectra give."""
+    from hessian_lens.measures import block_norms
+    from hessian_lens.spectra import block_spectra
+
+    settings = AnalysisSettings(
+        samples=32,
+        batch_size=32,
+        measures=("frobenius", "spectra"),
+        probes=4,
+        steps=6,
+        slq_probes=1,
+        curvature="ggn",
+    )
+    analyze_run(tiny_run, settings, progress=False, epochs=[1])
+    (record,) = [
+        r for r in ResultStore(tiny_run / "analysis.sqlite").records() if r.settings.get("measures")
+    ]
+    assert record.settings["curvature"] == "ggn" and record.settings["measures"] == [
+        "frobenius",
+        "spectra",
+    ]
+    model, _ = load_checkpoint(tiny_run / "epoch_0001.pt")
+    batches, _ = analysis_batches(str(tiny_run.parent / "tiny.npz"), settings)
+    bn = block_norms(model, F.cross_entropy, batches, probes=4, seed=0, curvature="ggn")
+    assert np.allclose(record.arrays["trace"], bn.trace.numpy(), rtol=1e-5)
+    assert np.allclose(
+        record.arrays["frobenius_se"], bn.frobenius_se.numpy(), rtol=1e-4, atol=1e-12
+    )
+    sp = block_spectra(model, F.cross_entropy, batches, steps=6, probes=1, seed=0, curvature="ggn")
+    assert record.arrays["spectrum_nodes"].shape == (10, 1, 6)
+    assert record.summary["measures"]["lmax"] == pytest.approx(sp.lmax, rel=1e-4)
+    assert record.summary["measures"]["js0"] >= 0 and record.summary["curvature"] == "ggn"
+    ggn = hl.pseudo_hessian(model, F.cross_entropy, batches, curvature="ggn")
+    assert np.allclose(record.arrays["H"], ggn.H.double().numpy(), rtol=1e-5)
+
+
+def test_default_settings_keep_the_keys_of_earlier_records():
+    """Records stored before curvature= and measures= existed keep their keys."""
+    key = SETTINGS.key("abc")
+    assert not {"curvature", "measures", "probes", "steps", "slq_probes"} & set(key)
+    with pytest.raises(ValueError, match="unknown measure"):
+        AnalysisSettings(measures=("trace", "hutchinson"))
+    with pytest.raises(ValueError, match="steps x slq_probes"):
+        AnalysisSettings(measures=("spectra",), steps=1000, slq_probes=256)

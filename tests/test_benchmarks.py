@@ -340,3 +340,33 @@ def test_ship_run_keeps_what_it_says_and_the_last_checkpoint_as_float16(tmp_path
     ]
     absent = manifest["checkpoints_not_shipped"]["sha256"]
     assert absent == {n: file_sha256(run / n) for n in ("epoch_0001.pt", "epoch_0002.pt")}
+
+
+def test_bench_overhead_floor_is_the_engines_h_bar_and_ratios_are_of_the_same_run():
+    bench = load("benchmarks/bench_overhead.py")
+    for name in ("lenet5-b32", "gpt-b32"):
+        model, data, loss_fn = bench.setup(*bench.CASES[name][:2], 4)
+        floor = bench.pruned_floor(model, loss_fn, data)
+        want = hl.pseudo_hessian(model, loss_fn, data).H
+        assert_close(torch.triu(want), floor, rtol=2e-4, atol=1e-6)  # upper triangle
+    rows = run_script("benchmarks/bench_overhead.py", "--quick")
+    (row,) = rows
+    assert row["case"] == "lenet5-b32" and row["S"] == 10
+    assert row["x_floor"] == pytest.approx(row["engine_ms"] / row["floor_ms"], rel=0.01)
+
+
+def test_bench_measures_compares_like_with_like():
+    """--quick: every comparison row, ratios of the same run, the GGN equal to curvlinops'."""
+    pytest.importorskip("pyhessian")
+    rows = run_script("benchmarks/bench_measures.py", "--quick")
+    by = {r["what"]: r for r in rows}
+    assert set(by) == {"block_traces", "frobenius_map", "trace_and_lmax", "ggn"}
+    t = by["block_traces"]
+    assert t["speedup"] == pytest.approx(t["per_block_loop_s"] / t["ours_s"], rel=0.02)
+    assert t["target_speedup"] == t["S"] / 2 == 5
+    f = by["frobenius_map"]
+    assert f["curvlinops_pairs"] == "55 of 55"
+    assert f["x_one_h_bar_per_probe"] == pytest.approx(
+        f["ours_s"] / (f["one_h_bar_s"] * f["probes"]), rel=0.02
+    )
+    assert by["ggn"]["max_abs_diff_over_max"] < 1e-4  # float32, two implementations

@@ -145,3 +145,29 @@ def test_heterogeneity_refuses_what_it_cannot_vouch_for():
     assert c[0] == 1 and torch.isnan(c[1]) and c[2] == 0.25
     same = linalg.heterogeneity(4 * H, torch.full((3,), 2.0, dtype=F64), ["a", "b", "c"])
     assert same["overall"]["log10_std"] == 0 and same["overall"]["between_blocks_log10_std"] == 0
+
+
+def test_damping_h_bar_is_the_pseudo_hessian_of_the_damped_hessian():
+    """U^T (H + lambda I) U = H_bar + lambda diag(||U^s||^2), against the dense twin."""
+    import torch.nn.functional as F
+
+    import hessian_lens as hl
+    from hessian_lens.reference import full_derivative
+    from tests.tiny import data_for, mlp
+
+    model, data = mlp().double(), data_for("mlp")
+    res = hl.pseudo_hessian(model, F.cross_entropy, data)
+    U = res.partition.matrix(res.direction)
+    H = full_derivative(model, F.cross_entropy, data, 2)
+    lam = 0.37
+    want = U @ (H + lam * torch.eye(H.shape[0], dtype=H.dtype)) @ U.T
+    norms_sq = res.partition.reduce([u * u for u in res.direction], range(len(res.direction)))
+    got = linalg.damped(res.H, lam, norms_sq)
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-14)
+    assert linalg.damped(res.H, 0.0) is res.H
+    with pytest.raises(ValueError, match="damping must be"):
+        linalg.damped(res.H, -1.0)
+    m = linalg.compare_block_diagonal(
+        res.H, res.g, res.partition.blocks("layer"), damping=lam, norms_sq=norms_sq
+    )
+    assert torch.allclose(m["eta_full"], linalg.inverse(want).inv @ res.g.double(), rtol=1e-8)

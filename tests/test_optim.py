@@ -279,3 +279,27 @@ def test_separate_curvature_batch_and_misuse():
     ):
         with pytest.raises(ValueError, match=match):
             PartitionNewton(model.parameters(), **bad)
+
+
+def test_damping_and_gauss_newton_in_the_step():
+    """damping= solves with H_bar + lambda diag(||U^s||^2); the GGN needs regularization='none'."""
+    from hessian_lens import linalg
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)
+    ).double()
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randint(0, 2, (16,))
+    eta, info = hl.partition_newton_step(
+        net, F.cross_entropy, (x, y), regularization="none", damping=0.5
+    )
+    norms_sq = torch.stack([(u * u).sum() for u in info["direction"]])
+    want = torch.linalg.solve(linalg.damped(info["H"], 0.5, norms_sq), info["g"])
+    assert torch.allclose(eta, want, rtol=1e-9)
+    ggn, ginfo = hl.partition_newton_step(
+        net, F.cross_entropy, (x, y), regularization="none", damping=0.5, curvature="ggn"
+    )
+    G = hl.pseudo_hessian(net, F.cross_entropy, (x, y), curvature="ggn").H
+    assert torch.allclose(ginfo["H"], G) and not torch.allclose(ggn, eta)
+    with pytest.raises(ValueError, match="has no D\\^\\(3\\)"):
+        hl.partition_newton_step(net, F.cross_entropy, (x, y), curvature="ggn")

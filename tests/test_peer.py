@@ -144,3 +144,19 @@ def test_pseudo_hessian_agrees_with_curvlinops(name):
     HUt = H_op @ U.T.contiguous()
     assert_close(res.H, U @ HUt, **EXACT)
     assert_close(res.g, U @ torch.cat([t.reshape(-1) for t in g]), **EXACT)
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_gauss_newton_agrees_with_curvlinops(name):
+    """G_bar = U (G U^T) with curvlinops' GGNLinearOperator (its own J^T H_l J)."""
+    build, loss, make = ZOO[name]
+    torch.manual_seed(0)
+    model = perturb(build(), scale=0.3).eval()
+    x, y = make(torch.Generator().manual_seed(1))
+    data = [(x[:3], y[:3]), (x[3:7], y[3:7]), (x[7:], y[7:])]
+    res = hl.pseudo_hessian(model, loss, data, curvature="ggn")
+    part = res.partition
+    params = part.parameters(model)
+    G_op = curvlinops.GGNLinearOperator(model, loss, params, data)
+    U = part.matrix(res.direction)
+    assert_close(res.H, U @ (G_op @ U.T.contiguous()), **EXACT)

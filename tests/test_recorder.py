@@ -172,3 +172,41 @@ def test_a_recorder_given_its_data_set_records_it_and_analyze_reloads_it(tmp_pat
     assert len(load_run(run).settings()) == 2
     with pytest.raises(ValueError, match="data_source needs data_spec"):
         hl.Recorder(tmp_path / "other", nn.Linear(2, 2), F.mse_loss, [], data_source="x.npz")
+def test_recorder_measures_reach_the_store_and_the_loggers(tmp_path):
+    """Recorder(measures=...): lambda_max and tr(H) stored and sent to every logger."""
+    from hessian_lens.measures import block_norms
+    from hessian_lens.spectra import block_spectra
+
+    class Collect:
+        def __init__(self) -> None:
+            self.records = []
+
+        def log_record(self, record, step):
+            self.records.append((record, step))
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    sink = Collect()
+    with hl.Recorder(
+        tmp_path / "run",
+        model,
+        F.cross_entropy,
+        (x, y),
+        loggers=[sink],
+        measures=("trace", "lmax"),
+        probes=4,
+        steps=5,
+    ) as rec:
+        record = rec.log(0)
+    from hessian_lens.integrations.loggers import curvature_scalars
+
+    scalars = curvature_scalars(record.summary, record.arrays)
+    bn = block_norms(model, F.cross_entropy, (x, y), probes=4, seed=0, frobenius=False)
+    sp = block_spectra(model, F.cross_entropy, (x, y), steps=5, probes=1, seed=0, blocks=False)
+    assert scalars["hessian/tr_H"] == pytest.approx(float(bn.trace.sum()), rel=1e-5)
+    assert scalars["hessian/lambda_max"] == pytest.approx(sp.lmax, rel=1e-5)
+    assert record.settings["measures"] == ["lmax", "trace"]
+    assert sink.records and sink.records[0][0] is record
+    with pytest.raises(ValueError, match="unknown measure"):
+        hl.Recorder(tmp_path / "other", model, F.cross_entropy, (x, y), measures=("fisher",))

@@ -93,8 +93,26 @@ def curvature_scalars(summary: dict[str, Any], arrays: dict[str, np.ndarray]) ->
         "spread": spread["log10_std"],
         "negative_curvature_groups": spread["negative"],
         "loss": summary.get("loss", math.nan),
+        **_measure_scalars(summary.get("measures") or {}),
     }
     return {f"{PREFIX}/{k}": float(v) for k, v in out.items() if v is not None}
+
+
+def _measure_scalars(measures: dict[str, Any]) -> dict[str, float]:
+    """The stored measures' scalars (analyses with ``measures=``): lambda_max, tr(C), ..."""
+    names = {
+        "lmax": "lambda_max",
+        "lmin": "lambda_min",
+        "trace_total": "tr_H",
+        "trace_total_se": "tr_H_se",
+        "js0": "js0",
+        "diagonal_share": "diagonal_share",
+    }
+    return {
+        out: float(measures[key])
+        for key, out in names.items()
+        if isinstance(measures.get(key), (int, float))
+    }
 
 
 def _off_share(M: np.ndarray, summary: dict[str, Any]) -> float:

@@ -1,0 +1,118 @@
+"""The loop back end: reverse over reverse autograd, pruned by symmetry.
+
+``D^(k+1)[prefix, s']`` for all ``s' >= s`` is one backward pass of ``D^(k)[prefix, s]``
+taken only w.r.t. the groups ``s..S`` (symmetry gives the rest), so autograd skips every
+layer before ``s``: row s of H̄ costs a backward pass through the layers from s on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from hessian_lens.engine.accumulate import Accumulator
+from hessian_lens.engine.autodiff import differentiate
+from hessian_lens.engine.options import LossFn
+from hessian_lens.engine.state import State
+from hessian_lens.memory import PeakMeter
+
+__all__ = ["LoopBackEnd", "add_from_gradient"]
+
+
+class LoopBackEnd:
+    """Reverse over reverse autograd, pruned by symmetry (module docstring)."""
+
+    name = ran = "loop"
+
+    def __init__(self, loss_fn: LossFn) -> None:
+        self.loss_fn = loss_fn
+        self.chunk_size = None
+
+    def product(self, acc: Accumulator, x, y, weight: float) -> Tensor:
+        """Add ``weight *`` this micro-batch's summaries into ``acc``; return its loss."""
+        loss = self.loss_fn(acc.state.forward(x), y)
+        grads = differentiate(loss, acc.state.params, create_graph=acc.spec.top > 1)
+        if acc.direction is None:
+            acc.direction = [g.detach() for g in grads]
+        add_from_gradient(acc, grads, weight=weight)
+        return loss.detach()
+
+    def chunks(self, S: int) -> list[int | None]:
+        """One chunk: the loop runs one direction at a time."""
+        return [None]
+
+    def screen(self, state: State, x) -> None:
+        """Nothing to decide before planning (the vmap back end may fall back here)."""
+
+    def probe(self, *, state, partition, spec, x, y, chunk, meter: PeakMeter) -> list[int]:
+        """Peak bytes after each order of the widest chain of passes.
+
+        The chain is the gradient, then ``D^(k)[0, .., 0, s]`` for k = 2..top, every pass
+        w.r.t. all parameters (row 0 of every order).
+        """
+        loss = self.loss_fn(state.forward(x), y)
+        grads = differentiate(loss, state.params, create_graph=spec.top > 1)
+        u = [g.detach() for g in grads]
+        which = list(range(len(state.params)))
+        gu, peaks = [g * v for g, v in zip(grads, u, strict=True)], [meter.peak()]
+        for k in range(2, spec.top + 1):
+            phi = partition.group_sum(0, gu, which)
+            grads = differentiate(phi, state.params, create_graph=k < spec.top)
+            gu = [g * v for g, v in zip(grads, u, strict=True)]
+            partition.reduce(gu, which)
+            peaks.append(meter.peak())
+        return peaks
+
+
+def add_from_gradient(acc: Accumulator, grads: Sequence[Tensor], *, weight: float) -> None:
+    """Add ``weight *`` the summaries of a loss into ``acc`` (loop back end).
+
+    ``grads`` is the loss's gradient w.r.t. ``acc.state.params`` taken with
+    ``create_graph=True``.
+    """
+    gu = [g * v for g, v in zip(grads, acc.direction, strict=True)]
+    _descend(acc, prefix=(), gu=gu, which=list(range(len(grads))), weight=weight)
+
+
+def _descend(
+    acc: Accumulator, *, prefix: tuple[int, ...], gu: list[Tensor], which: list[int], weight
+) -> None:
+    """Record ``D^(k)[prefix, s]`` from ``gu``, then recurse into order k + 1.
+
+    ``gu = grad(D^(k-1)[prefix]) * u`` on the parameters ``which``.
+
+    Full orders record every ``s >= prefix[-1]`` (the rest follows by symmetry); beyond
+    ``spec.full`` only the diagonal ``s = prefix[-1]`` is followed, w.r.t. group s alone.
+    """
+    spec, part, k = acc.spec, acc.partition, len(prefix) + 1
+    last = prefix[-1] if prefix else 0
+    if k <= spec.full:
+        acc.full[k][prefix][last:] += weight * part.reduce(gu, which).detach()[last:]
+        children = range(last, len(part))
+    else:
+        acc.diag[k][last] += weight * part.group_sum(last, gu, which).detach()
+        children = [last]
+    if k == spec.top:
+        return
+    for s in children:
+        if k + 1 > spec.full and any(p != s for p in prefix):
+            continue
+        nxt, child = _next_pass(acc, s=s, gu=gu, which=which, order=k + 1)
+        _descend(acc, prefix=(*prefix, s), gu=child, which=nxt, weight=weight)
+
+
+def _next_pass(
+    acc: Accumulator, *, s: int, gu: list[Tensor], which: list[int], order: int
+) -> tuple[list[int], list[Tensor]]:
+    """One backward pass: ``grad(sum_{p in I_s} gu_p) * u``.
+
+    It is taken w.r.t. the groups ``s..S`` for a full order (symmetry), w.r.t. group s
+    alone for a diagonal one.
+    """
+    part, spec, params = acc.partition, acc.spec, acc.state.params
+    nxt = part.params_from(s) if order <= spec.full else part.params_of(s)
+    grads = differentiate(
+        part.group_sum(s, gu, which), [params[i] for i in nxt], create_graph=order < spec.top
+    )
+    return nxt, [g * acc.direction[i] for g, i in zip(grads, nxt, strict=True)]
