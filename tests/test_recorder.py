@@ -172,6 +172,8 @@ def test_a_recorder_given_its_data_set_records_it_and_analyze_reloads_it(tmp_pat
     assert len(load_run(run).settings()) == 2
     with pytest.raises(ValueError, match="data_source needs data_spec"):
         hl.Recorder(tmp_path / "other", nn.Linear(2, 2), F.mse_loss, [], data_source="x.npz")
+
+
 def test_recorder_measures_reach_the_store_and_the_loggers(tmp_path):
     """Recorder(measures=...): lambda_max and tr(H) stored and sent to every logger."""
     from hessian_lens.measures import block_norms
