@@ -35,6 +35,7 @@ LABEL_GAP = 8  # px between an axis and its tick labels (tick mark and stand-off
 COLORBAR_ROOM = 50  # px under a row for the flat colour bars and their numbers
 BAR_TITLE_ROOM = 18  # px more for a colour bar's title
 TITLE_FONT = 14
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
 BAR_FONT = 11
 SMALL_FONT = 9  # tick labels of crowded axes
 MAX_TICKS = 40  # more rows than this: ticks at module boundaries only
@@ -1434,3 +1435,96 @@ def heterogeneity_comparison(
         height=height, margin=dict(l=10, r=10, t=80, b=10), legend=dict(orientation="h", y=-0.12)
     )
     return _auto_margins(fig)
+
+
+# ---------------------------------------------------------------------------- measures
+def spectra_figure(
+    grid: np.ndarray, densities: Mapping[str, np.ndarray], title: str = "", height: int = 340
+) -> go.Figure:
+    """Spectral densities of blocks on one grid (log density: the tails show)."""
+    floor = max((float(np.max(d)) for d in densities.values()), default=1.0) * 1e-6
+    fig = go.Figure(
+        [
+            go.Scatter(x=grid, y=np.maximum(d, floor), name=name, mode="lines")
+            for name, d in densities.items()
+        ]
+    )
+    fig.update_layout(
+        title=dict(text=title, x=0.5, font=dict(size=TITLE_FONT)),
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=10),
+        xaxis_title="eigenvalue",
+        yaxis_title="density",
+        legend=dict(orientation="h", y=-0.3),
+    )
+    fig.update_yaxes(type="log", exponentformat="power")
+    return fig
+
+
+def estimate_trends(
+    epochs: Sequence[float],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float] | None]],
+    title: str = "",
+    height: int = 300,
+) -> go.Figure:
+    """Named estimates across epochs, each with a band of two standard errors when given."""
+    fig = go.Figure()
+    for i, (name, (values, se)) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        y = np.asarray(values, dtype=float)
+        if se is not None:
+            half = 2 * np.asarray(se, dtype=float)
+            fig.add_trace(_band_trace(list(epochs), y - half, y + half, colour, name))
+        fig.add_trace(
+            go.Scatter(
+                x=list(epochs),
+                y=_nan_none(y),
+                name=name,
+                mode="lines+markers",
+                line=dict(color=colour),
+            )
+        )
+    fig.update_layout(
+        title=dict(text=title, x=0.5, font=dict(size=TITLE_FONT)),
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=10),
+        xaxis_title="epoch",
+        legend=dict(orientation="h", y=-0.3),
+    )
+    return fig
+
+
+def _band_trace(x: list, lo: np.ndarray, hi: np.ndarray, colour: str, name: str) -> go.Scatter:
+    """A filled band from ``lo`` to ``hi`` (one closed polygon)."""
+    return go.Scatter(
+        x=x + x[::-1],
+        y=_nan_none(hi) + _nan_none(lo[::-1]),
+        fill="toself",
+        fillcolor=_rgba(colour, 0.2),
+        line=dict(width=0),
+        hoverinfo="skip",
+        name=f"{name} ± 2 se",
+        showlegend=False,
+    )
+
+
+def measure_curves(series: Mapping[str, Sequence[float]], curvature: str = "hessian") -> dict:
+    """``lambda`` (λ_max, λ_min) and ``trace`` (tr ± 2 se) figures of stored measures.
+
+    ``series``: :func:`hessian_lens.measured.series`; a figure only where values exist.
+    """
+    what = "G" if curvature == "ggn" else "H"
+    out = {}
+    if not np.isnan(np.asarray(series["lmax"], dtype=float)).all():
+        out["lambda"] = estimate_trends(
+            series["epoch"],
+            {"λ_max": (series["lmax"], None), "λ_min": (series["lmin"], None)},
+            title=f"extreme eigenvalues of {what} (Lanczos)",
+        )
+    if not np.isnan(np.asarray(series["trace_total"], dtype=float)).all():
+        out["trace"] = estimate_trends(
+            series["epoch"],
+            {f"tr({what})": (series["trace_total"], series["trace_total_se"])},
+            title=f"tr({what}) = Σ_s tr({what}_ss), Hutchinson ± 2 se",
+        )
+    return out

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from hessian_lens import hierarchy, plots, runcard
+from hessian_lens import hierarchy, measured, plots, runcard
 from hessian_lens.files import atomic_write
 from hessian_lens.runfolder import is_run
 from hessian_lens.runs import Run, describe_settings, load_run, one_per_epoch
@@ -153,6 +153,9 @@ def figures(run: Run, recs: Sequence[dict]) -> dict[str, go.Figure]:
     out: dict[str, go.Figure] = {}
     if run.history:
         out["curves"] = plots.curves(run.history)
+    found = measured.run_series(run)
+    if found is not None:
+        out |= plots.measure_curves(found[1], found[0].get("curvature", "hessian"))
     if recs:
         shown, level = shown_records(recs)
         for name in MATRICES:

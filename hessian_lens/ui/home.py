@@ -10,6 +10,7 @@ from hessian_lens import plots, runcard
 from hessian_lens.runs import Run, describe_settings, load_run, one_per_epoch
 from hessian_lens.ui.common import fmt_epoch, plain
 from hessian_lens.ui.live import LIVE_MARK, REFRESH_S
+from hessian_lens.ui.measures import render_curves
 
 PAGE_SIZE = 10
 
@@ -83,6 +84,7 @@ def _card_body(run: Run, left, right) -> None:
             + (f" · test accuracy {acc:.1%}" if isinstance(acc, (int, float)) else "")
         )
         right.plotly_chart(plots.curves(history), key=f"curves-{run.path}")
+    render_curves(run, f"measures-{run.path}", right)
     _analysed(run, analysed, left)
 
 
