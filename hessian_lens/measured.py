@@ -23,7 +23,6 @@ __all__ = [
     "measure_settings",
     "run_series",
     "series",
-    "smooth",
 ]
 
 DENSITY_POINTS = 400  # grid points of a drawn density
@@ -70,8 +69,8 @@ def densities(
     """The chosen groups' SLQ densities, Gaussian-smoothed on one grid.
 
     ``density(t) = mean_k sum_i tau_ki N(t; theta_ki, sigma)`` with ``sigma = width`` times
-    the span of the groups' Ritz values (as :meth:`hessian_lens.spectra.Spectrum.density`,
-    here in numpy, for drawing); the grid covers every node plus 4 sigma.
+    the span of the groups' Ritz values (:func:`hessian_lens.spectra.smooth`); the grid
+    covers every node plus 4 sigma.
     """
     nodes = np.asarray(record["arrays"]["spectrum_nodes"], dtype=float)
     weights = np.asarray(record["arrays"]["spectrum_weights"], dtype=float)
@@ -79,20 +78,9 @@ def densities(
     lo, hi = float(chosen.min()), float(chosen.max())
     sigma = max(width * (hi - lo), 1e-12 * max(abs(lo), abs(hi), 1.0))
     grid = np.linspace(lo - 4 * sigma, hi + 4 * sigma, points)
+    from hessian_lens.spectra import smooth
+
     return grid, {s: smooth(grid, nodes[s], weights[s], sigma) for s in groups}
-
-
-def smooth(grid: np.ndarray, nodes: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
-    """``mean_k sum_i tau_ki N(t; theta_ki, sigma)`` on ``grid`` (nodes, weights: probes x steps).
-
-    Example:
-        >>> d = smooth(np.linspace(-5, 5, 1001), np.array([[0.0]]), np.array([[1.0]]), 1.0)
-        >>> round(float(d.sum() * 0.01), 4)  # a unit mass
-        1.0
-    """
-    d = np.asarray(grid)[:, None, None] - np.asarray(nodes)[None]
-    kernel = np.exp(-0.5 * (d / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
-    return (kernel * np.asarray(weights)[None]).sum(2).mean(1)
 
 
 def _number(value: Any) -> float:
