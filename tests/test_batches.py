@@ -119,10 +119,18 @@ def test_mean_losses_with_class_weights_and_ignored_targets(micro):
             model, loss if fn is loss else _LogSoftmaxFirst(loss), cut(x, y, [5, 7])
         )
         check(res, H, g, L)
-    # a plain function hiding ignored targets cannot be weighted: refused, not averaged wrongly
-    hidden = lambda o, t: F.cross_entropy(o, t)  # noqa: E731
-    with pytest.raises(ValueError, match="neither a mean nor a sum"):
-        hl.pseudo_hessian(model, hidden, cut(x, y, [5, 7]))
+    # the same losses inside plain functions: seen, and weighted by what they divide by
+    for fn in (
+        lambda o, t: F.cross_entropy(o, t),
+        lambda o, t: F.cross_entropy(o, t, weight=w),
+        lambda o, t: F.nll_loss(F.log_softmax(o, 1), t, weight=w, ignore_index=-100),
+    ):
+        H, g, L = whole(model, x, y, fn)
+        check(hl.pseudo_hessian(model, fn, cut(x, y, [5, 7])), H, g, L)
+    # two weighted means in one value: what it divides by cannot be seen, refused in one line
+    two = lambda o, t: F.cross_entropy(o, t) + F.cross_entropy(o, t, weight=w)  # noqa: E731
+    with pytest.raises(ValueError, match=r"class-weighted targets .* normalizer=lambda batch"):
+        hl.pseudo_hessian(model, two, cut(x, y, [5, 7]))
 
 
 class _LogSoftmaxFirst(nn.NLLLoss):
@@ -162,16 +170,19 @@ def test_reduction_verified_declared_or_refused():
         hl.pseudo_hessian(model, F.cross_entropy, (x, y), reduction="batchmean")
 
 
-def test_single_sample_batches_need_a_declared_reduction():
+def test_single_sample_batches_need_a_declared_or_seen_reduction():
     model, (x, y) = mlp(), data(3)
     batches = cut(x, y, [1, 1, 1])
+    scaled = lambda o, t: 2 * F.cross_entropy(o, t, reduction="sum")  # noqa: E731
     with pytest.raises(ValueError, match="declare reduction"):
-        hl.pseudo_hessian(model, lambda o, t: F.cross_entropy(o, t, reduction="sum"), batches)
-    H, g, L = whole(model, x, y, nn.CrossEntropyLoss(reduction="sum"))
-    res = hl.pseudo_hessian(
-        model, lambda o, t: F.cross_entropy(o, t, reduction="sum"), batches, reduction="sum"
-    )
-    check(res, H, g, L)
+        hl.pseudo_hessian(model, scaled, batches)  # no halves to compare, no call it returns
+    H, g, L = whole(model, x, y, scaled)
+    check(hl.pseudo_hessian(model, scaled, batches, reduction="sum"), H, g, L)
+    # a loss that returns torch's own sum is seen to be one
+    plain = lambda o, t: F.cross_entropy(o, t, reduction="sum")  # noqa: E731
+    res = hl.pseudo_hessian(model, plain, batches)
+    check(res, *whole(model, x, y, plain))
+    assert res.reduction == "sum"
 
 
 # ---------------------------------------------------------------------------- 3: batch_dim
