@@ -51,9 +51,12 @@ def micro_batches(
         if prints is not None:
             prints.observe(x, y, samples)
         state.batch = index
+        head = B.narrow(x, dims.inputs, 0, min(2, samples))
+        if index == 0:
+            _note_seeds(state, head)
         size = planner.micro_batch(x, y, samples) if planner is not None else samples
         if size < samples:
-            _splittable(state, B.narrow(x, dims.inputs, 0, 2), planner, samples)
+            _splittable(state, head, planner, samples)
         cuts = [(a, min(a + size, samples)) for a in range(0, samples, max(size, 1))]
         weights = _weights(contract, state, index, x, y, cuts)
         for (start, stop), weight in zip(cuts, weights, strict=True):
@@ -98,6 +101,19 @@ def _splittable(st: State, head, planner, samples: int) -> None:
     )
 
 
+def _note_seeds(st: State, head) -> None:
+    """Note the recorded seeds of a random forward in train mode (dropout)."""
+    if not st.train_mode or not random_forward(st, head):
+        return
+    note = (
+        f"train mode: random operations (dropout) drew from generators seeded {st.seed} + b "
+        f"for batch b (seed={st.seed}), the same in every pass; the caller's generators were "
+        "left as they were"
+    )
+    if note not in st.notes:
+        st.notes.append(note)
+
+
 def _note_precision(st: State, loss: B.LossContract) -> None:
     """Note a loss computed in a lower precision than the analysis (a model's own cast)."""
     dtype = loss.dtype
@@ -120,8 +136,11 @@ def _weights(contract: Contract, st: State, index: int, x, y, cuts: Cuts) -> lis
     loss is observed on every micro-batch.
     """
     loss = contract.loss
-    if loss.kind == "labels" and not _labels_confirmed(contract, st, x, y, cuts):
-        loss.kind = "observe"
+    if loss.kind == "labels":
+        if _labels_confirmed(contract, st, x, y, cuts):
+            loss.reduction = loss.reduction or "mean"  # a mean cross-entropy, or over samples
+        else:
+            loss.kind = "observe"
     if loss.kind == "observe":
         return _seen_weights(contract, st, index, x, y, cuts)
     _check_once(contract, st, x, y, cuts, lambda seen, a, b, n: loss.weight(a, b, n))
@@ -213,8 +232,7 @@ def _check_once(contract: Contract, st: State, x, y, cuts: Cuts, weigh) -> None:
         return
 
     def check() -> bool:
-        _check(contract, st, hx, hy, n, weigh)
-        return True
+        return _check(contract, st, hx, hy, n, weigh)
 
     VERIFIED.get(st.model, ("verified", *_key(contract, st, (hx, hy))), check)
 
@@ -230,19 +248,30 @@ def _check_batch(contract: Contract, st: State, x, y, cuts: Cuts, weigh) -> None
     _check(contract, st, hx, hy, n, weigh)
 
 
-def _check(contract: Contract, st: State, hx, hy, n: int, weigh) -> None:
+def _check(contract: Contract, st: State, hx, hy, n: int, weigh) -> bool:
+    """Check on halves; a random forward cannot be checked: a known reduction stands.
+
+    Returns whether the check ran (``False``: random, and the reduction was declared).
+
+    Raises:
+        ValueError: the check failed on a deterministic forward, or the forward is random
+            and the reduction unknown.
+    """
     loss = contract.loss
     try:
         loss.check(lambda a, b: loss(st.forward(a), b), hx, hy, contract.dims, n, weigh)
     except ValueError as err:
-        if random_forward(st, hx):
+        if not random_forward(st, hx):
+            raise
+        if loss.reduction is None or loss.source == "verified":
             raise ValueError(
                 "the model's forward is random (a random operation ran: dropout, randn, ...), "
                 "so a batch's loss cannot be compared with its halves' to check what the loss "
                 "divides by: declare reduction='mean' or 'sum' (and normalizer= for a mean "
                 "over valid targets), or make the forward deterministic"
             ) from err
-        raise
+        return False
+    return True
 
 
 def _coupled(loss: B.LossContract) -> None:
