@@ -132,7 +132,7 @@ def _index_call(func, args, kwargs, out: Tensor) -> IndexCall:
     a = bound.arguments
     reduction = a["reduction"]
     if a["size_average"] is not None or a["reduce"] is not None:  # torch's legacy flags
-        reduction = nn._reduction.legacy_get_string(a["size_average"], a["reduce"])
+        reduction = nn._reduction.legacy_get_string(a["size_average"], a["reduce"], False)
     weight, uneven = index_weight(a["input"], a["target"], a["weight"], a["ignore_index"])
     return IndexCall(reduction, weight, uneven, out)
 
