@@ -56,7 +56,7 @@ def micro_batches(
             _note_seeds(state, head)
         size = planner.micro_batch(x, y, samples) if planner is not None else samples
         if size < samples:
-            _splittable(state, head, planner, samples)
+            _splittable(state, head, planner.plan, samples, size)
         cuts = [(a, min(a + size, samples)) for a in range(0, samples, max(size, 1))]
         weights = _weights(contract, state, index, x, y, cuts)
         for (start, stop), weight in zip(cuts, weights, strict=True):
@@ -81,23 +81,24 @@ def _one_cut_only(st: State, index: int) -> None:
         )
 
 
-def _splittable(st: State, head, planner, samples: int) -> None:
+def _splittable(st: State, head, plan, samples: int, size: int) -> None:
     """Refuse to cut a batch whose forward is random: the masks would change with the cut.
 
-    ``head``: the batch's first two samples' inputs, screened for random operations.
+    ``head``: the batch's first two samples' inputs, screened for random operations;
+    ``plan``: the memory plan that cut the batch into micro-batches of ``size``.
 
     Raises:
         MemoryGuardError: the batch does not fit and its forward draws random numbers.
     """
     if not (st.coupled or random_forward(st, head)):
         return
-    plan = planner.plan
+    need = f" ({plan.describe(samples)})" if plan is not None else ""
     raise MemoryGuardError(
-        f"a batch of {samples} samples needs about {plan.describe(samples)}, and the model's "
-        "forward is random (dropout in train mode, or a random operation): its masks are "
-        "drawn per batch with a recorded seed, so the engine cannot cut the batch into "
-        f"micro-batches without changing them. Would fit: batches of {plan.micro_batch} "
-        "samples, or eval mode (train_mode=False)"
+        f"a batch of {samples} samples does not fit the memory budget{need}, and the "
+        "model's forward is random (dropout in train mode, or a random operation): its "
+        "masks are drawn per batch with a recorded seed, so the engine cannot cut the batch "
+        f"into micro-batches without changing them. Would fit: batches of {size} samples, "
+        "or eval mode (train_mode=False)"
     )
 
 
