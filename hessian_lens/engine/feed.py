@@ -50,6 +50,10 @@ def micro_batches(
         _one_cut_only(state, index)
         if prints is not None:
             prints.observe(x, y, samples)
+        if samples == 0:  # an empty batch: nothing to weigh
+            if tick is not None:
+                tick()
+            continue
         state.batch = index
         head = B.narrow(x, dims.inputs, 0, min(2, samples))
         if index == 0:
