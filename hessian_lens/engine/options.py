@@ -59,7 +59,8 @@ class Options:
         batch_dim: the dimension holding the samples in every input and target tensor,
             or ``(inputs_dim, targets_dim)`` (e.g. ``(1, 0)`` for ``(T, N, F)`` inputs).
         reduction: ``"mean"`` or ``"sum"`` over samples; ``None`` reads it from a torch
-            loss module or verifies it on the first batch (its loss against its halves').
+            loss module, sees it in the cross-entropy the loss returns, or verifies it on
+            a batch (its loss against its halves').
             Per-sample losses (``reduction="none"`` modules) are reduced as declared.
         normalizer: ``normalizer(batch) -> W_b``, what a batch's mean loss divides by
             (e.g. ``lambda b: (b[1] != -100).sum()``, its valid targets), for a loss whose

@@ -173,7 +173,7 @@ def _unsupported_by_func(err: Exception) -> bool:
 
 
 def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _vmap_width(spec: Spec, chunk: int) -> int:
