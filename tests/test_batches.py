@@ -702,3 +702,15 @@ def test_the_default_eval_mode_says_so():
     res = hl.pseudo_hessian(dropout_net(), F.cross_entropy, data(6))
     assert any("dropout and BatchNorm ran in eval mode" in n for n in res.notes)
     assert not hl.pseudo_hessian(mlp(), F.cross_entropy, data(6)).notes
+
+
+def test_an_empty_batch_counts_nothing():
+    model, (x, y) = mlp(), data(8)
+    H, g, L = whole(model, x, y)
+    check(hl.pseudo_hessian(model, F.cross_entropy, [(x[:0], y[:0]), *cut(x, y, [3, 5])]), H, g, L)
+    check(
+        hl.pseudo_hessian(model, lambda o, t: F.cross_entropy(o, t), [(x[:0], y[:0]), (x, y)]),
+        H,
+        g,
+        L,
+    )
