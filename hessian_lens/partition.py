@@ -470,6 +470,12 @@ class Partition:
         if list(params) != self.names:
             missing = sorted(set(self.names) - set(params))
             extra = sorted(set(params) - set(self.names))
+            if not missing and not extra:
+                raise PartitionError(
+                    "the partition lists the model's trainable tensors in another order than "
+                    "model.named_parameters(): build it from this model (Partition.canonical, "
+                    "from_groups, ...), which keeps that order"
+                )
             raise PartitionError(
                 f"partition does not match the model: missing {missing}, "
                 f"not covered {extra}. Build it from this model."
@@ -602,6 +608,12 @@ class Partition:
     def _validate(self) -> None:
         if len(self.names) != len(self.shapes) or len(self.names) != len(self.assignment):
             raise PartitionError("names, shapes and assignment must have the same length")
+        twice = sorted({n for n in self.names if self.names.count(n) > 1})
+        if twice:
+            raise PartitionError(
+                f"the partition lists {twice} more than once: name every trainable tensor once "
+                "(assign its scalars to several groups with an index tensor, from_index_sets)"
+            )
         if not self.names:
             raise PartitionError("the model has no trainable parameter (all frozen?)")
         counts = torch.zeros(len(self.groups), dtype=torch.long)

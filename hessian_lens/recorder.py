@@ -24,6 +24,7 @@ summaries are all-reduced) and rank 0 writes the files.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,9 @@ from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition
 from hessian_lens.registry import USER_PREFIX
 from hessian_lens.store import Record, ResultStore
+
+LOG = logging.getLogger("hessian_lens")
+FAILED = "analysis failed"  # run.json's state after an analysis error (keep_going)
 
 
 class Recorder:
@@ -81,9 +85,13 @@ class Recorder:
             analyze RUN`` can measure more samples of it. Without it, ``analyze`` asks for
             ``--data``.
         options: the data contract and run options of every analysis
-            (:class:`hessian_lens.Options`: ``batch_dim``, ``reduction``, ``forward``,
-            ``dtype`` (``torch.float64`` for references), ``progress`` (a tqdm bar per
-            analysis), ``device``, ``method``, ...).
+            (:class:`hessian_lens.Options`: ``batch_dim``, ``reduction``, ``normalizer``,
+            ``forward``, ``dtype`` (``torch.float64`` for references), ``progress`` (a tqdm
+            bar per analysis), ``device``, ``method``, ``seed``, ...).
+        keep_going: an analysis that raises does not raise from :meth:`log`: the error is
+            written to the run (``run.json``: ``"state": "analysis failed"`` and
+            ``"error"``), logged once, and later calls record checkpoints and metrics only
+            (what the Lightning and Hugging Face callbacks use: training goes on).
         **keywords: any field of :class:`hessian_lens.Options`, overriding ``options``.
     """
 
@@ -108,6 +116,7 @@ class Recorder:
         data_spec: str | None = None,
         data_source: str | None = None,
         options: Options | None = None,
+        keep_going: bool = False,
         **keywords: Unpack[EngineKeywords],
     ) -> None:
         if not isinstance(every, int) or every < 1:
@@ -126,6 +135,7 @@ class Recorder:
         if self.measures and (not isinstance(probes, int) or probes < 2 or steps < 1):
             raise ValueError(f"probes must be >= 2 and steps >= 1, got {probes!r}, {steps!r}")
         self.calls, self.closed = 0, False
+        self.keep_going, self.failed = keep_going, None
         from hessian_lens.integrations.loggers import as_loggers
 
         self.loggers = as_loggers(loggers)
@@ -174,7 +184,14 @@ class Recorder:
             analyse = self.calls % self.every == 0
         self.calls += 1
         checkpoint = self._checkpoint(epoch, entry) if self.save else None
-        record = self._analyse(epoch, checkpoint, direction) if analyse else None
+        record = None
+        if analyse and self.failed is None:
+            try:
+                record = self._analyse(epoch, checkpoint, direction)
+            except Exception as err:  # any analysis error: the run says so (keep_going)
+                if not self.keep_going:
+                    raise
+                self.fail(err, epoch)
         if record is not None:
             for logger in self.loggers:
                 logger.log_record(record, int(epoch) if step is None else int(step))
@@ -184,10 +201,34 @@ class Recorder:
             self._append(entry)
         return record
 
+    def fail(self, err: BaseException, epoch: float | None = None, *, log: bool = True) -> None:
+        """Write an analysis error to the run and log it (once); analyses stop.
+
+        ``run.json`` gets ``"state": "analysis failed"`` and ``"error"`` (the error's type
+        and message, and the epoch it happened at); the run is no longer shown as live.
+        """
+        if self.failed is not None:
+            return
+        at = f" at epoch {epoch}" if epoch is not None else ""
+        self.failed = f"{type(err).__name__}{at}: {str(err).strip() or type(err).__name__}"
+        if log:
+            LOG.error(
+                "Hessian Lens: the analysis of %s failed (%s); training goes on, with "
+                "checkpoints and metrics only",
+                self.path,
+                self.failed,
+            )
+        if self.rank == 0:
+            self.manifest.update(state=FAILED, error=self.failed)
+            runfolder.write_manifest(self.path, self.manifest)
+
     def close(self) -> None:
-        """Finish the run: marked ``"state": "finished"`` (no longer shown as live)."""
+        """Finish the run: marked ``"state": "finished"`` (no longer shown as live).
+
+        A run whose analysis failed keeps ``"state": "analysis failed"``.
+        """
         if not self.closed and self.rank == 0:
-            self.manifest["state"] = "finished"
+            self.manifest["state"] = FAILED if self.failed is not None else "finished"
             runfolder.write_manifest(self.path, self.manifest)
         self.closed = True
 
@@ -214,6 +255,8 @@ class Recorder:
             "history": [],
         }
         manifest["state"] = "recording"
+        manifest["writer"] = runfolder.writer_entry()  # never live once this process ends
+        manifest.pop("error", None)
         if self.rank == 0:
             runfolder.write_manifest(self.path, manifest)
         return manifest
@@ -300,7 +343,7 @@ class Recorder:
             "samples": n,
             "partition": part.scheme,
             "order3": self.order3,
-            "seed": 0,
+            "seed": self.options.seed,
             "dtype": str(dtype).removeprefix("torch."),
             "data": self._data_fingerprint(),
             "engine": ENGINE_VERSION,

@@ -49,8 +49,12 @@ class Run:
 
     @property
     def warnings(self) -> list[str]:
-        """A copy of what could not be read in the manifest."""
-        return list(self.manifest.warnings)
+        """What could not be read in the manifest, and an analysis that failed."""
+        out = list(self.manifest.warnings)
+        raw = self.manifest.raw
+        if raw.get("state") == "analysis failed":
+            out.append(f"analysis failed: {raw.get('error') or 'no error recorded'}")
+        return out
 
     def last_change(self) -> float:
         """When the run's files last changed (run.json, the store, the newest checkpoint)."""
@@ -64,13 +68,17 @@ class Run:
         return max(stamps, default=0.0)
 
     def live(self, now: float | None = None) -> bool:
-        """Being written: marked recording and changed within :data:`LIVE_WINDOW_S` seconds.
+        """Being written: marked recording, its writer alive, changed within the window.
 
-        A Recorder (and the callbacks) mark their run ``"state": "recording"``, and
-        ``"finished"`` when closed; a recording left by a crashed process stops being live
-        once it has not changed for the window.
+        A Recorder (and the callbacks, and ``train``) mark their run ``"state":
+        "recording"`` with their ``"writer"`` (:func:`runfolder.writer_entry`), and
+        ``"finished"`` when closed. A recording whose writer process is gone (known on its
+        own host) is never live; elsewhere it stops being live once it has not changed for
+        :data:`LIVE_WINDOW_S` seconds.
         """
         if self.manifest.raw.get("state") != "recording":
+            return False
+        if runfolder.writer_gone(self.manifest.raw):
             return False
         return (time.time() if now is None else now) - self.last_change() < LIVE_WINDOW_S
 

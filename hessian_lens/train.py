@@ -243,6 +243,7 @@ def train(config: TrainConfig, progress: bool = True, command: str | None = None
     config.validate()
     sess = _session(config, progress, command)
     sess.manifest["state"] = "recording"  # the dashboard follows the run while it trains
+    sess.manifest["writer"] = runfolder.writer_entry()  # never live once this process ends
     try:
         _train_epochs(sess, config, progress)
     finally:

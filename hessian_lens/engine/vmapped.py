@@ -134,7 +134,9 @@ class VmapBackEnd:
         return [meter.peak()]
 
 
-FUNC_UNSUPPORTED_HINTS = ("forward AD", "vmap", "Batching rule", "functorch")
+# torch.func's own words for what it cannot run ("saved tensor hooks": activation
+# checkpointing, torch.utils.checkpoint with use_reentrant=False)
+FUNC_UNSUPPORTED_HINTS = ("forward AD", "vmap", "Batching rule", "functorch", "saved tensor hooks")
 # aten operations whose torch.func (reverse over forward) derivatives are wrong: layer_norm's
 # H̄ was off by 3% relative on torch 2.14 (tests/test_batches.py keeps the check)
 VMAP_WRONG_OPS = ("native_layer_norm",)
@@ -171,7 +173,7 @@ def _unsupported_by_func(err: Exception) -> bool:
 
 
 def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _vmap_width(spec: Spec, chunk: int) -> int:
