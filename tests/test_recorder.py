@@ -217,6 +217,8 @@ def test_recorder_measures_reach_the_store_and_the_loggers(tmp_path):
     assert sink.records and sink.records[0][0] is record
     with pytest.raises(ValueError, match="unknown measure"):
         hl.Recorder(tmp_path / "other", model, F.cross_entropy, (x, y), measures=("fisher",))
+
+
 def test_keep_going_writes_the_error_to_the_run_logs_once_and_goes_on(tmp_path, caplog):
     """What the callbacks use: an analysis error never stops the loop."""
     torch.manual_seed(0)
