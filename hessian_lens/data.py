@@ -168,23 +168,29 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
-    def _order(self) -> Tensor:
+    def _order(self) -> Tensor | None:
+        """The epoch's shuffled order, or None (in order: each batch's indices made as drawn).
+
+        int32 below 2**31 items: the same permutation as int64, half the memory.
+        """
         n = len(self.data)
         if not self.shuffle:
-            return torch.arange(n)
+            return None
         gen = torch.Generator().manual_seed(self.seed * SHUFFLE_STRIDE + self.epoch)
-        return torch.randperm(n, generator=gen)
+        return torch.randperm(n, generator=gen, dtype=torch.int32 if n < 2**31 else torch.int64)
+
+    def _indices(self, order: Tensor | None, start: int) -> Tensor:
+        stop = min(start + self.batch_size, len(self.data))
+        return torch.arange(start, stop) if order is None else order[start:stop].long()
 
     def batch(self, index: int) -> tuple[Tensor, Tensor]:
         """Batch number ``index`` of the current order."""
-        idx = self._order()[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.data.prepare(idx)
+        return self.data.prepare(self._indices(self._order(), index * self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self._order()
         for start in range(0, len(self.data), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self.data.prepare(idx)
+            yield self.data.prepare(self._indices(order, start))
 
 
 AUGMENTS = ("none", "flip", "crop+flip")
