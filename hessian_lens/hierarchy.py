@@ -35,7 +35,7 @@ LEVEL_NAMES = {
 }
 ORDERS = ("head", "block")
 _NUMBERED = re.compile(r"^(\d+|.*_\d+)$")
-_HEAD_TOKEN = re.compile(r"^head\d+$")
+_HEAD_TOKEN = re.compile(r"^head[0-9]{1,9}$")  # as heads.head_of reads a head
 
 
 @dataclass(frozen=True)
