@@ -30,7 +30,7 @@ from hessian_lens.files import file_sha256
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.partition import Partition, check_scheme
 from hessian_lens.settings import checkpoint_limit_bytes
-from hessian_lens.store import MAX_GROUPS, Record, ResultStore
+from hessian_lens.store import MAX_GROUPS, Record, ResultStore, label_problem
 from hessian_lens.summary import PseudoHessian, pseudo_hessian
 
 ENGINE_VERSION = "1"
@@ -114,6 +114,9 @@ def analyze_model(
             f"groups, more than the {MAX_GROUPS:,} a stored analysis may have; choose a "
             "coarser partition (canonical, by_layer, by_module:K with a smaller K)"
         )
+    problem = label_problem(part.labels)
+    if problem:  # a store refuses to read it back either
+        raise ValueError(f"the {settings.partition} partition of this model has {problem}")
     tick = _batch_progress(progress) if progress is not None else False
     res = pseudo_hessian(
         model,
