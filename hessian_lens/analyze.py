@@ -88,6 +88,24 @@ def _count(value: Any, top: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= top
 
 
+def check_storable(part: Partition, scheme: str) -> None:
+    """Refuse a partition whose analysis a store would not read back, before computing it.
+
+    Raises:
+        ValueError: more than :data:`~hessian_lens.store.MAX_GROUPS` groups, or a label
+            over :data:`~hessian_lens.store.MAX_LABEL_CHARS` characters.
+    """
+    if len(part.groups) > MAX_GROUPS:
+        raise ValueError(
+            f"the {scheme} partition of this model has S = {len(part.groups):,} "
+            f"groups, more than the {MAX_GROUPS:,} a stored analysis may have; choose a "
+            "coarser partition (canonical, by_layer, by_module:K with a smaller K)"
+        )
+    problem = label_problem(part.labels)
+    if problem:
+        raise ValueError(f"the {scheme} partition of this model has {problem}")
+
+
 def analyze_model(
     model: nn.Module,
     batches,
@@ -108,15 +126,7 @@ def analyze_model(
         (and ``d3`` with ``order3``).
     """
     part = Partition.from_name(model, settings.partition)
-    if len(part.groups) > MAX_GROUPS:  # a store refuses to read such a record back
-        raise ValueError(
-            f"the {settings.partition} partition of this model has S = {len(part.groups):,} "
-            f"groups, more than the {MAX_GROUPS:,} a stored analysis may have; choose a "
-            "coarser partition (canonical, by_layer, by_module:K with a smaller K)"
-        )
-    problem = label_problem(part.labels)
-    if problem:  # a store refuses to read it back either
-        raise ValueError(f"the {settings.partition} partition of this model has {problem}")
+    check_storable(part, settings.partition)
     tick = _batch_progress(progress) if progress is not None else False
     res = pseudo_hessian(
         model,

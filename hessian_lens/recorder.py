@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from hessian_lens import runfolder
-from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
+from hessian_lens.analyze import ENGINE_VERSION, check_storable, checkpoint_epoch, stored_parts
 from hessian_lens.batches import as_batches, split_batch, tree_leaves
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.files import file_sha256
@@ -41,6 +41,7 @@ from hessian_lens.losses import OWN_LOSS, get_loss
 from hessian_lens.partition import Partition
 from hessian_lens.store import Record, ResultStore
 from hessian_lens.summary import pseudo_hessian
+from hessian_lens.writerlock import WriterLock
 
 
 class Recorder:
@@ -71,6 +72,12 @@ class Recorder:
             with ``log_record(record, step)`` (:mod:`hessian_lens.integrations.loggers`).
         batch_dim, reduction, forward: the data contract, as in
             :func:`~hessian_lens.pseudo_hessian`.
+
+    Raises:
+        ValueError: the partition has more groups than a store holds (5,000), before
+            anything is written.
+        hessian_lens.writerlock.FolderBusyError: another process (named) is writing the
+            folder; one writer per folder until it closes (a lock file, ``.writer.lock``).
     """
 
     def __init__(
@@ -115,7 +122,14 @@ class Recorder:
             "kwargs": dict(architecture_kwargs or {}),
         }
         self._fingerprint: str | None = None
-        self.manifest = self._start_manifest(name)
+        self._part = self._partition()
+        check_storable(self._part, self._part.scheme)  # before anything is written
+        self._lock = WriterLock.take(self.path) if self.rank == 0 else None
+        try:
+            self.manifest = self._start_manifest(name)
+        except BaseException:
+            self._release()
+            raise
 
     # ------------------------------------------------------------------ public
     def log(
@@ -164,11 +178,21 @@ class Recorder:
         return record
 
     def close(self) -> None:
-        """Finish the run: marked ``"state": "finished"`` (no longer shown as live)."""
-        if not self.closed and self.rank == 0:
-            self.manifest["state"] = "finished"
-            runfolder.write_manifest(self.path, self.manifest)
-        self.closed = True
+        """Finish the run: marked ``"state": "finished"`` (no longer shown as live).
+
+        Lets another writer in (:class:`~hessian_lens.writerlock.WriterLock`).
+        """
+        try:
+            if not self.closed and self.rank == 0:
+                self.manifest["state"] = "finished"
+                runfolder.write_manifest(self.path, self.manifest)
+        finally:
+            self.closed = True
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> Recorder:
         return self
@@ -212,7 +236,7 @@ class Recorder:
     def _analyse(
         self, epoch: float, checkpoint: Path | None, direction: list[Tensor] | None = None
     ) -> Record | None:
-        part = self._partition()
+        part = self._part
         t0 = time.perf_counter()
         res = pseudo_hessian(
             self.model,
