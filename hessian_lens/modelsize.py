@@ -8,9 +8,11 @@ and gigabytes even on the ``meta`` device. Two checks keep every build bounded:
 * :func:`builtin_size` counts the parameters and modules of the built-in architectures
   (and torchvision's ``VisionTransformer`` class) in closed form from their arguments, so
   :func:`check_size` refuses an oversized one before its constructor runs;
-* :func:`size_guard` counts modules and parameters *while* any constructor runs (global
-  registration hooks, active only in the thread that entered the guard) and stops it past
-  the limits: torchvision builders and the user's own models are bounded too.
+* :func:`size_guard` counts modules, parameter tensors and parameters *while* any
+  constructor runs (global registration hooks, active only in the thread that entered the
+  guard) and stops it past the limits: torchvision builders and the user's own models are
+  bounded too. Modules are counted when registered on a parent, parameter tensors when
+  registered on their module (a list of a million layers is stopped while it is made).
 
 Limits: :data:`MAX_PARAMETERS` (1e9, 4 GB of float32; torchvision's largest classifier,
 RegNetY-128GF, has 645 M) and :data:`MAX_MODULES` (20,000; its deepest, EfficientNet-V2-L,
@@ -32,6 +34,8 @@ from hessian_lens.models import VGG11_CONFIG
 
 MAX_PARAMETERS = 1_000_000_000
 MAX_MODULES = 20_000
+#: Parameter tensors a constructor may register (about two per module).
+MAX_TENSORS = 2 * MAX_MODULES
 
 
 class ModelTooLargeError(ValueError):
@@ -175,7 +179,7 @@ def size_guard(key: str) -> Iterator[None]:
     if getattr(_STATE, "budget", None) is not None:
         yield
         return
-    _STATE.budget = {"key": key, "modules": 1, "params": 0}
+    _STATE.budget = {"key": key, "modules": 1, "params": 0, "tensors": 0}
     try:
         yield
     finally:
@@ -200,6 +204,7 @@ def _on_param(parent: nn.Module, name: str, param):
     budget = getattr(_STATE, "budget", None)
     if budget is not None and param is not None:
         budget["params"] += param.numel()
+        budget["tensors"] += 1
         _check(budget)
 
 
@@ -207,3 +212,8 @@ def _check(budget: dict) -> None:
     problem = too_large(budget["key"], budget["params"], budget["modules"])
     if problem:
         raise ModelTooLargeError(problem.replace("make a model of", "make a model of over"))
+    if budget["tensors"] > MAX_TENSORS:
+        raise ModelTooLargeError(
+            f"{budget['key']}: these arguments make over {MAX_TENSORS:,} parameter tensors "
+            f"(about {MAX_MODULES:,} modules, the most Hessian Lens builds); use smaller sizes"
+        )
