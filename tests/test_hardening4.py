@@ -518,3 +518,26 @@ def test_a_link_to_a_kernel_file_is_not_a_corpus(tmp_path):
     (folder / "env.py").symlink_to("/proc/self/environ")
     with pytest.raises(DataError, match="both splits"):  # only ok.py is read: one split
         load_dataset(f"text:{folder}")
+
+
+# ---------------------------------------------------------------------------- left open
+def test_token_and_safetensors_data_are_checked_against_the_data_limit(tmp_path, monkeypatch):
+    """Round 3 left safetensors data (and npz token arrays) without a data limit."""
+    from safetensors.numpy import save_file
+
+    np.savez_compressed(tmp_path / "t.npz", tokens=np.zeros(2**20, np.int64))  # 8 MB, 10 kB
+    save_file({"tokens": np.zeros(2**18, np.int64)}, str(tmp_path / "t.safetensors"))
+    images = np.random.default_rng(0).integers(0, 255, (600, 3, 32, 32), dtype=np.uint8)
+    targets = np.zeros(600, np.int64)
+    save_file({"inputs": images, "targets": targets}, str(tmp_path / "i.safetensors"))
+    for spec in (f"npz:{tmp_path / 't.npz'}@8", f"{tmp_path / 't.safetensors'}@8"):
+        assert len(load_dataset(spec)) > 0
+    assert len(load_dataset(str(tmp_path / "i.safetensors"))) == 600
+    monkeypatch.setenv("HESSIAN_LENS_MAX_DATA_MB", "1")
+    for spec, size in (
+        (f"npz:{tmp_path / 't.npz'}@8", "8 MB once decompressed"),
+        (f"{tmp_path / 't.safetensors'}@8", "2 MB as their header declares"),
+        (str(tmp_path / "i.safetensors"), "2 MB as their header declares"),
+    ):
+        with pytest.raises(DataError, match=f"{size}, over the 1 MB limit"):
+            load_dataset(spec)
