@@ -32,7 +32,7 @@ from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition, check_scheme
 from hessian_lens.settings import checkpoint_limit_bytes
-from hessian_lens.store import MAX_GROUPS, MAX_SPECTRUM_NODES, Record, ResultStore
+from hessian_lens.store import MAX_GROUPS, MAX_SPECTRUM_NODES, Record, ResultStore, label_problem
 
 ENGINE_VERSION = "1"
 BLOCKS = ("layer", "tensor", "kind")
@@ -116,6 +116,24 @@ def _count(value: Any, top: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= top
 
 
+def check_storable(part: Partition, scheme: str) -> None:
+    """Refuse a partition whose analysis a store would not read back, before computing it.
+
+    Raises:
+        ValueError: more than :data:`~hessian_lens.store.MAX_GROUPS` groups, or a label
+            over :data:`~hessian_lens.store.MAX_LABEL_CHARS` characters.
+    """
+    if len(part.groups) > MAX_GROUPS:
+        raise ValueError(
+            f"the {scheme} partition of this model has S = {len(part.groups):,} "
+            f"groups, more than the {MAX_GROUPS:,} a stored analysis may have; choose a "
+            "coarser partition (canonical, by_layer, by_module:K with a smaller K)"
+        )
+    problem = label_problem(part.labels)
+    if problem:
+        raise ValueError(f"the {scheme} partition of this model has {problem}")
+
+
 def analyze_model(
     model: nn.Module,
     batches,
@@ -136,12 +154,7 @@ def analyze_model(
         (and ``d3`` with ``order3``).
     """
     part = Partition.from_name(model, settings.partition)
-    if len(part.groups) > MAX_GROUPS:  # a store refuses to read such a record back
-        raise ValueError(
-            f"the {settings.partition} partition of this model has S = {len(part.groups):,} "
-            f"groups, more than the {MAX_GROUPS:,} a stored analysis may have; choose a "
-            "coarser partition (canonical, by_layer, by_module:K with a smaller K)"
-        )
+    check_storable(part, settings.partition)
     tick = _batch_progress(progress) if progress is not None else False
     options = Options(
         device=device,

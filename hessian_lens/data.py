@@ -30,7 +30,7 @@ import functools
 import hashlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,23 +168,29 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
-    def _order(self) -> Tensor:
+    def _order(self) -> Tensor | None:
+        """The epoch's shuffled order, or None (in order: each batch's indices made as drawn).
+
+        int32 below 2**31 items: the same permutation as int64, half the memory.
+        """
         n = len(self.data)
         if not self.shuffle:
-            return torch.arange(n)
+            return None
         gen = torch.Generator().manual_seed(self.seed * SHUFFLE_STRIDE + self.epoch)
-        return torch.randperm(n, generator=gen)
+        return torch.randperm(n, generator=gen, dtype=torch.int32 if n < 2**31 else torch.int64)
+
+    def _indices(self, order: Tensor | None, start: int) -> Tensor:
+        stop = min(start + self.batch_size, len(self.data))
+        return torch.arange(start, stop) if order is None else order[start:stop].long()
 
     def batch(self, index: int) -> tuple[Tensor, Tensor]:
         """Batch number ``index`` of the current order."""
-        idx = self._order()[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.data.prepare(idx)
+        return self.data.prepare(self._indices(self._order(), index * self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self._order()
         for start in range(0, len(self.data), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self.data.prepare(idx)
+            yield self.data.prepare(self._indices(order, start))
 
 
 AUGMENTS = ("none", "flip", "crop+flip")
@@ -366,7 +372,10 @@ def _token_file(spec: str) -> dict[str, np.ndarray] | None:
         try:
             with np.load(path, allow_pickle=False) as z:
                 keys = [k for k in ("tokens", "train_tokens", "test_tokens") if k in z.files]
+                _check_npz_sizes(z, keys, path)
                 return {k: z[k] for k in keys} if keys else None
+        except DataError:
+            raise
         except (OSError, EOFError, ValueError):
             return None
     if path.lower().endswith(".safetensors"):
@@ -375,6 +384,7 @@ def _token_file(spec: str) -> dict[str, np.ndarray] | None:
         try:
             with safe_open(path, framework="np") as f:
                 keys = [k for k in ("tokens", "train_tokens", "test_tokens") if k in f.keys()]  # noqa: SIM118 (safe_open has no __contains__)
+                _check_safetensors_sizes(f, keys, path)
                 return {k: f.get_tensor(k) for k in keys} if keys else None
         except (SafetensorError, OSError):
             return None
@@ -433,24 +443,43 @@ def _read_npz(path: str, mtime_ns: int, train: bool) -> tuple[Tensor, Tensor]:
     return _images(x, f"{Path(path).name}:{keys[0]}"), _labels(y, f"{Path(path).name}:{keys[1]}")
 
 
-def _check_npz_sizes(z: np.lib.npyio.NpzFile, keys: tuple[str, str], path: str) -> None:
+def _check_npz_sizes(z: np.lib.npyio.NpzFile, keys: Sequence[str], path: str) -> None:
     """Refuse members that declare more than the data limit, before inflating them.
 
     The sizes come from the zip's directory (what ``np.load`` would allocate); a 4 MB npz
     can declare gigabytes.
     """
-    from hessian_lens.settings import DATA_LIMIT_ENV, data_limit_bytes
-
-    limit = data_limit_bytes()
     try:
         declared = sum(z.zip.getinfo(f"{key}.npy").file_size for key in keys)
     except (KeyError, AttributeError):
         return  # an uncompressed-name oddity: np.load reports it
+    _check_declared(declared, keys, path, "once decompressed")
+
+
+def _check_safetensors_sizes(f, keys: Sequence[str], path: str) -> None:
+    """Refuse tensors whose header declares more than the data limit, before reading them."""
+    declared = 0
+    for key in keys:
+        piece = f.get_slice(key)
+        itemsize = _SAFETENSORS_ITEMSIZE.get(piece.get_dtype(), 8)
+        declared += math.prod(piece.get_shape()) * itemsize
+    _check_declared(declared, keys, path, "as their header declares")
+
+
+#: Bytes of an item by safetensors dtype name (unknown names: 8, the largest).
+_SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2}
+_SAFETENSORS_ITEMSIZE |= {"U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4}
+
+
+def _check_declared(declared: int, keys: Sequence[str], path: str, how: str) -> None:
+    from hessian_lens.settings import DATA_LIMIT_ENV, data_limit_bytes
+
+    limit = data_limit_bytes()
     if declared > limit:
         raise DataError(
-            f"{path}: {keys[0]} and {keys[1]} hold {declared / 2**20:,.0f} MB once "
-            f"decompressed, over the {limit / 2**20:,.0f} MB limit for one split; set "
-            f"{DATA_LIMIT_ENV} higher if you trust the file"
+            f"{path}: {' and '.join(keys)} hold {declared / 2**20:,.0f} MB {how}, over the "
+            f"{limit / 2**20:,.0f} MB limit for one split; set {DATA_LIMIT_ENV} higher if "
+            "you trust the file"
         )
 
 
@@ -646,6 +675,7 @@ def load_safetensors_data(path: str | os.PathLike, train: bool = True) -> ImageD
                     f"{path.name} needs tensors 'inputs' and 'targets' (or "
                     f"'{split}_inputs' / '{split}_targets'); it has {sorted(keys)[:8]}"
                 )
+            _check_safetensors_sizes(f, names, path.name)
             x, y = f.get_tensor(names[0]), f.get_tensor(names[1])
     except (SafetensorError, OSError) as err:
         raise DataError(f"{path.name} is not a readable safetensors file ({err})") from None

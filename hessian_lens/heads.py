@@ -51,7 +51,7 @@ _ROLE_TOKENS = {
 _EMBEDDING_TOKENS = {"wte", "wpe", "class_token", "cls_token", "conv_proj", "patch_embed"}
 _MLP_TOKENS = {"linear1", "linear2", "feed_forward"}
 _OUTPUT_TOKENS = {"head", "heads", "lm_head", "classifier", "output"}
-_HEAD = re.compile(r"\.head(\d+)(?:\.|$)")
+_HEAD = re.compile(r"\.head([0-9]{1,9})(?:\.|$)")  # more digits: not a head number
 _NORM_TOKEN = re.compile(r"^(ln|bn)(_?[0-9a-z]*)$")
 
 

@@ -35,7 +35,7 @@ LEVEL_NAMES = {
 }
 ORDERS = ("head", "block")
 _NUMBERED = re.compile(r"^(\d+|.*_\d+)$")
-_HEAD_TOKEN = re.compile(r"^head\d+$")
+_HEAD_TOKEN = re.compile(r"^head[0-9]{1,9}$")  # as heads.head_of reads a head
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def order(labels: Sequence[str], within: str = "head") -> list[int]:
     if within not in ORDERS:
         raise ValueError(f"within must be one of {ORDERS}, got {within!r}")
     places = [place(x) for x in labels]
-    layers = list(dict.fromkeys(p.layer for p in places))
+    layers = {layer: n for n, layer in enumerate(dict.fromkeys(p.layer for p in places))}
     first_head = {}
     for i, p in enumerate(places):
         if p.head is not None:
@@ -102,10 +102,10 @@ def order(labels: Sequence[str], within: str = "head") -> list[int]:
         p = places[i]
         if p.head is None:
             segment = 0 if i < first_head.get(p.layer, len(labels)) else 2
-            return (layers.index(p.layer), segment, 0, 0, i)
+            return (layers[p.layer], segment, 0, 0, i)
         rank = BLOCK_TYPES.index(p.block)
         inner = (p.head, rank) if within == "head" else (rank, p.head)
-        return (layers.index(p.layer), 1, *inner, i)
+        return (layers[p.layer], 1, *inner, i)
 
     return sorted(range(len(labels)), key=key)
 
@@ -169,9 +169,13 @@ def coarsen(rec: dict, groups: Sequence[tuple[str, Sequence[int]]]) -> dict:
     layers, sizes (summed), the inverse of ``H_c`` and its status.
     """
     summary, arrays = rec["summary"], rec["arrays"]
-    M = membership(len(summary["labels"]), groups)
-    if len(groups) == M.shape[0]:
-        return _permuted(rec, [m[0] for _, m in groups])
+    size = len(summary["labels"])
+    if len(groups) == size:  # one group a unit: the stored matrices, reordered (no M)
+        at = [m[0] for _, m in groups]
+        if sorted(at) != list(range(size)):
+            raise ValueError("the units must hold every group exactly once")
+        return rec if at == list(range(size)) else _permuted(rec, at)
+    M = membership(size, groups)
     H = M.T @ np.asarray(arrays["H"], dtype=np.float64) @ M
     g = M.T @ np.asarray(arrays["g"], dtype=np.float64)
     inv = linalg.inverse(torch.from_numpy(H))

@@ -671,11 +671,17 @@ def check_scheme(name: str) -> None:
     if name in fixed:
         return
     head, _, depth = str(name).partition(":")
-    if head == "by_module" and depth.isdigit() and int(depth) >= 1:
+    if head == "by_module" and _whole(depth) and int(depth) >= 1:
         return
     raise PartitionError(
-        f"unknown partition '{name}'; choose one of {fixed} or by_module:K (K = 1, 2, ...)"
+        f"unknown partition {str(name)[:60]!r}; choose one of {fixed} or by_module:K "
+        "(K = 1, 2, ...)"
     )
+
+
+def _whole(text: str) -> bool:
+    """Digits 0-9 only, at most 9 of them (``"²"`` is a digit to ``str.isdigit``, not to int)."""
+    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 def _claim(ids: dict[str, torch.Tensor], name: str, index: Any, gid: int, labels: list[str]):

@@ -39,6 +39,8 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#1
 BAR_FONT = 11
 SMALL_FONT = 9  # tick labels of crowded axes
 MAX_TICKS = 40  # more rows than this: ticks at module boundaries only
+MAX_CELLS_SIDE = 1000  # a heatmap draws at most this many rows and columns (see drawable)
+ZWSP = "\u200b"  # prefix of axis categories (see categories)
 
 
 @dataclass
@@ -130,6 +132,59 @@ def full_panel(
     return Panel(np.asarray(M), raw, list(labels), list(labels), title, bounds)
 
 
+def drawable(panel: Panel, side: int | None = None) -> Panel:
+    """The panel with at most ``side`` x ``side`` cells (default :data:`MAX_CELLS_SIDE`).
+
+    What a browser can draw and a page can send. A larger panel is pooled in blocks of
+    ``k`` rows x ``k`` columns (``k`` the smallest that fits): each cell shows the entry
+    of largest ``|z|`` in its block (its raw value too), so signs, extremes and the colour
+    range survive; a row is labelled by its first group and how many more it holds.
+    Smaller panels come back unchanged.
+
+    Example:
+        >>> big = full_panel(np.diag(np.arange(6.0) - 2), [f"g{i}" for i in range(6)])
+        >>> small = drawable(big, side=3)
+        >>> small.z.tolist(), small.rows
+        ([[-2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0]], ['g0 (+1)', 'g2 (+1)', 'g4 (+1)'])
+    """
+    side = MAX_CELLS_SIDE if side is None else side
+    n_rows, n_cols = np.shape(panel.z)
+    k = max(-(-n_rows // side), -(-n_cols // side))
+    if k <= 1:
+        return panel
+    z, raw = _pool(np.asarray(panel.z, float), np.asarray(panel.raw, float), k)
+    bounds = sorted({b // k for b in panel.bounds} - {0})
+    return Panel(z, raw, _pooled(panel.rows, k), _pooled(panel.cols, k), panel.title, bounds)
+
+
+def _pool(z: np.ndarray, raw: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Max-|z| pooling in k x k blocks, the raw values taken at the same places.
+
+    NaN never wins over a number; one strip of k rows at a time (memory: k rows).
+    """
+    R, C = -(-z.shape[0] // k), -(-z.shape[1] // k)
+    out_z, out_raw = np.empty((R, C)), np.empty((R, C))
+    for i in range(R):
+        zs, rs = (_blocks(a[i * k : (i + 1) * k], k, C) for a in (z, raw))
+        at = np.argmax(np.nan_to_num(np.abs(zs), nan=-1.0), axis=-1)[:, None]
+        out_z[i] = np.take_along_axis(zs, at, -1)[:, 0]
+        out_raw[i] = np.take_along_axis(rs, at, -1)[:, 0]
+    return out_z, out_raw
+
+
+def _blocks(strip: np.ndarray, k: int, C: int) -> np.ndarray:
+    """A strip of at most k rows as C blocks of k x k values (padded with zeros)."""
+    padded = np.pad(strip, ((0, k - strip.shape[0]), (0, C * k - strip.shape[1])))
+    return padded.reshape(k, C, k).transpose(1, 0, 2).reshape(C, k * k)
+
+
+def _pooled(labels: Sequence[str], k: int) -> list[str]:
+    return [
+        f"{labels[i]} (+{len(labels[i : i + k]) - 1})" if len(labels[i : i + k]) > 1 else labels[i]
+        for i in range(0, len(labels), k)
+    ]
+
+
 def layer_bounds(labels: Sequence[str]) -> list[int]:
     """Positions where a new layer starts (:func:`hessian_lens.hierarchy.layer_of`), not 0.
 
@@ -155,6 +210,7 @@ def heatmap(
     min_width: int = MIN_WIDTH,
 ) -> go.Figure:
     """A diverging heatmap of a panel (row 0 at the top), its colour bar on the right."""
+    panel = drawable(panel)
     zmax = symmetric_limit(panel.z) if zmax is None else zmax
     fig = go.Figure(_trace(panel, zmax, colorbar))
     geo = _Geometry.of([panel], height, min_width, bar_right=True)
@@ -182,6 +238,7 @@ def animated_heatmap(
     """
     if not frames:
         raise ValueError("no epochs to animate")
+    frames = [(e, drawable(p)) for e, p in frames]
     first = frames[0][1]
     fig = heatmap(first, zmax, colorbar, height)
     geo = _Geometry.of([first], height, MIN_WIDTH, bar_right=True)
@@ -272,6 +329,7 @@ def panel_row(
     """
     from plotly.subplots import make_subplots
 
+    panels = [drawable(p) for p in panels]
     limits = _row_limits(panels, zmax, shared)
     geo = _Geometry.of(panels, height, min_width, title=bool(title), bar_title=bool(colorbar))
     fig = make_subplots(
@@ -683,6 +741,7 @@ def _label_axes(fig: go.Figure, panel: Panel, x: _Axis, y: _Axis, **where) -> No
     Margins are fixed by :class:`_Geometry`, so axes never push them (``automargin``).
     """
     common = dict(
+        type="category",  # the traces' x and y are labels (categories), ticks positions
         tickmode="array",
         ticks="outside",
         ticklen=3,
@@ -723,16 +782,17 @@ def _separators(fig: go.Figure, panel: Panel, **where) -> None:
 
 
 def _trace(panel: Panel, zmax: float, colorbar: str) -> go.Heatmap:
+    """The heatmap of a panel; hovering names the row and column groups and both values.
+
+    The hover text is the axes' categories (:func:`categories`, ``%{y} × %{x}``): S + S
+    strings, not one per cell (S² copies of the labels: 22 GiB for one 1 MB label).
+    """
     n_rows, n_cols = np.shape(panel.z)
-    text = np.array(
-        [[f"{panel.rows[i]} × {panel.cols[j]}" for j in range(n_cols)] for i in range(n_rows)]
-    )
     return go.Heatmap(
         z=panel.z,
-        x=list(range(n_cols)),
-        y=list(range(n_rows)),
+        x=categories(panel.cols),
+        y=categories(panel.rows),
         customdata=np.dstack([panel.raw]),
-        text=text,
         colorscale=COLORSCALE,
         zmin=-zmax,
         zmax=zmax,
@@ -740,8 +800,28 @@ def _trace(panel: Panel, zmax: float, colorbar: str) -> go.Heatmap:
         colorbar=dict(title=colorbar),
         xgap=1 if n_cols <= MAX_TICKS else 0,
         ygap=1 if n_rows <= MAX_TICKS else 0,
-        hovertemplate="%{text}<br>shown: %{z:.4g}<br>value: %{customdata[0]:.6g}<extra></extra>",
+        hovertemplate="%{y} × %{x}<br>shown: %{z:.4g}<br>value: %{customdata[0]:.6g}"
+        "<extra></extra>",
     )
+
+
+def categories(labels: Sequence[str]) -> list[str]:
+    """Labels as the categories of a heatmap axis: shown as they are, never taken for numbers.
+
+    Each starts with a zero-width space (a label ``"3"`` would otherwise be category 3,
+    which plotly reads before position 3 for ticks and lines); a repeated label gets one
+    more zero-width space per repeat (equal categories would share one row).
+
+    Example:
+        >>> categories(["fc1", "fc1", "3"]) == ["\u200bfc1", "\u200b\u200bfc1", "\u200b3"]
+        True
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for label in map(str, labels):
+        seen[label] = seen.get(label, 0) + 1
+        out.append(ZWSP * seen[label] + label)
+    return out
 
 
 def _finite(value) -> bool:
@@ -769,11 +849,10 @@ def rates_heatmap(
         go.Heatmap(
             z=z,
             x=list(steps),
-            y=list(range(len(labels))),
-            text=[[labels[s]] * len(steps) for s in range(len(labels))],
+            y=categories(labels),  # the hover's label: S strings, not S x steps
             colorscale="Viridis",
             colorbar=dict(title="log10(lr·η)"),
-            hovertemplate="%{text}<br>step %{x}<br>log10 rate %{z:.3f}<extra></extra>",
+            hovertemplate="%{y}<br>step %{x}<br>log10 rate %{z:.3f}<extra></extra>",
         )
     )
     if clipped_x:
@@ -788,7 +867,13 @@ def rates_heatmap(
             )
         )
     ticks = _ticks(labels)
-    fig.update_yaxes(tickmode="array", tickvals=ticks[0], ticktext=ticks[1], autorange="reversed")
+    fig.update_yaxes(
+        type="category",
+        tickmode="array",
+        tickvals=ticks[0],
+        ticktext=ticks[1],
+        autorange="reversed",
+    )
     fig.update_layout(
         title="per-group learning rates lr·η_s at each recomputation (× = clipped to 0)",
         height=max(320, 22 * len(labels) + 120),

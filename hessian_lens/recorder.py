@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from hessian_lens import runfolder
-from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
+from hessian_lens.analyze import ENGINE_VERSION, check_storable, checkpoint_epoch, stored_parts
 from hessian_lens.batches import as_batches, split_batch, tree_leaves
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.engine import Options, pseudo_hessian
@@ -45,6 +45,7 @@ from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition
 from hessian_lens.registry import USER_PREFIX
 from hessian_lens.store import Record, ResultStore
+from hessian_lens.writerlock import WriterLock
 
 LOG = logging.getLogger("hessian_lens")
 FAILED = "analysis failed"  # run.json's state after an analysis error (keep_going)
@@ -93,6 +94,12 @@ class Recorder:
             ``"error"``), logged once, and later calls record checkpoints and metrics only
             (what the Lightning and Hugging Face callbacks use: training goes on).
         **keywords: any field of :class:`hessian_lens.Options`, overriding ``options``.
+
+    Raises:
+        ValueError: the partition has more groups than a store holds (5,000), before
+            anything is written.
+        hessian_lens.writerlock.FolderBusyError: another process (named) is writing the
+            folder; one writer per folder until it closes (a lock file, ``.writer.lock``).
     """
 
     def __init__(
@@ -146,7 +153,14 @@ class Recorder:
         }
         self._fingerprint: str | None = None
         self.data_entry = _data_entry(data_spec, data_source)
-        self.manifest = self._start_manifest(name)
+        self._part = self._partition()
+        check_storable(self._part, self._part.scheme)  # before anything is written
+        self._lock = WriterLock.take(self.path) if self.rank == 0 else None
+        try:
+            self.manifest = self._start_manifest(name)
+        except BaseException:
+            self._release()
+            raise
 
     # ------------------------------------------------------------------ public
     def log(
@@ -225,12 +239,20 @@ class Recorder:
     def close(self) -> None:
         """Finish the run: marked ``"state": "finished"`` (no longer shown as live).
 
-        A run whose analysis failed keeps ``"state": "analysis failed"``.
+        A run whose analysis failed keeps ``"state": "analysis failed"``. Lets another
+        writer in (:class:`~hessian_lens.writerlock.WriterLock`).
         """
-        if not self.closed and self.rank == 0:
-            self.manifest["state"] = FAILED if self.failed is not None else "finished"
-            runfolder.write_manifest(self.path, self.manifest)
-        self.closed = True
+        try:
+            if not self.closed and self.rank == 0:
+                self.manifest["state"] = FAILED if self.failed is not None else "finished"
+                runfolder.write_manifest(self.path, self.manifest)
+        finally:
+            self.closed = True
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> Recorder:
         return self
@@ -290,7 +312,7 @@ class Recorder:
     def _analyse(
         self, epoch: float, checkpoint: Path | None, direction: list[Tensor] | None = None
     ) -> Record | None:
-        part = self._partition()
+        part = self._part
         t0 = time.perf_counter()
         res = pseudo_hessian(
             self.model,

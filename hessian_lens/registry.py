@@ -26,6 +26,7 @@ import inspect
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from hessian_lens import modelsize
 from hessian_lens.models import ACTIVATIONS, MODELS, VGG11_CONFIG, initialize
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -45,10 +47,15 @@ MODELS_ENV = "HESSIAN_LENS_MODELS"
 ALIASES = {"vgg11": "vgg11p", "lenet": "lenet5"}
 VGG11_LAST_CHANNELS = [c for c in VGG11_CONFIG if c != "M"][-1]
 _USER: dict[str, Callable[..., nn.Module]] = {}
+_META = threading.local()  # set while build_on_meta runs (its builds are counted already)
 
 
 class ArchitectureError(ValueError):
     """An architecture name or arguments that cannot build a model; says what to change."""
+
+
+class TooLargeError(ArchitectureError):
+    """Arguments that make a model over the size limits (:mod:`hessian_lens.modelsize`)."""
 
 
 # ---------------------------------------------------------------------------- user models
@@ -222,8 +229,13 @@ def build_model(name: str, init: str = "torch", **kwargs) -> nn.Module:
         kwargs = {"weights": None, **kwargs}
         if kwargs["weights"] is not None:
             raise ArchitectureError("pretrained weights are never downloaded: load a state_dict")
+        if not getattr(_META, "active", False):  # counted on meta before allocating
+            build_on_meta(name, **kwargs)
     try:
-        model = ctor(**kwargs)
+        with modelsize.size_guard(key):
+            model = ctor(**kwargs)
+    except modelsize.ModelTooLargeError as err:
+        raise TooLargeError(str(err)) from None
     except Exception as err:  # any constructor error is a bad argument to report, not a crash
         raise ArchitectureError(
             f"bad arguments for '{key}': {type(err).__name__}: {err}"[:400]
@@ -245,11 +257,21 @@ def build_on_meta(name: str, **kwargs) -> nn.Module:
         ArchitectureError: unknown name, bad arguments, or not buildable on ``meta``.
     """
     check_kwargs(name, kwargs)
+    was, _META.active = getattr(_META, "active", False), True
+    try:
+        return _build_on_meta(name, kwargs)
+    finally:
+        _META.active = was
+
+
+def _build_on_meta(name: str, kwargs: dict) -> nn.Module:
     try:
         with torch.device("meta"):
             return build_model(name, **kwargs)
     except ArchitectureError as err:
         first = err
+    if isinstance(first, TooLargeError):  # the size, not the device: no second try
+        raise first
     try:
         with _ModulesOnMeta():
             model = build_model(name, **kwargs)
@@ -449,6 +471,11 @@ _INT_ARGS = (
 def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
     """Refuse arguments of the wrong name, type or value before anything is built.
 
+    A built-in architecture whose arguments make it larger than
+    :data:`hessian_lens.modelsize.MAX_PARAMETERS` or ``MAX_MODULES`` is refused here too
+    (counted in closed form); every other build is counted while it runs
+    (:func:`hessian_lens.modelsize.size_guard`).
+
     Raises:
         ArchitectureError: one message naming the argument and what it must be.
 
@@ -466,6 +493,10 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
         problem = _argument_problem(arg, value, key)
         if problem:
             raise ArchitectureError(f"{key}: {arg} must be {problem}, got {value!r}"[:300])
+    try:
+        modelsize.check_size(key, kwargs)
+    except modelsize.ModelTooLargeError as err:
+        raise TooLargeError(str(err)) from None
 
 
 def _check_names(key: str, ctor: Callable, kwargs: Mapping[str, Any]) -> None:

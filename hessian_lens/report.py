@@ -268,6 +268,52 @@ figure { margin: 1.5em 0; }
 """
 
 
+def script_safe(json_text: str) -> str:
+    r"""JSON text safe inside an HTML ``<script>`` element, and still the same JSON.
+
+    ``<``, ``>`` and ``&`` become ``\u003c``, ``\u003e``, ``\u0026`` and the JavaScript
+    line breaks U+2028 / U+2029 their escapes: a string holding ``</script>`` or ``<!--``
+    (a run folder may be named ``x<!--<script>``) can then neither end the script nor
+    switch the HTML parser into the state where the next ``</script>`` no longer ends it.
+    Outside strings JSON has none of these characters, so nothing else changes.
+
+    Example:
+        >>> script_safe('{"name": "x<!--<script>&"}')
+        '{"name": "x\\u003c!--\\u003cscript\\u003e\\u0026"}'
+    """
+    for char, escape in _SCRIPT_ESCAPES:
+        json_text = json_text.replace(char, escape)
+    return json_text
+
+
+_SCRIPT_ESCAPES = (
+    ("&", "\\u0026"),
+    ("<", "\\u003c"),
+    (">", "\\u003e"),
+    ("\u2028", "\\u2028"),
+    ("\u2029", "\\u2029"),
+)
+
+
+def figure_html(fig: go.Figure, div_id: str, config: dict) -> str:
+    """A figure as a ``<div>`` and the script drawing it (plotly.js loaded by the page).
+
+    Like plotly's ``to_html`` (``responsive``, frames added after the first draw, the
+    layout's height), but every string in the script is :func:`script_safe`.
+    """
+    height = f"{fig.layout.height}px" if fig.layout.height else "100%"
+    spec = script_safe(fig.to_json())
+    options = script_safe(json.dumps({**config, "responsive": True}))
+    target = json.dumps(div_id)
+    return (
+        f'<div style="height:{height}; width:100%;"><div id="{html.escape(div_id)}" '
+        'class="plotly-graph-div" style="height:100%; width:100%;"></div><script>'
+        f"(function () {{ var fig = {spec}; Plotly.newPlot({target}, fig.data, fig.layout, "
+        f"{options}).then(function () {{ if (fig.frames) {{ return Plotly.addFrames("
+        f"{target}, fig.frames); }} }}); }})();</script></div>"
+    )
+
+
 def build_html(run: Run) -> str:
     """The whole report page as a string (plotly.js embedded once)."""
     from plotly.offline import get_plotlyjs
@@ -279,13 +325,7 @@ def build_html(run: Run) -> str:
     )
     parts = [f"<h1>{html.escape(run.name)}</h1>", f"<table class='card'>{card}</table>"]
     for key, fig in figures(run, recs).items():
-        div = fig.to_html(
-            full_html=False,
-            include_plotlyjs=False,
-            div_id=f"fig-{key}",
-            auto_play=False,
-            config=plots.export_config(f"{run.path.name}_{key}"),
-        )
+        div = figure_html(fig, f"fig-{key}", plots.export_config(f"{run.path.name}_{key}"))
         parts.append(f"<figure>{div}</figure>")
     if recs:
         parts.append("<h2>Block-diagonal vs full inverse (blocks: one per layer)</h2>")

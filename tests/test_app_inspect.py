@@ -74,6 +74,9 @@ def test_run_checkpoint_computes_then_comes_from_the_store(app_env):
     np.testing.assert_allclose(heatmap_z(chart(at, "inspect-H")), H, rtol=1e-4, atol=1e-7)
     again = inspect("copy.pt", data)  # same bytes, another name: from the store
     no_errors(again)
+    # the data this file names (its run's) is read after a click, then comes the stored result
+    assert any("is read when you press Compute" in c.value for c in again.caption)
+    again.button(key="compute").click().run()
     assert any("From the store" in c.value for c in again.caption)
     again.radio(key="inspect-view").set_value("full").run()
     np.testing.assert_array_equal(
@@ -398,7 +401,7 @@ def test_run_defaults_come_from_the_run_that_wrote_the_checkpoint(tiny_npz):
         run("mine", {"name": f"npz:{tiny_npz}", "source": str(tiny_npz)}, "nll"),
     ]
     got = run_defaults({"run": "mine"}, runs)
-    assert got == {"spec": f"npz:{tiny_npz}", "source": str(tiny_npz), "loss": "nll"}
+    assert got == {"spec": f"npz:{tiny_npz}", "source": str(tiny_npz), "loss": "nll", "run": "mine"}
     text = run_defaults({"run": "gpt"}, [run("gpt", {"name": "text:/c@8"}, None)])
     assert text["spec"] == "text:/c@8" and text["loss"] == "next_token"
     unknown = run_defaults({"run": "nobody"}, runs)

@@ -116,9 +116,11 @@ def test_inspect_page_checks_typed_arguments_on_meta_before_allocating(env):
     torch.save({"layers.0.weight": torch.zeros(4, 8), "layers.0.bias": torch.zeros(4)}, path)
     at = upload(page("views/Inspect_checkpoint.py"), "bare.pt", path.read_bytes())
     at.selectbox(key="arch-name").set_value("mlp")
-    at.text_input(key="arch-kwargs").set_value('{"sizes": [131072, 131072]}').run()  # 64 GB
+    at.text_input(key="arch-kwargs").set_value('{"sizes": [30000, 30000]}').run()  # 3.6 GB
     assert not at.exception
-    assert any("file (4, 8) vs model (131072, 131072)" in e for e in texts(at.error))
+    assert any("file (4, 8) vs model (30000, 30000)" in e for e in texts(at.error))
+    at.text_input(key="arch-kwargs").set_value('{"sizes": [131072, 131072]}').run()  # 64 GB
+    assert any("over the 1,000,000,000 parameters" in e for e in texts(at.error))
 
 
 # ---------------------------------------------------------------------------- item 5

@@ -46,7 +46,9 @@ def test_heatmap_draws_the_panel_with_symmetric_diverging_limits():
     assert list(fig.layout.yaxis.ticktext) == panel.rows
     assert fig.layout.yaxis.autorange == "reversed"  # row 0 at the top
     assert np.array_equal(np.asarray(trace.customdata)[..., 0], M)  # hover: exact value
-    assert trace.text[1][2] == "g1 × g2"
+    assert trace.text is None  # hover: "%{y} × %{x}", the axes' S + S labels, no S² texts
+    assert (trace.y[1], trace.x[2]) == ("\u200bg1", "\u200bg2")
+    assert trace.hovertemplate.startswith("%{y} × %{x}")
     assert plots.heatmap(panel, zmax=7.0).data[0].zmax == 7.0
     json.loads(fig.to_json())
 

@@ -20,12 +20,17 @@ def run(tmp_path_factory):
     return make_recorder_run(tmp_path_factory.mktemp("report") / "tiny-run", epochs=3)
 
 
-def frames_of(page: str, div: str) -> list[dict]:
-    """The frames plotly.py passed to ``Plotly.addFrames`` for the figure ``div``."""
-    start = page.index(f'document.getElementById("{div}")')
-    call = page.index("Plotly.addFrames(", start)
-    text = page[page.index("[", call) :]
+def figure_of(page: str, div: str) -> dict:
+    """The figure (data, layout, frames) the page's script draws in ``div``."""
+    start = page.index(f'<div id="{div}"')
+    text = page[page.index("var fig = ", start) + len("var fig = ") :]
     return json.JSONDecoder().raw_decode(text)[0]
+
+
+def frames_of(page: str, div: str) -> list[dict]:
+    """The frames passed to ``Plotly.addFrames`` for the figure ``div``."""
+    assert "Plotly.addFrames" in page
+    return figure_of(page, div)["frames"]
 
 
 def array(value) -> np.ndarray:

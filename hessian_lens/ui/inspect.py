@@ -21,7 +21,7 @@ from hessian_lens.runfolder import RECORDER_DATA
 from hessian_lens.runs import Run
 from hessian_lens.settings import MODELS_ENV
 from hessian_lens.ui.blockdiag import render_block_diagonal
-from hessian_lens.ui.common import scoped
+from hessian_lens.ui.common import plain, scoped
 from hessian_lens.ui.interactions import render_interactions
 from hessian_lens.ui.reads import as_dict
 
@@ -220,7 +220,8 @@ def run_defaults(
     loss = found.manifest.loss if found is not None else None
     if loss not in LOSSES:
         loss = "next_token" if spec.startswith("text:") else "cross_entropy"
-    return {"spec": spec, "source": source or default_data_source(runs), "loss": loss}
+    out = {"spec": spec, "source": source or default_data_source(runs), "loss": loss}
+    return {**out, "run": found.name} if found is not None else out
 
 
 @st.cache_resource(show_spinner="Loading data…", max_entries=4)
@@ -248,6 +249,28 @@ def batch_plan(meta: dict, samples: int) -> tuple[int, int]:
     if isinstance(fixed, int) and fixed > 0:
         return fixed, max(fixed, samples - samples % fixed)
     return BATCH_SIZE, samples
+
+
+def data_click(defaults: dict, spec: str, source: str) -> bool | None:
+    """Whether the data may be loaded now: False (yes), True (yes, Compute was clicked), None.
+
+    Data named by the uploaded file (the run its metadata names: a ``run.json`` may say
+    ``text:/**``) is loaded only after a click on Compute, once per data set and session;
+    data typed into the fields, or the page's default, is loaded at once.
+    """
+    if "run" not in defaults or (spec, source) != (defaults["spec"], defaults["source"]):
+        return False
+    confirmed = st.session_state.setdefault("data-confirmed", set())
+    if (spec, source) in confirmed:
+        return False
+    st.caption(
+        f"This file names run {plain(defaults['run'])}; its data, {plain(spec)}, is read "
+        "when you press Compute H̄."
+    )
+    if not st.button("Compute H̄", type="primary", key="compute"):
+        return None
+    confirmed.add((spec, source))
+    return True
 
 
 def _analysis(ins, runs: list[Run], architecture, kwargs, selected: Run | None) -> None:
@@ -280,17 +303,20 @@ def _analysis(ins, runs: list[Run], architecture, kwargs, selected: Run | None) 
     settings = AnalysisSettings(
         samples=samples, partition=partition, order3=order3, batch_size=batch_size, loss=loss
     )
-    batches, fingerprint = analysis_data(
-        spec, source, settings.samples, settings.seed, settings.batch_size
-    )
     store, note = uploads.inspect_store(env.cache_dir(create=True))
     if note:  # kept for the session: the next rerun would hide it at once
         st.session_state["inspect-store-note"] = note
     if st.session_state.get("inspect-store-note"):
         st.warning(st.session_state["inspect-store-note"])
+    clicked = data_click(defaults, spec, source)
+    if clicked is None:
+        return
+    batches, fingerprint = analysis_data(
+        spec, source, settings.samples, settings.seed, settings.batch_size
+    )
     record = ins.stored(store, settings, fingerprint)
     if record is None:
-        if not st.button("Compute H̄", type="primary", key="compute"):
+        if not clicked and not st.button("Compute H̄", type="primary", key="compute"):
             return
         bar = st.progress(0.0, text="starting")
         record = ins.analyze(
