@@ -17,6 +17,7 @@ Read-only: the run's folder is never written to (the store is opened as a viewer
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
