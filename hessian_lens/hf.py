@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from hessian_lens.checkpoint import CheckpointError
 from hessian_lens.heads import AttentionLayout
 
 PREFIX = "hf:"
@@ -52,7 +54,14 @@ MAX_PARAMETERS = 10**9
 #: Config keys that ask to run code shipped with the model: always refused.
 CODE_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines", "code_revision")
 #: Keys of a saved config.json that describe the file, not the model.
-BOOKKEEPING = ("architectures", "model_type", "transformers_version", "_name_or_path")
+BOOKKEEPING = (
+    "architectures",
+    "model_type",
+    "transformers_version",
+    "_name_or_path",
+    "dtype",
+    "torch_dtype",
+)
 TASKS = ("causal_lm", "sequence_classification", "image_classification")
 LOSS_OF_TASK = {
     "causal_lm": "next_token",
@@ -68,7 +77,7 @@ BLOCK_PATTERNS = (
 )
 
 
-class FolderError(ValueError):
+class FolderError(CheckpointError):
     """A model folder or archive that cannot be used; the message says why and what to do."""
 
 
@@ -538,9 +547,20 @@ def config_architecture(config: Mapping[str, Any], name: str) -> tuple[str, dict
     if _config_class(found_type) is not _config_class(model_type):
         raise FolderError(f"{name}: {CONFIG} names {arch} but model_type {model_type!r}.")
     known = _known_keys(_config_class(model_type))
-    kwargs = {k: v for k, v in config.items() if k in known and k not in BOOKKEEPING}
+    defaults = _defaults(model_type)
+    kwargs = {
+        k: v
+        for k, v in config.items()
+        if k in known and k not in BOOKKEEPING and (k not in defaults or defaults[k] != v)
+    }
     ignored = sorted(k for k in config if k not in known and k not in BOOKKEEPING)
     return PREFIX + cls, kwargs, ignored
+
+
+@functools.cache
+def _defaults(model_type: str) -> dict[str, Any]:
+    """The JSON form of a model type's default config (what a saved config repeats)."""
+    return json.loads(_config_class(model_type)().to_json_string(use_diff=False))
 
 
 def _skeleton(arch: str, kwargs: dict, name: str) -> nn.Module:
