@@ -266,13 +266,20 @@ def run_data(
     spec = str(data or manifest.data.get("name") or "cifar10")
     source = data_source or manifest.data.get("source")
     recorded = manifest.data.get("tokenizer") if data is None else None
-    tokenizer = tokenizer or (recorded if isinstance(recorded, str) else None)
+    tokenizer = tokenizer or (_run_tokenizer(run, recorded) if isinstance(recorded, str) else None)
     if tokenizer is not None and data is None:  # the run's own tokens, or a refusal
         from hessian_lens.tokenized import check_recorded
 
         check_recorded(tokenizer, (manifest.data.get("corpus") or {}).get("tokenizer"))
     subset = load_dataset(spec, source, train=True, tokenizer=tokenizer)
     return subset.subset(settings.samples, settings.seed)
+
+
+def _run_tokenizer(run: Path, recorded: str) -> str:
+    """A run's tokenizer: its recorded path (relative to the run), else the run's own copy."""
+    path = Path(recorded) if Path(recorded).is_absolute() else run / recorded
+    own = run / "tokenizer.json"
+    return str(own if not path.exists() and own.is_file() else path)
 
 
 def analysis_batches(
