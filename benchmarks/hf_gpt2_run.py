@@ -1,6 +1,8 @@
 """Make the shipped ``hf-gpt2-text`` run: a Hugging Face GPT-2 on the standard library.
 
-    python benchmarks/hf_gpt2_run.py WORK [--out checkpoints/hf-gpt2-text] [--epochs 6]
+    OMP_NUM_THREADS=1 python benchmarks/hf_gpt2_run.py WORK [--out checkpoints/hf-gpt2-text]
+
+(one thread: on a busy 2-core machine two threads spend ten times the CPU per step).
 
 Each step is resumable (run the same command again) and prints one JSON line:
 
