@@ -65,6 +65,8 @@ _MODULES = (
     "distributed",
     "heads",
     "text",
+    "tokenized",
+    "hf",
     "hierarchy",
     "heterogeneity",
 )

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from hessian_lens.partition import _NORMS, Partition, PartitionError
@@ -132,9 +132,9 @@ class AttentionLayout:
         for name in self.qkv:
             width = _features(shapes, name, self, parts, "a fused Q/K/V tensor")
             sizes = [width * self.heads_of(r) for r in ROLES] if grouped else [width] * 3
-            stops = np.cumsum([0, *sizes])
+            stops = [0, *itertools.accumulate(sizes)]
             for r, role in enumerate(ROLES):
-                yield role, name, slice(int(stops[r]), int(stops[r + 1]))
+                yield role, name, slice(stops[r], stops[r + 1])
         for role in ROLES:
             for name in getattr(self, role):
                 yield role, name, slice(0, _features(shapes, name, self, 1, f"a {role} tensor"))
@@ -551,7 +551,8 @@ def _required_layouts(model: nn.Module, heads: Any, scheme: str) -> list[Attenti
     if not layouts:
         raise PartitionError(
             f"{scheme} needs attention layers and this model has none found "
-            "(nn.MultiheadAttention, or a module with head_layout()); pass heads= with the "
+            "(nn.MultiheadAttention, a module with head_layout(), or a Hugging Face GPT-2, "
+            "BERT / RoBERTa, Llama / Mistral / Qwen or ViT attention); pass heads= with the "
             "layout of yours, or choose another partition (canonical, by_neuron)."
         )
     return layouts
