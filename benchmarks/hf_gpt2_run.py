@@ -11,7 +11,7 @@ Each step is resumable (run the same command again) and prints one JSON line:
    ``gpt-text``), written to ``WORK/hf-gpt2-text/tokenizer.json``;
 2. ``train --model hf:gpt2`` (2 layers, 4 heads, width 64, context 64, no dropout) with the
    project's own loop on that tokenised text, checkpoints inside epoch 1 as for gpt-text;
-3. ``analyze --partition by_head`` of every checkpoint (512 windows);
+3. ``analyze --partition by_head`` of every checkpoint (256 windows);
 4. the shipped folder (``benchmarks/ship_run.py``): the analysis, epochs 0 to 0.1 as they
    are, the last epoch as float16; beside them ``tokenizer.json`` (run.json names it
    relative to the folder) and ``save_pretrained/``, the last checkpoint written by
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("work", type=Path)
     p.add_argument("--out", type=Path, default=Path("checkpoints/hf-gpt2-text"))
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=6)
     args = p.parse_args(argv)
     folder = args.work / "hf-gpt2-text"
     folder.mkdir(parents=True, exist_ok=True)
@@ -86,13 +86,15 @@ def main(argv: list[str] | None = None) -> None:
     train += ["--epochs", str(args.epochs), "--batch-size", "32", "--checkpoints-at"]
     train += ["0.05,0.1,0.25,0.5", "--seed", "0", "--device", "cpu", "--no-progress"]
     run([*train, "--out", str(folder)])
-    analyze = ["analyze", "--samples", "512", "--partition", "by_head", "--device", "cpu"]
+    analyze = ["analyze", "--samples", "256", "--partition", "by_head", "--device", "cpu"]
     run([analyze[0], str(folder), *analyze[1:], "--no-progress"])
     if not args.out.exists():
         done = ship(folder, args.out, {float(e) for e in KEEP.split(",")}, NOTE)
         shutil.copyfile(tokenizer, args.out / tokenizer.name)
         manifest = read_manifest(args.out).raw
-        manifest["data"] = {**manifest["data"], "tokenizer": tokenizer.name}
+        corpus = manifest["data"]["corpus"]  # the shipped copy, named relative to the run
+        corpus["tokenizer"] = {**corpus["tokenizer"], "path": tokenizer.name}
+        manifest["data"] = {**manifest["data"], "tokenizer": tokenizer.name, "corpus": corpus}
         write_json(args.out / RUN_FILE, manifest)
         last = max(h["epoch"] for h in manifest["history"])
         model, _ = load_checkpoint(folder / checkpoint_name(last))
