@@ -677,6 +677,16 @@ def zip_members(
 ) -> dict[str, zipfile.ZipInfo]:
     """``{member: entry}`` of the model files in an archive, every entry checked first."""
     try:
+        st = os.stat(archive)
+    except OSError:
+        raise FolderError(f"{name}: no such file.") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        raise FolderError(f"{name} is not a regular file; give a .zip of a model folder.")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise FolderError(
+            f"{name} is {st.st_size / 2**20:,.1f} MB, over the {max_bytes / 2**20:,.0f} MB limit."
+        )
+    try:
         with zipfile.ZipFile(archive) as z:
             infos = z.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:

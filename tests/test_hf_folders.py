@@ -210,3 +210,10 @@ def test_a_zip_member_lying_about_its_size_is_never_inflated_beyond_it(saved, tm
     assert data.count(raw) == 2  # the local header and the central directory
     archive.write_bytes(bytes(data).replace(raw, small))
     refuse_zip(archive, tmp_path, "corrupt|does not fit|truncated")
+
+
+def test_a_fifo_named_zip_is_never_opened(tmp_path):
+    fifo = tmp_path / "model.zip"
+    os.mkfifo(fifo)
+    with pytest.raises(hl.CheckpointError, match="model.zip is not a regular file"):
+        Inspection.open(fifo, workdir=tmp_path / "cache")  # opening it would block
