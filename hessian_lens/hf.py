@@ -791,6 +791,10 @@ def save_folder(model: nn.Module, folder: str | os.PathLike, tokenizer: str | No
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             shutil.copyfile(tokenizer, tmp / TOKENIZER)
+        mask = os.umask(0)
+        os.umask(mask)
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp's 0700: readable as any folder is
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -480,7 +480,13 @@ def test_the_shipped_hf_gpt2_on_every_page(app_env):
     at.selectbox(key="interactions-level").set_value("head").run()
     no_errors(at)
     units = hierarchy.units(labels, "head")
-    assert len(units) == 2 * 4 + 2 * 7 + 3  # heads; per layer ln_1, ln_2 (2 each), c_proj.bias, mlp
+    assert [u for u, _ in units][2:9] == [  # embeddings, then per layer:
+        "transformer.h.0.norm",  # ln_1 and ln_2
+        *[f"transformer.h.0.head{h}" for h in range(4)],  # Q, K, V, O of each head
+        "transformer.h.0.attn.c_proj.bias",
+        "transformer.h.0.mlp",
+    ]
+    assert len(units) == 17
     M = hierarchy.membership(len(labels), units)
     np.testing.assert_allclose(heatmap_z(chart(at, "interactions-H")), M.T @ rec.arrays["H"] @ M)
     assert layout_problems(chart(at, "interactions-H")) == []
