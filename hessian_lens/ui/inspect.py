@@ -26,6 +26,11 @@ from hessian_lens.ui.reads import as_dict
 PARTITIONS = (*SCHEMES[:3], "by_module:2", "by_kind", "by_head", "adam_mini", "by_neuron")
 BATCH_SIZE = 500
 AUTO = "auto-detect"
+TASK_NAMES = {
+    "causal_lm": "a causal LM",
+    "sequence_classification": "a sequence classifier",
+    "image_classification": "an image classifier",
+}
 
 
 def render_inspect(runs: list[Run]) -> None:
@@ -123,7 +128,7 @@ def architecture_picker(ins) -> tuple[str | None, dict | None]:
         hf = ins.meta.get("hf") or {}
         st.caption(
             f"A Hugging Face folder: `{ins.declared['name']}` built from its config.json "
-            f"({hf.get('task', '?').replace('_', ' ')}"
+            f"({TASK_NAMES.get(hf.get('task'), '?')}"
             + (", with its tokenizer.json)" if ins.tokenizer is not None else ")")
         )
         return None, None

@@ -189,7 +189,7 @@ def test_a_zipped_hugging_face_folder_computes_per_head_curvature(url, tmp_path)
         page.goto(f"{url}/Inspect_checkpoint")
         page.locator("input[type=file]").set_input_files(archive)
         page.get_by_text("A Hugging Face folder").first.wait_for(timeout=90_000)
-        box = page.get_by_label("Data set").first
+        box = page.locator("input[aria-label='Data set']")
         box.fill(f"text:{corpus}@64")
         box.press("Enter")
         settle(page)
