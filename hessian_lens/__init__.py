@@ -82,6 +82,8 @@ _MODULES = (
     "distributed",
     "heads",
     "text",
+    "tokenized",
+    "hf",
     "hierarchy",
     "heterogeneity",
     "measures",

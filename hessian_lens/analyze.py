@@ -303,7 +303,11 @@ def checkpoint_epoch(name: str, meta: dict[str, Any]) -> float | None:
 
 
 def run_data(
-    run: Path, settings: AnalysisSettings, data: str | None, data_source: str | None
+    run: Path,
+    settings: AnalysisSettings,
+    data: str | None,
+    data_source: str | None,
+    tokenizer: str | None = None,
 ) -> ImageData:
     """The training subset a run is analysed on (its own data set unless overridden).
 
@@ -326,14 +330,35 @@ def run_data(
         )
     spec = str(data or manifest.data.get("name") or "cifar10")
     source = data_source or manifest.data.get("source")
-    return load_dataset(spec, source, train=True).subset(settings.samples, settings.seed)
+    recorded = manifest.data.get("tokenizer") if data is None else None
+    tokenizer = tokenizer or (_run_tokenizer(run, recorded) if isinstance(recorded, str) else None)
+    if tokenizer is not None and data is None:  # the run's own tokens, or a refusal
+        from hessian_lens.tokenized import check_recorded
+
+        check_recorded(tokenizer, (manifest.data.get("corpus") or {}).get("tokenizer"))
+    subset = load_dataset(spec, source, train=True, tokenizer=tokenizer)
+    return subset.subset(settings.samples, settings.seed)
+
+
+def _run_tokenizer(run: Path, recorded: str) -> str:
+    """A run's tokenizer: its recorded path (relative to the run), else the run's own copy."""
+    path = Path(recorded) if Path(recorded).is_absolute() else run / recorded
+    own = run / "tokenizer.json"
+    return str(own if not path.exists() and own.is_file() else path)
 
 
 def analysis_batches(
-    data_source: str | None, settings: AnalysisSettings, data: str = "cifar10"
+    data_source: str | None,
+    settings: AnalysisSettings,
+    data: str = "cifar10",
+    tokenizer: str | None = None,
 ) -> tuple[Batches, str]:
-    """The training subset an analysis uses (``data``: a data set spec) and its fingerprint."""
-    subset = load_dataset(data, data_source, train=True).subset(settings.samples, settings.seed)
+    """The training subset an analysis uses (``data``: a data set spec) and its fingerprint.
+
+    ``tokenizer``: a ``tokenizer.json`` (file, folder or zip) for ``text:`` data.
+    """
+    subset = load_dataset(data, data_source, train=True, tokenizer=tokenizer)
+    subset = subset.subset(settings.samples, settings.seed)
     return subset.batches(settings.batch_size), subset.fingerprint()
 
 
@@ -381,6 +406,7 @@ def analyze_run(
     lease_s: float = LEASE_S,
     poll_s: float = POLL_S,
     epochs: Sequence[float] | None = None,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Analyse every checkpoint of a run into ``<run>/analysis.sqlite`` (resumable).
 
@@ -400,6 +426,8 @@ def analyze_run(
         lease_s: how long a claim lives without a heartbeat.
         poll_s: how long to wait before looking again at others' checkpoints.
         epochs: only the checkpoints of these epochs (default: all).
+        tokenizer: a ``tokenizer.json`` for text data; default: the run's own (its
+            sha256 checked against the one run.json records).
 
     Returns:
         ``{"computed": n, "skipped": m, "store": path, "seconds": [...]}``.
@@ -411,7 +439,7 @@ def analyze_run(
     if not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0):
         raise ValueError(f"the lease must be a finite number of seconds > 0, got {lease_s!r}")
     files = select_checkpoints(run, epochs)
-    subset = run_data(run, settings, data, data_source)
+    subset = run_data(run, settings, data, data_source, tokenizer)
     batches, fingerprint = subset.batches(settings.batch_size), subset.fingerprint()
     _check_data_fits_first(run, files, batches)
     created = not (run / runfolder.STORE_FILE).exists()
@@ -536,6 +564,7 @@ def analyze_run_data_parallel(
     progress: bool | ProgressFn = True,
     data: str | None = None,
     epochs: Sequence[float] | None = None,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Every checkpoint of a run, each one's samples split over the ranks of the process group.
 
@@ -551,7 +580,7 @@ def analyze_run_data_parallel(
     run = Path(run)
     files = select_checkpoints(run, epochs)
     rank, world = dist.rank_and_world()
-    subset = run_data(run, settings, data, data_source)
+    subset = run_data(run, settings, data, data_source, tokenizer)
     fingerprint = subset.fingerprint()
     mine = subset.take(
         torch.as_tensor(list(dist.split_indices(len(subset), rank, world))),

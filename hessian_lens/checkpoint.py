@@ -667,7 +667,9 @@ def _detect(state: Mapping[str, Tensor], name: str) -> tuple[str, dict]:
         f"defaults: name it, one of {sorted(MODELS)} with its arguments, or "
         'architecture="torchvision:<builder>" (e.g. torchvision:resnet18; num_classes and '
         "other shapes are read from the weights), or your own model registered with "
-        "@hl.register_model in a file passed as --models FILE.py."
+        "@hl.register_model in a file passed as --models FILE.py; a Hugging Face model "
+        "opens as its save_pretrained folder (config.json beside model.safetensors; a .zip "
+        "of it on the Inspect page)."
     )
 
 

@@ -154,6 +154,13 @@ def _add_train(sub) -> None:
         "of the 4-pixel zero-padded image (evaluation and analysis never augment)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="FOLDER",
+        help="text data: a tokenizer.json (or a folder / zip holding one) read by the "
+        "tokenizers library offline; its token ids replace the bytes",
+    )
     p.add_argument("--out", required=True, help="run folder (resumed when it exists)")
     _common(p)
 
@@ -182,6 +189,9 @@ def _add_analyze(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample subset")
     p.add_argument("--data", default=None, help="data set spec (default: the run's)")
     p.add_argument("--data-root", default=None, help="override the run's data source")
+    p.add_argument(
+        "--tokenizer", default=None, metavar="FOLDER", help="text data (default: the run's)"
+    )
     p.add_argument(
         "--loss",
         default=None,
@@ -342,6 +352,7 @@ def _train(args) -> int:
         lr_plateau=args.lr_plateau,
         download=args.download,
         augment=args.augment,
+        tokenizer=args.tokenizer,
         device=resolve_device(args.device),
     )
     out = train(config, progress=not args.no_progress)
@@ -388,6 +399,7 @@ def _analyze_on(args, settings, device) -> int:
         "data": args.data,
         "progress": not args.no_progress and rank == 0,
         "epochs": args.epochs,
+        "tokenizer": args.tokenizer,
     }
     mode = _shard_mode(args, world)
     if mode == "data":

@@ -318,7 +318,11 @@ def expected_input(model: nn.Module) -> tuple[int, ...] | None:
 
 # ---------------------------------------------------------------------------- loading
 def load_dataset(
-    spec: str, source: str | os.PathLike | None = None, train: bool = True, download: bool = False
+    spec: str,
+    source: str | os.PathLike | None = None,
+    train: bool = True,
+    download: bool = False,
+    tokenizer: str | os.PathLike | None = None,
 ) -> ImageData | TextData:
     """One split of a data set spec (module docstring).
 
@@ -330,6 +334,8 @@ def load_dataset(
         train: the training split or the test split.
         download: let torchvision download when missing (never done otherwise; no folder
             is created without it).
+        tokenizer: for ``text:`` specs, a ``tokenizer.json`` (file, folder or zip) whose
+            token ids replace the bytes (:mod:`hessian_lens.tokenized`).
 
     Raises:
         DataNotFoundError: with the ways to point at a local copy.
@@ -339,6 +345,12 @@ def load_dataset(
 
     spec, context = text.split_context(str(spec).strip())
     lowered = spec.lower()
+    if tokenizer is not None:
+        if not lowered.startswith("text:"):
+            raise DataError(f"--tokenizer applies to text:PATH data, not {spec}")
+        from hessian_lens.tokenized import load_tokenized
+
+        return load_tokenized(spec, tokenizer, train, context)
     if lowered.startswith("text:"):
         return text.load_text(spec, train, context)
     tokens = _token_file(spec)

@@ -7,6 +7,9 @@
   and the classes of :data:`TORCHVISION_CLASSES` with all their shape arguments
   (``torchvision:VisionTransformer`` with ``image_size=32, patch_size=4, num_layers=4,
   num_heads=4, hidden_dim=128, mlp_dim=256``: the ``vit_*`` builders fix depth and width);
+* ``hf:<model_type>`` (its causal LM, e.g. ``hf:gpt2``) or ``hf:<Class>``
+  (``hf:BertForSequenceClassification``): a Hugging Face ``transformers`` model built from
+  config keyword arguments (:mod:`hessian_lens.hf`; never downloaded, never custom code);
 * the user's own code: ``@register_model("name")`` on a builder function or class, in a
   file loaded by :func:`load_model_files` (``--models FILE.py``, ``$HESSIAN_LENS_MODELS``).
   That is the operator's trusted code; code inside checkpoint files never runs;
@@ -41,6 +44,7 @@ from hessian_lens.models import ACTIVATIONS, MODELS, VGG11_CONFIG, initialize
 TORCHVISION_PREFIX = "torchvision:"
 #: ``user:<class name>``: what a Recorder records of a model class nobody registered.
 USER_PREFIX = "user:"
+HF_PREFIX = "hf:"
 #: torchvision model classes built directly by name (their builders fix the sizes).
 TORCHVISION_CLASSES = ("VisionTransformer",)
 MODELS_ENV = "HESSIAN_LENS_MODELS"
@@ -70,7 +74,7 @@ def register_model(name: str) -> Callable:
         2
     """
     key = str(name).strip()
-    if not key or key.startswith(TORCHVISION_PREFIX) or _builtin_key(key) in MODELS:
+    if not key or key.startswith((TORCHVISION_PREFIX, HF_PREFIX)) or _builtin_key(key) in MODELS:
         raise ArchitectureError(f"cannot register '{name}': empty or taken by a built-in name")
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -154,6 +158,11 @@ def resolve(name: str) -> tuple[str, Callable[..., nn.Module]]:
         return name, _USER[name]
     if name.startswith(USER_PREFIX):
         return _user_class(name)
+    if name.startswith(HF_PREFIX):
+        from hessian_lens import hf
+
+        hf.resolve(name)
+        return name, functools.partial(hf.build, name)
     if name.startswith(TORCHVISION_PREFIX):
         builder = name[len(TORCHVISION_PREFIX) :]
         if builder in TORCHVISION_CLASSES:
@@ -343,6 +352,8 @@ def infer_kwargs(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     shapes = {k: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
     if key.startswith(TORCHVISION_PREFIX):
         return _torchvision_kwargs(key, shapes)
+    if key.startswith(HF_PREFIX):  # the sizes come with the config
+        return {}
     reader = _BUILTIN_READERS.get(key)
     return _safely(reader, shapes) if reader else {}
 
@@ -488,6 +499,11 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
     if not isinstance(kwargs, Mapping):
         raise ArchitectureError(f"{name}: arguments must be a JSON object / dict")
     key, ctor = resolve(name)
+    if key.startswith(HF_PREFIX):
+        from hessian_lens import hf
+
+        hf.check_config(key, kwargs)
+        return
     _check_names(key, ctor, kwargs)
     for arg, value in kwargs.items():
         problem = _argument_problem(arg, value, key)

@@ -86,6 +86,7 @@ class TrainConfig:
     lr_plateau: int | None = None
     download: bool = False
     augment: str = "none"
+    tokenizer: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the stored one (all but epochs/out)."""
@@ -151,12 +152,13 @@ def versions() -> dict[str, str]:
 
 def load_data(config: TrainConfig) -> tuple[ImageData, ImageData, ImageData | None]:
     """Train, test and (with ``val_size``) validation sets of a config."""
-    train_set = load_dataset(config.data, config.data_source, True, config.download)
+    tok = config.tokenizer
+    train_set = load_dataset(config.data, config.data_source, True, config.download, tok)
     val_set = None
     if config.val_size:
         train_set, val_set = split_validation(train_set, config.val_size)
     train_set = train_set.subset(config.train_size, config.seed)
-    test_set = load_dataset(config.data, config.data_source, False, config.download)
+    test_set = load_dataset(config.data, config.data_source, False, config.download, tok)
     return train_set, test_set.subset(config.test_size, config.seed), val_set
 
 
@@ -457,6 +459,7 @@ def _manifest(
                 else "same: the training minibatch"
             ),
             "augment": config.augment,
+            **({"tokenizer": config.tokenizer} if config.tokenizer else {}),
         },
         "loss": config.loss,
         "optimizer": {"name": config.optimizer, **optimizer_settings(optimizer)},

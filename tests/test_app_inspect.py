@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,8 +402,64 @@ def test_run_defaults_come_from_the_run_that_wrote_the_checkpoint(tiny_npz):
         run("mine", {"name": f"npz:{tiny_npz}", "source": str(tiny_npz)}, "nll"),
     ]
     got = run_defaults({"run": "mine"}, runs)
-    assert got == {"spec": f"npz:{tiny_npz}", "source": str(tiny_npz), "loss": "nll", "run": "mine"}
+    assert got == {
+        "spec": f"npz:{tiny_npz}",
+        "source": str(tiny_npz),
+        "loss": "nll",
+        "tokenizer": "",
+        "run": "mine",
+    }
     text = run_defaults({"run": "gpt"}, [run("gpt", {"name": "text:/c@8"}, None)])
     assert text["spec"] == "text:/c@8" and text["loss"] == "next_token"
     unknown = run_defaults({"run": "nobody"}, runs)
     assert unknown["spec"] == "cifar10" and unknown["loss"] == "cross_entropy"
+    # a Hugging Face folder: the run that trained with its tokenizer, and the folder's own
+    tok = {"tokenizer": {"sha256": "abc"}}
+    lm = run("lm", {"name": "text:/c@64", "tokenizer": "tokenizer.json", "corpus": tok}, None)
+    lm.path = Path("/runs/lm")
+    hf_meta = {"format": "huggingface", "loss": "next_token", "hf": tok}
+    got = run_defaults(hf_meta, [*runs, lm], "/cache/x.zip")
+    assert (got["spec"], got["loss"], got["tokenizer"]) == (
+        "text:/c@64",
+        "next_token",
+        "/cache/x.zip",
+    )
+    assert run_defaults(hf_meta, [*runs, lm])["tokenizer"] == "/runs/lm/tokenizer.json"
+    stranger = run_defaults({**hf_meta, "hf": {"tokenizer": {"sha256": "zzz"}}}, runs)
+    assert stranger["loss"] == "next_token" and stranger["tokenizer"] == ""
+
+
+def test_the_shipped_hf_folder_zipped_computes_per_head_curvature(app_env, tmp_path):
+    """hf-gpt2-text's save_pretrained folder, zipped: by_head and next_token by default, with
+    the upload's own tokenizer; H̄ equals the library's on the same tokens."""
+    import shutil
+
+    from hessian_lens.inspection import Inspection
+    from hessian_lens.losses import next_token
+    from tests.conftest import REPO
+
+    folder = REPO / "checkpoints" / "hf-gpt2-text" / "save_pretrained"
+    archive = Path(
+        shutil.make_archive(str(tmp_path / "hf-gpt2"), "zip", folder.parent, folder.name)
+    )
+    at = inspect(archive.name, archive.read_bytes())
+    no_errors(at)
+    assert at.success[0].value.startswith("**hf-gpt2.zip**: `hf:GPT2LMHeadModel`")
+    assert at.selectbox(key="partition").value == "by_head"
+    assert at.selectbox(key="loss").value == "next_token"
+    assert at.text_input(key="tokenizer").value.endswith(".zip")  # the upload's own
+    corpus = tmp_path / "corpus.py"
+    corpus.write_text("def f(x):\n    return x * 2 + 1\n" * 300)
+    spec = f"text:{corpus}@64"
+    at.text_input(key="data-spec").set_value(spec).run()
+    at.button(key="compute").click().run()
+    no_errors(at)
+    model, _ = Inspection.open(folder).build()
+    settings = AnalysisSettings(samples=SAMPLES, batch_size=500)
+    batches, _ = analysis_batches(None, settings, spec, tokenizer=str(folder))
+    part = Partition.by_head(model)
+    want = hl.pseudo_hessian(model, next_token, batches, partition=part).H.numpy()
+    assert want.shape == (54, 54)
+    order = hl.hierarchy.order(part.labels)
+    got = heatmap_z(chart(at, "inspect-H"))
+    np.testing.assert_allclose(got, want[np.ix_(order, order)], rtol=1e-5, atol=1e-9)

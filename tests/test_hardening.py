@@ -240,6 +240,9 @@ def test_pages_work_on_a_read_only_mount(readonly_copy, monkeypatch):
     run = ro / "runs" / "tiny-run"
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run.parent))
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(ro / "cache"))
+    from hessian_lens.ui import home as home_page
+
+    monkeypatch.setattr(home_page, "PAGE_SIZE", 100)  # the shipped runs fill the first page
     home = page("app.py", run)
     assert not home.exception and not home.error, texts(home.error)
     assert any("**Analysed** 3 checkpoints" in m for m in texts(home.markdown))

@@ -278,3 +278,22 @@ def test_block_types_of_canonical_labels():
     assert kinds["encoder.layers.encoder_layer_0.ln_1.bias"] == "norm"
     assert kinds["heads.head.weight"] == "output"
     assert block_of("features.3.weight") == "conv" and block_of("fc1.bias") == "linear"
+
+
+def test_grouped_fused_and_transposed_layouts_split_where_they_say():
+    """A fused [Q; K; V] with 4 query and 2 K/V heads of width 2: rows 0-7, 8-11, 12-15;
+    stored in x out, the same split runs over the columns."""
+    layout = AttentionLayout("a", 4, qkv=("w",), num_kv_heads=2)
+    rows = [(r, s.start, s.stop) for r, _, s in layout.role_rows({"w": (16, 3)})]
+    assert rows == [("q", 0, 8), ("k", 8, 12), ("v", 12, 16)]
+    assert [layout.head_label(r, h) for r in "qk" for h in range(2)] == [
+        "head0",
+        "head1",
+        "head0-1",
+        "head2-3",
+    ]
+    flipped = AttentionLayout("a", 4, qkv=("w",), num_kv_heads=2, transposed=("w",))
+    assert [s.stop for _, _, s in flipped.role_rows({"w": (3, 16)})] == [8, 12, 16]
+    assert flipped.index("w", {"w": (3, 16)}, slice(0, 2)) == (slice(None), slice(0, 2))
+    with pytest.raises(hl.PartitionError, match="num_kv_heads must be an integer >= 1 dividing"):
+        AttentionLayout("a", 4, qkv=("w",), num_kv_heads=3).check({"w": (20, 3)})

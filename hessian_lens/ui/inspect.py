@@ -28,6 +28,11 @@ from hessian_lens.ui.reads import as_dict
 PARTITIONS = (*SCHEMES[:3], "by_module:2", "by_kind", "by_head", "adam_mini", "by_neuron")
 BATCH_SIZE = 500
 AUTO = "auto-detect"
+TASK_NAMES = {
+    "causal_lm": "a causal LM",
+    "sequence_classification": "a sequence classifier",
+    "image_classification": "an image classifier",
+}
 
 
 def render_inspect(runs: list[Run], selected: Run | None = None) -> None:
@@ -37,7 +42,7 @@ def render_inspect(runs: list[Run], selected: Run | None = None) -> None:
     cache = env.cache_dir()
     upload = st.file_uploader(
         "Checkpoint",
-        type=["pt", "pth", "safetensors", "pt2"],
+        type=["pt", "pth", "safetensors", "pt2", "zip"],
         key="upload",
         help=f"Up to {limit / 2**20:,.0f} MB. Uploads are kept in {cache / uploads.UPLOADS}; "
         f"the least recently used go beyond {env.cache_limit_bytes() / 2**20:,.0f} MB.",
@@ -45,7 +50,9 @@ def render_inspect(runs: list[Run], selected: Run | None = None) -> None:
     if upload is None:
         st.info(
             "Upload a checkpoint: a run's `epoch_0021.pt`, a bare `state_dict` of a "
-            "torchvision model, or a `.pt2` from `torch.export.save` (no architecture needed)."
+            "torchvision model, a `.pt2` from `torch.export.save` (no architecture needed), "
+            "or a `.zip` of a Hugging Face `save_pretrained` folder (`config.json`, "
+            "`model.safetensors`, optional `tokenizer.json`)."
         )
         return
     ins = _open(upload, limit, cache)
@@ -97,7 +104,9 @@ def _open(upload, limit: int, cache: Path):
     if key not in opened:
         opened.clear()  # one file at a time in memory
         try:
-            ins = Inspection.open(path, display_name=upload.name, max_bytes=limit)
+            ins = Inspection.open(
+                path, display_name=upload.name, max_bytes=limit, workdir=path.parent
+            )
             if ins.state is not None:  # unusable whatever the architecture: refused too
                 _check_finite(ins.state, upload.name)
         except BaseException as err:  # any file that cannot be opened is refused: deleted
@@ -116,6 +125,14 @@ def architecture_picker(ins) -> tuple[str | None, dict | None]:
     """The architecture to build: the file's own, or one chosen from the registry."""
     if ins.exported is not None:
         st.caption("A torch.export program: its graph is the architecture.")
+        return None, None
+    if ins.meta.get("format") == "huggingface":
+        hf = ins.meta.get("hf") or {}
+        st.caption(
+            f"A Hugging Face folder: `{ins.declared['name']}` built from its config.json "
+            f"({TASK_NAMES.get(hf.get('task'), '?')}"
+            + (", with its tokenizer.json)" if ins.tokenizer is not None else ")")
+        )
         return None, None
     declared = ins.declared
     if declared is not None:
@@ -197,17 +214,26 @@ def default_data_source(runs: list[Run]) -> str:
 
 
 def run_defaults(
-    meta: dict, runs: list[Run], selected: Run | None = None, architecture: str | None = None
-) -> dict[str, str]:
-    """Data set, source and loss of the run that wrote the checkpoint (its ``meta["run"]``).
+    meta: dict,
+    runs: list[Run],
+    selected: Run | None = None,
+    architecture: str | None = None,
+    tokenizer: str | None = None,
+) -> dict[str, Any]:
+    """Data set, source, loss and tokenizer to analyse a checkpoint with.
 
-    A checkpoint of ``gpt-text`` is analysed on that run's corpus with ``next_token`` by
-    default. A file that names no known run takes those of the sidebar's run (``selected``)
-    when that run trained the same architecture (``architecture``, else the file's own);
-    any other file CIFAR-10 with cross-entropy (and the data source of
-    :func:`default_data_source`).
+    Those of the run that wrote it (its ``meta["run"]``; a checkpoint of ``gpt-text`` is
+    analysed on that run's corpus with ``next_token``). A Hugging Face folder: its task's
+    loss, and the data of the run whose tokenizer has the sha256 of the folder's (its own
+    tokenizer, ``tokenizer``, by default). A file that names no known run takes those of
+    the sidebar's run (``selected``) when that run trained the same architecture
+    (``architecture``, else the file's own). Else CIFAR-10 with cross-entropy (and the data
+    source of :func:`default_data_source`).
     """
     found = next((r for r in runs if r.name == meta.get("run") and meta.get("run")), None)
+    own_tok = ((meta.get("hf") or {}).get("tokenizer") or {}).get("sha256")
+    if found is None and own_tok:
+        found = next((r for r in runs if _tokenizer_sha(r) == own_tok), None)
     declared = meta.get("model") if isinstance(meta.get("model"), dict) else {}
     arch = architecture or declared.get("name")
     if found is None and selected is not None and arch and selected.manifest.model["name"] == arch:
@@ -217,20 +243,37 @@ def run_defaults(
     if spec == RECORDER_DATA:  # batches a Recorder was given: nothing to load by name
         spec = "cifar10"
     source = data.get("source") if isinstance(data.get("source"), str) else None
-    loss = found.manifest.loss if found is not None else None
+    loss = found.manifest.loss if found is not None else meta.get("loss")
     if loss not in LOSSES:
         loss = "next_token" if spec.startswith("text:") else "cross_entropy"
-    out = {"spec": spec, "source": source or default_data_source(runs), "loss": loss}
+    if tokenizer is None and found is not None and _tokenizer_sha(found):
+        recorded = data.get("tokenizer")
+        path = Path(recorded) if isinstance(recorded, str) else None
+        tokenizer = str(path if path is None or path.is_absolute() else found.path / path)
+    out = {
+        "spec": spec,
+        "source": source or default_data_source(runs),
+        "loss": loss,
+        "tokenizer": tokenizer or "",
+    }
     return {**out, "run": found.name} if found is not None else out
 
 
+def _tokenizer_sha(run: Run) -> str | None:
+    corpus = run.manifest.data.get("corpus")
+    tok = corpus.get("tokenizer") if isinstance(corpus, dict) else None
+    return tok.get("sha256") if isinstance(tok, dict) else None
+
+
 @st.cache_resource(show_spinner="Loading data…", max_entries=4)
-def analysis_data(spec: str, source: str, samples: int, seed: int, batch_size: int):
+def analysis_data(
+    spec: str, source: str, samples: int, seed: int, batch_size: int, tokenizer: str = ""
+):
     """The analysis subset and its fingerprint (loaded once per server; never downloads)."""
     from hessian_lens.analyze import AnalysisSettings, analysis_batches
 
     settings = AnalysisSettings(samples=samples, seed=seed, batch_size=batch_size)
-    return analysis_batches(source or None, settings, spec)
+    return analysis_batches(source or None, settings, spec, tokenizer=tokenizer or None)
 
 
 def batch_plan(meta: dict, samples: int) -> tuple[int, int]:
@@ -276,7 +319,8 @@ def data_click(defaults: dict, spec: str, source: str) -> bool | None:
 def _analysis(ins, runs: list[Run], architecture, kwargs, selected: Run | None) -> None:
     from hessian_lens.analyze import AnalysisSettings
 
-    defaults = run_defaults(ins.meta, runs, selected, architecture)
+    own = str(ins.tokenizer) if getattr(ins, "tokenizer", None) is not None else None
+    defaults = run_defaults(ins.meta, runs, selected, architecture, own)
     c0, c1, c2, c3, c4, c5 = st.columns([1.2, 2.2, 0.9, 1.1, 1.1, 0.8])
     spec = c0.text_input(
         "Data set",
@@ -292,11 +336,29 @@ def _analysis(ins, runs: list[Run], architecture, kwargs, selected: Run | None) 
         help="Read only: nothing is created or downloaded from here.",
     )
     samples = c2.number_input("Samples", 10, 50000, 1000, step=500, key="samples")
-    partition = c3.selectbox("Partition", PARTITIONS, key="partition")
+    heads_first = ins.meta.get("format") == "huggingface"  # transformers: per head by default
+    partition = c3.selectbox(
+        "Partition",
+        PARTITIONS,
+        index=PARTITIONS.index("by_head") if heads_first else 0,
+        key="partition",
+    )
     loss = c4.selectbox(
         "Loss", LOSSES, index=list(LOSSES).index(defaults["loss"]), key=scoped("loss")
     )
     order3 = c5.checkbox("D³ diagonal", key="order3")
+    tokenizer = ""
+    if spec.strip().lower().startswith("text:"):
+        tokenizer = st.text_input(
+            "Tokenizer (text data; empty: bytes)",
+            defaults["tokenizer"],
+            key="tokenizer",
+            help="a tokenizer.json, a folder holding one, or a .zip of a save_pretrained "
+            "folder (default: the upload's own, or the tokenizer of the run that wrote it); "
+            "read offline by the tokenizers library",
+        )
+        if own is not None and tokenizer == own:
+            st.caption("Tokenised by the upload's own tokenizer.json.")
     batch_size, samples = batch_plan(ins.meta, int(samples))
     if batch_size != BATCH_SIZE:
         st.caption(f"This export fixes its batch size: batches of {batch_size}, {samples} samples.")
@@ -312,7 +374,7 @@ def _analysis(ins, runs: list[Run], architecture, kwargs, selected: Run | None) 
     if clicked is None:
         return
     batches, fingerprint = analysis_data(
-        spec, source, settings.samples, settings.seed, settings.batch_size
+        spec, source, settings.samples, settings.seed, settings.batch_size, tokenizer.strip()
     )
     record = ins.stored(store, settings, fingerprint)
     if record is None:

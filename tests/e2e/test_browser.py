@@ -178,6 +178,30 @@ def test_uploads_are_computed_and_drawn(url, world):
         shot(page, "upload_user_model")
 
 
+def test_a_zipped_hugging_face_folder_computes_per_head_curvature(url, tmp_path):
+    """The shipped hf-gpt2-text's save_pretrained folder, zipped and uploaded: built from its
+    config.json, tokenised by its own tokenizer.json, H̄ per head computed and drawn."""
+    folder = REPO / "checkpoints" / "hf-gpt2-text" / "save_pretrained"
+    archive = shutil.make_archive(str(tmp_path / "hf-gpt2"), "zip", folder.parent, folder.name)
+    corpus = tmp_path / "corpus.py"
+    corpus.write_text("def f(x):\n    return x * 2 + 1\n" * 300)
+    with chromium_page(width=1500, height=1300) as page:
+        page.goto(f"{url}/Inspect_checkpoint")
+        page.locator("input[type=file]").set_input_files(archive)
+        page.get_by_text("A Hugging Face folder").first.wait_for(timeout=90_000)
+        box = page.locator("input[aria-label='Data set']")
+        box.fill(f"text:{corpus}@64")
+        box.press("Enter")
+        settle(page)
+        assert page.get_by_text("Tokenised by the upload's own tokenizer.json.").count() == 1
+        set_number(page, "Samples", 10)
+        page.get_by_role("button", name="Compute H̄").click(timeout=90_000)
+        page.get_by_text("done in").first.wait_for(timeout=SLOW_MS)
+        wait_for_heatmaps(page, 2)
+        assert alerts(page) == [] and tracebacks(page) == 0
+        shot(page, "upload_hf_zip")
+
+
 def test_hardening(url, world):
     with chromium_page(width=1500, height=1300) as page:
         page.goto(f"{url}/Inspect_checkpoint")
@@ -230,6 +254,9 @@ def test_read_only_runs_and_cache(world):
         chromium_page(width=1500, height=1300) as page,
     ):
         page.goto(base)
+        box = page.get_by_label("Filter runs")  # the shipped runs fill the first page
+        box.fill("ro-run")
+        box.press("Enter")
         page.get_by_role("heading", name="ro-run").first.wait_for(timeout=90_000)
         page.get_by_text("Analysed 3 checkpoints").first.wait_for()
         assert alerts(page) == [] and alerts(page, "Warning") == [] and tracebacks(page) == 0
