@@ -597,7 +597,11 @@ def curves(history: Sequence[Mapping], height: int = 260) -> go.Figure:
         secondary_y=True,
     )
     fig.update_layout(
-        height=height, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.3)
+        # room for both axes' numbers and titles from the start: a static export (kaleido)
+        # could catch the figure before plotly's automatic margins had grown
+        height=height,
+        margin=dict(l=60, r=70, t=10, b=10),
+        legend=dict(orientation="h", y=-0.3),
     )
     return fig
 
