@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hessian_lens.browser import REPO, chromium_page, streamlit_server, wait_for_heatmaps
+from tests.e2e.browser import REPO, chromium_page, streamlit_server, wait_for_heatmaps
 
 TREE = ("app.py", "views", "hessian_lens", ".streamlit")
 

@@ -31,9 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ship_run import ship
-from hessian_lens import cli, hf
+from hessian_lens import cli, hf_folders
 from hessian_lens.checkpoint import load_checkpoint
-from hessian_lens.files import write_json
+from hessian_lens.io.files import write_json
 from hessian_lens.runfolder import RUN_FILE, checkpoint_name, read_manifest
 from hessian_lens.tokenized import train_bpe
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(args.out / RUN_FILE, manifest)
         last = max(h["epoch"] for h in manifest["history"])
         model, _ = load_checkpoint(folder / checkpoint_name(last))
-        hf.save_folder(model, args.out / "save_pretrained", tokenizer=str(tokenizer))
+        hf_folders.save_folder(model, args.out / "save_pretrained", tokenizer=str(tokenizer))
         print(json.dumps(done), flush=True)
     run([analyze[0], str(args.out), *analyze[1:], "--no-progress"])
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())

@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
+from hessian_lens.version import __version__
 
 _EXPORTS = {
     "DataChangedError": "hessian_lens.batches",

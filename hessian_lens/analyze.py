@@ -25,9 +25,10 @@ from torch import nn
 
 from hessian_lens import linalg, runfolder
 from hessian_lens.checkpoint import load_checkpoint
-from hessian_lens.data import Batches, DataError, ImageData, check_model_fits, load_dataset
+from hessian_lens.data import DataError, ImageData, check_model_fits, load_dataset
 from hessian_lens.engine import Options, PseudoHessian, pseudo_hessian
-from hessian_lens.files import file_sha256
+from hessian_lens.io.files import file_sha256
+from hessian_lens.loader import Loader
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition, check_scheme
@@ -352,7 +353,7 @@ def analysis_batches(
     settings: AnalysisSettings,
     data: str = "cifar10",
     tokenizer: str | None = None,
-) -> tuple[Batches, str]:
+) -> tuple[Loader, str]:
     """The training subset an analysis uses (``data``: a data set spec) and its fingerprint.
 
     ``tokenizer``: a ``tokenizer.json`` (file, folder or zip) for ``text:`` data.

@@ -30,7 +30,7 @@ import functools
 import hashlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +38,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from hessian_lens.errors import DataError as DataError
+from hessian_lens.errors import DataNotFoundError as DataNotFoundError
+from hessian_lens.loader import SHUFFLE_STRIDE, Loader
 
 if TYPE_CHECKING:
     from hessian_lens.text import TextData
@@ -48,7 +52,6 @@ DATA_ENV = "HESSIAN_LENS_DATA"
 DEFAULT_ROOT = Path.home() / ".cache" / "hessian_lens" / "data"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 SPLIT_SEED = 12345  # the validation split is the same for every run seed
-SHUFFLE_STRIDE = 100_003  # a prime: (seed, epoch) -> distinct shuffle seeds
 MAX_LABEL = 1_000_000
 #: torchvision data sets: (class name, published per-channel mean, std).
 TORCHVISION_SETS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
@@ -60,14 +63,6 @@ TORCHVISION_SETS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = 
 }
 DATASETS = (*TORCHVISION_SETS, "imagefolder:DIR", "npz:PATH", "PATH.safetensors", "text:PATH")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-
-
-class DataNotFoundError(FileNotFoundError):
-    """The data set is neither on disk nor downloadable; the message says what to do."""
-
-
-class DataError(ValueError):
-    """Data that cannot be used as it is (labels, shapes, keys); the message says why."""
 
 
 def _how_to_fix(name: str, where: str) -> str:
@@ -149,49 +144,8 @@ class ImageData:
         return h.hexdigest()[:16]
 
 
-class Batches:
-    """Re-iterable batches of an :class:`ImageData` or a :class:`~hessian_lens.text.TextData`.
-
-    Shuffling depends on (seed, epoch); ``data.prepare(idx)`` makes a batch.
-    """
-
-    def __init__(self, data, batch_size: int, shuffle: bool = False, seed: int = 0) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {batch_size}")
-        self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the shuffle order of ``epoch`` (resuming a run replays the same order)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return -(-len(self.data) // self.batch_size)
-
-    def _order(self) -> Tensor | None:
-        """The epoch's shuffled order, or None (in order: each batch's indices made as drawn).
-
-        int32 below 2**31 items: the same permutation as int64, half the memory.
-        """
-        n = len(self.data)
-        if not self.shuffle:
-            return None
-        gen = torch.Generator().manual_seed(self.seed * SHUFFLE_STRIDE + self.epoch)
-        return torch.randperm(n, generator=gen, dtype=torch.int32 if n < 2**31 else torch.int64)
-
-    def _indices(self, order: Tensor | None, start: int) -> Tensor:
-        stop = min(start + self.batch_size, len(self.data))
-        return torch.arange(start, stop) if order is None else order[start:stop].long()
-
-    def batch(self, index: int) -> tuple[Tensor, Tensor]:
-        """Batch number ``index`` of the current order."""
-        return self.data.prepare(self._indices(self._order(), index * self.batch_size))
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self._order()
-        for start in range(0, len(self.data), self.batch_size):
-            yield self.data.prepare(self._indices(order, start))
-
+#: The loader's former name here (it is not :mod:`hessian_lens.batches`'s contract).
+Batches = Loader
 
 AUGMENTS = ("none", "flip", "crop+flip")
 AUGMENT_OFFSET = 7_919  # keeps the augmentation stream apart from the shuffle stream

@@ -1,7 +1,7 @@
 """Figures as PNG / SVG / PDF files for papers (plotly's kaleido, drawn by local Chromium).
 
 Kaleido (an optional dependency: ``pip install kaleido``) drives a Chromium to draw each
-figure; here that is Debian's ``/usr/bin/chromium`` (``$HESSIAN_LENS_CHROMIUM``), so
+figure; here that is Debian's ``/usr/bin/chromium`` (``$HESSIAN_LENS_chromium_path()``), so
 nothing is downloaded and it works offline. Several figures share one browser session.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from hessian_lens.browser import CHROMIUM
+from hessian_lens.settings import chromium_path
 
 FORMATS = ("png", "svg", "pdf")
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
@@ -35,8 +35,8 @@ def _ready() -> None:
             "static export needs kaleido: pip install kaleido==1.5.0 (the HTML report and "
             "the SVG camera button of each chart work without it)"
         ) from None
-    if "BROWSER_PATH" not in os.environ and Path(CHROMIUM).exists():
-        os.environ["BROWSER_PATH"] = CHROMIUM
+    if "BROWSER_PATH" not in os.environ and Path(chromium_path()).exists():
+        os.environ["BROWSER_PATH"] = chromium_path()
 
 
 def _check(fmt: str) -> str:
@@ -72,7 +72,9 @@ def figure_bytes(fig: go.Figure, fmt: str) -> bytes:
             format=fmt, scale=SCALE if fmt == "png" else 1, width=width, height=height
         )
     except (RuntimeError, OSError) as err:
-        raise ExportError(f"static export failed ({err}); is {CHROMIUM} installed?") from None
+        raise ExportError(
+            f"static export failed ({err}); is {chromium_path()} installed?"
+        ) from None
 
 
 def size(fig: go.Figure) -> tuple[int, int]:
@@ -130,5 +132,11 @@ def write_figures(
             height=[h for _, h in sizes],
         )
     except (RuntimeError, OSError) as err:
-        raise ExportError(f"static export failed ({err}); is {CHROMIUM} installed?") from None
+        raise ExportError(
+            f"static export failed ({err}); is {chromium_path()} installed?"
+        ) from None
     return paths
+
+
+def _failed(err: Exception) -> str:
+    return f"static export failed ({err}); is {chromium_path()} installed?"

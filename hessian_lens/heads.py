@@ -33,9 +33,17 @@ from typing import Any
 
 from torch import nn
 
-from hessian_lens.partition import _NORMS, Partition, PartitionError
+from hessian_lens.errors import PartitionError
 
 ROLES = ("q", "k", "v")
+#: Normalisation modules: their weight and bias are kinds of their own (norm_weight, ...).
+NORMS = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+Groups = list[tuple[str, dict[str, Any]]]  # (label, {parameter name: index}) per group
 BLOCK_TYPES = (
     "q",
     "k",
@@ -280,8 +288,8 @@ def _mha_layout(prefix: str, m: nn.MultiheadAttention) -> AttentionLayout:
 
 
 # ---------------------------------------------------------------------------- partitions
-def by_head(model: nn.Module, heads: Any = None) -> Partition:
-    """One group per attention head and role; every other tensor is its own group.
+def head_groups(model: nn.Module, heads: Any = None) -> Groups:
+    """One group per attention head and role (what :meth:`Partition.by_head` groups).
 
     For each attention layer and head h: ``<prefix>.q.head<h>`` (the head's query rows of
     the weight and their bias entries), ``.k.head<h>``, ``.v.head<h>``, and
@@ -292,16 +300,15 @@ def by_head(model: nn.Module, heads: Any = None) -> Partition:
         PartitionError: the model has no attention layer found (pass ``heads=``).
 
     Example:
-        >>> labels = Partition.by_head(nn.MultiheadAttention(8, 2)).labels
-        >>> labels[:4], labels[-3:]
-        (['q.head0', 'q.head1', 'k.head0', 'k.head1'], ['o.head0', 'o.head1', 'out_proj.bias'])
+        >>> [label for label, _ in head_groups(nn.MultiheadAttention(8, 2))][:4]
+        ['q.head0', 'q.head1', 'k.head0', 'k.head1']
     """
     layouts = _required_layouts(model, heads, "by_head")
     shapes = _shapes(model)
     groups: list[tuple[str, dict[str, Any]]] = []
     for layout in layouts:
         groups += _head_groups(layout, shapes)
-    return Partition.from_index_sets(model, groups, rest="tensor", scheme="by_head")
+    return groups
 
 
 def _head_groups(layout: AttentionLayout, shapes) -> list[tuple[str, dict[str, Any]]]:
@@ -329,8 +336,8 @@ def _head_groups(layout: AttentionLayout, shapes) -> list[tuple[str, dict[str, A
     return groups
 
 
-def adam_mini(model: nn.Module, heads: Any = None) -> Partition:
-    """The blocks of Adam-mini: one learning rate per block.
+def adam_mini_groups(model: nn.Module, heads: Any = None) -> Groups:
+    """The blocks of Adam-mini, one learning rate per block (:meth:`Partition.adam_mini`).
 
     Adam-mini (Zhang et al., arXiv 2406.16793, "Partition for Transformers"):
 
@@ -368,7 +375,7 @@ def adam_mini(model: nn.Module, heads: Any = None) -> Partition:
             groups += _neurons_of(name, module, param)
         elif block_of(name) == "embedding":
             groups += _positions_of(name, tuple(param.shape))
-    return Partition.from_index_sets(model, groups, rest="tensor", scheme="adam_mini")
+    return groups
 
 
 def _adam_mini_attention(layout: AttentionLayout, shapes) -> list[tuple[str, dict[str, Any]]]:
@@ -399,8 +406,8 @@ def _adam_mini_attention(layout: AttentionLayout, shapes) -> list[tuple[str, dic
     return groups
 
 
-def by_neuron(model: nn.Module, modules: Sequence[str] | str | None = None) -> Partition:
-    """One group per output neuron (its weight row and bias entry together).
+def neuron_groups(model: nn.Module, modules: Sequence[str] | str | None = None) -> Groups:
+    """One group per output neuron: weight row and bias entry (:meth:`Partition.by_neuron`).
 
     Linear layers: ``<module>.neuron<j>``; convolutions: ``<module>.channel<j>``;
     embeddings: ``<module>.token<j>``; norms: ``<module>.feature<j>`` (weight and bias
@@ -414,8 +421,8 @@ def by_neuron(model: nn.Module, modules: Sequence[str] | str | None = None) -> P
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1))
-        >>> Partition.by_neuron(net, modules=["0"]).labels
-        ['0.neuron0', '0.neuron1', '2.weight', '2.bias']
+        >>> [label for label, _ in neuron_groups(net, modules=["0"])]
+        ['0.neuron0', '0.neuron1']
     """
     wanted = [modules] if isinstance(modules, str) else modules
 
@@ -439,7 +446,7 @@ def by_neuron(model: nn.Module, modules: Sequence[str] | str | None = None) -> P
         own = [(n, p) for n, p in _own_params(prefix, module, taken) if n in shapes]  # untied
         if word and own and chosen(prefix):
             groups += _module_neurons(prefix, word, own, is_transposed(module))
-    return Partition.from_index_sets(model, groups, rest="tensor", scheme="by_neuron")
+    return groups
 
 
 def _module_neurons(prefix: str, word: str, own: list, transposed: bool) -> list:
@@ -467,7 +474,7 @@ def _neuron_word(module: nn.Module) -> str | None:
         return "channel"
     if isinstance(module, nn.Embedding):
         return "token"
-    if isinstance(module, _NORMS):
+    if isinstance(module, NORMS):
         return "feature"
     return None
 

@@ -16,7 +16,6 @@ with ``M`` the S x U membership matrix, and ``g_c = M^T g``. Its inverse is the 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import torch
 
 from hessian_lens import linalg
 from hessian_lens.heads import BLOCK_TYPES, block_of, head_of
+from hessian_lens.labels import layer_of
 
 LEVELS = ("group", "head", "block", "layer")
 LEVEL_NAMES = {
@@ -34,8 +34,6 @@ LEVEL_NAMES = {
     "layer": "one per layer",
 }
 ORDERS = ("head", "block")
-_NUMBERED = re.compile(r"^(\d+|.*_\d+)$")
-_HEAD_TOKEN = re.compile(r"^head[0-9]{1,9}$")  # as heads.head_of reads a head
 
 
 @dataclass(frozen=True)
@@ -45,26 +43,6 @@ class Place:
     layer: str
     head: int | None
     block: str
-
-
-def layer_of(label: str) -> str:
-    """The layer a group belongs to: the label up to its first numbered token.
-
-    ``blocks.0.attn.q.head2`` -> ``blocks.0``; ``encoder.layers.encoder_layer_3.mlp.0.weight``
-    -> ``encoder.layers.encoder_layer_3``. A label without a numbered token belongs to
-    its module (the label without its last token: ``conv_proj.weight`` -> ``conv_proj``),
-    a one-token label to itself (``class_token``).
-
-    Example:
-        >>> [layer_of(x) for x in ("blocks.1.ln1.weight", "layer1.0.conv1.weight",
-        ...  "encoder.ln.bias", "class_token")]
-        ['blocks.1', 'layer1.0', 'encoder.ln', 'class_token']
-    """
-    tokens = str(label).split(".")
-    for i, token in enumerate(tokens):
-        if _NUMBERED.match(token) and not _HEAD_TOKEN.match(token):
-            return ".".join(tokens[: i + 1])
-    return ".".join(tokens[:-1]) if len(tokens) > 1 else tokens[0]
 
 
 def place(label: str) -> Place:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from hessian_lens.analyze import AnalysisSettings, ProgressFn, compute_record
 from hessian_lens.checkpoint import DEFAULT_MAX_BYTES, build_from_state, read_checkpoint
-from hessian_lens.files import file_sha256
+from hessian_lens.io.files import file_sha256
 from hessian_lens.store import Record, ResultStore
 
 EXPORT_SUFFIX = ".pt2"
@@ -74,7 +74,7 @@ class Inspection:
         if path.suffix.lower() == ZIP_SUFFIX or path.is_dir():
             return cls._open_hf(path, name, max_bytes, workdir)
         if path.suffix == EXPORT_SUFFIX:
-            from hessian_lens.export import load_exported
+            from hessian_lens.io.pt2 import load_exported
 
             module, meta = load_exported(path, max_bytes=max_bytes, display_name=name)
             return cls(path, name, file_sha256(path), dict(meta), exported=module)
@@ -83,15 +83,17 @@ class Inspection:
 
     @classmethod
     def _open_hf(cls, path: Path, name: str, max_bytes: int | None, workdir) -> Inspection:
-        from hessian_lens import hf
+        from hessian_lens import hf, hf_folders
 
         if path.is_dir():
-            state, meta = hf.read_folder(path, max_bytes, name)
+            state, meta = hf_folders.read_folder(path, max_bytes, name)
             sha = hashlib.sha256(
                 "".join(file_sha256(path / m) for m in (hf.CONFIG, hf.WEIGHTS)).encode()
             ).hexdigest()
         else:
-            state, meta = hf.read_zip(path, max_bytes, workdir or tempfile.gettempdir(), name)
+            state, meta = hf_folders.read_zip(
+                path, max_bytes, workdir or tempfile.gettempdir(), name
+            )
             sha = file_sha256(path)
         has_tokenizer = (meta.get("hf") or {}).get("tokenizer") is not None
         return cls(path, name, sha, meta, state=state, tokenizer=path if has_tokenizer else None)
@@ -101,11 +103,6 @@ class Inspection:
         """The architecture the file declares (``{"name", "kwargs"}``), or None."""
         model = self.meta.get("model")
         return model if isinstance(model, dict) and isinstance(model.get("name"), str) else None
-
-    @property
-    def needs_architecture(self) -> bool:
-        """Whether building needs an architecture name (a bare state_dict)."""
-        return self.exported is None and self.declared is None
 
     def build(
         self, architecture: str | None = None, kwargs: Mapping[str, Any] | None = None

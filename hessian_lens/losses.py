@@ -104,8 +104,3 @@ def get_loss(name: str) -> LossFn | None:
     if key not in table:
         raise ValueError(f"unknown loss '{name}'; choose one of {list(LOSSES)}")
     return table[key]
-
-
-def is_classification(name: str) -> bool:
-    """Whether accuracy (argmax of the outputs vs class targets) means something."""
-    return str(name).lower() in LOSSES

@@ -39,7 +39,7 @@ from hessian_lens.batches import as_batches, split_batch, tree_leaves
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.engine import Options, pseudo_hessian
 from hessian_lens.engine.options import EngineKeywords
-from hessian_lens.files import file_sha256
+from hessian_lens.io.files import file_sha256
 from hessian_lens.losses import OWN_LOSS, get_loss
 from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition

@@ -13,7 +13,7 @@
 * the user's own code: ``@register_model("name")`` on a builder function or class, in a
   file loaded by :func:`load_model_files` (``--models FILE.py``, ``$HESSIAN_LENS_MODELS``).
   That is the operator's trusted code; code inside checkpoint files never runs;
-* code-free ``.pt2`` exports need no name at all (:mod:`hessian_lens.export`).
+* code-free ``.pt2`` exports need no name at all (:mod:`hessian_lens.io.pt2`).
 
 Every build can happen on the ``meta`` device first (:func:`build_on_meta`): shapes and
 parameter counts are known before a byte of weights is allocated. :func:`infer_kwargs` reads
@@ -39,6 +39,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from hessian_lens import modelsize
+from hessian_lens.errors import ArchitectureError
 from hessian_lens.models import ACTIVATIONS, MODELS, VGG11_CONFIG, initialize
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -52,10 +53,6 @@ ALIASES = {"vgg11": "vgg11p", "lenet": "lenet5"}
 VGG11_LAST_CHANNELS = [c for c in VGG11_CONFIG if c != "M"][-1]
 _USER: dict[str, Callable[..., nn.Module]] = {}
 _META = threading.local()  # set while build_on_meta runs (its builds are counted already)
-
-
-class ArchitectureError(ValueError):
-    """An architecture name or arguments that cannot build a model; says what to change."""
 
 
 class TooLargeError(ArchitectureError):

@@ -26,7 +26,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from hessian_lens import hierarchy, measured, plots, runcard
-from hessian_lens.files import atomic_write
+from hessian_lens.io.files import atomic_write
 from hessian_lens.runfolder import is_run
 from hessian_lens.runs import Run, describe_settings, load_run, one_per_epoch
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hessian_lens.files import UnsafeFileError, is_regular_file, read_json, write_json
+from hessian_lens.io.files import UnsafeFileError, is_regular_file, read_json, write_json
 
 RUN_FILE = "run.json"
 STORE_FILE = "analysis.sqlite"

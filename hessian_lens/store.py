@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from hessian_lens.files import UnsafeFileError, loads_bounded
+from hessian_lens.io.files import UnsafeFileError, loads_bounded
 
 #: 2: a record may hold measures (block traces, Frobenius map, spectra); version 1 stores
 #: open unchanged (nothing in the file format changed, only what a record may hold).

@@ -43,7 +43,8 @@ import torch
 from torch import Tensor, nn
 
 from hessian_lens import textfiles
-from hessian_lens.data import Batches, DataError, DataNotFoundError
+from hessian_lens.errors import DataError, DataNotFoundError
+from hessian_lens.loader import Loader
 from hessian_lens.settings import DATA_LIMIT_ENV, data_limit_bytes
 
 DEFAULT_CONTEXT = 128
@@ -125,9 +126,9 @@ class TextData:
         """The windows at ``idx``."""
         return TextData(self.windows[idx], source, self.vocab_size, self.corpus)
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Batches:
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Loader:
         """A re-iterable loader of ``(inputs, targets)`` batches."""
-        return Batches(self, batch_size, shuffle, seed)
+        return Loader(self, batch_size, shuffle, seed)
 
     def fingerprint(self) -> str:
         """Short sha256 of the windows (identifies a subset in result stores).

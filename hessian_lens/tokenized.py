@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hessian_lens.data import DataError, DataNotFoundError
+from hessian_lens.errors import DataError, DataNotFoundError
 from hessian_lens.text import DEFAULT_CONTEXT, TextData, _read_corpus, _windows
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -37,11 +37,11 @@ def tokenizer_text(path: str | Path) -> tuple[str, str, str]:
     """
     where = Path(path).expanduser()
     if where.suffix.lower() == ".zip" and where.is_file():
-        from hessian_lens import hf
+        from hessian_lens import hf_folders
 
         try:
-            text = hf.zip_tokenizer(where)
-        except hf.FolderError as err:
+            text = hf_folders.zip_tokenizer(where)
+        except hf_folders.FolderError as err:
             raise DataError(str(err)) from None
         if text is None:
             raise DataError(f"--tokenizer {path}: the archive holds no {TOKENIZER_FILE}")
@@ -154,7 +154,7 @@ def train_bpe(spec: str, vocab_size: int, out: str | Path) -> Path:
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from hessian_lens.files import atomic_write
+    from hessian_lens.io.files import atomic_write
 
     path = spec.split(":", 1)[1] if spec.lower().startswith("text:") else spec
     train_bytes, _, _ = _read_corpus(str(Path(text_path(path)).expanduser()))

@@ -40,11 +40,12 @@ from hessian_lens.data import (
     load_dataset,
     split_validation,
 )
-from hessian_lens.files import atomic_write, write_json
+from hessian_lens.io.files import atomic_write, write_json
 from hessian_lens.losses import LOSSES, correct_predictions, get_loss
 from hessian_lens.models import INITS
 from hessian_lens.registry import build_model, check_kwargs
 from hessian_lens.settings import checkpoint_limit_bytes
+from hessian_lens.version import __version__
 
 OPTIMIZERS = ("sgd", "adam", "partition-newton")
 CURVATURE_DATA = ("separate", "same")
@@ -141,12 +142,10 @@ def _finite(x: Any) -> bool:
 
 def versions() -> dict[str, str]:
     """Library versions recorded in runs and checkpoints."""
-    import hessian_lens
-
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),
-        "hessian_lens": hessian_lens.__version__,
+        "hessian_lens": __version__,
     }
 
 

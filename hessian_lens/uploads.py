@@ -7,7 +7,7 @@ Layout under the cache folder (:func:`hessian_lens.settings.cache_dir`)::
 
     uploads/<sha256[:16]><suffix>   uploaded checkpoints (mtime = last use); a ``.zip`` of a
                                     Hugging Face folder is inflated under uploads/ only
-                                    while it is read (:func:`hessian_lens.hf.read_zip`)
+                                    while it is read (:func:`hessian_lens.hf_folders.read_zip`)
     uploads.index                   the names this cache wrote into uploads/, one a line
     inspect.sqlite                  their analyses (a normal results store)
 
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from hessian_lens.checkpoint import CheckpointError
-from hessian_lens.files import atomic_write
+from hessian_lens.io.files import atomic_write
 from hessian_lens.store import ResultStore, StoreError
 
 UPLOADS = "uploads"

@@ -310,7 +310,7 @@ def test_bench_memory_compares_the_plan_with_the_measured_peak(capsys):
 
 def test_ship_run_keeps_what_it_says_and_the_last_checkpoint_as_float16(tmp_path):
     from hessian_lens.checkpoint import read_checkpoint
-    from hessian_lens.files import file_sha256
+    from hessian_lens.io.files import file_sha256
     from hessian_lens.runfolder import list_checkpoints, read_manifest
     from tests.apptools import make_analysed_run
 

@@ -26,7 +26,7 @@ from streamlit.testing.v1 import AppTest
 
 from hessian_lens.analyze import AnalysisSettings, analyze_run
 from hessian_lens.checkpoint import save_checkpoint
-from hessian_lens.files import json_text_depth
+from hessian_lens.io.files import json_text_depth
 from hessian_lens.registry import build_model
 from hessian_lens.runfolder import read_optimizer_log
 from hessian_lens.store import ResultStore, settings_key

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import hessian_lens as hl
-from hessian_lens import cli, hf
+from hessian_lens import cli, hf_folders
 from hessian_lens.analyze import AnalysisSettings, analysis_batches
 from hessian_lens.inspection import Inspection
 from hessian_lens.registry import build_model
@@ -44,7 +44,7 @@ def saved(tmp_path_factory) -> Path:
     train_bpe(f"text:{root / 'corpus.txt'}", 300, root / "tokenizer.json")
     torch.manual_seed(0)
     model = build_model("hf:gpt2", **CONFIG)
-    return hf.save_folder(model, root / "tiny-gpt2", tokenizer=str(root / "tokenizer.json"))
+    return hf_folders.save_folder(model, root / "tiny-gpt2", tokenizer=str(root / "tokenizer.json"))
 
 
 def one_line(capsys, argv) -> str:
@@ -117,7 +117,7 @@ def test_train_hf_gpt2_on_tokenised_text_and_analyse_it(saved, tmp_path, capsys)
     assert manifest["model"]["name"] == "hf:gpt2"
     assert (
         manifest["data"]["corpus"]["tokenizer"]["sha256"]
-        == hf._tokenizer_facts(saved / "tokenizer.json", "x")["sha256"]
+        == hf_folders._tokenizer_facts(saved / "tokenizer.json", "x")["sha256"]
     )
     analyze = ["analyze", str(run), "--samples", "8", "--partition", "by_head", "--no-progress"]
     assert cli.main(analyze) == 0

@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from hessian_lens import settings as env
+from hessian_lens import settings
 from hessian_lens.runs import Run, describe_settings, run_roots
 from hessian_lens.ui import reads
 
@@ -41,8 +41,8 @@ def page(title: str, icon: str = "🔭") -> None:
     st.set_page_config(page_title=f"{title} · Hessian Lens", page_icon=icon, layout="wide")
     st.sidebar.markdown("### Hessian Lens")
     try:
-        env.check_all()
-    except env.SettingsError as err:
+        settings.check_all()
+    except settings.SettingsError as err:
         st.error(f"Settings: {plain(err)}")
         st.stop()
 

@@ -13,13 +13,19 @@ from typing import Any
 
 import streamlit as st
 
-from hessian_lens import settings as env
 from hessian_lens import uploads
 from hessian_lens.losses import LOSSES
 from hessian_lens.partition import SCHEMES
 from hessian_lens.runfolder import RECORDER_DATA
 from hessian_lens.runs import Run
-from hessian_lens.settings import MODELS_ENV
+from hessian_lens.settings import (
+    MODELS_ENV,
+    UPLOAD_LIMIT_ENV,
+    cache_dir,
+    cache_limit_bytes,
+    data_source,
+    upload_limit_bytes,
+)
 from hessian_lens.ui.blockdiag import render_block_diagonal
 from hessian_lens.ui.common import plain, scoped
 from hessian_lens.ui.interactions import render_interactions
@@ -39,13 +45,13 @@ def render_inspect(runs: list[Run], selected: Run | None = None) -> None:
     """The whole page below its title (``selected``: the sidebar's run)."""
     _user_models()
     limit = upload_limit()
-    cache = env.cache_dir()
+    cache = cache_dir()
     upload = st.file_uploader(
         "Checkpoint",
         type=["pt", "pth", "safetensors", "pt2", "zip"],
         key="upload",
         help=f"Up to {limit / 2**20:,.0f} MB. Uploads are kept in {cache / uploads.UPLOADS}; "
-        f"the least recently used go beyond {env.cache_limit_bytes() / 2**20:,.0f} MB.",
+        f"the least recently used go beyond {cache_limit_bytes() / 2**20:,.0f} MB.",
     )
     if upload is None:
         st.info(
@@ -77,11 +83,11 @@ def upload_limit() -> int:
     Streamlit buffers a whole upload before the app sees it; its own limit is the one that
     bounds the server's memory, so the app never promises more.
     """
-    limit = env.upload_limit_bytes()
+    limit = upload_limit_bytes()
     server = int(st.get_option("server.maxUploadSize")) * 2**20
     if limit > server:
         st.warning(
-            f"{env.UPLOAD_LIMIT_ENV} allows {limit / 2**20:,.0f} MB but the server accepts "
+            f"{UPLOAD_LIMIT_ENV} allows {limit / 2**20:,.0f} MB but the server accepts "
             f"{server / 2**20:,.0f} MB (server.maxUploadSize); uploads are limited to that. "
             f"Start the dashboard with `--server.maxUploadSize {-(-limit // 2**20)}` to "
             "accept larger files."
@@ -91,14 +97,11 @@ def upload_limit() -> int:
 
 def _open(upload, limit: int, cache: Path):
     """Save the upload (bounded cache) and read it once per session; refused files go."""
-    from hessian_lens.checkpoint import (
-        CheckpointError,
-        _check_finite,  # the library's own message
-    )
     from hessian_lens.inspection import Inspection
+    from hessian_lens.io.torchfiles import CheckpointError, check_finite
 
     data = upload.getvalue()
-    path, sha = uploads.save_upload(env.cache_dir(create=True), upload.name, data, limit)
+    path, sha = uploads.save_upload(cache_dir(create=True), upload.name, data, limit)
     opened = st.session_state.setdefault("inspections", {})
     key = (sha, upload.name)
     if key not in opened:
@@ -108,7 +111,7 @@ def _open(upload, limit: int, cache: Path):
                 path, display_name=upload.name, max_bytes=limit, workdir=path.parent
             )
             if ins.state is not None:  # unusable whatever the architecture: refused too
-                _check_finite(ins.state, upload.name)
+                check_finite(ins.state, upload.name)
         except BaseException as err:  # any file that cannot be opened is refused: deleted
             uploads.discard(path)
             if isinstance(err, (CheckpointError, MemoryError, KeyboardInterrupt)):
@@ -117,7 +120,7 @@ def _open(upload, limit: int, cache: Path):
                 f"{upload.name} cannot be read ({type(err).__name__}: {str(err)[:200]})."
             ) from None
         opened[key] = ins
-    uploads.evict(cache, env.cache_limit_bytes(), keep=path)  # only for a file kept
+    uploads.evict(cache, cache_limit_bytes(), keep=path)  # only for a file kept
     return opened[key]
 
 
@@ -201,8 +204,8 @@ def _kwargs(text: str) -> dict[str, Any]:
 
 def default_data_source(runs: list[Run]) -> str:
     """``$HESSIAN_LENS_DATA``, else the data source of the first run that names one."""
-    if env.data_source():
-        return env.data_source()
+    if data_source():
+        return data_source()
     return next(
         (
             str(r.manifest.data["source"])
@@ -365,7 +368,7 @@ def _analysis(ins, runs: list[Run], architecture, kwargs, selected: Run | None) 
     settings = AnalysisSettings(
         samples=samples, partition=partition, order3=order3, batch_size=batch_size, loss=loss
     )
-    store, note = uploads.inspect_store(env.cache_dir(create=True))
+    store, note = uploads.inspect_store(cache_dir(create=True))
     if note:  # kept for the session: the next rerun would hide it at once
         st.session_state["inspect-store-note"] = note
     if st.session_state.get("inspect-store-note"):
