@@ -51,10 +51,11 @@ def uploads_dir(tmp_path):
     return tmp_path / "cache" / "uploads"
 
 
-def independent_H(model, npz, samples=SAMPLES) -> np.ndarray:
-    """H̄ of ``model`` on the page's data, computed here without the page."""
+def independent_H(model, npz, samples=SAMPLES, curvature="hessian") -> np.ndarray:
+    """H̄ (or Ḡ) of ``model`` on the page's data, computed here without the page."""
     batches, _ = analysis_batches(str(npz), AnalysisSettings(samples=samples, batch_size=500))
-    return hl.pseudo_hessian(model.eval(), F.cross_entropy, batches).H.numpy()
+    res = hl.pseudo_hessian(model.eval(), F.cross_entropy, batches, curvature=curvature)
+    return res.H.numpy()
 
 
 def test_run_checkpoint_computes_then_comes_from_the_store(app_env):
@@ -463,3 +464,18 @@ def test_the_shipped_hf_folder_zipped_computes_per_head_curvature(app_env, tmp_p
     order = hl.hierarchy.order(part.labels)
     got = heatmap_z(chart(at, "inspect-H"))
     np.testing.assert_allclose(got, want[np.ix_(order, order)], rtol=1e-5, atol=1e-9)
+
+
+def test_the_gauss_newton_is_offered_and_computed(app_env):
+    """Curvature 'Gauss-Newton G': the page draws G_bar = U^T G U of the library."""
+    run, npz = app_env
+    at = inspect("epoch_0001.pt", (run / "epoch_0001.pt").read_bytes())
+    at.selectbox(key="curvature").set_value("ggn").run()
+    assert not [c for c in at.checkbox if c.key == "order3"]  # no D³ for the GGN
+    at.button(key="compute").click().run()
+    no_errors(at)
+    at.radio(key="inspect-view").set_value("full").run()
+    model, _ = hl.load_checkpoint(run / "epoch_0001.pt")
+    G = independent_H(model, npz, curvature="ggn")
+    np.testing.assert_allclose(heatmap_z(chart(at, "inspect-H")), G, rtol=1e-4, atol=1e-7)
+    assert np.linalg.eigvalsh(G).min() > -1e-6 * np.abs(G).max()  # PSD, unlike H̄ here

@@ -31,6 +31,7 @@ from hessian_lens.ui.common import plain, scoped
 from hessian_lens.ui.interactions import render_interactions
 from hessian_lens.ui.reads import as_dict
 
+CURVATURES = {"hessian": "Hessian H", "ggn": "Gauss-Newton G"}
 PARTITIONS = (*SCHEMES[:3], "by_module:2", "by_kind", "by_head", "adam_mini", "by_neuron")
 BATCH_SIZE = 500
 AUTO = "auto-detect"
@@ -349,7 +350,15 @@ def _analysis(ins, runs: list[Run], architecture, kwargs, selected: Run | None) 
     loss = c4.selectbox(
         "Loss", LOSSES, index=list(LOSSES).index(defaults["loss"]), key=scoped("loss")
     )
-    order3 = c5.checkbox("D³ diagonal", key="order3")
+    curvature = c5.selectbox(
+        "Curvature",
+        CURVATURES,
+        format_func=CURVATURES.get,
+        key="curvature",
+        help="H̄ = UᵀHU (the Hessian), or Ḡ = UᵀJᵀH_ℓJU (the Gauss-Newton matrix: "
+        "positive semi-definite for a convex loss; no D³)",
+    )
+    order3 = curvature == "hessian" and st.checkbox("D³ diagonal", key="order3")
     tokenizer = ""
     if spec.strip().lower().startswith("text:"):
         tokenizer = st.text_input(
@@ -366,7 +375,12 @@ def _analysis(ins, runs: list[Run], architecture, kwargs, selected: Run | None) 
     if batch_size != BATCH_SIZE:
         st.caption(f"This export fixes its batch size: batches of {batch_size}, {samples} samples.")
     settings = AnalysisSettings(
-        samples=samples, partition=partition, order3=order3, batch_size=batch_size, loss=loss
+        samples=samples,
+        partition=partition,
+        order3=order3,
+        batch_size=batch_size,
+        loss=loss,
+        curvature=curvature,
     )
     store, note = uploads.inspect_store(cache_dir(create=True))
     if note:  # kept for the session: the next rerun would hide it at once
