@@ -208,7 +208,8 @@ PAGE = """
 import json, sys
 {pre}
 from streamlit.testing.v1 import AppTest
-at = AppTest.from_file({file!r}, default_timeout=900)
+at = AppTest.from_file({app!r}, default_timeout=900)
+at.switch_page({file!r})
 {state}
 at.run()
 def upload(name, data):
@@ -237,7 +238,13 @@ def page_code(
 ) -> str:
     act = "\n".join("    " + line for line in (act or "pass").splitlines())
     return PAGE.format(
-        file=str(tree / page), act=act, state=state, pre=pre, post=post, marker=RESULT
+        app=str(tree / "app.py"),
+        file=page,
+        act=act,
+        state=state,
+        pre=pre,
+        post=post,
+        marker=RESULT,
     )
 
 
@@ -1311,7 +1318,7 @@ def store_run28(folder: Path, labels: list[str]) -> Path:
 
 def _interactions28(t: Path, run: Path, act: str = "", **kw) -> Call:
     state = f"at.session_state['run_path'] = {str(run)!r}"
-    return code(page_code(t, "pages/1_Layer_interactions.py", act, state=state),
+    return code(page_code(t, "views/Layer_interactions.py", act, state=state),
                 env={"HESSIAN_LENS_RUNS": str(run.parent)}, **kw)  # fmt: skip
 
 
@@ -1378,7 +1385,7 @@ def _(w, t):
 def _(w, t):
     run = gpt_run28(w / "runs" / "globber", "text:/**")
     act = f"upload('epoch_0001.pt', open({str(run / 'epoch_0001.pt')!r}, 'rb').read())"
-    return code(page_code(t, "pages/3_Inspect_checkpoint.py", act), timeout=90,
+    return code(page_code(t, "views/Inspect_checkpoint.py", act), timeout=90,
                 env={"HESSIAN_LENS_RUNS": str(run.parent)})  # fmt: skip
 
 
@@ -1529,7 +1536,7 @@ def _(w, t):
     label = "blocks.0.attn.q.head" + "1" * 5000
     run = store_run28(w / "runs" / "digits", [f"g{i}.weight" for i in range(29)] + [label])
     state = f"at.session_state['run_path'] = {str(run)!r}"
-    return code(page_code(t, "pages/6_Block_heterogeneity.py", state=state),
+    return code(page_code(t, "views/Block_heterogeneity.py", state=state),
                 env={"HESSIAN_LENS_RUNS": str(run.parent)})  # fmt: skip
 
 

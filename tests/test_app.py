@@ -490,9 +490,9 @@ def test_the_shipped_hf_gpt2_on_every_page(app_env):
     M = hierarchy.membership(len(labels), units)
     np.testing.assert_allclose(heatmap_z(chart(at, "interactions-H")), M.T @ rec.arrays["H"] @ M)
     assert layout_problems(chart(at, "interactions-H")) == []
-    for page in (BLOCKDIAG, "pages/6_Block_heterogeneity.py", "app.py"):
+    for page in (BLOCKDIAG, "views/Block_heterogeneity.py", "app.py"):
         at = open_page(page, HF_GPT2)
         no_errors(at)
         assert plotly_specs(at), page
-    for page in ("pages/4_Optimizer.py", "pages/5_Paper.py"):  # not their kind of run: no error
+    for page in ("views/Optimizer.py", "views/Paper.py"):  # not their kind of run: no error
         no_errors(open_page(page, HF_GPT2))

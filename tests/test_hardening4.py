@@ -32,8 +32,8 @@ from hessian_lens.store import Record, ResultStore
 from tests.conftest import REPO
 
 GPT_TEXT = REPO / "checkpoints" / "gpt-text"
-INTERACTIONS = "pages/1_Layer_interactions.py"
-HETEROGENEITY = "pages/6_Block_heterogeneity.py"
+INTERACTIONS = "views/Layer_interactions.py"
+HETEROGENEITY = "views/Block_heterogeneity.py"
 
 CAPPED = r"""
 import json, resource, sys, time
@@ -88,7 +88,8 @@ def capped(code: str, headroom_gib: float = 1.5, timeout: float = 120, env=None)
 
 PAGE = """
 from streamlit.testing.v1 import AppTest
-at = AppTest.from_file({page!r}, default_timeout=600)
+at = AppTest.from_file({app!r}, default_timeout=600)
+at.switch_page({page!r})
 at.session_state["run_path"] = {run!r}
 at.run()
 {act}
@@ -104,7 +105,7 @@ out.update(
 
 def page(name: str, run: Path, cache: Path, act: str = "", **kw) -> dict:
     """A dashboard page on ``run`` in a capped, killable interpreter (see :func:`capped`)."""
-    code = PAGE.format(page=str(REPO / name), run=str(run), act=act)
+    code = PAGE.format(app=str(REPO / "app.py"), page=name, run=str(run), act=act)
     env = {"HESSIAN_LENS_RUNS": str(run.parent), "HESSIAN_LENS_CACHE": str(cache)}
     return capped(code, env=env, **kw)
 
@@ -274,7 +275,8 @@ def test_inspect_page_reads_the_data_a_file_names_only_after_a_click(tmp_path, m
     monkeypatch.setattr(text, "load_text", lambda *a, **k: reads.append(a) or real(*a, **k))
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run.parent))
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
-    at = AppTest.from_file(str(REPO / "pages/3_Inspect_checkpoint.py"), default_timeout=300)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    at.switch_page("views/Inspect_checkpoint.py")
     at.run()
     data = (run / "epoch_0001.pt").read_bytes()
     at.file_uploader(key="upload").set_value(("epoch_0001.pt", data, "application/octet-stream"))
