@@ -34,7 +34,7 @@ CASES = [
     (
         "torchvision:VisionTransformer",
         {
-            "image_size": 30,
+            "image_size": 28,
             "patch_size": 7,
             "num_layers": 3,
             "num_heads": 2,
