@@ -86,7 +86,9 @@ def make_back_end(
     """The back end of a resolved method (``"loop"`` or ``"vmap"``) and curvature."""
     if curvature == "ggn":
         return GGNBackEnd(loss_fn)
-    return LoopBackEnd(loss_fn) if method == "loop" else VmapBackEnd(loss_fn, chunk_size)
+    if method == "loop":
+        return LoopBackEnd(loss_fn, chunk_size)
+    return VmapBackEnd(loss_fn, chunk_size)
 
 
 def check_ggn(options: Options, spec: Spec, loss_fn: LossFn | None) -> None:
