@@ -72,8 +72,7 @@ def test_layouts_of_the_gpt_weights():
     with functional_state(model, part, Options()) as st:
         x = data("gpt")[0]
         kinds = {
-            part.names[i]: D._layout(part, i, st.params[i].shape).kind
-            for i in D.linear_only(st, x)
+            part.names[i]: D._layout(part, i, st.params[i].shape).kind for i in D.linear_only(st, x)
         }
     assert kinds == {
         "blocks.0.attn.qkv.weight": "rows",

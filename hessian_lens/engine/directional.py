@@ -264,11 +264,18 @@ def row_batches(partition, rows: Sequence[int], size: int) -> list[list[int]]:
     return out
 
 
-def add_directional(acc, loss_fn, x, y, weight: float, *, rows: int = 1, tick=None) -> Tensor:
-    """Add ``weight *`` this micro-batch's ``g_bar`` and ``H_bar`` into ``acc``; its loss.
+def add_directional(acc, loss_fn, batch, *, rows: int = 1, first: int = 0, tick=None) -> Tensor:
+    """Add ``W *`` the ``g_bar`` and ``H_bar`` of ``batch = (x, y, W)`` into ``acc``; its loss.
 
-    ``rows``: most rows per vectorised backward pass; ``tick(s)`` after each row batch.
+    Args:
+        acc: the running sums (its direction, or ``None``: this batch's own gradient).
+        loss_fn: ``loss_fn(outputs, targets)``.
+        batch: inputs, targets and the micro-batch's weight ``W``.
+        rows: most rows per vectorised backward pass.
+        first: the rows before it (and ``g_bar``) are in ``acc`` already (a resumed call).
+        tick: ``tick(r)`` once the rows before ``r`` are in ``acc``.
     """
+    x, y, weight = batch
     st, part = acc.state, acc.partition
     if acc.direction is None:  # a single batch taken whole: its own gradient
         loss = loss_fn(st.forward(x), y)
@@ -277,11 +284,12 @@ def add_directional(acc, loss_fn, x, y, weight: float, *, rows: int = 1, tick=No
     d = Directional(st, part, acc.direction, linear_only(st, x))
     loss = d.loss(loss_fn, x, y)
     grads = d.gradient(loss)
-    acc.full[1] += weight * sum(g.detach() for g in grads)
-    for batch in row_batches(part, range(len(part)), max(rows, 1)):
-        block = directional_rows(d, grads, batch)
-        for r, s in enumerate(batch):
+    if first == 0:
+        acc.full[1] += weight * sum(g.detach() for g in grads)
+    for run in row_batches(part, range(first, len(part)), max(rows, 1)):
+        block = directional_rows(d, grads, run)
+        for r, s in enumerate(run):
             acc.full[2][s, s:] += weight * block[r, s:]
         if tick is not None:
-            tick(batch[-1])
+            tick(run[-1] + 1)
     return loss.detach()

@@ -44,13 +44,20 @@ class LoopBackEnd:
     def __init__(self, loss_fn: LossFn, chunk_size: int | None = None) -> None:
         self.loss_fn = loss_fn
         self.chunk_size = chunk_size  # rows per vectorised pass (None: planned, else 1)
-        self.tick = None  # tick(s) after the rows up to s of each micro-batch (H̄ alone)
+        self.tick = None  # tick(r) once the rows before r of a micro-batch are in (H̄ alone)
+        self.first_row = 0  # H̄ alone: the rows before it are in the sums already (resumed)
 
     def product(self, acc: Accumulator, x, y, weight: float) -> Tensor:
         """Add ``weight *`` this micro-batch's summaries into ``acc``; return its loss."""
         if directional(acc.spec):
-            rows = self.chunk_size or 1
-            return add_directional(acc, self.loss_fn, x, y, weight, rows=rows, tick=self.tick)
+            return add_directional(
+                acc,
+                self.loss_fn,
+                (x, y, weight),
+                rows=self.chunk_size or 1,
+                first=self.first_row,
+                tick=self.tick,
+            )
         loss = self.loss_fn(acc.state.forward(x), y)
         grads = differentiate(loss, acc.state.params, create_graph=acc.spec.top > 1)
         if acc.direction is None:

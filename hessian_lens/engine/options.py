@@ -16,6 +16,7 @@ say where and how to compute. The value is frozen: :meth:`Options.replace` makes
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -48,6 +49,7 @@ class EngineKeywords(TypedDict, total=False):
     distributed: bool | None
     progress: Progress
     curvature: str
+    resume: str | os.PathLike | None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class Options:
             loss; order 2 only; needs a ``loss_fn`` of the model's outputs), or for the
             measures (:func:`hessian_lens.block_norms`, :func:`hessian_lens.block_spectra`)
             ``"functional"``: ``H - G``, the rest of the Hessian.
+        resume: a file where pass 2 keeps its running sums row by row (H̄ alone) or
+            micro-batch by micro-batch; a call with the same file, model, data and options
+            continues after the last row stored (:mod:`hessian_lens.engine.resume`); once
+            complete it holds the whole result (the caller removes it).
 
     Example:
         >>> opts = Options(batch_dim=(1, 0), reduction="sum")
@@ -97,6 +103,7 @@ class Options:
     distributed: bool | None = None
     progress: Progress = False
     curvature: str = "hessian"
+    resume: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         B.BatchDims.of(self.batch_dim)
@@ -112,6 +119,8 @@ class Options:
             raise ValueError(f"chunk_size must be an integer >= 1 or None, got {self.chunk_size!r}")
         if self.curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
+        if self.resume is not None and not isinstance(self.resume, (str, os.PathLike)):
+            raise TypeError(f"resume must be a file path or None, got {self.resume!r}")
         if not isinstance(self.train_mode, bool):
             raise TypeError(f"train_mode must be True or False, got {self.train_mode!r}")
 
