@@ -33,7 +33,14 @@ from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition, check_scheme
 from hessian_lens.settings import checkpoint_limit_bytes
-from hessian_lens.store import MAX_GROUPS, MAX_SPECTRUM_NODES, Record, ResultStore, label_problem
+from hessian_lens.store import (
+    MAX_GROUPS,
+    MAX_SPECTRUM_NODES,
+    Record,
+    ResultStore,
+    label_problem,
+    settings_key,
+)
 
 ENGINE_VERSION = "1"
 BLOCKS = ("layer", "tensor", "kind")
@@ -140,13 +147,18 @@ def analyze_model(
     batches,
     settings: AnalysisSettings,
     device: torch.device | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     distributed: bool = False,
+    resume: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """H_bar and everything derived from it, for one model.
 
     ``distributed=True`` (inside a process group): ``batches`` is this rank's shard and the
-    result is that of the union of all ranks' shards (every rank gets it).
+    result is that of the union of all ranks' shards (every rank gets it). ``progress``: a
+    callback ``(fraction, message)`` or ``True`` (a tqdm bar with an ETA, advancing row by
+    row of H̄). ``resume``: a file keeping H̄'s rows as they are computed
+    (:mod:`hessian_lens.engine.resume`): a call killed midway and made again continues
+    after the last row stored; the caller removes the file once the result is stored.
 
     Returns:
         ``(summary, arrays)``: JSON-able scalars and labels; float64 numpy arrays ``H``,
@@ -156,13 +168,14 @@ def analyze_model(
     """
     part = Partition.from_name(model, settings.partition)
     check_storable(part, settings.partition)
-    tick = _batch_progress(progress) if progress is not None else False
+    tick = _batch_progress(progress) if callable(progress) else progress is True
     options = Options(
         device=device,
         dtype=DTYPES[settings.dtype],
         progress=tick,
         distributed=distributed,
         curvature=settings.curvature,
+        resume=resume,
     )
     loss_fn = get_loss(settings.loss)
     res = pseudo_hessian(
@@ -283,10 +296,16 @@ def compute_record(
     device: torch.device | None = None,
     progress: ProgressFn | None = None,
     distributed: bool = False,
+    resume: Path | None = None,
 ) -> Record:
-    """Analyse a built model into a :class:`Record` (not stored)."""
+    """Analyse a built model into a :class:`Record` (not stored).
+
+    ``resume``: the file keeping H̄'s rows as they come (:func:`analyze_model`).
+    """
     t0 = time.perf_counter()
-    summary, arrays = analyze_model(model, batches, settings, device, progress, distributed)
+    summary, arrays = analyze_model(
+        model, batches, settings, device, progress, distributed, resume=resume
+    )
     summary["model"] = meta.get("model")
     epoch = checkpoint_epoch(name, meta)
     return Record(
@@ -477,7 +496,11 @@ def _analyze_all(job: _Job, files: list[Path], progress, poll_s: float) -> list[
         waiting = []
         for path in pending:
             inner = _inner_progress(progress, done, len(files), path.name)
-            state, record = job.run(path, inner)
+            try:
+                state, record = job.run(path, inner)
+            finally:
+                if isinstance(inner, _Bar):
+                    inner.close()
             if state == "busy":
                 waiting.append(path)
                 continue
@@ -527,6 +550,7 @@ class _Job:
             model, meta = load_checkpoint(path, max_bytes=checkpoint_limit_bytes())
             if hasattr(self.batches, "data"):
                 check_model_fits(model, self.batches.data)
+            partial = partial_path(self.store.path, sha, key)
             record = compute_record(
                 model,
                 meta,
@@ -537,8 +561,10 @@ class _Job:
                 self.fingerprint,
                 self.device,
                 self._heartbeat(sha, key, progress),
+                resume=partial,
             )
             self.store.put(record, owner=self.owner)
+            partial.unlink(missing_ok=True)
         except BaseException:
             self.store.release(sha, key, self.owner)
             raise
@@ -555,6 +581,14 @@ class _Job:
                 progress(fraction, message)
 
         return tick
+
+
+PARTIAL_DIR = "analysis.partial"  # beside the store: the rows of analyses under way
+
+
+def partial_path(store: Path, sha: str, key: dict[str, Any], rank: str = "") -> Path:
+    """Where the rows of one checkpoint's analysis are kept while it runs (beside the store)."""
+    return Path(store).parent / PARTIAL_DIR / f"{sha[:16]}-{settings_key(key)}{rank}.npz"
 
 
 def analyze_run_data_parallel(
@@ -596,20 +630,24 @@ def analyze_run_data_parallel(
     seconds = []
     for path in todo:
         model, meta = load_checkpoint(path, max_bytes=checkpoint_limit_bytes())
+        sha = file_sha256(path)
+        partial = partial_path(run / runfolder.STORE_FILE, sha, settings.key(fingerprint))
         record = compute_record(
             model,
             meta,
             path.name,
-            file_sha256(path),
+            sha,
             batches,
             settings,
             fingerprint,
             device,
-            None,
+            True if bar is not None else None,
             distributed=True,
+            resume=partial,
         )
         if store is not None:
             store.put(record)
+        Path(f"{partial}.rank{rank}of{world}" if world > 1 else partial).unlink(missing_ok=True)
         seconds.append(record.seconds)
         if bar is not None:
             bar.update(1)
@@ -637,17 +675,44 @@ def _wait(progress, count: int, poll_s: float) -> None:
     time.sleep(poll_s)
 
 
-def _batch_progress(progress: ProgressFn) -> Callable[[int, int | None], None]:
-    def tick(done: int, total: int | None) -> None:
-        progress(done / total if total else 0.0, f"batch {done}/{total or '?'}")
+def _batch_progress(progress: ProgressFn) -> Callable[[float, int | None], None]:
+    """The engine's ``(done, total)`` ticks (fractions of a batch as H̄'s rows finish)."""
+
+    def tick(done: float, total: int | None) -> None:
+        progress(done / total if total else 0.0, f"batch {int(done)}/{total or '?'}")
 
     return tick
 
 
 def _inner_progress(progress, index: int, total: int, name: str) -> ProgressFn | None:
+    if progress is True:
+        return _Bar(name)
     if not callable(progress):
         return None
     return lambda f, msg: progress((index + f) / total, f"{name}: {msg}")
+
+
+class _Bar:
+    """One checkpoint's bar, in percent of its passes, advancing row by row of H̄ (with ETA)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.bar = name, None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=100.0,
+                desc=self.name,
+                bar_format="{desc}: {percentage:5.1f}%|{bar}| [{elapsed}<{remaining}]",
+            )
+        self.bar.n = round(100.0 * min(max(fraction, 0.0), 1.0), 2)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _bar(progress, total: int):

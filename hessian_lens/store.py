@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import socket
 import sqlite3
 import tempfile
 import time
@@ -393,7 +394,8 @@ class ResultStore:
         """Try to take the lease on a checkpoint: ``"taken"``, ``"done"`` or ``"busy"``.
 
         ``"done"``: already stored; ``"busy"``: another owner's lease is alive. Expired
-        leases are taken over.
+        leases are taken over, and so are those of a process of this host that is gone (a
+        killed analysis rerun at once resumes instead of waiting for its lease).
         """
         self._writable()
         key, now = settings_key(settings), time.time()
@@ -410,7 +412,7 @@ class ResultStore:
                 ).fetchone()
                 if done:
                     return "done"
-                if lease and lease[0] != owner and lease[1] > now:
+                if lease and lease[0] != owner and lease[1] > now and not owner_gone(lease[0]):
                     return "busy"
                 db.execute(
                     "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)",
@@ -455,6 +457,21 @@ class ResultStore:
     def _writable(self) -> None:
         if self.readonly:
             raise StoreError(f"{self.path} was opened read-only (for viewing).")
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether a lease's owner (``host:pid:tag``) was a process of this host that has ended."""
+    host, _, rest = str(owner).partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 _LIGHT_COLUMNS = "checkpoint_sha, settings, checkpoint, epoch, summary, seconds, created"

@@ -69,8 +69,8 @@ SCHEMES = ("by_head", "adam_mini", "by_neuron")
 CASES = [
     *[(n, s, "loop") for n in MODELS for s in SCHEMES],
     *[("attention", s, "vmap") for s in SCHEMES],
-    # GPT and ViT have LayerNorms: vmap's derivatives of layer_norm are wrong, the engine
-    # runs the loop instead (summary.VMAP_WRONG_OPS) and says so
+    # GPT and ViT have LayerNorms: torch.func's derivatives of native_layer_norm are wrong,
+    # the vmap back end runs them decomposed (vmapped.DecomposedNorms)
     *[(n, "by_head", "vmap") for n in ("gpt", "vit")],
 ]
 
@@ -85,7 +85,7 @@ def test_sub_tensor_groups_match_brute_force(name, scheme, method):
     H, g = reference(name, part)
     assert_close(res.H, H, **EXACT)
     assert_close(res.g, g, **EXACT)
-    assert res.method == ("loop" if name in ("gpt", "vit") else method)
+    assert res.method == method and not any("fell back" in n for n in res.notes)
 
 
 @pytest.mark.parametrize("method", ["loop", "vmap"])
@@ -137,9 +137,9 @@ def attention_for_derivatives():
 
 
 def test_torch_layer_norm_reverse_over_forward_is_still_wrong():
-    """Why vmap never runs through layer_norm (summary.VMAP_WRONG_OPS).
+    """Why vmap runs layer norms decomposed (vmapped.DecomposedNorms, VMAP_WRONG_OPS).
 
-    This fails once torch is fixed: then the screen can go.
+    This fails once torch is fixed: then the decomposition and the screen can go.
     """
     x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     w = torch.linspace(0.5, 1.5, 4, dtype=torch.float64)

@@ -16,6 +16,7 @@ say where and how to compute. The value is frozen: :meth:`Options.replace` makes
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -51,6 +52,7 @@ class EngineKeywords(TypedDict, total=False):
     progress: Progress
     curvature: str
     seed: int
+    resume: str | os.PathLike | None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,10 @@ class Options:
         seed: every forward pass of batch b runs with the random generators seeded
             ``seed + b`` (dropout masks in train mode, any random operation), the same in
             every pass; the caller's generators are left as they were.
+        resume: a file where pass 2 keeps its running sums row by row (H̄ alone) or
+            micro-batch by micro-batch; a call with the same file, model, data and options
+            continues after the last row stored (:mod:`hessian_lens.engine.resume`); once
+            complete it holds the whole result (the caller removes it).
 
     Example:
         >>> opts = Options(batch_dim=(1, 0), reduction="sum")
@@ -110,6 +116,7 @@ class Options:
     progress: Progress = False
     curvature: str = "hessian"
     seed: int = 0
+    resume: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         B.BatchDims.of(self.batch_dim)
@@ -129,6 +136,8 @@ class Options:
             raise ValueError(f"chunk_size must be an integer >= 1 or None, got {self.chunk_size!r}")
         if self.curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
+        if self.resume is not None and not isinstance(self.resume, (str, os.PathLike)):
+            raise TypeError(f"resume must be a file path or None, got {self.resume!r}")
         if not isinstance(self.train_mode, bool):
             raise TypeError(f"train_mode must be True or False, got {self.train_mode!r}")
 
