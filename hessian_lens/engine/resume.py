@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hessian_lens.engine.feed import Totals
-from hessian_lens.files import atomic_write
+from hessian_lens.io.files import atomic_write
 
 __all__ = ["PARTIAL_FORMAT", "Partial"]
 
