@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["differentiate"]
+__all__ = ["differentiate", "explained_errors"]
 
 NO_GRAPH_HINTS = ("second time", "does not require grad")  # autograd: the graph is gone
 NO_HIGHER_ORDER_HINT = "does not support"  # autograd: no derivative of that order
@@ -40,17 +41,23 @@ def differentiate(
     """
     if allow_constant and not output.requires_grad:
         return [torch.zeros_like(t) for t in inputs]
-    try:
-        return list(
-            torch.autograd.grad(
-                output,
-                inputs,
-                retain_graph=retain_graph,
-                create_graph=create_graph,
-                allow_unused=True,
-                materialize_grads=True,
-            )
+    with explained_errors():
+        grads = torch.autograd.grad(
+            output,
+            inputs,
+            retain_graph=retain_graph,
+            create_graph=create_graph,
+            allow_unused=True,
+            materialize_grads=True,
         )
+    return list(grads)
+
+
+@contextlib.contextmanager
+def explained_errors() -> Iterator[None]:
+    """Autograd failures users can fix re-raised as one clear error (:func:`_explained`)."""
+    try:
+        yield
     except RuntimeError as err:
         explained = _explained(err)
         if explained is None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from hessian_lens.engine.autodiff import explained_errors
 from hessian_lens.memory import ModelMemo
 
 __all__ = ["Directional", "add_directional", "directional_rows", "linear_only", "row_batches"]
@@ -53,9 +54,11 @@ class _Uses(TorchFunctionMode):
     def __init__(self, ids: dict[int, int]) -> None:
         super().__init__()
         self.ids, self.linear, self.other = ids, set(), set()
+        self.hooked = False  # saved-tensor hooks seen (activation checkpointing)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        self.hooked = self.hooked or torch._C._autograd._top_saved_tensors_default_hooks(False)
         weight = args[1] if func is F.linear and len(args) > 1 else kwargs.get("weight")
         for t in _tensors(args, kwargs):
             i = self.ids.get(id(t))
@@ -75,13 +78,19 @@ def _tensors(args, kwargs) -> list[Tensor]:
 
 
 def linear_only(state, x) -> list[int]:
-    """Indices of the parameters used only as ``F.linear`` weights (one forward, no grad)."""
+    """Indices of the parameters used only as ``F.linear`` weights (one forward, no graph).
+
+    None where the forward runs under saved-tensor hooks (activation checkpointing): its
+    recomputation in the backward pass would not see the moved weights of :class:`_Moved`.
+    The forward runs with grad mode on (detached parameters: no graph is built), since
+    checkpointing installs its hooks only then.
+    """
 
     def screen() -> list[int]:
         params = [p.detach() for p in state.params]
-        with torch.no_grad(), _Uses({id(p): i for i, p in enumerate(params)}) as uses:
+        with torch.enable_grad(), _Uses({id(p): i for i, p in enumerate(params)}) as uses:
             state.forward(x, params)
-        return sorted(uses.linear - uses.other)
+        return [] if uses.hooked else sorted(uses.linear - uses.other)
 
     shapes = tuple((tuple(t.shape), t.dtype) for t in _leaves(x))
     return SCREENS.get(state.model, ("linear uses", state.device, shapes), screen)
@@ -197,11 +206,11 @@ class Directional:
 
     def gradient(self, loss: Tensor) -> list[Tensor]:
         """``dL/d eta`` per parameter (S entries each), with its graph."""
-        return list(
-            torch.autograd.grad(
+        with explained_errors():
+            grads = torch.autograd.grad(
                 loss, self.etas, create_graph=True, allow_unused=True, materialize_grads=True
             )
-        )
+        return list(grads)
 
 
 def directional_rows(d: Directional, grads: Sequence[Tensor], rows: list[int]) -> Tensor:
@@ -222,6 +231,12 @@ def directional_rows(d: Directional, grads: Sequence[Tensor], rows: list[int]) -
     if not live:
         return out
     wrt = [d.etas[i] for i in part.params_from(rows[0])]
+    with explained_errors():
+        return _rows_backward(out, phis, live, wrt)
+
+
+def _rows_backward(out: Tensor, phis: list, live: list[int], wrt: list[Tensor]) -> Tensor:
+    """``out[r] = d phis[r] / d wrt`` (summed) for the rows ``live``: one or one batched pass."""
     if len(live) == 1:
         got = torch.autograd.grad(phis[live[0]], wrt, retain_graph=True, allow_unused=True)
         out[live[0]] = sum(g for g in got if g is not None)
