@@ -419,7 +419,7 @@ def test_run_defaults_come_from_the_run_that_wrote_the_checkpoint(tiny_npz):
     lm = run("lm", {"name": "text:/c@64", "tokenizer": "tokenizer.json", "corpus": tok}, None)
     lm.path = Path("/runs/lm")
     hf_meta = {"format": "huggingface", "loss": "next_token", "hf": tok}
-    got = run_defaults(hf_meta, [*runs, lm], "/cache/x.zip")
+    got = run_defaults(hf_meta, [*runs, lm], tokenizer="/cache/x.zip")
     assert (got["spec"], got["loss"], got["tokenizer"]) == (
         "text:/c@64",
         "next_token",

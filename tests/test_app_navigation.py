@@ -160,4 +160,10 @@ def test_an_upload_takes_the_sidebar_runs_data_when_it_trained_that_architecture
     assert run_defaults(bare, [gpt, lenet], selected=gpt)["spec"] == "text:stdlib@64"
     assert run_defaults(bare, [gpt, lenet], selected=lenet)["spec"] == "cifar10"
     chosen = run_defaults({}, [gpt, lenet], selected=lenet, architecture="lenet5")
-    assert chosen == {"spec": f"npz:{tiny_npz}", "source": str(tiny_npz), "loss": "nll"}
+    assert chosen == {
+        "spec": f"npz:{tiny_npz}",
+        "source": str(tiny_npz),
+        "loss": "nll",
+        "tokenizer": "",
+        "run": "lenet",
+    }

@@ -134,7 +134,7 @@ def test_a_pickle_calling_bytearray_is_refused_before_torch_allocates(tmp_path):
 
 
 def test_a_pt2_whose_sample_inputs_call_bytearray_is_refused(tmp_path):
-    from tests.test_export import read_members, save_export, write_members
+    from tests.test_pt2 import read_members, save_export, write_members
 
     src = save_export(nn.Linear(3, 2), torch.randn(2, 3), tmp_path / "ok.pt2", dynamic=False)
     root, members = read_members(src)
@@ -279,7 +279,7 @@ def test_memory_items_grow_the_process_by_less_than_the_limit_plus_a_margin(tmp_
 
 # ---------------------------------------------------------------------------- item 5
 def test_a_pt2_program_padded_with_millions_of_empty_objects_is_refused(tmp_path):
-    from tests.test_export import PROGRAM, read_members, save_export
+    from tests.test_pt2 import PROGRAM, read_members, save_export
 
     src = save_export(nn.Linear(3, 2), torch.randn(2, 3), tmp_path / "ok.pt2", dynamic=False)
     root, members = read_members(src)
@@ -362,7 +362,7 @@ class AllocatesAtRunTime(nn.Module):
 
 
 def edited_export(tmp_path: Path, edit: Callable[[dict], None], name: str) -> Path:
-    from tests.test_export import PROGRAM, edit_json, read_members, save_export, write_members
+    from tests.test_pt2 import PROGRAM, edit_json, read_members, save_export, write_members
 
     torch.manual_seed(0)
     src = save_export(AllocatesAtRunTime(), torch.randn(2, 3, 4), tmp_path / "src.pt2", True)
@@ -582,7 +582,7 @@ class SmallCifarNet(nn.Module):
 
 def test_analyze_reads_a_pt2_checkpoint_of_a_run(tmp_path):
     from hessian_lens.analyze import AnalysisSettings, analyze_run
-    from tests.test_export import save_export
+    from tests.test_pt2 import save_export
 
     run = tmp_path / "run"
     run.mkdir()

@@ -50,6 +50,9 @@ def live_env(tmp_path, monkeypatch):
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
     st.cache_data.clear()
+    from hessian_lens.ui import home
+
+    monkeypatch.setattr(home, "PAGE_SIZE", 100)  # the shipped runs fill the first page
     return tmp_path
 
 
