@@ -45,6 +45,17 @@ THEIR_SIGMA = 10 ** np.linspace(-2, 1.0, 20)  # their scale='log'
 SIGMA_INDEX = (0, 3, 6, 9, 13, 16, 19)  # 0.01, 0.03, 0.089, 0.30, 1.13, 3.4, 10
 BATCH, DATA_SEED, WIDTH = 64, 1234, 128
 PART_NAMES = {"hessian": "H", "ggn": "GN", "functional": "functional"}
+#: The growth rates sigma^k their figure draws as guides for one layer without LayerNorm
+#: (Transformer_Hessian.ipynb, ``get_exponent``; the paper's Theorem on the block growth).
+PAPER_RATE = {
+    ("q", "H"): 5,
+    ("q", "GN"): 6,
+    ("q", "functional"): 5,
+    ("v", "H"): 2,
+    ("v", "GN"): 2,
+    ("v", "functional"): 0,
+}
+SLOPE_RANGE = (0.01, 0.3)  # small scales, where the power laws hold (sigma 0.01 .. 0.30)
 
 
 def point(depth: int, sigma_i: int, repeat: int, probes: int) -> dict:
@@ -106,7 +117,7 @@ def run(depths, repeats: int, probes: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- summary
-def slope(sigma, values, lo: float = 0.1, hi: float = 10.0) -> float | None:
+def slope(sigma, values, lo: float = SLOPE_RANGE[0], hi: float = SLOPE_RANGE[1]) -> float | None:
     """Least-squares slope of log(value) on log(sigma) for lo <= sigma <= hi (None: < 3 points)."""
     sigma, values = np.asarray(sigma, dtype=np.float64), np.asarray(values, dtype=np.float64)
     keep = (sigma >= lo * (1 - 1e-9)) & (sigma <= hi * (1 + 1e-9)) & (values > 0)
@@ -150,6 +161,7 @@ def summary(done: dict, reported: dict) -> list[dict]:
                 )
                 if their_row
                 else None,
+                "paper_rate": PAPER_RATE.get((block, part)) if depth == 1 else None,
             }
         )
     return rows
@@ -158,16 +170,21 @@ def summary(done: dict, reported: dict) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     head = (
         "| L | layer | block | part | ours: σ=0.01 | 0.089 | 1.13 | 10 | theirs: σ=0.01 | 0.089 "
-        "| 1.13 | 10 | slope ours | slope theirs | repeats |"
+        "| 1.13 | 10 | growth k, ours | theirs | paper | repeats |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         cells = [str(r["depth"]), str(r["layer"]), r["block"].upper(), r["part"]]
         cells += [_fmt(r["ours"].get(i)) for i in (0, 6, 13, 19)]
         cells += [_fmt(r["theirs"].get(i)) for i in (0, 6, 13, 19)]
-        cells += [_fmt(r["slope_ours"]), _fmt(r["slope_theirs"]), str(r["repeats"])]
+        cells += [_slope(r["slope_ours"]), _slope(r["slope_theirs"])]
+        cells += ["–" if r["paper_rate"] is None else str(r["paper_rate"]), str(r["repeats"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _slope(x) -> str:
+    return "–" if x is None else f"{x:.1f}"
 
 
 def _fmt(x) -> str:

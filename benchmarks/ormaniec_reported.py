@@ -10,8 +10,8 @@ its functional part (``_func``), and the same for V-V.
 Nothing is unpickled: the opcodes are walked with :mod:`pickletools` and only the float32
 payloads of the numpy scalars are decoded (their files' layout: a dict layer -> dict
 repeat -> list over sigma, written in that order; the count is checked). The summary
-(mean over the repeats at each sigma, the log-log slope over sigma in [0.1, 10], as their
-figure fits) goes to ``benchmarks/results/ormaniec_reported.json``, which
+(mean over the repeats at each sigma, the log-log slope over sigma in [0.01, 0.3], where
+their figure's power laws hold) goes to ``benchmarks/results/ormaniec_reported.json``, which
 ``benchmarks/ormaniec_addition.py`` puts beside this project's measurements.
 
     python benchmarks/ormaniec_reported.py /work/.mirror/dalab+transformer-hessian/repo
@@ -62,7 +62,7 @@ def read(repo: Path, layers: int, block: str, part: str, commit: str) -> np.ndar
     return np.asarray(values, dtype=np.float64).reshape(layers, REPEATS, len(SIGMA))
 
 
-def slope(sigma, values, lo: float = 0.1, hi: float = 10.0) -> float | None:
+def slope(sigma, values, lo: float = 0.01, hi: float = 0.3) -> float | None:
     """Least-squares slope of log(value) on log(sigma) over ``lo <= sigma <= hi``.
 
     None when fewer than 3 of those values are positive (a block that is zero: their

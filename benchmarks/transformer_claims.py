@@ -375,8 +375,22 @@ def fmt(x: float) -> str:
 
 
 # ---------------------------------------------------------------------------- the docs
-QUOTE = re.compile(r"(\S+?)<!--q:([^|>]+)\|([^|>]+)\|([^|>]+)\|([^|>]+)\|(\w+)-->")
+QUOTE = re.compile(r"(-?[0-9][0-9.e+-]*|–)<!--q:([^|>]+)\|([^|>]+)\|([^|>]+)\|([^|>]+)\|(\w+)-->")
 BLOCK = re.compile(r"<!-- begin:claims -->\n(.*?)\n<!-- end:claims -->", re.S)
+ORMANIEC = re.compile(r"<!-- begin:ormaniec -->\n(.*?)\n<!-- end:ormaniec -->", re.S)
+
+
+def ormaniec_markdown() -> str:
+    """``benchmarks/ormaniec_addition.py --markdown``: ours beside their reported values."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "ormaniec", REPO / "benchmarks/ormaniec_addition.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    done = json.loads(module.OUT.read_text())
+    return module.markdown(module.summary(done, json.loads(module.REPORTED.read_text())))
 
 
 def check(doc: str, table: list[dict]) -> list[str]:
@@ -389,6 +403,9 @@ def check(doc: str, table: list[dict]) -> list[str]:
     block = BLOCK.search(doc)
     if block is None or block.group(1) != markdown(table):
         problems.append("the claims tables differ from `transformer_claims.py --markdown`")
+    figure = ORMANIEC.search(doc)
+    if figure is None or figure.group(1) != ormaniec_markdown():
+        problems.append("the Ormaniec table differs from `ormaniec_addition.py --markdown`")
     index = {(r["claim"], r["run"], f"{r['epoch']:g}", r["measure"]): r for r in table}
     for said, claim, run, epoch, measure, field in QUOTE.findall(doc):
         row = index.get((claim, run, epoch, measure))
@@ -405,16 +422,37 @@ def check(doc: str, table: list[dict]) -> list[str]:
     return problems
 
 
+def fill(doc: str, table: list[dict]) -> str:
+    """``doc`` with the claims block and every quoted number set from ``table``."""
+    index = {(r["claim"], r["run"], f"{r['epoch']:g}", r["measure"]): r for r in table}
+
+    def quoted(m: re.Match) -> str:
+        row = index.get(m.groups()[1:5])
+        if row is None:
+            return m.group(0)
+        field = m.group(6)
+        value = str(row[field]) if field.startswith("n_") else fmt(row[field])
+        return value + m.group(0)[len(m.group(1)) :]
+
+    doc = QUOTE.sub(quoted, doc)
+    return BLOCK.sub(
+        lambda _: f"<!-- begin:claims -->\n{markdown(table)}\n<!-- end:claims -->", doc
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="one object per line")
     parser.add_argument("--markdown", action="store_true", help="the tables")
     parser.add_argument("--check", action="store_true", help="docs/transformers.md agrees")
+    parser.add_argument("--fill", action="store_true", help="rewrite the doc's numbers")
     parser.add_argument("--stores", type=Path, default=STORES)
     args = parser.parse_args()
     table = rows(args.stores)
     if args.markdown:
         print(markdown(table))
+    elif args.fill:
+        DOC.write_text(fill(DOC.read_text(), table))
     elif args.check:
         problems = check(DOC.read_text(), table)
         print("\n".join(problems))

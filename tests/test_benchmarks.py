@@ -456,3 +456,40 @@ def test_train_no_eval_writes_the_checkpoints_train_writes(tmp_path, tiny_npz):
     import hessian_lens.train as training
 
     assert training.train.__module__ == "hessian_lens.train"  # restored
+
+
+def test_ormaniec_reported_reads_float32_values_without_unpickling(monkeypatch):
+    """Their results files' numbers come out of the opcodes in order; pickle.loads is never
+    called (a file that would run code is read the same way)."""
+    import pickle
+
+    import numpy as np
+
+    reported = load("benchmarks/ormaniec_reported.py")
+    values = {0: {r: [np.float32(r + s / 8) for s in range(3)] for r in range(2)}}
+    blob = pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def refuse(*a, **k):
+        raise AssertionError("unpickled")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    assert reported.float32_payloads(blob) == [0.0, 0.125, 0.25, 1.0, 1.125, 1.25]
+    sigma = np.array([0.01, 0.03, 0.1, 0.3, 1.0])
+    assert reported.slope(sigma, 3 * sigma**5) == pytest.approx(5.0)
+    assert reported.slope(sigma, 0 * sigma) is None
+
+
+def test_ormaniec_point_has_their_structure():
+    """One layer: the V-V block has no functional part (the output is piecewise linear in
+    W_V), so H = GN there; the Q-Q block grows as sigma^5 and its GN part as sigma^6 at
+    small scales, V-V as sigma^2 (their figure's rates)."""
+    fig = load("benchmarks/ormaniec_addition.py")
+    small, larger = fig.point(1, 0, 0, 2), fig.point(1, 6, 0, 2)
+    assert small["0.v.functional"] == 0 and larger["0.v.functional"] == 0
+    assert larger["0.v.H"] == pytest.approx(larger["0.v.GN"], rel=1e-9)
+    step = math.log(fig.THEIR_SIGMA[6] / fig.THEIR_SIGMA[0])
+    rate = {k: math.log(larger[k] / small[k]) / step for k in ("0.q.H", "0.q.GN", "0.v.H")}
+    assert rate["0.q.H"] == pytest.approx(5, abs=0.3)
+    assert rate["0.q.GN"] == pytest.approx(6, abs=0.3)
+    assert rate["0.v.H"] == pytest.approx(2, abs=0.3)
