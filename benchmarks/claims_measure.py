@@ -98,8 +98,10 @@ class Unit:
         a = self.args
         s = {"kind": kind, "samples": a.samples, "seed": draw, "train_seed": a.train_seed}
         s["partition"] = a.partition
-        if kind in ("qvfrob", "frob"):
+        if kind == "qvfrob":
             s["probes"] = a.probes
+        if kind == "frob":
+            s["probes"] = a.frob_probes
         if kind == "spectra":
             s["steps"] = a.steps
         return s
@@ -161,7 +163,7 @@ def measure_full(unit: Unit, batch, draw: int, curvature: str):
 
 def measure_frob(unit: Unit, batch, draw: int):
     part = unit.part()
-    bn = hl.block_norms(unit.model, unit.loss, batch, part, probes=unit.args.probes, seed=draw)
+    bn = hl.block_norms(unit.model, unit.loss, batch, part, probes=unit.args.frob_probes, seed=draw)
     summary = {"labels": part.labels, "kinds": part.kinds, "layers": part.layers}
     return summary, {"fro_sq": bn.frobenius_sq, "fro_sq_se": bn.frobenius_sq_se}
 
@@ -216,7 +218,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5, help="sample seeds 1..N")
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--partition", default="by_head")
-    parser.add_argument("--probes", type=int, default=4)
+    parser.add_argument("--probes", type=int, default=4, help="Rademacher probes of qvfrob")
+    parser.add_argument("--frob-probes", type=int, default=2, help="probes of frob (S x K)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--data", help="data set spec (default: the run's)")
     parser.add_argument("--data-root", help="override the run's data source")
