@@ -1,8 +1,8 @@
 """Hessian Lens dashboard: ``streamlit run app.py``.
 
-The home page lists the runs found (a card each); the other pages live in ``pages/``
-(Streamlit's page directory; ``st.navigation`` is not used because mixing it with a
-``pages/`` directory breaks direct page URLs).
+One page list (``st.navigation``): the home page (the runs found, a card each) and the
+pages in ``views/``, whose file names give their addresses (``/Layer_interactions``, ...)
+and their titles. The home page links to every other page from the same list.
 """
 
 import streamlit as st
@@ -10,12 +10,13 @@ import streamlit as st
 from hessian_lens.ui import common
 from hessian_lens.ui.home import render_cards
 
-PAGES = (
-    ("pages/1_Layer_interactions.py", "Layer interactions →"),
-    ("pages/2_Block_diagonal.py", "Block-diagonal vs full →"),
-    ("pages/3_Inspect_checkpoint.py", "Inspect a checkpoint →"),
-    ("pages/4_Optimizer.py", "Optimizer →"),
-    ("pages/5_Paper.py", "Paper →"),
+VIEWS = (  # (file, icon, link label on the home page)
+    ("views/Layer_interactions.py", ":material/grid_on:", "Layer interactions →"),
+    ("views/Block_diagonal.py", ":material/view_module:", "Block-diagonal vs full →"),
+    ("views/Block_heterogeneity.py", ":material/scatter_plot:", "Block heterogeneity →"),
+    ("views/Inspect_checkpoint.py", ":material/search:", "Inspect a checkpoint →"),
+    ("views/Optimizer.py", ":material/explore:", "Optimizer →"),
+    ("views/Paper.py", ":material/description:", "Paper →"),
 )
 
 
@@ -31,10 +32,16 @@ def home() -> None:
     with common.guard():
         runs = common.all_runs()
         run = common.select_run(runs)
-        if run is not None:
-            for col, (path, label) in zip(st.columns(len(PAGES)), PAGES, strict=True):
-                col.page_link(path, label=label)
+        if run is not None:  # two rows of three: six columns cut the labels at 1500 px
+            cols = [*st.columns(3), *st.columns(3)]
+            for col, page, (_, _, label) in zip(cols, PAGES[1:], VIEWS, strict=True):
+                col.page_link(page, label=label)
         render_cards(runs, run)
 
 
-home()
+PAGES = [
+    st.Page(home, title="Runs", icon=":material/home:", default=True),
+    *(st.Page(path, icon=icon) for path, icon, _ in VIEWS),
+]
+
+st.navigation(PAGES).run()

@@ -6,7 +6,7 @@ server's caches warm (as a full page load, and by clicking the sidebar link from
 page), and reports the seconds until all six heatmaps are drawn.
 Needs Debian's Chromium (``/usr/bin/chromium``) and Playwright for Python.
 
-With ``--baseline REV`` the dashboard of git revision REV (its app.py, pages/ and
+With ``--baseline REV`` the dashboard of git revision REV (its app.py, views/ and
 hessian_lens/, on the same runs) is served beside this one and every measurement is taken
 on both, interleaved, so that a busy machine slows both alike; a last line gives the
 ratio of the medians (this tree / REV).
@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hessian_lens.browser import REPO, chromium_page, streamlit_server, wait_for_heatmaps
+from tests.e2e.browser import REPO, chromium_page, streamlit_server, wait_for_heatmaps
 
-TREE = ("app.py", "pages", "hessian_lens", ".streamlit")
+TREE = ("app.py", "views", "hessian_lens", ".streamlit")
 
 
 def paint_seconds(page, url: str) -> float:

@@ -44,8 +44,8 @@ from hessian_lens.analyze import AnalysisSettings, analyze_model, select_checkpo
 from hessian_lens.checkpoint import load_checkpoint  # noqa: E402
 from hessian_lens.data import load_dataset  # noqa: E402
 from hessian_lens.engine import products  # noqa: E402
-from hessian_lens.files import file_sha256  # noqa: E402
 from hessian_lens.heads import block_of  # noqa: E402
+from hessian_lens.io.files import file_sha256  # noqa: E402
 from hessian_lens.losses import get_loss  # noqa: E402
 from hessian_lens.split import split_norms  # noqa: E402
 from hessian_lens.store import Record, ResultStore  # noqa: E402

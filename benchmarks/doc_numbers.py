@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hessian_lens import paper  # noqa: E402
-from hessian_lens.files import file_sha256  # noqa: E402
+from hessian_lens.io.files import file_sha256  # noqa: E402
 from hessian_lens.runs import load_run  # noqa: E402
 
 DOCS = ("docs/reproduction.md", "docs/optimizer.md")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from hessian_lens.checkpoint import save_checkpoint  # noqa: E402
 from hessian_lens.data import load_dataset  # noqa: E402
-from hessian_lens.files import file_sha256  # noqa: E402
+from hessian_lens.io.files import file_sha256  # noqa: E402
 from hessian_lens.registry import build_model  # noqa: E402
 from hessian_lens.store import ResultStore  # noqa: E402
 

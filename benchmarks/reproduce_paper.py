@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hessian_lens import paper, plots
-from hessian_lens.browser import figure_png
 from hessian_lens.runs import load_run
+from tests.e2e.browser import figure_png
 
 LENET_EPOCHS, VGG_EPOCHS = (1, 21), (1, 6)
 

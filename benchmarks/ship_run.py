@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hessian_lens.checkpoint import load_checkpoint, save_checkpoint
-from hessian_lens.files import file_sha256, write_json
+from hessian_lens.io.files import file_sha256, write_json
 from hessian_lens.runfolder import RUN_FILE, checkpoint_name, list_checkpoints, read_manifest
 from hessian_lens.store import ResultStore
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hessian_lens.files import file_sha256, write_json
+from hessian_lens.io.files import file_sha256, write_json
 from hessian_lens.runfolder import RUN_FILE, list_checkpoints, read_manifest
 
 NOTE = (

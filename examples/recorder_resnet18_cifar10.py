@@ -97,6 +97,8 @@ def main() -> None:
         architecture_kwargs={"num_classes": 10},
         partition=args.partition,
         progress=True,
+        data_spec="cifar10",  # so that `hessian-lens analyze RUN` can load more of it
+        data_source=args.data,
     ) as rec:
         test_loss, test_acc = evaluate(model, x_te, y_te)
         rec.log(0, test_loss=test_loss, test_acc=test_acc)

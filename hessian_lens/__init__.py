@@ -13,6 +13,8 @@ The public API::
     model = hl.build_model("torchvision:resnet18", num_classes=10)
     model, meta = hl.load_checkpoint(path)              # .pt / .pth / .safetensors / .pt2
     with hl.Recorder("runs/exp", model, loss_fn, batches) as rec: rec.log(0)
+    run = hl.load_run("runs/exp")                       # read-only: run.json + analysis.sqlite
+    rec = run.records()[-1]                             # rec.epoch, rec.arrays["H"], ...
     G = hl.pseudo_hessian(model, loss_fn, data, curvature="ggn").H   # Gauss-Newton U^T G U
     bn = hl.block_norms(model, loss_fn, data, probes=64)  # .trace, .trace_se, .frobenius(_se)
     sp = hl.block_spectra(model, loss_fn, data, steps=30)  # per-group Lanczos / SLQ, .lmax
@@ -28,7 +30,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
+from hessian_lens.version import __version__
 
 _EXPORTS = {
     "DataChangedError": "hessian_lens.batches",
@@ -60,6 +62,9 @@ _EXPORTS = {
     "TaylorView": "hessian_lens.taylor",
     "taylor_view": "hessian_lens.taylor",
     "get_loss": "hessian_lens.losses",
+    "load_run": "hessian_lens.runs",
+    "find_runs": "hessian_lens.runs",
+    "Run": "hessian_lens.runs",
     "BlockNorms": "hessian_lens.measures",
     "block_norms": "hessian_lens.measures",
     "BlockSpectra": "hessian_lens.spectra",
@@ -77,6 +82,8 @@ _MODULES = (
     "distributed",
     "heads",
     "text",
+    "tokenized",
+    "hf",
     "hierarchy",
     "heterogeneity",
     "measures",

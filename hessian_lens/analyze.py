@@ -25,14 +25,22 @@ from torch import nn
 
 from hessian_lens import linalg, runfolder
 from hessian_lens.checkpoint import load_checkpoint
-from hessian_lens.data import Batches, ImageData, check_model_fits, load_dataset
+from hessian_lens.data import DataError, ImageData, check_model_fits, load_dataset
 from hessian_lens.engine import Options, PseudoHessian, pseudo_hessian
-from hessian_lens.files import file_sha256
+from hessian_lens.io.files import file_sha256
+from hessian_lens.loader import Loader
 from hessian_lens.losses import LOSSES, get_loss
 from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition, check_scheme
 from hessian_lens.settings import checkpoint_limit_bytes
-from hessian_lens.store import MAX_GROUPS, MAX_SPECTRUM_NODES, Record, ResultStore
+from hessian_lens.store import (
+    MAX_GROUPS,
+    MAX_SPECTRUM_NODES,
+    Record,
+    ResultStore,
+    label_problem,
+    settings_key,
+)
 
 ENGINE_VERSION = "1"
 BLOCKS = ("layer", "tensor", "kind")
@@ -116,18 +124,41 @@ def _count(value: Any, top: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= top
 
 
+def check_storable(part: Partition, scheme: str) -> None:
+    """Refuse a partition whose analysis a store would not read back, before computing it.
+
+    Raises:
+        ValueError: more than :data:`~hessian_lens.store.MAX_GROUPS` groups, or a label
+            over :data:`~hessian_lens.store.MAX_LABEL_CHARS` characters.
+    """
+    if len(part.groups) > MAX_GROUPS:
+        raise ValueError(
+            f"the {scheme} partition of this model has S = {len(part.groups):,} "
+            f"groups, more than the {MAX_GROUPS:,} a stored analysis may have; choose a "
+            "coarser partition (canonical, by_layer, by_module:K with a smaller K)"
+        )
+    problem = label_problem(part.labels)
+    if problem:
+        raise ValueError(f"the {scheme} partition of this model has {problem}")
+
+
 def analyze_model(
     model: nn.Module,
     batches,
     settings: AnalysisSettings,
     device: torch.device | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     distributed: bool = False,
+    resume: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """H_bar and everything derived from it, for one model.
 
     ``distributed=True`` (inside a process group): ``batches`` is this rank's shard and the
-    result is that of the union of all ranks' shards (every rank gets it).
+    result is that of the union of all ranks' shards (every rank gets it). ``progress``: a
+    callback ``(fraction, message)`` or ``True`` (a tqdm bar with an ETA, advancing row by
+    row of H̄). ``resume``: a file keeping H̄'s rows as they are computed
+    (:mod:`hessian_lens.engine.resume`): a call killed midway and made again continues
+    after the last row stored; the caller removes the file once the result is stored.
 
     Returns:
         ``(summary, arrays)``: JSON-able scalars and labels; float64 numpy arrays ``H``,
@@ -136,19 +167,15 @@ def analyze_model(
         (and ``d3`` with ``order3``).
     """
     part = Partition.from_name(model, settings.partition)
-    if len(part.groups) > MAX_GROUPS:  # a store refuses to read such a record back
-        raise ValueError(
-            f"the {settings.partition} partition of this model has S = {len(part.groups):,} "
-            f"groups, more than the {MAX_GROUPS:,} a stored analysis may have; choose a "
-            "coarser partition (canonical, by_layer, by_module:K with a smaller K)"
-        )
-    tick = _batch_progress(progress) if progress is not None else False
+    check_storable(part, settings.partition)
+    tick = _batch_progress(progress) if callable(progress) else progress is True
     options = Options(
         device=device,
         dtype=DTYPES[settings.dtype],
         progress=tick,
         distributed=distributed,
         curvature=settings.curvature,
+        resume=resume,
     )
     loss_fn = get_loss(settings.loss)
     res = pseudo_hessian(
@@ -269,10 +296,16 @@ def compute_record(
     device: torch.device | None = None,
     progress: ProgressFn | None = None,
     distributed: bool = False,
+    resume: Path | None = None,
 ) -> Record:
-    """Analyse a built model into a :class:`Record` (not stored)."""
+    """Analyse a built model into a :class:`Record` (not stored).
+
+    ``resume``: the file keeping H̄'s rows as they come (:func:`analyze_model`).
+    """
     t0 = time.perf_counter()
-    summary, arrays = analyze_model(model, batches, settings, device, progress, distributed)
+    summary, arrays = analyze_model(
+        model, batches, settings, device, progress, distributed, resume=resume
+    )
     summary["model"] = meta.get("model")
     epoch = checkpoint_epoch(name, meta)
     return Record(
@@ -290,7 +323,11 @@ def checkpoint_epoch(name: str, meta: dict[str, Any]) -> float | None:
 
 
 def run_data(
-    run: Path, settings: AnalysisSettings, data: str | None, data_source: str | None
+    run: Path,
+    settings: AnalysisSettings,
+    data: str | None,
+    data_source: str | None,
+    tokenizer: str | None = None,
 ) -> ImageData:
     """The training subset a run is analysed on (its own data set unless overridden).
 
@@ -304,16 +341,44 @@ def run_data(
             "folder that `hessian-lens train --out` wrote, or a folder of checkpoints."
         )
     manifest = runfolder.read_manifest(run)
+    if data is None and manifest.data.get("name") == runfolder.RECORDER_DATA:
+        raise DataError(
+            f"{run} was recorded by hl.Recorder from batches in memory, which analyze cannot "
+            "load again: give its data set with --data (cifar10, mnist, npz:PATH, "
+            "imagefolder:DIR, safetensors:PATH, text:PATH@T) and --data-root PATH, or record "
+            'with hl.Recorder(..., data_spec="cifar10", data_source=PATH) to name it'
+        )
     spec = str(data or manifest.data.get("name") or "cifar10")
     source = data_source or manifest.data.get("source")
-    return load_dataset(spec, source, train=True).subset(settings.samples, settings.seed)
+    recorded = manifest.data.get("tokenizer") if data is None else None
+    tokenizer = tokenizer or (_run_tokenizer(run, recorded) if isinstance(recorded, str) else None)
+    if tokenizer is not None and data is None:  # the run's own tokens, or a refusal
+        from hessian_lens.tokenized import check_recorded
+
+        check_recorded(tokenizer, (manifest.data.get("corpus") or {}).get("tokenizer"))
+    subset = load_dataset(spec, source, train=True, tokenizer=tokenizer)
+    return subset.subset(settings.samples, settings.seed)
+
+
+def _run_tokenizer(run: Path, recorded: str) -> str:
+    """A run's tokenizer: its recorded path (relative to the run), else the run's own copy."""
+    path = Path(recorded) if Path(recorded).is_absolute() else run / recorded
+    own = run / "tokenizer.json"
+    return str(own if not path.exists() and own.is_file() else path)
 
 
 def analysis_batches(
-    data_source: str | None, settings: AnalysisSettings, data: str = "cifar10"
-) -> tuple[Batches, str]:
-    """The training subset an analysis uses (``data``: a data set spec) and its fingerprint."""
-    subset = load_dataset(data, data_source, train=True).subset(settings.samples, settings.seed)
+    data_source: str | None,
+    settings: AnalysisSettings,
+    data: str = "cifar10",
+    tokenizer: str | None = None,
+) -> tuple[Loader, str]:
+    """The training subset an analysis uses (``data``: a data set spec) and its fingerprint.
+
+    ``tokenizer``: a ``tokenizer.json`` (file, folder or zip) for ``text:`` data.
+    """
+    subset = load_dataset(data, data_source, train=True, tokenizer=tokenizer)
+    subset = subset.subset(settings.samples, settings.seed)
     return subset.batches(settings.batch_size), subset.fingerprint()
 
 
@@ -361,6 +426,7 @@ def analyze_run(
     lease_s: float = LEASE_S,
     poll_s: float = POLL_S,
     epochs: Sequence[float] | None = None,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Analyse every checkpoint of a run into ``<run>/analysis.sqlite`` (resumable).
 
@@ -380,6 +446,8 @@ def analyze_run(
         lease_s: how long a claim lives without a heartbeat.
         poll_s: how long to wait before looking again at others' checkpoints.
         epochs: only the checkpoints of these epochs (default: all).
+        tokenizer: a ``tokenizer.json`` for text data; default: the run's own (its
+            sha256 checked against the one run.json records).
 
     Returns:
         ``{"computed": n, "skipped": m, "store": path, "seconds": [...]}``.
@@ -391,7 +459,7 @@ def analyze_run(
     if not (isinstance(lease_s, (int, float)) and math.isfinite(lease_s) and lease_s > 0):
         raise ValueError(f"the lease must be a finite number of seconds > 0, got {lease_s!r}")
     files = select_checkpoints(run, epochs)
-    subset = run_data(run, settings, data, data_source)
+    subset = run_data(run, settings, data, data_source, tokenizer)
     batches, fingerprint = subset.batches(settings.batch_size), subset.fingerprint()
     _check_data_fits_first(run, files, batches)
     created = not (run / runfolder.STORE_FILE).exists()
@@ -428,7 +496,11 @@ def _analyze_all(job: _Job, files: list[Path], progress, poll_s: float) -> list[
         waiting = []
         for path in pending:
             inner = _inner_progress(progress, done, len(files), path.name)
-            state, record = job.run(path, inner)
+            try:
+                state, record = job.run(path, inner)
+            finally:
+                if isinstance(inner, _Bar):
+                    inner.close()
             if state == "busy":
                 waiting.append(path)
                 continue
@@ -478,6 +550,7 @@ class _Job:
             model, meta = load_checkpoint(path, max_bytes=checkpoint_limit_bytes())
             if hasattr(self.batches, "data"):
                 check_model_fits(model, self.batches.data)
+            partial = partial_path(self.store.path, sha, key)
             record = compute_record(
                 model,
                 meta,
@@ -488,8 +561,10 @@ class _Job:
                 self.fingerprint,
                 self.device,
                 self._heartbeat(sha, key, progress),
+                resume=partial,
             )
             self.store.put(record, owner=self.owner)
+            partial.unlink(missing_ok=True)
         except BaseException:
             self.store.release(sha, key, self.owner)
             raise
@@ -508,6 +583,14 @@ class _Job:
         return tick
 
 
+PARTIAL_DIR = "analysis.partial"  # beside the store: the rows of analyses under way
+
+
+def partial_path(store: Path, sha: str, key: dict[str, Any], rank: str = "") -> Path:
+    """Where the rows of one checkpoint's analysis are kept while it runs (beside the store)."""
+    return Path(store).parent / PARTIAL_DIR / f"{sha[:16]}-{settings_key(key)}{rank}.npz"
+
+
 def analyze_run_data_parallel(
     run: str | Path,
     settings: AnalysisSettings,
@@ -516,6 +599,7 @@ def analyze_run_data_parallel(
     progress: bool | ProgressFn = True,
     data: str | None = None,
     epochs: Sequence[float] | None = None,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Every checkpoint of a run, each one's samples split over the ranks of the process group.
 
@@ -531,7 +615,7 @@ def analyze_run_data_parallel(
     run = Path(run)
     files = select_checkpoints(run, epochs)
     rank, world = dist.rank_and_world()
-    subset = run_data(run, settings, data, data_source)
+    subset = run_data(run, settings, data, data_source, tokenizer)
     fingerprint = subset.fingerprint()
     mine = subset.take(
         torch.as_tensor(list(dist.split_indices(len(subset), rank, world))),
@@ -546,20 +630,24 @@ def analyze_run_data_parallel(
     seconds = []
     for path in todo:
         model, meta = load_checkpoint(path, max_bytes=checkpoint_limit_bytes())
+        sha = file_sha256(path)
+        partial = partial_path(run / runfolder.STORE_FILE, sha, settings.key(fingerprint))
         record = compute_record(
             model,
             meta,
             path.name,
-            file_sha256(path),
+            sha,
             batches,
             settings,
             fingerprint,
             device,
-            None,
+            True if bar is not None else None,
             distributed=True,
+            resume=partial,
         )
         if store is not None:
             store.put(record)
+        Path(f"{partial}.rank{rank}of{world}" if world > 1 else partial).unlink(missing_ok=True)
         seconds.append(record.seconds)
         if bar is not None:
             bar.update(1)
@@ -587,17 +675,44 @@ def _wait(progress, count: int, poll_s: float) -> None:
     time.sleep(poll_s)
 
 
-def _batch_progress(progress: ProgressFn) -> Callable[[int, int | None], None]:
-    def tick(done: int, total: int | None) -> None:
-        progress(done / total if total else 0.0, f"batch {done}/{total or '?'}")
+def _batch_progress(progress: ProgressFn) -> Callable[[float, int | None], None]:
+    """The engine's ``(done, total)`` ticks (fractions of a batch as H̄'s rows finish)."""
+
+    def tick(done: float, total: int | None) -> None:
+        progress(done / total if total else 0.0, f"batch {int(done)}/{total or '?'}")
 
     return tick
 
 
 def _inner_progress(progress, index: int, total: int, name: str) -> ProgressFn | None:
+    if progress is True:
+        return _Bar(name)
     if not callable(progress):
         return None
     return lambda f, msg: progress((index + f) / total, f"{name}: {msg}")
+
+
+class _Bar:
+    """One checkpoint's bar, in percent of its passes, advancing row by row of H̄ (with ETA)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.bar = name, None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=100.0,
+                desc=self.name,
+                bar_format="{desc}: {percentage:5.1f}%|{bar}| [{elapsed}<{remaining}]",
+            )
+        self.bar.n = round(100.0 * min(max(fraction, 0.0), 1.0), 2)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _bar(progress, total: int):

@@ -12,14 +12,40 @@ through this module, so that a result never depends on how the data were cut:
 * **Samples.** Every tensor of a batch holds its samples along ``batch_dim`` (an int, or
   ``(inputs_dim, targets_dim)``); all must agree on the count. Micro-batches and shards cut
   only there.
-* **The loss's reduction.** With ``W_b`` the normaliser of batch ``b`` (its sample count, or
-  its summed class weights for a weighted mean) the whole data's loss is::
+* **The loss's reduction and weight.** With ``W_b`` what the loss of batch ``b`` divides
+  by, the whole data's loss is::
 
       mean:  L = sum_b W_b L_b / sum_b W_b          sum:  L = sum_b L_b
 
   The reduction is read from a torch loss module (``.reduction``), declared
-  (``reduction="mean" | "sum"``), or verified on the first batch of two or more samples:
-  the loss of the batch against the losses of its two halves.
+  (``reduction="mean" | "sum"``), seen (below), or verified on a batch of two or more
+  samples: the loss of the batch against the losses of its two halves.
+* **What a batch's loss divides by** (``W_b``, for every batch *and* micro-batch; the
+  rule, in order, :class:`LossContract`, :mod:`hessian_lens.normalizers`):
+
+  1. declared: ``normalizer=`` (a function from a batch to its weight), or the loss's own
+     ``normalizer`` attribute (``next_token``: the targets that are not -100);
+  2. a sum: 1;
+  3. a torch cross-entropy / NLL module, function or ``functools.partial`` called on the
+     batch's targets: the summed class weights of the targets that are not
+     ``ignore_index`` (their count without class weights), read from the targets;
+  4. a Hugging Face model's own loss (``loss_fn=None``, ``labels`` in the batch): the labels
+     that are not -100, shifted by one for language-model heads, confirmed once per model
+     structure and shapes against the call the model makes (else rule 5);
+  5. any other loss (a lambda, any model's own loss) is *seen*: it runs under a
+     torch-function mode recording every ``F.cross_entropy`` / ``F.nll_loss`` call with the
+     targets, class weights, ``ignore_index`` and reduction it really used. A loss that
+     returns the output of such a call divides by that call's weight: exact, nothing to
+     check. Otherwise ``W_b`` is the weight of its one mean call or the sample count,
+     checked on the halves of *every* batch (``W L = W_1 L_1 + W_2 L_2`` or
+     ``L = L_1 + L_2``); ignored or class-weighted targets hidden in another expression
+     are refused in one line naming ``normalizer=``;
+  6. torch's other mean losses (``F.mse_loss``, ...) and per-sample losses reduced here:
+     the sample count.
+
+  A known weight is the check: its batches need no forward pass of their own (the model's
+  structure is checked once per shapes, :data:`hessian_lens.engine.feed.VERIFIED`). A
+  micro-batch whose weight is 0 (every target ignored) is skipped.
 * **The same data in every pass.** Pass 1 fingerprints each batch (its sample count, a hash
   of the targets and of a strided sample of the inputs); pass 2 compares
   (:class:`Fingerprints`), so a shuffling loader raises :class:`DataChangedError` instead of
@@ -40,6 +66,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hessian_lens import normalizers as N
 
 __all__ = [
     "DataChangedError",
@@ -320,14 +348,21 @@ class Fingerprints:
             DataChangedError: pass 2 had fewer batches.
         """
         if self.checking and self.position != len(self.seen):
-            raise DataChangedError(_changed(self.position, len(self.seen)))
+            raise DataChangedError(_changed(self.position, len(self.seen), ended=True))
 
     def digest(self) -> str:
         """One digest of all the batches seen in pass 1."""
         return hashlib.blake2b("".join(self.seen).encode(), digest_size=8).hexdigest()
 
 
-def _changed(position: int, first: int) -> str:
+def _changed(position: int, first: int, ended: bool = False) -> str:
+    if ended and position == 0:
+        return (
+            f"the data gave no batch the second time it was read (the first pass had {first}):"
+            " a one-shot iterable (a generator, or an object whose __iter__ returns the same "
+            "iterator every time) can be read once, and the direction needs two passes. "
+            "Pass a list of batches or hl.fixed_batches(loader, n)"
+        )
     return (
         f"the data changed between the two passes over it (batch {position + 1}; the first "
         f"pass had {first} batches): a DataLoader with shuffle=True or drop_last=True, a "
@@ -337,6 +372,9 @@ def _changed(position: int, first: int) -> str:
 
 
 # ---------------------------------------------------------------------------- the loss
+WEIGHT_KINDS = ("normalizer", "sum", "targets", "labels", "samples", "observe")
+
+
 @dataclass
 class LossContract:
     """How a batch's loss is computed, reduced and weighted into the whole data's loss.
@@ -344,30 +382,59 @@ class LossContract:
     Attributes:
         fn: ``fn(outputs, targets)``; ``None``: the model returns its own loss
             (``outputs.loss``, ``outputs["loss"]`` or a scalar tensor).
-        reduction: ``"mean"`` or ``"sum"`` over samples, or ``None`` until verified.
+        reduction: ``"mean"`` or ``"sum"`` over samples, or ``None`` until found.
         reduce_output: the loss returns one value per sample, reduced here by ``reduction``.
-        verified: the reduction has been checked on a batch (or needs no check).
+        source: where the reduction comes from (``"declared"``, ``"read from the loss"``,
+            ``"verified"``), for messages.
+        normalizer: ``normalizer(batch) -> W_b``, declared or the loss's own attribute.
+        kind: how ``W_b`` is found (:data:`WEIGHT_KINDS`, set by :meth:`bind`).
+        shift: a Hugging Face model's own loss shifts its labels (language-model heads).
+        seen: the observed weights of each batch (pass 2 reuses those of pass 1).
+        dtype: the dtype of the last loss computed.
     """
 
     fn: Callable | None
     reduction: str | None
     reduce_output: bool = False
-    verified: bool = False
     source: str = "declared"
+    normalizer: Callable | None = None
+    kind: str = ""
+    shift: bool = False
+    seen: dict[int, tuple[list, list[float]]] = field(default_factory=dict)
+    dtype: torch.dtype | None = None
 
     @classmethod
-    def of(cls, loss_fn: Callable | None, reduction: str | None = None) -> LossContract:
+    def of(
+        cls,
+        loss_fn: Callable | None,
+        reduction: str | None = None,
+        normalizer: Callable | None = None,
+    ) -> LossContract:
         """The contract of ``loss_fn``: declared, read from a torch loss module, or to verify.
 
+        ``normalizer`` (or the loss's own ``normalizer`` attribute, as ``next_token`` has)
+        makes the loss a mean weighted by ``normalizer(batch)``.
+
         Raises:
-            ValueError: an unknown reduction; ``"none"`` without a declared reduction.
-            TypeError: ``loss_fn`` is not callable.
+            ValueError: an unknown reduction; ``"none"`` without a declared reduction; a
+                normalizer with ``reduction="sum"``.
+            TypeError: ``loss_fn`` or ``normalizer`` is not callable.
         """
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
         if reduction is not None and reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be 'mean', 'sum' or None, got {reduction!r}")
+        normalizer = normalizer if normalizer is not None else _own_normalizer(loss_fn)
+        if normalizer is not None and not callable(normalizer):
+            raise TypeError(f"normalizer must be callable, got {type(normalizer).__name__}")
         own = _own_reduction(loss_fn)
+        if normalizer is not None:
+            if "sum" in (reduction, own):
+                raise ValueError(
+                    "normalizer= says what a mean divides by, but the loss is a sum over "
+                    "samples: give one or the other"
+                )
+            return cls(loss_fn, "mean", own == "none", "declared", normalizer)
         if own == "none" and reduction is None:
             raise ValueError(
                 f"{_name(loss_fn)} with reduction='none' returns one loss per sample: "
@@ -379,11 +446,40 @@ class LossContract:
             return cls(loss_fn, reduction, reduce_output=own == "none", source="declared")
         return cls(loss_fn, None, source="verified")
 
+    def bind(self, model: nn.Module | None) -> None:
+        """Decide once how ``W_b`` is found for this model (:data:`WEIGHT_KINDS`).
+
+        ``normalizer``: declared; ``sum``: every batch weighs 1; ``targets``: a torch
+        cross-entropy / NLL on the batch's targets; ``labels``: a Hugging Face model's own
+        loss (its labels, shifted for LM heads); ``samples``: torch's other mean losses
+        and per-sample losses reduced here; ``observe``: any other loss, weighted by what
+        it is seen to divide by (:mod:`hessian_lens.normalizers`).
+        """
+        if self.kind:
+            return
+        if self.normalizer is not None:
+            self.kind = "normalizer"
+        elif self.reduce_output:
+            self.kind = "sum" if self.reduction == "sum" else "samples"
+        elif self.reduction == "sum" and self.source == "read from the loss":
+            self.kind = "sum"
+        elif _index_loss_options(self.fn) is not None:
+            self.kind = "targets"
+        elif self.fn is None and N.hugging_face_model(model):
+            self.kind, self.shift = "labels", N.causal_lm(model)
+        elif self.source == "read from the loss":
+            self.kind = "samples"
+        elif self.reduction == "sum":
+            self.kind = "sum"
+        else:
+            self.kind = "observe"
+
     def __call__(self, outputs: Any, targets: Any) -> Tensor:
         """The batch's loss, a scalar in the contract's reduction."""
         loss = _own_loss(outputs) if self.fn is None else self._call(outputs, targets)
         if not isinstance(loss, Tensor):
             raise TypeError(f"the loss must be a tensor, got {type(loss).__name__}")
+        self.dtype = loss.dtype
         if loss.dim() == 0:
             return loss
         if self.reduction is None:
@@ -398,34 +494,62 @@ class LossContract:
             return self.fn(outputs, targets)
         except (TypeError, ValueError, RuntimeError, IndexError, AttributeError, KeyError) as err:
             raise ValueError(
-                f"loss_fn(outputs, targets) failed ({type(err).__name__}: "
-                f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}) on outputs "
-                f"{describe(outputs)} and targets {describe(targets)}: give a loss_fn that takes "
-                "them, or loss_fn=None when the model returns its own loss"
+                f"loss_fn(outputs, targets) failed ({type(err).__name__}: {first_line(err)}) "
+                f"on outputs {describe(outputs)} and targets {describe(targets)}: give a "
+                "loss_fn that takes them, or loss_fn=None when the model returns its own loss"
             ) from err
 
-    def weight(self, targets: Any, samples: int) -> float:
-        """``W_b``: this batch's share of a mean (1 for a sum).
+    def weight(self, inputs: Any, targets: Any, samples: int) -> float:
+        """``W_b`` of a known kind: this batch's share of a mean (1 for a sum).
 
-        The sample count, or for a torch cross-entropy / NLL the summed class weights of the
-        targets that are not ignored (what the loss divides by).
+        The declared normalizer; for a torch cross-entropy / NLL the summed class weights
+        of the targets that are not ignored; for a Hugging Face model's own loss its valid
+        labels (:func:`~hessian_lens.normalizers.label_weight`); else the sample count.
+
+        Raises:
+            ValueError: a normalizer that gives no finite number >= 0.
         """
-        if self.reduction == "sum":
+        if self.reduction == "sum" or self.kind == "sum":
             return 1.0
-        options = _index_loss_options(self.fn)
+        if self.kind == "normalizer":
+            return _normalized(self.normalizer, inputs if targets is None else (inputs, targets))
+        if self.kind == "labels":
+            return N.label_weight(inputs, samples, self.shift)
+        options = _index_loss_options(self.fn) if self.kind == "targets" else None
         if options is None or not _class_targets(targets):
             return float(samples)
         class_weight, ignore = options
-        keep = targets != ignore
-        if class_weight is None:
-            return float(keep.sum())
-        w = class_weight.to(targets.device)[targets.clamp(min=0)]
-        return float((w * keep).sum())
+        return N.index_weight(targets, targets, class_weight, ignore)[0]
 
-    def verify(self, evaluate: Callable[[Any, Any], Tensor], inputs, targets, dims, samples):
+    def weigh(self, seen: N.Observation, samples: int) -> tuple[float, bool]:
+        """``W_b`` of an observed loss, and whether it is exact (no check of values needed).
+
+        Exact when the loss returned the output of a cross-entropy / NLL call: its weight
+        (1 for a sum; the reduction is settled from it). Else, a single mean call's weight
+        or the sample count, to be checked on the batch's halves.
+
+        Raises:
+            ValueError: the call's reduction contradicts the contract's; or ignored or
+                class-weighted targets inside a loss whose weight cannot be seen.
+        """
+        call = seen.explained
+        if call is not None:
+            if self.reduction not in (None, call.reduction):
+                raise ValueError(_seen_reduction(call.reduction, self.reduction, self.source))
+            self.reduction = self.reduction or call.reduction
+            self.source = "read from the loss"
+            return (1.0 if call.reduction == "sum" else call.weight), True
+        single = seen.single_mean
+        if seen.uneven and single is None:
+            raise ValueError(_hidden_weights(seen))
+        return (single.weight if single is not None else float(samples)), False
+
+    def check(self, evaluate, inputs, targets, dims, samples, weigh) -> None:
         """Check the reduction on this batch: its loss against its two halves' losses.
 
-        ``W L = W_1 L_1 + W_2 L_2`` for a mean, ``L = L_1 + L_2`` for a sum.
+        ``W L = W_1 L_1 + W_2 L_2`` for a mean, ``L = L_1 + L_2`` for a sum, with ``W``
+        from ``weigh(observation, inputs, targets, samples)`` (a part whose weight is 0
+        holds no valid target and counts nothing).
 
         Args:
             evaluate: ``(inputs, targets) -> loss`` of the model on those samples.
@@ -433,41 +557,34 @@ class LossContract:
             targets: the batch's targets (``None`` for the model's own loss).
             dims: where the samples are.
             samples: the batch's sample count.
+            weigh: the weight of each part.
 
         Raises:
             ValueError: neither a mean nor a sum over samples (or both: say which).
         """
-        if self.verified or samples < 2:
+        if samples < 2:
             return
         half = samples // 2
-        parts = [(0, samples), (0, half), (half, samples)]
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            losses = [
-                float(evaluate(narrow(inputs, dims.inputs, a, b), _narrow_y(targets, dims, a, b)))
-                for a, b in parts
-            ]
-        weights = [self._raw_weight(_narrow_y(targets, dims, a, b), b - a) for a, b in parts]
+        losses, weights = [], []
+        with torch.no_grad():
+            for a, b in ((0, samples), (0, half), (half, samples)):
+                px, py = narrow(inputs, dims.inputs, a, b), _narrow_y(targets, dims, a, b)
+                seen = N.observe(lambda px=px, py=py: evaluate(px, py))
+                losses.append(float(seen.value))
+                weights.append(float(weigh(seen, px, py, b - a)))
         self._settle(losses, weights, _rtol(inputs))
-
-    def _raw_weight(self, targets: Any, samples: int) -> float:
-        reduction, self.reduction = self.reduction, "mean"
-        try:
-            return self.weight(targets, samples)
-        finally:
-            self.reduction = reduction
 
     def _settle(self, losses: list[float], weights: list[float], rtol: float) -> None:
         whole, a, b = losses
-        if not all(math.isfinite(v) for v in losses):
-            raise ValueError(
-                f"the loss on the first batch is not finite ({whole}; halves {a}, {b}): "
-                "check the data (constant or NaN inputs) and the model's weights"
-            )
-        scale = max(abs(whole), abs(a), abs(b), 1e-30)
-        mean_like = abs(whole * weights[0] - (a * weights[1] + b * weights[2])) <= rtol * scale * (
-            weights[0] or 1.0
-        )
-        sum_like = abs(whole - (a + b)) <= rtol * scale
+        if weights[0] == 0:
+            return  # no valid target in this batch: nothing to check
+        counted = [(w, v) for w, v in zip(weights, losses, strict=True) if w]
+        if not all(math.isfinite(v) for _, v in counted):
+            raise ValueError(_not_finite(losses, weights))
+        scale = max((abs(v) for _, v in counted), default=1e-30) or 1e-30
+        parts = sum(w * v for w, v in counted[1:])
+        mean_like = abs(whole * weights[0] - parts) <= rtol * scale * weights[0]
+        sum_like = all(map(math.isfinite, losses)) and abs(whole - (a + b)) <= rtol * scale
         found = {"mean": mean_like, "sum": sum_like}
         if self.reduction is not None:
             if not found[self.reduction]:
@@ -476,10 +593,9 @@ class LossContract:
             raise ValueError(_ambiguous(losses, mean_like))
         else:
             self.reduction = "mean" if mean_like else "sum"
-        self.verified = True
 
 
-_INDEX_LOSSES = (F.cross_entropy, F.nll_loss)
+_INDEX_LOSSES = N.INDEX_LOSSES
 # torch's functional losses whose default reduction is a mean over samples (elementwise
 # means: every sample has as many elements)
 _MEAN_BY_DEFAULT = (
@@ -507,6 +623,25 @@ def _own_reduction(loss_fn: Callable | None) -> str | None:
     if isinstance(own, str):
         return own
     return "mean" if any(loss_fn is f for f in _MEAN_BY_DEFAULT) else None
+
+
+def _own_normalizer(loss_fn: Callable | None) -> Callable | None:
+    """The normalizer a loss function declares itself (``next_token.normalizer``)."""
+    own = getattr(loss_fn, "normalizer", None)
+    return own if callable(own) and not isinstance(loss_fn, nn.Module) else None
+
+
+def _normalized(normalizer: Callable, batch: Any) -> float:
+    value = normalizer(batch)
+    value = float(value.detach().sum()) if isinstance(value, Tensor) else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(
+            f"normalizer(batch) must give what the batch's mean loss divides by, a number "
+            f">= 0, got {value!r}"
+        )
+    if not math.isfinite(value):
+        raise ValueError(f"normalizer(batch) gave {value}: it must be a finite number >= 0")
+    return float(value)
 
 
 def _name(loss_fn: Callable | None) -> str:
@@ -537,12 +672,31 @@ def _rtol(inputs: Any) -> float:
     return VERIFY_RTOL.get(dtype, 1e-2)
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, whole (or its type's name when empty)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+NORMALIZER_HINT = (
+    "declare what each batch's loss divides by: normalizer=lambda batch: "
+    "(batch[1] != -100).sum() (its valid targets), or reduction='sum'"
+)
+
+
 def _not_reduction(reduction: str, losses: list[float], source: str) -> str:
     whole, a, b = losses
     return (
-        f"the loss is {source} as a {reduction} over samples, but on the first batch it is "
+        f"the loss is {source} as a {reduction} over samples, but on this batch it is "
         f"{whole:.6g} while its halves give {a:.6g} and {b:.6g}: declare the right "
-        "reduction= ('mean' or 'sum'), or make the loss a mean or a sum over samples"
+        f"reduction= ('mean' or 'sum'), or, for a mean over valid targets, {NORMALIZER_HINT}"
+    )
+
+
+def _seen_reduction(seen: str, reduction: str, source: str) -> str:
+    return (
+        f"the loss is {source} as a {reduction} over samples, but it returns a "
+        f"cross-entropy / NLL with reduction='{seen}': declare reduction='{seen}'"
     )
 
 
@@ -550,14 +704,35 @@ def _ambiguous(losses: list[float], both: bool) -> str:
     whole, a, b = losses
     if both:
         return (
-            f"cannot tell whether the loss is a mean or a sum over samples (the first batch "
-            f"and its halves give {whole:.6g}, {a:.6g}, {b:.6g}): declare reduction='mean' or 'sum'"
+            f"cannot tell whether the loss is a mean or a sum over samples (the batch and "
+            f"its halves give {whole:.6g}, {a:.6g}, {b:.6g}): declare reduction='mean' or "
+            "reduction='sum'"
         )
     return (
-        f"the loss is neither a mean nor a sum over samples: the first batch gives {whole:.6g}, "
-        f"its halves {a:.6g} and {b:.6g}. Hessian Lens needs the loss of the whole data from "
-        "the losses of its batches: give a loss that averages or sums per-sample losses and "
-        "declare reduction="
+        f"the loss is neither a mean nor a sum over samples: a batch gives {whole:.6g}, its "
+        f"halves {a:.6g} and {b:.6g}, and no cross-entropy / NLL call explains it (ignored "
+        "targets or class weights inside another expression, a loss squared, a mean over "
+        "another count). Hessian Lens needs the whole data's loss from its batches' "
+        f"losses: {NORMALIZER_HINT}"
+    )
+
+
+def _hidden_weights(seen: N.Observation) -> str:
+    calls = ", ".join(f"reduction='{c.reduction}' over weight {c.weight:g}" for c in seen.calls)
+    return (
+        f"the loss runs {len(seen.calls)} cross-entropy / NLL call(s) with ignored or "
+        f"class-weighted targets ({calls}) inside an expression that returns another value, "
+        "so what it divides by cannot be seen: return the cross-entropy itself, or "
+        f"{NORMALIZER_HINT}"
+    )
+
+
+def _not_finite(losses: list[float], weights: list[float]) -> str:
+    whole, a, b = losses
+    return (
+        f"the loss is not finite on a batch ({whole}; its halves give {a} and {b}, holding "
+        f"{weights[1]:g} and {weights[2]:g} valid targets or samples): check the inputs for "
+        "NaN or infinite values, and the model's weights"
     )
 
 

@@ -1,4 +1,4 @@
-r"""Command line: ``python -m hessian_lens train | analyze | inspect | report``.
+r"""Command line: ``python -m hessian_lens train | analyze | inspect | report | runs | show``.
 
 Examples::
 
@@ -8,6 +8,8 @@ Examples::
     torchrun --nproc-per-node 4 -m hessian_lens analyze checkpoints/big-run --shard data
     python -m hessian_lens inspect checkpoints/lenet5-cifar10/epoch_0021.pt
     python -m hessian_lens report checkpoints/lenet5-cifar10 -o lenet5.html --figures figs/
+    python -m hessian_lens runs                          # the runs under ./checkpoints
+    python -m hessian_lens show checkpoints/lenet5-cifar10   # its records, epochs, measures
 
 Bad input prints one line saying what to do and exits with status 2.
 """
@@ -152,6 +154,13 @@ def _add_train(sub) -> None:
         "of the 4-pixel zero-padded image (evaluation and analysis never augment)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="FOLDER",
+        help="text data: a tokenizer.json (or a folder / zip holding one) read by the "
+        "tokenizers library offline; its token ids replace the bytes",
+    )
     p.add_argument("--out", required=True, help="run folder (resumed when it exists)")
     _common(p)
 
@@ -180,6 +189,9 @@ def _add_analyze(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample subset")
     p.add_argument("--data", default=None, help="data set spec (default: the run's)")
     p.add_argument("--data-root", default=None, help="override the run's data source")
+    p.add_argument(
+        "--tokenizer", default=None, metavar="FOLDER", help="text data (default: the run's)"
+    )
     p.add_argument(
         "--loss",
         default=None,
@@ -247,6 +259,18 @@ def _add_report(sub) -> None:
     )
 
 
+def _add_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list the runs under folders (default ./checkpoints)")
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="folders of runs, or runs")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+
+
+def _add_show(sub) -> None:
+    p = sub.add_parser("show", help="a run's card, its analyses, records, epochs and measures")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m hessian_lens``."""
     ap = argparse.ArgumentParser(
@@ -259,6 +283,8 @@ def parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_inspect(sub)
     _add_report(sub)
+    _add_runs(sub)
+    _add_show(sub)
     return ap
 
 
@@ -326,6 +352,7 @@ def _train(args) -> int:
         lr_plateau=args.lr_plateau,
         download=args.download,
         augment=args.augment,
+        tokenizer=args.tokenizer,
         device=resolve_device(args.device),
     )
     out = train(config, progress=not args.no_progress)
@@ -372,6 +399,7 @@ def _analyze_on(args, settings, device) -> int:
         "data": args.data,
         "progress": not args.no_progress and rank == 0,
         "epochs": args.epochs,
+        "tokenizer": args.tokenizer,
     }
     mode = _shard_mode(args, world)
     if mode == "data":
@@ -443,12 +471,36 @@ def _report(args) -> int:
     return 0
 
 
+def _runs(args) -> int:
+    from hessian_lens import listing
+
+    rows = listing.list_runs(args.dirs)
+    print(listing.as_json(rows) if args.json else listing.runs_text(rows))
+    return 0
+
+
+def _show(args) -> int:
+    from hessian_lens import listing
+
+    info = listing.show(args.run)
+    print(listing.as_json(info) if args.json else listing.show_text(info))
+    return 0
+
+
+HANDLERS = {
+    "train": _train,
+    "analyze": _analyze,
+    "inspect": _inspect,
+    "report": _report,
+    "runs": _runs,
+    "show": _show,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input prints one clear line and exits with status 2."""
     args = parser().parse_args(argv)
-    handler = {"train": _train, "analyze": _analyze, "inspect": _inspect, "report": _report}[
-        args.command
-    ]
+    handler = HANDLERS[args.command]
     try:
         _load_models(args)
         return handler(args)

@@ -30,7 +30,7 @@ import functools
 import hashlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +38,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from hessian_lens.errors import DataError as DataError
+from hessian_lens.errors import DataNotFoundError as DataNotFoundError
+from hessian_lens.loader import SHUFFLE_STRIDE, Loader
 
 if TYPE_CHECKING:
     from hessian_lens.text import TextData
@@ -48,7 +52,6 @@ DATA_ENV = "HESSIAN_LENS_DATA"
 DEFAULT_ROOT = Path.home() / ".cache" / "hessian_lens" / "data"
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 SPLIT_SEED = 12345  # the validation split is the same for every run seed
-SHUFFLE_STRIDE = 100_003  # a prime: (seed, epoch) -> distinct shuffle seeds
 MAX_LABEL = 1_000_000
 #: torchvision data sets: (class name, published per-channel mean, std).
 TORCHVISION_SETS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
@@ -60,14 +63,6 @@ TORCHVISION_SETS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = 
 }
 DATASETS = (*TORCHVISION_SETS, "imagefolder:DIR", "npz:PATH", "PATH.safetensors", "text:PATH")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-
-
-class DataNotFoundError(FileNotFoundError):
-    """The data set is neither on disk nor downloadable; the message says what to do."""
-
-
-class DataError(ValueError):
-    """Data that cannot be used as it is (labels, shapes, keys); the message says why."""
 
 
 def _how_to_fix(name: str, where: str) -> str:
@@ -149,43 +144,8 @@ class ImageData:
         return h.hexdigest()[:16]
 
 
-class Batches:
-    """Re-iterable batches of an :class:`ImageData` or a :class:`~hessian_lens.text.TextData`.
-
-    Shuffling depends on (seed, epoch); ``data.prepare(idx)`` makes a batch.
-    """
-
-    def __init__(self, data, batch_size: int, shuffle: bool = False, seed: int = 0) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch size must be positive, got {batch_size}")
-        self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the shuffle order of ``epoch`` (resuming a run replays the same order)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return -(-len(self.data) // self.batch_size)
-
-    def _order(self) -> Tensor:
-        n = len(self.data)
-        if not self.shuffle:
-            return torch.arange(n)
-        gen = torch.Generator().manual_seed(self.seed * SHUFFLE_STRIDE + self.epoch)
-        return torch.randperm(n, generator=gen)
-
-    def batch(self, index: int) -> tuple[Tensor, Tensor]:
-        """Batch number ``index`` of the current order."""
-        idx = self._order()[index * self.batch_size : (index + 1) * self.batch_size]
-        return self.data.prepare(idx)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self._order()
-        for start in range(0, len(self.data), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self.data.prepare(idx)
-
+#: The loader's former name here (it is not :mod:`hessian_lens.batches`'s contract).
+Batches = Loader
 
 AUGMENTS = ("none", "flip", "crop+flip")
 AUGMENT_OFFSET = 7_919  # keeps the augmentation stream apart from the shuffle stream
@@ -312,7 +272,11 @@ def expected_input(model: nn.Module) -> tuple[int, ...] | None:
 
 # ---------------------------------------------------------------------------- loading
 def load_dataset(
-    spec: str, source: str | os.PathLike | None = None, train: bool = True, download: bool = False
+    spec: str,
+    source: str | os.PathLike | None = None,
+    train: bool = True,
+    download: bool = False,
+    tokenizer: str | os.PathLike | None = None,
 ) -> ImageData | TextData:
     """One split of a data set spec (module docstring).
 
@@ -324,6 +288,8 @@ def load_dataset(
         train: the training split or the test split.
         download: let torchvision download when missing (never done otherwise; no folder
             is created without it).
+        tokenizer: for ``text:`` specs, a ``tokenizer.json`` (file, folder or zip) whose
+            token ids replace the bytes (:mod:`hessian_lens.tokenized`).
 
     Raises:
         DataNotFoundError: with the ways to point at a local copy.
@@ -333,6 +299,12 @@ def load_dataset(
 
     spec, context = text.split_context(str(spec).strip())
     lowered = spec.lower()
+    if tokenizer is not None:
+        if not lowered.startswith("text:"):
+            raise DataError(f"--tokenizer applies to text:PATH data, not {spec}")
+        from hessian_lens.tokenized import load_tokenized
+
+        return load_tokenized(spec, tokenizer, train, context)
     if lowered.startswith("text:"):
         return text.load_text(spec, train, context)
     tokens = _token_file(spec)
@@ -366,7 +338,10 @@ def _token_file(spec: str) -> dict[str, np.ndarray] | None:
         try:
             with np.load(path, allow_pickle=False) as z:
                 keys = [k for k in ("tokens", "train_tokens", "test_tokens") if k in z.files]
+                _check_npz_sizes(z, keys, path)
                 return {k: z[k] for k in keys} if keys else None
+        except DataError:
+            raise
         except (OSError, EOFError, ValueError):
             return None
     if path.lower().endswith(".safetensors"):
@@ -375,6 +350,7 @@ def _token_file(spec: str) -> dict[str, np.ndarray] | None:
         try:
             with safe_open(path, framework="np") as f:
                 keys = [k for k in ("tokens", "train_tokens", "test_tokens") if k in f.keys()]  # noqa: SIM118 (safe_open has no __contains__)
+                _check_safetensors_sizes(f, keys, path)
                 return {k: f.get_tensor(k) for k in keys} if keys else None
         except (SafetensorError, OSError):
             return None
@@ -433,24 +409,43 @@ def _read_npz(path: str, mtime_ns: int, train: bool) -> tuple[Tensor, Tensor]:
     return _images(x, f"{Path(path).name}:{keys[0]}"), _labels(y, f"{Path(path).name}:{keys[1]}")
 
 
-def _check_npz_sizes(z: np.lib.npyio.NpzFile, keys: tuple[str, str], path: str) -> None:
+def _check_npz_sizes(z: np.lib.npyio.NpzFile, keys: Sequence[str], path: str) -> None:
     """Refuse members that declare more than the data limit, before inflating them.
 
     The sizes come from the zip's directory (what ``np.load`` would allocate); a 4 MB npz
     can declare gigabytes.
     """
-    from hessian_lens.settings import DATA_LIMIT_ENV, data_limit_bytes
-
-    limit = data_limit_bytes()
     try:
         declared = sum(z.zip.getinfo(f"{key}.npy").file_size for key in keys)
     except (KeyError, AttributeError):
         return  # an uncompressed-name oddity: np.load reports it
+    _check_declared(declared, keys, path, "once decompressed")
+
+
+def _check_safetensors_sizes(f, keys: Sequence[str], path: str) -> None:
+    """Refuse tensors whose header declares more than the data limit, before reading them."""
+    declared = 0
+    for key in keys:
+        piece = f.get_slice(key)
+        itemsize = _SAFETENSORS_ITEMSIZE.get(piece.get_dtype(), 8)
+        declared += math.prod(piece.get_shape()) * itemsize
+    _check_declared(declared, keys, path, "as their header declares")
+
+
+#: Bytes of an item by safetensors dtype name (unknown names: 8, the largest).
+_SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2}
+_SAFETENSORS_ITEMSIZE |= {"U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4}
+
+
+def _check_declared(declared: int, keys: Sequence[str], path: str, how: str) -> None:
+    from hessian_lens.settings import DATA_LIMIT_ENV, data_limit_bytes
+
+    limit = data_limit_bytes()
     if declared > limit:
         raise DataError(
-            f"{path}: {keys[0]} and {keys[1]} hold {declared / 2**20:,.0f} MB once "
-            f"decompressed, over the {limit / 2**20:,.0f} MB limit for one split; set "
-            f"{DATA_LIMIT_ENV} higher if you trust the file"
+            f"{path}: {' and '.join(keys)} hold {declared / 2**20:,.0f} MB {how}, over the "
+            f"{limit / 2**20:,.0f} MB limit for one split; set {DATA_LIMIT_ENV} higher if "
+            "you trust the file"
         )
 
 
@@ -646,6 +641,7 @@ def load_safetensors_data(path: str | os.PathLike, train: bool = True) -> ImageD
                     f"{path.name} needs tensors 'inputs' and 'targets' (or "
                     f"'{split}_inputs' / '{split}_targets'); it has {sorted(keys)[:8]}"
                 )
+            _check_safetensors_sizes(f, names, path.name)
             x, y = f.get_tensor(names[0]), f.get_tensor(names[1])
     except (SafetensorError, OSError) as err:
         raise DataError(f"{path.name} is not a readable safetensors file ({err})") from None

@@ -1,7 +1,7 @@
 """Figures as PNG / SVG / PDF files for papers (plotly's kaleido, drawn by local Chromium).
 
 Kaleido (an optional dependency: ``pip install kaleido``) drives a Chromium to draw each
-figure; here that is Debian's ``/usr/bin/chromium`` (``$HESSIAN_LENS_CHROMIUM``), so
+figure; here that is Debian's ``/usr/bin/chromium`` (``$HESSIAN_LENS_chromium_path()``), so
 nothing is downloaded and it works offline. Several figures share one browser session.
 """
 
@@ -14,11 +14,12 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from hessian_lens.browser import CHROMIUM
+from hessian_lens.settings import chromium_path
 
 FORMATS = ("png", "svg", "pdf")
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
 SCALE = 2  # PNG pixels per CSS pixel: sharp in print
+WIDTH = 1000  # px: a figure without its own width is drawn as wide as a page's main column
 
 
 class ExportError(RuntimeError):
@@ -34,8 +35,8 @@ def _ready() -> None:
             "static export needs kaleido: pip install kaleido==1.5.0 (the HTML report and "
             "the SVG camera button of each chart work without it)"
         ) from None
-    if "BROWSER_PATH" not in os.environ and Path(CHROMIUM).exists():
-        os.environ["BROWSER_PATH"] = CHROMIUM
+    if "BROWSER_PATH" not in os.environ and Path(chromium_path()).exists():
+        os.environ["BROWSER_PATH"] = chromium_path()
 
 
 def _check(fmt: str) -> str:
@@ -65,10 +66,29 @@ def figure_bytes(fig: go.Figure, fmt: str) -> bytes:
     """
     _check(fmt)
     _ready()
+    width, height = size(fig)
     try:
-        return fig.to_image(format=fmt, scale=SCALE if fmt == "png" else 1)
+        return fig.to_image(
+            format=fmt, scale=SCALE if fmt == "png" else 1, width=width, height=height
+        )
     except (RuntimeError, OSError) as err:
-        raise ExportError(f"static export failed ({err}); is {CHROMIUM} installed?") from None
+        raise ExportError(
+            f"static export failed ({err}); is {chromium_path()} installed?"
+        ) from None
+
+
+def size(fig: go.Figure) -> tuple[int, int]:
+    """``(width, height)`` to draw a figure at: its layout's, else :data:`WIDTH` and 500.
+
+    The height of a heatmap row is sized to its labels (:func:`hessian_lens.plots.panel_row`):
+    drawn at kaleido's default 700 x 500 instead, a 108-group matrix was squeezed into 140
+    pixels.
+
+    Example:
+        >>> size(go.Figure(layout=dict(height=900))), size(go.Figure())
+        ((1000, 900), (1000, 500))
+    """
+    return int(fig.layout.width or WIDTH), int(fig.layout.height or 500)
 
 
 def safe_stem(name: str) -> str:
@@ -96,14 +116,27 @@ def write_figures(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    figs, paths, scales = [], [], []
+    figs, paths, scales, sizes = [], [], [], []
     for name, fig in figures.items():
         for fmt in formats:
             figs.append(fig)
             paths.append(folder / f"{safe_stem(name)}.{fmt}")
             scales.append(SCALE if fmt == "png" else 1)
+            sizes.append(size(fig))
     try:
-        pio.write_images(figs, paths, scale=scales)
+        pio.write_images(
+            figs,
+            paths,
+            scale=scales,
+            width=[w for w, _ in sizes],
+            height=[h for _, h in sizes],
+        )
     except (RuntimeError, OSError) as err:
-        raise ExportError(f"static export failed ({err}); is {CHROMIUM} installed?") from None
+        raise ExportError(
+            f"static export failed ({err}); is {chromium_path()} installed?"
+        ) from None
     return paths
+
+
+def _failed(err: Exception) -> str:
+    return f"static export failed ({err}); is {chromium_path()} installed?"

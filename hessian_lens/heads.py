@@ -4,9 +4,15 @@ An :class:`AttentionLayout` says where the heads of one attention layer live amo
 model's parameters: a fused ``[Q; K; V]`` projection (``nn.MultiheadAttention``'s
 ``in_proj_weight``), separate Q / K / V projections, and the output projection whose
 columns read the heads. Layouts are found automatically for ``nn.MultiheadAttention``
-(torchvision's ``VisionTransformer``, ``nn.TransformerEncoderLayer``) and for any module
-with a ``head_layout(prefix)`` method (the built-in ``gpt``); other layouts are given with
-``heads=``.
+(torchvision's ``VisionTransformer``, ``nn.TransformerEncoderLayer``), for any module
+with a ``head_layout(prefix)`` method (the built-in ``gpt``) and for the Hugging Face
+families that :mod:`hessian_lens.hf` knows (GPT-2, BERT / RoBERTa, Llama / Mistral / Qwen
+with grouped-query attention, ViT); other layouts are given with ``heads=``. Tensors stored
+in x out (GPT-2's ``Conv1D``) are named in ``transposed``: their features are columns.
+
+With grouped-query attention (``num_kv_heads`` < ``num_heads``) each K / V head is shared
+by ``num_heads / num_kv_heads`` consecutive query heads and its label names them all:
+``model.layers.0.self_attn.k.head0-1``.
 
 Labels name the module, the role and the head or neuron:
 ``encoder.layers.encoder_layer_3.self_attention.q.head2``, ``blocks.0.mlp.fc1.neuron17``,
@@ -17,16 +23,27 @@ the head, so stored analyses can be grouped without the model.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import itertools
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
 
-from hessian_lens.partition import _NORMS, Partition, PartitionError
+from hessian_lens.errors import PartitionError
 
 ROLES = ("q", "k", "v")
+#: Normalisation modules: their weight and bias are kinds of their own (norm_weight, ...).
+NORMS = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+Groups = list[tuple[str, dict[str, Any]]]  # (label, {parameter name: index}) per group
 BLOCK_TYPES = (
     "q",
     "k",
@@ -51,7 +68,12 @@ _ROLE_TOKENS = {
 _EMBEDDING_TOKENS = {"wte", "wpe", "class_token", "cls_token", "conv_proj", "patch_embed"}
 _MLP_TOKENS = {"linear1", "linear2", "feed_forward"}
 _OUTPUT_TOKENS = {"head", "heads", "lm_head", "classifier", "output"}
-_HEAD = re.compile(r"\.head(\d+)(?:\.|$)")
+_HEAD = re.compile(r"\.head([0-9]{1,9})(?:\.|$)")  # more digits: not a head number
+_HEADS = re.compile(r"\.head([0-9]{1,9})(?:-([0-9]{1,9}))?(?:\.|$)")
+#: Modules consulted (imported on first use) for layouts, tensors stored in x out and the
+#: block types of their names: each may define ``attention_layout(prefix, module)``,
+#: ``is_transposed(module)`` and ``BLOCK_PATTERNS`` (``(regex, block type)`` pairs).
+PLUGINS = ("hessian_lens.hf",)
 _NORM_TOKEN = re.compile(r"^(ln|bn)(_?[0-9a-z]*)$")
 
 
@@ -67,6 +89,9 @@ class AttentionLayout:
         k: separate key tensors.
         v: separate value tensors.
         o: output projection weights, whose second dimension (columns) reads the heads.
+        num_kv_heads: heads of K and V (grouped-query attention); None: ``num_heads``.
+        transposed: the 2-D tensors above stored in x out (GPT-2's ``Conv1D``): their
+            features are columns, and the rows of an output projection read the heads.
     """
 
     prefix: str
@@ -76,33 +101,76 @@ class AttentionLayout:
     k: tuple[str, ...] = ()
     v: tuple[str, ...] = ()
     o: tuple[str, ...] = ()
+    num_kv_heads: int | None = None
+    transposed: tuple[str, ...] = ()
+
+    @property
+    def kv_heads(self) -> int:
+        """The heads of K and V (``num_heads`` without grouped-query attention)."""
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    def heads_of(self, role: str) -> int:
+        """How many heads a role splits into (``o`` and ``q``: H; ``k``, ``v``: the K/V heads)."""
+        return self.kv_heads if role in ("k", "v") else self.num_heads
+
+    def head_label(self, role: str, h: int) -> str:
+        """``head<h>``, or for a K / V head shared by query heads a..b ``head<a>-<b>``.
+
+        Example:
+            >>> AttentionLayout("a", 4, num_kv_heads=2).head_label("k", 1)
+            'head2-3'
+        """
+        group = self.num_heads // self.heads_of(role)
+        return f"head{h}" if group == 1 else f"head{h * group}-{(h + 1) * group - 1}"
+
+    def index(self, name: str, shapes: Mapping[str, tuple[int, ...]], features: Any) -> Any:
+        """The index of ``features`` (an int or a slice) along a tensor's feature axis."""
+        if name in self.transposed and len(shapes[name]) >= 2:
+            return (slice(None), features)
+        return features
 
     def role_rows(self, shapes: Mapping[str, tuple[int, ...]]) -> Iterator[tuple[str, str, slice]]:
-        """``(role, tensor name, rows)`` of every Q / K / V tensor slice of this layer."""
+        """``(role, tensor name, features)`` of every Q / K / V tensor slice of this layer.
+
+        The features are rows, or columns of a tensor in ``transposed``; a fused tensor
+        holds Q (``num_heads`` heads), then K and V (``kv_heads`` heads each).
+        """
+        grouped = self.kv_heads != self.num_heads
+        parts = self.num_heads + 2 * self.kv_heads if grouped else 3
         for name in self.qkv:
-            third = _rows(shapes, name, 3, "a fused Q/K/V tensor")
+            width = _features(shapes, name, self, parts, "a fused Q/K/V tensor")
+            sizes = [width * self.heads_of(r) for r in ROLES] if grouped else [width] * 3
+            stops = [0, *itertools.accumulate(sizes)]
             for r, role in enumerate(ROLES):
-                yield role, name, slice(r * third, (r + 1) * third)
+                yield role, name, slice(stops[r], stops[r + 1])
         for role in ROLES:
             for name in getattr(self, role):
-                yield role, name, slice(0, _rows(shapes, name, 1, f"a {role} tensor"))
+                yield role, name, slice(0, _features(shapes, name, self, 1, f"a {role} tensor"))
 
     def check(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         """Raise :class:`PartitionError` unless every named tensor splits into the heads."""
         if not isinstance(self.num_heads, int) or self.num_heads < 1:
             raise PartitionError(f"{self.prefix}: num_heads must be an integer >= 1")
-        for _, name, rows in self.role_rows(shapes):
-            if (rows.stop - rows.start) % self.num_heads:
+        kv = self.kv_heads
+        if not isinstance(kv, int) or kv < 1 or self.num_heads % kv:
+            raise PartitionError(
+                f"{self.prefix}: num_kv_heads must be an integer >= 1 dividing num_heads "
+                f"({self.num_heads}), got {kv!r}"
+            )
+        for role, name, rows in self.role_rows(shapes):
+            if (rows.stop - rows.start) % self.heads_of(role):
                 raise PartitionError(
-                    f"{self.prefix}: {rows.stop - rows.start} rows of '{name}' do not split "
-                    f"into {self.num_heads} heads"
+                    f"{self.prefix}: {rows.stop - rows.start} features of '{name}' do not "
+                    f"split into {self.heads_of(role)} heads"
                 )
         for name in self.o:
             shape = _shape(shapes, name)
-            if len(shape) < 2 or shape[1] % self.num_heads:
+            axis = 0 if name in self.transposed else 1
+            if len(shape) < 2 or shape[axis] % self.num_heads:
                 raise PartitionError(
                     f"{self.prefix}: output projection '{name}' of shape {shape} needs "
-                    f"columns that split into {self.num_heads} heads"
+                    f"{'rows' if axis == 0 else 'columns'} that split into "
+                    f"{self.num_heads} heads"
                 )
 
 
@@ -112,11 +180,13 @@ def _shape(shapes: Mapping[str, tuple[int, ...]], name: str) -> tuple[int, ...]:
     return tuple(shapes[name])
 
 
-def _rows(shapes: Mapping[str, tuple[int, ...]], name: str, parts: int, what: str) -> int:
+def _features(shapes, name: str, layout: AttentionLayout, parts: int, what: str) -> int:
+    """The features of one of ``parts`` equal parts of a tensor (rows, or columns)."""
     shape = _shape(shapes, name)
-    if not shape or shape[0] % parts:
+    axis = 1 if name in layout.transposed and len(shape) >= 2 else 0
+    if not shape or shape[axis] % parts:
         raise PartitionError(f"'{name}' of shape {shape} is not {what}")
-    return shape[0] // parts
+    return shape[axis] // parts
 
 
 # ---------------------------------------------------------------------------- layouts
@@ -149,13 +219,14 @@ def attention_layouts(model: nn.Module, heads: Any = None) -> list[AttentionLayo
 def _layout_from_mapping(prefix: str, spec: Any) -> AttentionLayout:
     if not isinstance(spec, Mapping) or "num_heads" not in spec:
         raise PartitionError(f"heads['{prefix}'] must be a mapping with num_heads, got {spec!r}")
-    unknown = set(spec) - {"num_heads", "qkv", "q", "k", "v", "o"}
+    unknown = set(spec) - {"num_heads", "num_kv_heads", "qkv", "q", "k", "v", "o", "transposed"}
     if unknown:
         raise PartitionError(f"heads['{prefix}']: unknown keys {sorted(unknown)}")
-    names = {
-        k: tuple([v] if isinstance(v, str) else v) for k, v in spec.items() if k != "num_heads"
-    }
-    return AttentionLayout(str(prefix), spec["num_heads"], **names)
+    counts = ("num_heads", "num_kv_heads")
+    names = {k: tuple([v] if isinstance(v, str) else v) for k, v in spec.items() if k not in counts}
+    return AttentionLayout(
+        str(prefix), spec["num_heads"], num_kv_heads=spec.get("num_kv_heads"), **names
+    )
 
 
 def _found_layouts(model: nn.Module) -> list[AttentionLayout]:
@@ -167,13 +238,34 @@ def _found_layouts(model: nn.Module) -> list[AttentionLayout]:
         elif callable(getattr(module, "head_layout", None)):
             layout = module.head_layout(prefix)
         else:
-            continue
+            layout = _plugin_layout(prefix, module)
+            if layout is None:
+                continue
         keep = {
             role: tuple(n for n in getattr(layout, role) if n in trainable)
             for role in ("qkv", *ROLES, "o")
         }
-        layouts.append(AttentionLayout(layout.prefix, layout.num_heads, **keep))
+        layouts.append(replace(layout, **keep))
     return layouts
+
+
+@functools.cache
+def _plugins() -> tuple[Any, ...]:
+    """The modules of :data:`PLUGINS` (imported once; none of them imports torch's peers)."""
+    return tuple(importlib.import_module(name) for name in PLUGINS)
+
+
+def _plugin_layout(prefix: str, module: nn.Module) -> AttentionLayout | None:
+    for plugin in _plugins():
+        layout = plugin.attention_layout(prefix, module)
+        if layout is not None:
+            return layout
+    return None
+
+
+def is_transposed(module: nn.Module) -> bool:
+    """Whether a module stores its weight in x out (GPT-2's ``Conv1D``): neurons are columns."""
+    return any(plugin.is_transposed(module) for plugin in _plugins())
 
 
 def _mha_layout(prefix: str, m: nn.MultiheadAttention) -> AttentionLayout:
@@ -196,8 +288,8 @@ def _mha_layout(prefix: str, m: nn.MultiheadAttention) -> AttentionLayout:
 
 
 # ---------------------------------------------------------------------------- partitions
-def by_head(model: nn.Module, heads: Any = None) -> Partition:
-    """One group per attention head and role; every other tensor is its own group.
+def head_groups(model: nn.Module, heads: Any = None) -> Groups:
+    """One group per attention head and role (what :meth:`Partition.by_head` groups).
 
     For each attention layer and head h: ``<prefix>.q.head<h>`` (the head's query rows of
     the weight and their bias entries), ``.k.head<h>``, ``.v.head<h>``, and
@@ -208,38 +300,44 @@ def by_head(model: nn.Module, heads: Any = None) -> Partition:
         PartitionError: the model has no attention layer found (pass ``heads=``).
 
     Example:
-        >>> labels = Partition.by_head(nn.MultiheadAttention(8, 2)).labels
-        >>> labels[:4], labels[-3:]
-        (['q.head0', 'q.head1', 'k.head0', 'k.head1'], ['o.head0', 'o.head1', 'out_proj.bias'])
+        >>> [label for label, _ in head_groups(nn.MultiheadAttention(8, 2))][:4]
+        ['q.head0', 'q.head1', 'k.head0', 'k.head1']
     """
     layouts = _required_layouts(model, heads, "by_head")
     shapes = _shapes(model)
     groups: list[tuple[str, dict[str, Any]]] = []
     for layout in layouts:
         groups += _head_groups(layout, shapes)
-    return Partition.from_index_sets(model, groups, rest="tensor", scheme="by_head")
-
-
-def _head_groups(layout: AttentionLayout, shapes) -> list[tuple[str, dict[str, Any]]]:
-    H = layout.num_heads
-    by_role: dict[tuple[str, int], dict[str, Any]] = {}
-    for role, name, rows in layout.role_rows(shapes):
-        d = (rows.stop - rows.start) // H
-        for h in range(H):
-            start = rows.start + h * d
-            by_role.setdefault((role, h), {})[name] = slice(start, start + d)
-    groups = [(_label(layout.prefix, f"{r}.head{h}"), sets) for (r, h), sets in by_role.items()]
-    for name in layout.o:
-        d = shapes[name][1] // H
-        groups += [
-            (_label(layout.prefix, f"o.head{h}"), {name: (slice(None), slice(h * d, (h + 1) * d))})
-            for h in range(H)
-        ]
     return groups
 
 
-def adam_mini(model: nn.Module, heads: Any = None) -> Partition:
-    """The blocks of Adam-mini: one learning rate per block.
+def _head_groups(layout: AttentionLayout, shapes) -> list[tuple[str, dict[str, Any]]]:
+    by_role: dict[tuple[str, int], dict[str, Any]] = {}
+    for role, name, rows in layout.role_rows(shapes):
+        H = layout.heads_of(role)
+        d = (rows.stop - rows.start) // H
+        for h in range(H):
+            start = rows.start + h * d
+            by_role.setdefault((role, h), {})[name] = layout.index(
+                name, shapes, slice(start, start + d)
+            )
+    groups = [
+        (_label(layout.prefix, f"{r}.{layout.head_label(r, h)}"), sets)
+        for (r, h), sets in by_role.items()
+    ]
+    H = layout.num_heads
+    for name in layout.o:
+        transposed = name in layout.transposed
+        d = shapes[name][0 if transposed else 1] // H
+        for h in range(H):
+            heads = slice(h * d, (h + 1) * d)
+            index = heads if transposed else (slice(None), heads)
+            groups.append((_label(layout.prefix, f"o.head{h}"), {name: index}))
+    return groups
+
+
+def adam_mini_groups(model: nn.Module, heads: Any = None) -> Groups:
+    """The blocks of Adam-mini, one learning rate per block (:meth:`Partition.adam_mini`).
 
     Adam-mini (Zhang et al., arXiv 2406.16793, "Partition for Transformers"):
 
@@ -272,33 +370,44 @@ def adam_mini(model: nn.Module, heads: Any = None) -> Partition:
             groups += _rows_of(name, param.shape[0], word)
         elif name in o_weights:
             prefix = next(lay.prefix for lay in layouts if name in lay.o)
-            groups += _rows_of(name, param.shape[0], "neuron", label=_label(prefix, "o"))
-        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            groups += _rows_of(name, param.shape[0], "neuron")
+            groups += _neurons_of(name, module, param, label=_label(prefix, "o"))
+        elif isinstance(module, _LINEARS) or is_transposed(module):
+            groups += _neurons_of(name, module, param)
         elif block_of(name) == "embedding":
             groups += _positions_of(name, tuple(param.shape))
-    return Partition.from_index_sets(model, groups, rest="tensor", scheme="adam_mini")
+    return groups
 
 
 def _adam_mini_attention(layout: AttentionLayout, shapes) -> list[tuple[str, dict[str, Any]]]:
-    H, groups = layout.num_heads, []
+    groups = []
     for role, name, rows in layout.role_rows(shapes):
         label = _label(layout.prefix, role)
         if len(shapes[name]) == 1:
             groups.append((f"{label}.bias", {name: rows}))
         elif role == "v":
-            groups += [(f"{label}.neuron{j}", {name: rows.start + j}) for j in _count(rows)]
+            groups += [
+                (f"{label}.neuron{j}", {name: layout.index(name, shapes, rows.start + j)})
+                for j in _count(rows)
+            ]
         else:
+            H = layout.heads_of(role)
             d = (rows.stop - rows.start) // H
             groups += [
-                (f"{label}.head{h}", {name: slice(rows.start + h * d, rows.start + (h + 1) * d)})
+                (
+                    f"{label}.{layout.head_label(role, h)}",
+                    {
+                        name: layout.index(
+                            name, shapes, slice(rows.start + h * d, rows.start + (h + 1) * d)
+                        )
+                    },
+                )
                 for h in range(H)
             ]
     return groups
 
 
-def by_neuron(model: nn.Module, modules: Sequence[str] | str | None = None) -> Partition:
-    """One group per output neuron (its weight row and bias entry together).
+def neuron_groups(model: nn.Module, modules: Sequence[str] | str | None = None) -> Groups:
+    """One group per output neuron: weight row and bias entry (:meth:`Partition.by_neuron`).
 
     Linear layers: ``<module>.neuron<j>``; convolutions: ``<module>.channel<j>``;
     embeddings: ``<module>.token<j>``; norms: ``<module>.feature<j>`` (weight and bias
@@ -312,8 +421,8 @@ def by_neuron(model: nn.Module, modules: Sequence[str] | str | None = None) -> P
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1))
-        >>> Partition.by_neuron(net, modules=["0"]).labels
-        ['0.neuron0', '0.neuron1', '2.weight', '2.bias']
+        >>> [label for label, _ in neuron_groups(net, modules=["0"])]
+        ['0.neuron0', '0.neuron1']
     """
     wanted = [modules] if isinstance(modules, str) else modules
 
@@ -327,29 +436,45 @@ def by_neuron(model: nn.Module, modules: Sequence[str] | str | None = None) -> P
         for role, name, span in layout.role_rows(shapes):
             if chosen(name.rsplit(".", 1)[0]):
                 for j in _count(span):
-                    rows.setdefault((role, j), {})[name] = span.start + j
+                    rows.setdefault((role, j), {})[name] = layout.index(
+                        name, shapes, span.start + j
+                    )
         groups += [(_label(layout.prefix, f"{r}.neuron{j}"), s) for (r, j), s in rows.items()]
     taken = {n for _, sets in groups for n in sets}
     for prefix, module in model.named_modules():
         word = _neuron_word(module)
-        own = _own_params(prefix, module, taken)
+        own = [(n, p) for n, p in _own_params(prefix, module, taken) if n in shapes]  # untied
         if word and own and chosen(prefix):
-            size = own[0][1].shape[0]
-            if all(p.shape[:1] == (size,) for _, p in own):
-                groups += [
-                    (_label(prefix, f"{word}{j}"), {n: j for n, _ in own}) for j in range(size)
-                ]
-    return Partition.from_index_sets(model, groups, rest="tensor", scheme="by_neuron")
+            groups += _module_neurons(prefix, word, own, is_transposed(module))
+    return groups
+
+
+def _module_neurons(prefix: str, word: str, own: list, transposed: bool) -> list:
+    """One group per output feature of a module's own tensors (columns of a transposed weight)."""
+
+    def axis(p) -> int:
+        return 1 if transposed and p.dim() == 2 else 0
+
+    size = own[0][1].shape[axis(own[0][1])]
+    if not all(p.shape[axis(p)] == size for _, p in own):
+        return []
+    return [
+        (_label(prefix, f"{word}{j}"), {n: (slice(None), j) if axis(p) else j for n, p in own})
+        for j in range(size)
+    ]
+
+
+_LINEARS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _neuron_word(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or is_transposed(module):
         return "neuron"
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return "channel"
     if isinstance(module, nn.Embedding):
         return "token"
-    if isinstance(module, _NORMS):
+    if isinstance(module, NORMS):
         return "feature"
     return None
 
@@ -378,6 +503,9 @@ def block_of(label: str) -> str:
         ['q', 'mlp', 'norm', 'embedding', 'output', 'conv']
     """
     tokens = str(label).lower().split(".")
+    for pattern, kind in _block_patterns():
+        if pattern.search(str(label)):
+            return kind
     for kind in ("q", "k", "v", "o", "qkv"):
         if any(t in _ROLE_TOKENS[kind] for t in tokens):
             return kind
@@ -395,10 +523,33 @@ def block_of(label: str) -> str:
     return "other"
 
 
+@functools.cache
+def _block_patterns() -> tuple[tuple[re.Pattern, str], ...]:
+    return tuple(pair for plugin in _plugins() for pair in getattr(plugin, "BLOCK_PATTERNS", ()))
+
+
 def head_of(label: str) -> int | None:
-    """The attention head a label names (``...q.head2`` -> 2), else None."""
+    """The attention head a label names (``...q.head2`` -> 2), else None.
+
+    A K / V head shared by several query heads (``...k.head0-1``) belongs to none of them:
+    :func:`heads_of` gives their range.
+    """
     match = _HEAD.search(str(label))
     return int(match.group(1)) if match else None
+
+
+def heads_of(label: str) -> range | None:
+    """The query heads a group serves: ``q.head2`` -> range(2, 3), ``k.head0-1`` -> range(0, 2).
+
+    Example:
+        >>> heads_of("model.layers.0.self_attn.k.head2-3"), heads_of("fc.weight")
+        (range(2, 4), None)
+    """
+    match = _HEADS.search(str(label))
+    if match is None:
+        return None
+    first = int(match.group(1))
+    return range(first, int(match.group(2) or first) + 1)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -407,7 +558,8 @@ def _required_layouts(model: nn.Module, heads: Any, scheme: str) -> list[Attenti
     if not layouts:
         raise PartitionError(
             f"{scheme} needs attention layers and this model has none found "
-            "(nn.MultiheadAttention, or a module with head_layout()); pass heads= with the "
+            "(nn.MultiheadAttention, a module with head_layout(), or a Hugging Face GPT-2, "
+            "BERT / RoBERTa, Llama / Mistral / Qwen or ViT attention); pass heads= with the "
             "layout of yours, or choose another partition (canonical, by_neuron)."
         )
     return layouts
@@ -439,6 +591,14 @@ def _count(rows: slice) -> range:
 def _rows_of(name: str, n: int, word: str, label: str | None = None):
     base = label or name.rsplit(".", 1)[0]
     return [(f"{base}.{word}{j}", {name: j}) for j in range(n)]
+
+
+def _neurons_of(name: str, module: nn.Module, param, label: str | None = None):
+    """One group per output neuron of a weight: its rows, or its columns when stored in x out."""
+    if not (is_transposed(module) and param.dim() == 2):
+        return _rows_of(name, param.shape[0], "neuron", label)
+    base = label or name.rsplit(".", 1)[0]
+    return [(f"{base}.neuron{j}", {name: (slice(None), j)}) for j in range(param.shape[1])]
 
 
 def _positions_of(name: str, shape: tuple[int, ...]):

@@ -26,6 +26,8 @@ import torch
 
 from hessian_lens import linalg
 from hessian_lens.heads import block_of, head_of
+from hessian_lens.linalg import left_out as left_out
+from hessian_lens.linalg import lower_median as lower_median
 
 ATTENTION = frozenset({"q", "k", "v", "o", "qkv"})
 FAMILIES = ("transformer", "cnn", "other")
@@ -186,15 +188,6 @@ def type_order(blocks: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(blocks), key=lambda t: (rank.get(t, len(rank)), t))
 
 
-def left_out(values: Sequence[float]) -> tuple[int, int]:
-    """``(undefined, zero)``: groups without a curvature (``||U^s|| = 0``) and with ``c_s = 0``.
-
-    Neither has a log10 |c|; plots leave them out and say how many.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    return int((~np.isfinite(v)).sum()), int((v == 0).sum())
-
-
 def block_table(stats: Mapping[str, Any], order: Sequence[str] | None = None) -> list[dict]:
     """One row per block type: groups, defined, negative, median |c|, log10 std, max / min."""
     by_block = stats["by_block"]
@@ -274,21 +267,6 @@ def partner(own: str, size: int, candidates: Sequence[tuple[str, int] | None]) -
         if d < gap:
             best, gap = i, d
     return best
-
-
-def lower_median(values) -> float:
-    """The median as :func:`hessian_lens.linalg.spread` takes it (``torch.median``).
-
-    The lower of the two middle values for an even count.
-
-    Example:
-        >>> lower_median([3.0, 1.0, 2.0, 4.0]), lower_median([5.0])
-        (2.0, 5.0)
-    """
-    v = np.sort(np.asarray(values, dtype=np.float64))
-    if v.size == 0:
-        raise ValueError("the median of no values")
-    return float(v[(v.size - 1) // 2])
 
 
 #: The roles :func:`roles` gives, shared by CNNs and transformers (input to output).

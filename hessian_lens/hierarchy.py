@@ -16,7 +16,6 @@ with ``M`` the S x U membership matrix, and ``g_c = M^T g``. Its inverse is the 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import torch
 
 from hessian_lens import linalg
 from hessian_lens.heads import BLOCK_TYPES, block_of, head_of
+from hessian_lens.labels import layer_of
 
 LEVELS = ("group", "head", "block", "layer")
 LEVEL_NAMES = {
@@ -34,8 +34,6 @@ LEVEL_NAMES = {
     "layer": "one per layer",
 }
 ORDERS = ("head", "block")
-_NUMBERED = re.compile(r"^(\d+|.*_\d+)$")
-_HEAD_TOKEN = re.compile(r"^head\d+$")
 
 
 @dataclass(frozen=True)
@@ -45,26 +43,6 @@ class Place:
     layer: str
     head: int | None
     block: str
-
-
-def layer_of(label: str) -> str:
-    """The layer a group belongs to: the label up to its first numbered token.
-
-    ``blocks.0.attn.q.head2`` -> ``blocks.0``; ``encoder.layers.encoder_layer_3.mlp.0.weight``
-    -> ``encoder.layers.encoder_layer_3``. A label without a numbered token belongs to
-    its module (the label without its last token: ``conv_proj.weight`` -> ``conv_proj``),
-    a one-token label to itself (``class_token``).
-
-    Example:
-        >>> [layer_of(x) for x in ("blocks.1.ln1.weight", "layer1.0.conv1.weight",
-        ...  "encoder.ln.bias", "class_token")]
-        ['blocks.1', 'layer1.0', 'encoder.ln', 'class_token']
-    """
-    tokens = str(label).split(".")
-    for i, token in enumerate(tokens):
-        if _NUMBERED.match(token) and not _HEAD_TOKEN.match(token):
-            return ".".join(tokens[: i + 1])
-    return ".".join(tokens[:-1]) if len(tokens) > 1 else tokens[0]
 
 
 def place(label: str) -> Place:
@@ -92,7 +70,7 @@ def order(labels: Sequence[str], within: str = "head") -> list[int]:
     if within not in ORDERS:
         raise ValueError(f"within must be one of {ORDERS}, got {within!r}")
     places = [place(x) for x in labels]
-    layers = list(dict.fromkeys(p.layer for p in places))
+    layers = {layer: n for n, layer in enumerate(dict.fromkeys(p.layer for p in places))}
     first_head = {}
     for i, p in enumerate(places):
         if p.head is not None:
@@ -102,10 +80,10 @@ def order(labels: Sequence[str], within: str = "head") -> list[int]:
         p = places[i]
         if p.head is None:
             segment = 0 if i < first_head.get(p.layer, len(labels)) else 2
-            return (layers.index(p.layer), segment, 0, 0, i)
+            return (layers[p.layer], segment, 0, 0, i)
         rank = BLOCK_TYPES.index(p.block)
         inner = (p.head, rank) if within == "head" else (rank, p.head)
-        return (layers.index(p.layer), 1, *inner, i)
+        return (layers[p.layer], 1, *inner, i)
 
     return sorted(range(len(labels)), key=key)
 
@@ -169,9 +147,13 @@ def coarsen(rec: dict, groups: Sequence[tuple[str, Sequence[int]]]) -> dict:
     layers, sizes (summed), the inverse of ``H_c`` and its status.
     """
     summary, arrays = rec["summary"], rec["arrays"]
-    M = membership(len(summary["labels"]), groups)
-    if len(groups) == M.shape[0]:
-        return _permuted(rec, [m[0] for _, m in groups])
+    size = len(summary["labels"])
+    if len(groups) == size:  # one group a unit: the stored matrices, reordered (no M)
+        at = [m[0] for _, m in groups]
+        if sorted(at) != list(range(size)):
+            raise ValueError("the units must hold every group exactly once")
+        return rec if at == list(range(size)) else _permuted(rec, at)
+    M = membership(size, groups)
     H = M.T @ np.asarray(arrays["H"], dtype=np.float64) @ M
     g = M.T @ np.asarray(arrays["g"], dtype=np.float64)
     inv = linalg.inverse(torch.from_numpy(H))

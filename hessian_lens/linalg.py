@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -322,3 +323,27 @@ def _log_std(positive: Tensor) -> float:
 def _sym(M: Tensor) -> Tensor:
     M = M.detach().double().cpu()
     return 0.5 * (M + M.T)
+
+
+def lower_median(values) -> float:
+    """The median as :func:`hessian_lens.linalg.spread` takes it (``torch.median``).
+
+    The lower of the two middle values for an even count.
+
+    Example:
+        >>> lower_median([3.0, 1.0, 2.0, 4.0]), lower_median([5.0])
+        (2.0, 5.0)
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if v.size == 0:
+        raise ValueError("the median of no values")
+    return float(v[(v.size - 1) // 2])
+
+
+def left_out(values: Sequence[float]) -> tuple[int, int]:
+    """``(undefined, zero)``: groups without a curvature (``||U^s|| = 0``) and with ``c_s = 0``.
+
+    Neither has a log10 |c|; plots leave them out and say how many.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    return int((~np.isfinite(v)).sum()), int((v == 0).sum())

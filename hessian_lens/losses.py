@@ -7,7 +7,9 @@ Each returns the batch *mean*, as the engine expects (``loss_fn(outputs, targets
   real targets of the outputs' shape are used as they are.
 * ``nll``: ``F.nll_loss``, for models whose outputs are already log-probabilities.
 * ``next_token``: mean cross-entropy per token of (B, T, V) logits against (B, T) next
-  tokens (a language model; in nats per token, per byte for byte-level tokens).
+  tokens (a language model; in nats per token, per byte for byte-level tokens); targets
+  -100 (padding) are ignored, and a batch weighs its valid tokens
+  (``next_token.normalizer``, :mod:`hessian_lens.normalizers`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor
+
+from hessian_lens.normalizers import valid_targets
 
 LOSSES = ("cross_entropy", "mse", "nll", "next_token")
 OWN_LOSS = "model"  # a run whose model returns its own loss (loss_fn=None)
@@ -48,7 +52,10 @@ def mse(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 def next_token(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy per token: logits (B, T, V), targets (B, T) of token ids.
+    """Mean cross-entropy per valid token: logits (B, T, V), targets (B, T) of token ids.
+
+    Targets -100 (padding) are ignored: the mean is over the others, so a batch weighs
+    its valid tokens in the whole data's loss (``next_token.normalizer``).
 
     Example:
         >>> import torch
@@ -64,7 +71,8 @@ def next_token(outputs: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1).long())
 
 
-next_token.reduction = "mean"  # over samples: every sample has the same number of tokens
+next_token.reduction = "mean"
+next_token.normalizer = valid_targets  # what the mean divides by: the tokens that are not -100
 
 
 def correct_predictions(outputs: Tensor, targets: Tensor) -> int:
@@ -96,8 +104,3 @@ def get_loss(name: str) -> LossFn | None:
     if key not in table:
         raise ValueError(f"unknown loss '{name}'; choose one of {list(LOSSES)}")
     return table[key]
-
-
-def is_classification(name: str) -> bool:
-    """Whether accuracy (argmax of the outputs vs class targets) means something."""
-    return str(name).lower() in LOSSES

@@ -47,6 +47,7 @@ OUTPUT_COPIES = 3  # running sum, one batch's contribution, the symmetrised resu
 # allocator's peak already holds kernel workspaces; the margin covers rounding and
 # fragmentation (not yet measured: benchmarks/gpu_check.sh prints predicted vs measured).
 PER_SAMPLE_OVERHEAD = {"cpu": 2.0, "cuda": 1.25}
+ROWS_MAX = 64  # loop back end: most rows of H̄ per vectorised backward pass
 VMAP_MIN_MICRO_BATCH = 32  # vmap: fewer directions at once before micro-batches this small
 UNBOUNDED = 2**62  # micro-batch size when a sample costs no measurable memory
 CGROUP_UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a number near 2**63
@@ -79,6 +80,9 @@ class MemoryPlan:
         micro_batch: samples per micro-batch; ``None`` when no probe ran (every batch whole).
         chunk_size: directions per vectorised call (vmap back end), ``None`` for all.
         level_peaks: probe peaks per derivative order at the larger probe size (loop).
+        rows: loop back end, H̄ alone: rows per vectorised backward pass (``None``: one).
+        row_fixed_bytes: the batch-independent bytes of each further row in one pass.
+        row_per_sample_bytes: the per-sample bytes of each further row in one pass.
     """
 
     budget: int
@@ -89,14 +93,26 @@ class MemoryPlan:
     micro_batch: int | None = None
     chunk_size: int | None = None
     level_peaks: list[int] = field(default_factory=list)
+    rows: int | None = None
+    row_fixed_bytes: int = 0
+    row_per_sample_bytes: int = 0
 
     def peak(self, samples: int) -> int:
-        """Predicted peak bytes of one micro-batch of ``samples`` samples."""
-        return self.output_bytes + self.fixed_bytes + samples * self.per_sample_bytes
+        """Predicted peak bytes of one micro-batch of ``samples`` samples.
+
+        ``outputs + fixed + n per_sample + (rows - 1) (row_fixed + n row_per_sample)``.
+        """
+        more = max((self.rows or 1) - 1, 0) * self.row_bytes(samples)
+        return self.output_bytes + self.fixed_bytes + samples * self.per_sample_bytes + more
+
+    def row_bytes(self, samples: int) -> int:
+        """Bytes of one more row in a vectorised pass over ``samples`` samples."""
+        return self.row_fixed_bytes + samples * self.row_per_sample_bytes
 
     def describe(self, samples: int) -> str:
         """One line: predicted peak for ``samples``, micro-batch, chunk and budget."""
         chunk = f", chunk {self.chunk_size}" if self.chunk_size else ""
+        chunk += f", {self.rows} rows per pass" if self.rows and self.rows > 1 else ""
         return (
             f"peak {size(self.peak(samples))} for {samples} samples (micro-batch "
             f"{min(self.micro_batch or samples, samples)}{chunk}); budget {size(self.budget)} "
@@ -660,7 +676,30 @@ class Planner:
             overhead=PER_SAMPLE_OVERHEAD.get(self.state.device.type, 1.0),
         )
         self.back_end.chunk_size = self.plan.chunk_size
+        rows = getattr(self.back_end, "rows", None)
+        most = rows(self.spec, self.partition) if rows is not None else 1
+        if self.plan.chunk_size is None and most > 1:
+            self._plan_rows(x, y, samples, most)
         return self.plan
+
+    def _plan_rows(self, x, y, samples: int, most: int) -> None:
+        """Rows of H̄ per vectorised pass: as many as fit beside one micro-batch's peak.
+
+        Each further row costs ``row_fixed + n row_per_sample`` bytes, the line through
+        the probes' peak of two rows in one pass minus one row's (times the per-sample
+        overhead).
+        """
+        plan = self.plan
+        two = [self._measure(*self.head(x, y, n), 2) for n in PROBE_SAMPLES]
+        fixed, per_sample = fit_line([p[-1] - p[-2] for p in two], PROBE_SAMPLES)
+        overhead = PER_SAMPLE_OVERHEAD.get(self.state.device.type, 1.0)
+        plan.row_fixed_bytes = fixed
+        plan.row_per_sample_bytes = math.ceil(per_sample * overhead)
+        n = min(plan.micro_batch or samples, samples)
+        room = plan.budget - plan.peak(n)
+        per_row = max(plan.row_bytes(n), 1)
+        plan.rows = max(1, min(most, 1 + int(room // per_row)))
+        self.back_end.chunk_size = plan.rows
 
     def _measure(self, x, y, chunk: int | None) -> list[int]:
         """Probe peaks per order on the batch ``(x, y)``, remembered per model (:data:`PROBES`).

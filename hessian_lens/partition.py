@@ -24,6 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hessian_lens import heads as heads_module
+from hessian_lens.errors import PartitionError
+from hessian_lens.heads import NORMS
+
 DISCRETE_MAX_PARAMETERS = 5000
 #: Partition schemes by name (``by_module:K`` takes a depth K); the CLI and pages list these.
 SCHEMES = (
@@ -38,16 +42,6 @@ SCHEMES = (
     "by_neuron",
 )
 KINDS = ("weight", "bias", "norm_weight", "norm_bias")
-_NORMS = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-)
-
-
-class PartitionError(ValueError):
-    """A partition that does not cover every trainable parameter exactly once."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,7 @@ def norm_parameters(model: nn.Module) -> set[str]:
     return {
         f"{prefix}.{n}" if prefix else n
         for prefix, m in model.named_modules()
-        if isinstance(m, _NORMS)
+        if isinstance(m, NORMS)
         for n, _ in m.named_parameters(recurse=False)
     }
 
@@ -336,25 +330,40 @@ class Partition:
     def by_head(cls, model: nn.Module, heads=None) -> Partition:
         """One group per attention head and role (Q, K, V, O); other tensors whole.
 
-        See :func:`hessian_lens.heads.by_head` (``heads=``: a layout for other models).
-        """
-        from hessian_lens.heads import by_head
+        For each attention layer and head h: ``<prefix>.q.head<h>`` (the head's query rows
+        of the weight and their bias entries), ``.k.head<h>``, ``.v.head<h>``, and
+        ``.o.head<h>`` (the output projection's columns that read head h); the output
+        projection's bias, the MLPs, norms and embeddings keep one group per tensor
+        (:func:`hessian_lens.heads.head_groups`; ``heads=``: a layout for other models).
 
-        return by_head(model, heads)
+        Raises:
+            PartitionError: the model has no attention layer found (pass ``heads=``).
+
+        Example:
+            >>> labels = Partition.by_head(nn.MultiheadAttention(8, 2)).labels
+            >>> labels[:4], labels[-3:]
+            (['q.head0', 'q.head1', 'k.head0', 'k.head1'], ['o.head0', 'o.head1', 'out_proj.bias'])
+        """
+        groups = heads_module.head_groups(model, heads)
+        return cls.from_index_sets(model, groups, rest="tensor", scheme="by_head")
 
     @classmethod
     def adam_mini(cls, model: nn.Module, heads=None) -> Partition:
-        """Adam-mini's blocks (arXiv 2406.16793); see :func:`hessian_lens.heads.adam_mini`."""
-        from hessian_lens.heads import adam_mini
-
-        return adam_mini(model, heads)
+        """Adam-mini's blocks (arXiv 2406.16793): :func:`hessian_lens.heads.adam_mini_groups`."""
+        groups = heads_module.adam_mini_groups(model, heads)
+        return cls.from_index_sets(model, groups, rest="tensor", scheme="adam_mini")
 
     @classmethod
     def by_neuron(cls, model: nn.Module, modules: Sequence[str] | None = None) -> Partition:
-        """One group per output neuron; see :func:`hessian_lens.heads.by_neuron`."""
-        from hessian_lens.heads import by_neuron
+        """One group per output neuron: :func:`hessian_lens.heads.neuron_groups`.
 
-        return by_neuron(model, modules)
+        Example:
+            >>> net = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1))
+            >>> Partition.by_neuron(net, modules=["0"]).labels
+            ['0.neuron0', '0.neuron1', '2.weight', '2.bias']
+        """
+        groups = heads_module.neuron_groups(model, modules)
+        return cls.from_index_sets(model, groups, rest="tensor", scheme="by_neuron")
 
     @classmethod
     def _from_ids(
@@ -470,6 +479,12 @@ class Partition:
         if list(params) != self.names:
             missing = sorted(set(self.names) - set(params))
             extra = sorted(set(params) - set(self.names))
+            if not missing and not extra:
+                raise PartitionError(
+                    "the partition lists the model's trainable tensors in another order than "
+                    "model.named_parameters(): build it from this model (Partition.canonical, "
+                    "from_groups, ...), which keeps that order"
+                )
             raise PartitionError(
                 f"partition does not match the model: missing {missing}, "
                 f"not covered {extra}. Build it from this model."
@@ -602,6 +617,12 @@ class Partition:
     def _validate(self) -> None:
         if len(self.names) != len(self.shapes) or len(self.names) != len(self.assignment):
             raise PartitionError("names, shapes and assignment must have the same length")
+        twice = sorted({n for n in self.names if self.names.count(n) > 1})
+        if twice:
+            raise PartitionError(
+                f"the partition lists {twice} more than once: name every trainable tensor once "
+                "(assign its scalars to several groups with an index tensor, from_index_sets)"
+            )
         if not self.names:
             raise PartitionError("the model has no trainable parameter (all frozen?)")
         counts = torch.zeros(len(self.groups), dtype=torch.long)
@@ -659,11 +680,17 @@ def check_scheme(name: str) -> None:
     if name in fixed:
         return
     head, _, depth = str(name).partition(":")
-    if head == "by_module" and depth.isdigit() and int(depth) >= 1:
+    if head == "by_module" and _whole(depth) and int(depth) >= 1:
         return
     raise PartitionError(
-        f"unknown partition '{name}'; choose one of {fixed} or by_module:K (K = 1, 2, ...)"
+        f"unknown partition {str(name)[:60]!r}; choose one of {fixed} or by_module:K "
+        "(K = 1, 2, ...)"
     )
+
+
+def _whole(text: str) -> bool:
+    """Digits 0-9 only, at most 9 of them (``"²"`` is a digit to ``str.isdigit``, not to int)."""
+    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 def _claim(ids: dict[str, torch.Tensor], name: str, index: Any, gid: int, labels: list[str]):

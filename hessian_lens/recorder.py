@@ -24,6 +24,7 @@ summaries are all-reduced) and rank 0 writes the files.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,16 +34,21 @@ import torch
 from torch import Tensor, nn
 
 from hessian_lens import runfolder
-from hessian_lens.analyze import ENGINE_VERSION, checkpoint_epoch, stored_parts
+from hessian_lens.analyze import ENGINE_VERSION, check_storable, checkpoint_epoch, stored_parts
 from hessian_lens.batches import as_batches, split_batch, tree_leaves
 from hessian_lens.checkpoint import save_checkpoint
 from hessian_lens.engine import Options, pseudo_hessian
 from hessian_lens.engine.options import EngineKeywords
-from hessian_lens.files import file_sha256
+from hessian_lens.io.files import file_sha256
 from hessian_lens.losses import OWN_LOSS, get_loss
 from hessian_lens.measures import check_measures, stored_measures
 from hessian_lens.partition import Partition
+from hessian_lens.registry import USER_PREFIX
 from hessian_lens.store import Record, ResultStore
+from hessian_lens.writerlock import WriterLock
+
+LOG = logging.getLogger("hessian_lens")
+FAILED = "analysis failed"  # run.json's state after an analysis error (keep_going)
 
 
 class Recorder:
@@ -74,11 +80,26 @@ class Recorder:
         loggers: where each analysis's scalars and heatmaps also go, under
             ``hessian/...``: a ``SummaryWriter``, a wandb run, an ``aim.Run`` or an object
             with ``log_record(record, step)`` (:mod:`hessian_lens.integrations.loggers`).
+        data_spec, data_source: the data set ``analysis_data`` comes from, as ``analyze``
+            loads it (``"cifar10"`` and its npz or folder, ``"npz:PATH"``,
+            ``"text:stdlib@64"``, ...): recorded in run.json, so that ``hessian-lens
+            analyze RUN`` can measure more samples of it. Without it, ``analyze`` asks for
+            ``--data``.
         options: the data contract and run options of every analysis
-            (:class:`hessian_lens.Options`: ``batch_dim``, ``reduction``, ``forward``,
-            ``dtype`` (``torch.float64`` for references), ``progress`` (a tqdm bar per
-            analysis), ``device``, ``method``, ...).
+            (:class:`hessian_lens.Options`: ``batch_dim``, ``reduction``, ``normalizer``,
+            ``forward``, ``dtype`` (``torch.float64`` for references), ``progress`` (a tqdm
+            bar per analysis), ``device``, ``method``, ``seed``, ...).
+        keep_going: an analysis that raises does not raise from :meth:`log`: the error is
+            written to the run (``run.json``: ``"state": "analysis failed"`` and
+            ``"error"``), logged once, and later calls record checkpoints and metrics only
+            (what the Lightning and Hugging Face callbacks use: training goes on).
         **keywords: any field of :class:`hessian_lens.Options`, overriding ``options``.
+
+    Raises:
+        ValueError: the partition has more groups than a store holds (5,000), before
+            anything is written.
+        hessian_lens.writerlock.FolderBusyError: another process (named) is writing the
+            folder; one writer per folder until it closes (a lock file, ``.writer.lock``).
     """
 
     def __init__(
@@ -99,7 +120,10 @@ class Recorder:
         probes: int = 16,
         steps: int = 20,
         loggers=None,
+        data_spec: str | None = None,
+        data_source: str | None = None,
         options: Options | None = None,
+        keep_going: bool = False,
         **keywords: Unpack[EngineKeywords],
     ) -> None:
         if not isinstance(every, int) or every < 1:
@@ -118,16 +142,25 @@ class Recorder:
         if self.measures and (not isinstance(probes, int) or probes < 2 or steps < 1):
             raise ValueError(f"probes must be >= 2 and steps >= 1, got {probes!r}, {steps!r}")
         self.calls, self.closed = 0, False
+        self.keep_going, self.failed = keep_going, None
         from hessian_lens.integrations.loggers import as_loggers
 
         self.loggers = as_loggers(loggers)
         self.rank = _rank()
         self.model_entry = {
-            "name": architecture or f"user:{type(model).__name__}",
+            "name": architecture or f"{USER_PREFIX}{type(model).__name__}",
             "kwargs": dict(architecture_kwargs or {}),
         }
         self._fingerprint: str | None = None
-        self.manifest = self._start_manifest(name)
+        self.data_entry = _data_entry(data_spec, data_source)
+        self._part = self._partition()
+        check_storable(self._part, self._part.scheme)  # before anything is written
+        self._lock = WriterLock.take(self.path) if self.rank == 0 else None
+        try:
+            self.manifest = self._start_manifest(name)
+        except BaseException:
+            self._release()
+            raise
 
     # ------------------------------------------------------------------ public
     def log(
@@ -165,7 +198,14 @@ class Recorder:
             analyse = self.calls % self.every == 0
         self.calls += 1
         checkpoint = self._checkpoint(epoch, entry) if self.save else None
-        record = self._analyse(epoch, checkpoint, direction) if analyse else None
+        record = None
+        if analyse and self.failed is None:
+            try:
+                record = self._analyse(epoch, checkpoint, direction)
+            except Exception as err:  # any analysis error: the run says so (keep_going)
+                if not self.keep_going:
+                    raise
+                self.fail(err, epoch)
         if record is not None:
             for logger in self.loggers:
                 logger.log_record(record, int(epoch) if step is None else int(step))
@@ -175,12 +215,44 @@ class Recorder:
             self._append(entry)
         return record
 
-    def close(self) -> None:
-        """Finish the run: marked ``"state": "finished"`` (no longer shown as live)."""
-        if not self.closed and self.rank == 0:
-            self.manifest["state"] = "finished"
+    def fail(self, err: BaseException, epoch: float | None = None, *, log: bool = True) -> None:
+        """Write an analysis error to the run and log it (once); analyses stop.
+
+        ``run.json`` gets ``"state": "analysis failed"`` and ``"error"`` (the error's type
+        and message, and the epoch it happened at); the run is no longer shown as live.
+        """
+        if self.failed is not None:
+            return
+        at = f" at epoch {epoch}" if epoch is not None else ""
+        self.failed = f"{type(err).__name__}{at}: {str(err).strip() or type(err).__name__}"
+        if log:
+            LOG.error(
+                "Hessian Lens: the analysis of %s failed (%s); training goes on, with "
+                "checkpoints and metrics only",
+                self.path,
+                self.failed,
+            )
+        if self.rank == 0:
+            self.manifest.update(state=FAILED, error=self.failed)
             runfolder.write_manifest(self.path, self.manifest)
-        self.closed = True
+
+    def close(self) -> None:
+        """Finish the run: marked ``"state": "finished"`` (no longer shown as live).
+
+        A run whose analysis failed keeps ``"state": "analysis failed"``. Lets another
+        writer in (:class:`~hessian_lens.writerlock.WriterLock`).
+        """
+        try:
+            if not self.closed and self.rank == 0:
+                self.manifest["state"] = FAILED if self.failed is not None else "finished"
+                runfolder.write_manifest(self.path, self.manifest)
+        finally:
+            self.closed = True
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> Recorder:
         return self
@@ -200,11 +272,13 @@ class Recorder:
             "name": name or self.path.name,
             "model": self.model_entry,
             "loss": self.loss_name,
-            "data": {"name": "analysis data given to the Recorder"},
+            "data": self.data_entry,
             "recorder": True,
             "history": [],
         }
         manifest["state"] = "recording"
+        manifest["writer"] = runfolder.writer_entry()  # never live once this process ends
+        manifest.pop("error", None)
         if self.rank == 0:
             runfolder.write_manifest(self.path, manifest)
         return manifest
@@ -238,7 +312,7 @@ class Recorder:
     def _analyse(
         self, epoch: float, checkpoint: Path | None, direction: list[Tensor] | None = None
     ) -> Record | None:
-        part = self._partition()
+        part = self._part
         t0 = time.perf_counter()
         res = pseudo_hessian(
             self.model,
@@ -291,7 +365,7 @@ class Recorder:
             "samples": n,
             "partition": part.scheme,
             "order3": self.order3,
-            "seed": 0,
+            "seed": self.options.seed,
             "dtype": str(dtype).removeprefix("torch."),
             "data": self._data_fingerprint(),
             "engine": ENGINE_VERSION,
@@ -321,6 +395,22 @@ class Recorder:
         history = [h for h in self.manifest.get("history", []) if h.get("epoch") != entry["epoch"]]
         self.manifest["history"] = sorted([*history, entry], key=lambda h: h["epoch"])
         runfolder.write_manifest(self.path, self.manifest)
+
+
+def _data_entry(spec: str | None, source: str | None) -> dict[str, Any]:
+    """run.json's ``data``: the data set spec given, else :data:`runfolder.RECORDER_DATA`.
+
+    Raises:
+        ValueError: a spec or source that is not a non-empty string.
+    """
+    for what, value in (("data_spec", spec), ("data_source", source)):
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise ValueError(f"{what} must be a data set spec string such as 'cifar10'")
+    if spec is None:
+        if source is not None:
+            raise ValueError("data_source needs data_spec (the data set it is a source of)")
+        return {"name": runfolder.RECORDER_DATA}
+    return {"name": spec.strip(), **({"source": source} if source else {})}
 
 
 def _group_squares(res, part: Partition):

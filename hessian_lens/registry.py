@@ -7,10 +7,13 @@
   and the classes of :data:`TORCHVISION_CLASSES` with all their shape arguments
   (``torchvision:VisionTransformer`` with ``image_size=32, patch_size=4, num_layers=4,
   num_heads=4, hidden_dim=128, mlp_dim=256``: the ``vit_*`` builders fix depth and width);
+* ``hf:<model_type>`` (its causal LM, e.g. ``hf:gpt2``) or ``hf:<Class>``
+  (``hf:BertForSequenceClassification``): a Hugging Face ``transformers`` model built from
+  config keyword arguments (:mod:`hessian_lens.hf`; never downloaded, never custom code);
 * the user's own code: ``@register_model("name")`` on a builder function or class, in a
   file loaded by :func:`load_model_files` (``--models FILE.py``, ``$HESSIAN_LENS_MODELS``).
   That is the operator's trusted code; code inside checkpoint files never runs;
-* code-free ``.pt2`` exports need no name at all (:mod:`hessian_lens.export`).
+* code-free ``.pt2`` exports need no name at all (:mod:`hessian_lens.io.pt2`).
 
 Every build can happen on the ``meta`` device first (:func:`build_on_meta`): shapes and
 parameter counts are known before a byte of weights is allocated. :func:`infer_kwargs` reads
@@ -26,6 +29,7 @@ import inspect
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,19 +38,25 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from hessian_lens import modelsize
+from hessian_lens.errors import ArchitectureError
 from hessian_lens.models import ACTIVATIONS, MODELS, VGG11_CONFIG, initialize
 
 TORCHVISION_PREFIX = "torchvision:"
+#: ``user:<class name>``: what a Recorder records of a model class nobody registered.
+USER_PREFIX = "user:"
+HF_PREFIX = "hf:"
 #: torchvision model classes built directly by name (their builders fix the sizes).
 TORCHVISION_CLASSES = ("VisionTransformer",)
 MODELS_ENV = "HESSIAN_LENS_MODELS"
 ALIASES = {"vgg11": "vgg11p", "lenet": "lenet5"}
 VGG11_LAST_CHANNELS = [c for c in VGG11_CONFIG if c != "M"][-1]
 _USER: dict[str, Callable[..., nn.Module]] = {}
+_META = threading.local()  # set while build_on_meta runs (its builds are counted already)
 
 
-class ArchitectureError(ValueError):
-    """An architecture name or arguments that cannot build a model; says what to change."""
+class TooLargeError(ArchitectureError):
+    """Arguments that make a model over the size limits (:mod:`hessian_lens.modelsize`)."""
 
 
 # ---------------------------------------------------------------------------- user models
@@ -61,7 +71,7 @@ def register_model(name: str) -> Callable:
         2
     """
     key = str(name).strip()
-    if not key or key.startswith(TORCHVISION_PREFIX) or _builtin_key(key) in MODELS:
+    if not key or key.startswith((TORCHVISION_PREFIX, HF_PREFIX)) or _builtin_key(key) in MODELS:
         raise ArchitectureError(f"cannot register '{name}': empty or taken by a built-in name")
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -143,6 +153,13 @@ def resolve(name: str) -> tuple[str, Callable[..., nn.Module]]:
     name = str(name).strip()
     if name in _USER:
         return name, _USER[name]
+    if name.startswith(USER_PREFIX):
+        return _user_class(name)
+    if name.startswith(HF_PREFIX):
+        from hessian_lens import hf
+
+        hf.resolve(name)
+        return name, functools.partial(hf.build, name)
     if name.startswith(TORCHVISION_PREFIX):
         builder = name[len(TORCHVISION_PREFIX) :]
         if builder in TORCHVISION_CLASSES:
@@ -166,6 +183,25 @@ def resolve(name: str) -> tuple[str, Callable[..., nn.Module]]:
         f"unknown architecture '{name}'; known: {known}, or torchvision:<builder> "
         "(e.g. torchvision:resnet18), or register your own with @hl.register_model "
         "and --models FILE.py."
+    )
+
+
+def _user_class(name: str) -> tuple[str, Callable[..., nn.Module]]:
+    """The model registered as ``Net`` for ``user:Net``.
+
+    ``hl.Recorder`` records ``user:Net`` for a model of class ``Net`` it could not name.
+
+    Raises:
+        ArchitectureError: ``Net`` is not registered, saying how to register it.
+    """
+    cls = name[len(USER_PREFIX) :].strip()
+    if cls in _USER:
+        return cls, _USER[cls]
+    raise ArchitectureError(
+        f"'{name}' is a model of class {cls} from the training script, which this process "
+        f"cannot import: register it under the name '{cls}' in a Python file "
+        f'(@hessian_lens.register_model("{cls}") above the class or a function building it) '
+        "and give that file with --models FILE.py (the dashboard: $HESSIAN_LENS_MODELS=FILE.py)"
     )
 
 
@@ -199,8 +235,13 @@ def build_model(name: str, init: str = "torch", **kwargs) -> nn.Module:
         kwargs = {"weights": None, **kwargs}
         if kwargs["weights"] is not None:
             raise ArchitectureError("pretrained weights are never downloaded: load a state_dict")
+        if not getattr(_META, "active", False):  # counted on meta before allocating
+            build_on_meta(name, **kwargs)
     try:
-        model = ctor(**kwargs)
+        with modelsize.size_guard(key):
+            model = ctor(**kwargs)
+    except modelsize.ModelTooLargeError as err:
+        raise TooLargeError(str(err)) from None
     except Exception as err:  # any constructor error is a bad argument to report, not a crash
         raise ArchitectureError(
             f"bad arguments for '{key}': {type(err).__name__}: {err}"[:400]
@@ -222,11 +263,21 @@ def build_on_meta(name: str, **kwargs) -> nn.Module:
         ArchitectureError: unknown name, bad arguments, or not buildable on ``meta``.
     """
     check_kwargs(name, kwargs)
+    was, _META.active = getattr(_META, "active", False), True
+    try:
+        return _build_on_meta(name, kwargs)
+    finally:
+        _META.active = was
+
+
+def _build_on_meta(name: str, kwargs: dict) -> nn.Module:
     try:
         with torch.device("meta"):
             return build_model(name, **kwargs)
     except ArchitectureError as err:
         first = err
+    if isinstance(first, TooLargeError):  # the size, not the device: no second try
+        raise first
     try:
         with _ModulesOnMeta():
             model = build_model(name, **kwargs)
@@ -298,6 +349,8 @@ def infer_kwargs(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     shapes = {k: tuple(v.shape) for k, v in state_dict.items() if hasattr(v, "shape")}
     if key.startswith(TORCHVISION_PREFIX):
         return _torchvision_kwargs(key, shapes)
+    if key.startswith(HF_PREFIX):  # the sizes come with the config
+        return {}
     reader = _BUILTIN_READERS.get(key)
     return _safely(reader, shapes) if reader else {}
 
@@ -426,6 +479,11 @@ _INT_ARGS = (
 def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
     """Refuse arguments of the wrong name, type or value before anything is built.
 
+    A built-in architecture whose arguments make it larger than
+    :data:`hessian_lens.modelsize.MAX_PARAMETERS` or ``MAX_MODULES`` is refused here too
+    (counted in closed form); every other build is counted while it runs
+    (:func:`hessian_lens.modelsize.size_guard`).
+
     Raises:
         ArchitectureError: one message naming the argument and what it must be.
 
@@ -438,11 +496,20 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
     if not isinstance(kwargs, Mapping):
         raise ArchitectureError(f"{name}: arguments must be a JSON object / dict")
     key, ctor = resolve(name)
+    if key.startswith(HF_PREFIX):
+        from hessian_lens import hf
+
+        hf.check_config(key, kwargs)
+        return
     _check_names(key, ctor, kwargs)
     for arg, value in kwargs.items():
         problem = _argument_problem(arg, value, key)
         if problem:
             raise ArchitectureError(f"{key}: {arg} must be {problem}, got {value!r}"[:300])
+    try:
+        modelsize.check_size(key, kwargs)
+    except modelsize.ModelTooLargeError as err:
+        raise TooLargeError(str(err)) from None
 
 
 def _check_names(key: str, ctor: Callable, kwargs: Mapping[str, Any]) -> None:

@@ -17,24 +17,29 @@ return what could be read and a list of warnings naming what could not.
 from __future__ import annotations
 
 import math
+import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hessian_lens.files import UnsafeFileError, is_regular_file, read_json, write_json
+from hessian_lens.io.files import UnsafeFileError, is_regular_file, read_json, write_json
 
 RUN_FILE = "run.json"
 STORE_FILE = "analysis.sqlite"
 OPTIMIZER_LOG = "optimizer_log.json"
 RESUME_FILE = "resume.pt"
 RUN_FORMAT = "hessian-lens-run/1"
+#: The data a Recorder records when it was given batches and no reloadable data spec.
+RECORDER_DATA = "analysis data given to the Recorder"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors", ".pt2")
 MANIFEST_MAX_BYTES = 16 * 2**20
 LOG_MAX_BYTES = 64 * 2**20
 LOG_MAX_ENTRIES = 2000
 _EPOCH_RE = re.compile(r"epoch_(\d+)(?:\.(\d+))?$")
 _TRAILING_RE = re.compile(r"(?:^|[_\-]|epoch|ep)(\d+)$", re.IGNORECASE)  # not "resnet18"
+PROC = Path("/proc")
 
 
 # ---------------------------------------------------------------------------- names
@@ -188,6 +193,57 @@ def read_manifest(folder: str | Path) -> Manifest:
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
     """Atomically write ``run.json``."""
     write_json(Path(folder) / RUN_FILE, manifest)
+
+
+# ---------------------------------------------------------------------------- the writer
+def writer_entry() -> dict[str, Any]:
+    """Who is writing a run (``run.json``'s ``"writer"``): host, process id, boot, start.
+
+    A reader on the same host can then tell that the process is gone (:func:`writer_gone`).
+    """
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "boot": _boot_id(), "start": _started(pid)}
+
+
+def writer_gone(manifest: dict[str, Any]) -> bool:
+    """Whether the process that marked a run ``"recording"`` is known to have ended.
+
+    Known on the writer's own host: its process id no longer runs, or runs another
+    process (another start time), or the machine restarted since (another boot id).
+    ``False`` where it cannot be known (another host, no ``"writer"`` entry).
+    """
+    writer = manifest.get("writer")
+    if not isinstance(writer, dict) or writer.get("host") != socket.gethostname():
+        return False
+    pid = writer.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    if writer.get("boot") and _boot_id() and writer["boot"] != _boot_id():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        pass  # exists, owned by someone else
+    start = writer.get("start")
+    return start is not None and _started(pid) not in (None, start)
+
+
+def _boot_id() -> str:
+    try:
+        return (PROC / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _started(pid: int) -> int | None:
+    """The start time of a process in clock ticks since boot (Linux), else ``None``."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def clean_history(history: Any) -> list[dict[str, Any]]:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hessian_lens import runfolder
 from hessian_lens.store import Record, ResultStore, StoreError
 
 RUNS_ENV = "HESSIAN_LENS_RUNS"
 LIVE_WINDOW_S = 1800.0  # a recording run changed this recently is shown as live
+T = TypeVar("T")
 
 
 @dataclass
@@ -48,8 +49,12 @@ class Run:
 
     @property
     def warnings(self) -> list[str]:
-        """A copy of what could not be read in the manifest."""
-        return list(self.manifest.warnings)
+        """What could not be read in the manifest, and an analysis that failed."""
+        out = list(self.manifest.warnings)
+        raw = self.manifest.raw
+        if raw.get("state") == "analysis failed":
+            out.append(f"analysis failed: {raw.get('error') or 'no error recorded'}")
+        return out
 
     def last_change(self) -> float:
         """When the run's files last changed (run.json, the store, the newest checkpoint)."""
@@ -63,13 +68,17 @@ class Run:
         return max(stamps, default=0.0)
 
     def live(self, now: float | None = None) -> bool:
-        """Being written: marked recording and changed within :data:`LIVE_WINDOW_S` seconds.
+        """Being written: marked recording, its writer alive, changed within the window.
 
-        A Recorder (and the callbacks) mark their run ``"state": "recording"``, and
-        ``"finished"`` when closed; a recording left by a crashed process stops being live
-        once it has not changed for the window.
+        A Recorder (and the callbacks, and ``train``) mark their run ``"state":
+        "recording"`` with their ``"writer"`` (:func:`runfolder.writer_entry`), and
+        ``"finished"`` when closed. A recording whose writer process is gone (known on its
+        own host) is never live; elsewhere it stops being live once it has not changed for
+        :data:`LIVE_WINDOW_S` seconds.
         """
         if self.manifest.raw.get("state") != "recording":
+            return False
+        if runfolder.writer_gone(self.manifest.raw):
             return False
         return (time.time() if now is None else now) - self.last_change() < LIVE_WINDOW_S
 
@@ -137,6 +146,37 @@ def run_roots(default: str | Path, extra: str | None = None) -> list[Path]:
             Path(p.strip()) for p in text.replace(",", os.pathsep).split(os.pathsep) if p.strip()
         ]
     return roots
+
+
+def one_per_epoch(records: Sequence[T], kept: Iterable[str]) -> list[T]:
+    """One analysed checkpoint per epoch, in the records' order: what the views show.
+
+    A store may hold two analyses of one epoch (a float32 checkpoint, then the float16
+    copy shipped in its place). Of those, the one whose file is still in the run's folder
+    (``kept``: file names) is shown, else the last one stored. Records without an epoch
+    (uploads) all stay.
+
+    Args:
+        records: store records or their dicts (``epoch``, ``checkpoint``).
+        kept: the names of the checkpoint files in the folder.
+
+    Example:
+        >>> recs = [{"epoch": 8.0, "checkpoint": "epoch_0008.pt"},
+        ...         {"epoch": 8.0, "checkpoint": "epoch_0008.safetensors"}]
+        >>> [r["checkpoint"] for r in one_per_epoch(recs, ["epoch_0008.safetensors"])]
+        ['epoch_0008.safetensors']
+    """
+    kept = set(kept)
+    field_of = (lambda r, k: r[k]) if records and isinstance(records[0], dict) else getattr
+    chosen: dict[float, Any] = {}
+    for r in records:
+        epoch = field_of(r, "epoch")
+        if epoch is None:
+            continue
+        held = chosen.get(epoch)
+        if held is None or field_of(held, "checkpoint") not in kept:
+            chosen[epoch] = r
+    return [r for r in records if field_of(r, "epoch") is None or chosen[field_of(r, "epoch")] is r]
 
 
 def describe_settings(settings: dict[str, Any]) -> str:

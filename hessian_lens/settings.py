@@ -29,6 +29,8 @@ CACHE_LIMIT_ENV = "HESSIAN_LENS_CACHE_MB"
 MODELS_ENV = "HESSIAN_LENS_MODELS"
 CHECKPOINT_LIMIT_ENV = "HESSIAN_LENS_MAX_CHECKPOINT_MB"
 DATA_LIMIT_ENV = "HESSIAN_LENS_MAX_DATA_MB"
+CHROMIUM_ENV = "HESSIAN_LENS_CHROMIUM"
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
 DEFAULT_UPLOAD_MB = 500.0
 DEFAULT_CACHE_MB = 2000.0
 DEFAULT_CHECKPOINT_MB = 500.0
@@ -101,6 +103,14 @@ def cache_dir(create: bool = False) -> Path:
                 "to a writable folder."
             ) from None
     return path
+
+
+def chromium_path() -> str:
+    """The browser static figure export draws with (never a downloaded one).
+
+    Debian's Chromium (``/usr/bin/chromium``), or ``$HESSIAN_LENS_CHROMIUM``.
+    """
+    return os.environ.get(CHROMIUM_ENV, DEFAULT_CHROMIUM)
 
 
 def data_source() -> str | None:

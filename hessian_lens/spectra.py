@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Unpack
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -31,7 +32,15 @@ from hessian_lens.engine.options import EngineKeywords, LossFn, Options
 from hessian_lens.engine.products import DataCurvature, Job
 from hessian_lens.partition import Partition
 
-__all__ = ["BlockSpectra", "JSDivergence", "Spectrum", "block_spectra", "js_divergence", "lanczos"]
+__all__ = [
+    "BlockSpectra",
+    "JSDivergence",
+    "Spectrum",
+    "block_spectra",
+    "js_divergence",
+    "lanczos",
+    "smooth",
+]
 
 BREAKDOWN = 1e-10  # relative size of a Lanczos residual that ends its Krylov space
 WHOLE_BASIS_SHARE = 0.25  # of the memory budget for the whole model's Lanczos basis
@@ -76,9 +85,10 @@ class Spectrum:
 
     def density(self, grid: Tensor, sigma: float) -> Tensor:
         """The Gaussian-smoothed density on ``grid`` (integrates to about 1 on a wide grid)."""
-        d = grid[:, None, None] - self.nodes[None]
-        kernel = torch.exp(-0.5 * (d / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
-        return (kernel * self.weights[None]).sum(2).mean(1)
+        out = smooth(
+            grid.cpu().numpy(), self.nodes.cpu().numpy(), self.weights.cpu().numpy(), sigma
+        )
+        return torch.as_tensor(out, dtype=torch.float64)
 
 
 @dataclass
@@ -191,6 +201,19 @@ def block_spectra(
 
 def _basis_fits(op: DataCurvature, size: int, steps: int) -> bool:
     return (min(steps, size) + 1) * size * 8 <= WHOLE_BASIS_SHARE * op.planner.budget
+
+
+def smooth(grid: np.ndarray, nodes: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
+    """``mean_k sum_i tau_ki N(t; theta_ki, sigma)`` on ``grid`` (nodes, weights: probes x steps).
+
+    Example:
+        >>> d = smooth(np.linspace(-5, 5, 1001), np.array([[0.0]]), np.array([[1.0]]), 1.0)
+        >>> round(float(d.sum() * 0.01), 4)  # a unit mass
+        1.0
+    """
+    d = np.asarray(grid)[:, None, None] - np.asarray(nodes)[None]
+    kernel = np.exp(-0.5 * (d / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+    return (kernel * np.asarray(weights)[None]).sum(2).mean(1)
 
 
 # ---------------------------------------------------------------------------- operators

@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import socket
 import sqlite3
 import tempfile
 import time
@@ -43,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from hessian_lens.files import UnsafeFileError, loads_bounded
+from hessian_lens.io.files import UnsafeFileError, loads_bounded
 
 #: 2: a record may hold measures (block traces, Frobenius map, spectra); version 1 stores
 #: open unchanged (nothing in the file format changed, only what a record may hold).
@@ -58,6 +59,9 @@ MAX_ARRAY_ITEMS = 64  # arrays per record
 MAX_SUMMARY_BYTES = 16 * 2**20
 #: The most groups a record may list: the discrete partition's limit (one group per scalar).
 MAX_GROUPS = 5000
+#: The longest group label (and layer name) a record may hold: parameter names are tens of
+#: characters; a label is drawn S times on a page (axes, hover), never S² times.
+MAX_LABEL_CHARS = 256
 #: S x S arrays a record holds at most (H, Hinv, their normalised forms, 3 block inverses,
 #: the Frobenius map and its standard errors).
 MAX_MATRICES = 12
@@ -350,7 +354,7 @@ class ResultStore:
                 f"SELECT {_COLUMNS} FROM results WHERE checkpoint_sha=? AND settings_key=?",
                 (checkpoint_sha, settings_key(settings)),
             ).fetchone()
-        return _record(row) if row else None
+            return _with_arrays(db, row) if row else None
 
     def records(self, settings: dict[str, Any] | None = None, arrays: bool = True) -> list[Record]:
         """All records (of one settings dict when given), ordered by epoch then name."""
@@ -360,7 +364,7 @@ class ResultStore:
             query, args = query + " WHERE settings_key=?", (settings_key(settings),)
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY epoch, checkpoint", args).fetchall()
-        return [_record(r) if arrays else _record((*r, None)) for r in rows]
+            return [_with_arrays(db, r) if arrays else _record((*r, None)) for r in rows]
 
     def settings(self) -> list[dict[str, Any]]:
         """The distinct settings present, most rows first.
@@ -390,7 +394,8 @@ class ResultStore:
         """Try to take the lease on a checkpoint: ``"taken"``, ``"done"`` or ``"busy"``.
 
         ``"done"``: already stored; ``"busy"``: another owner's lease is alive. Expired
-        leases are taken over.
+        leases are taken over, and so are those of a process of this host that is gone (a
+        killed analysis rerun at once resumes instead of waiting for its lease).
         """
         self._writable()
         key, now = settings_key(settings), time.time()
@@ -407,7 +412,7 @@ class ResultStore:
                 ).fetchone()
                 if done:
                     return "done"
-                if lease and lease[0] != owner and lease[1] > now:
+                if lease and lease[0] != owner and lease[1] > now and not owner_gone(lease[0]):
                     return "busy"
                 db.execute(
                     "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)",
@@ -454,8 +459,23 @@ class ResultStore:
             raise StoreError(f"{self.path} was opened read-only (for viewing).")
 
 
-_COLUMNS = "checkpoint_sha, settings, checkpoint, epoch, summary, seconds, created, arrays"
+def owner_gone(owner: str) -> bool:
+    """Whether a lease's owner (``host:pid:tag``) was a process of this host that has ended."""
+    host, _, rest = str(owner).partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 _LIGHT_COLUMNS = "checkpoint_sha, settings, checkpoint, epoch, summary, seconds, created"
+_COLUMNS = f"{_LIGHT_COLUMNS}, rowid, arrays IS NULL"  # arrays: read in place (_with_arrays)
 
 
 class _Closing:
@@ -537,6 +557,26 @@ def _readonly_uri(path: Path) -> str:
     return uri + "&immutable=1" if not os.access(path.parent, os.W_OK) else uri
 
 
+def label_problem(labels: list) -> str | None:
+    """What makes group labels unfit to draw (text over :data:`MAX_LABEL_CHARS`), or None.
+
+    Example:
+        >>> label_problem(["conv1.weight", "fc.bias"]) is None
+        True
+        >>> label_problem(["fc.bias", "x" * 300])
+        "a label of 300 characters ('xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…'), more than 256"
+    """
+    for label in labels:
+        if not isinstance(label, str):
+            return f"a label that is not text ({type(label).__name__})"
+        if len(label) > MAX_LABEL_CHARS:
+            return (
+                f"a label of {len(label):,} characters ({label[:40] + '…'!r}), more than "
+                f"{MAX_LABEL_CHARS}"
+            )
+    return None
+
+
 def _epoch(value: Any) -> float | None:
     """An epoch SQLite can store (a finite number below 1e15), else None."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -549,22 +589,24 @@ def _pack(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def unpack_arrays(blob: bytes, S: int) -> dict[str, np.ndarray]:
+def unpack_arrays(blob, S: int) -> dict[str, np.ndarray]:
     """The arrays of a blob, each member's declared size checked before inflating.
 
     One array may hold ``S * S`` float64 entries (a matrix over the groups), or
     ``(S + 1) * MAX_SPECTRUM_NODES`` (the spectra of every group and of the model).
 
     Args:
-        blob: an npz archive.
+        blob: an npz archive: bytes, or a seekable file (an SQLite blob opened in place).
         S: the record's number of groups.
 
     Raises:
         StoreError: not an npz, too many members, or a member larger than allowed.
     """
     limit = 8 * max(S * S, (S + 1) * MAX_SPECTRUM_NODES) + 4096
+    if isinstance(blob, bytes | bytearray | memoryview):
+        blob = io.BytesIO(blob)
     try:
-        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+        with zipfile.ZipFile(blob) as z:
             infos = z.infolist()
             if len(infos) > MAX_ARRAY_ITEMS:
                 raise StoreError(f"a stored record holds {len(infos)} arrays; refusing it")
@@ -576,9 +618,10 @@ def unpack_arrays(blob: bytes, S: int) -> dict[str, np.ndarray]:
                     f"a stored record declares arrays larger than S = {S} "
                     f"groups can need ({', '.join(big[:3])}); refusing to inflate it"
                 )
-        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        blob.seek(0)
+        with np.load(blob, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, sqlite3.Error) as err:
         if isinstance(err, StoreError):
             raise
         raise StoreError(f"a stored record's arrays cannot be read ({err})") from None
@@ -593,6 +636,49 @@ def _summary(text: Any, what: str) -> Any:
         raise StoreError(str(err)) from None
 
 
+def _with_arrays(db: sqlite3.Connection, row) -> Record:
+    """The record of a row of :data:`_COLUMNS`, its arrays read from the blob in place.
+
+    SQLite's incremental blob reading: no copy of the whole blob (400 MB at S = 5,000) is
+    made in SQLite or in Python; each array is read straight into its own memory.
+    """
+    *head, rowid, null = row
+    if null:
+        return _record((*head, None))
+    with db.blobopen("results", "arrays", rowid, readonly=True) as blob:
+        return _record((*head, _BlobFile(blob)))
+
+
+class _BlobFile(io.RawIOBase):
+    """An SQLite blob as the seekable binary file :mod:`zipfile` and ``np.load`` read."""
+
+    def __init__(self, blob: sqlite3.Blob) -> None:
+        super().__init__()
+        self.blob = blob
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.blob.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.blob.tell(), os.SEEK_END: len(self.blob)}
+        target = base[whence] + offset
+        if target < 0:
+            raise OSError(f"negative seek position {target}")
+        self.blob.seek(min(target, len(self.blob)))  # a file may seek past its end; a blob not
+        return target
+
+    def tell(self) -> int:
+        return self.blob.tell()
+
+
 def _record(row) -> Record:
     sha, settings, name, epoch, summary, seconds, created, blob = row
     summary = _summary(summary, "summary")
@@ -605,6 +691,14 @@ def _record(row) -> Record:
             f"a stored record lists {S:,} groups, more than the {MAX_GROUPS:,} an analysis "
             "can have; refusing to read its arrays (the store was edited or is not ours)"
         )
+    for key in ("labels", "layers", "kinds"):
+        names = summary.get(key)
+        problem = label_problem(names) if isinstance(names, list) else None
+        if problem:
+            raise StoreError(
+                f"a stored record's {key} hold {problem}; refusing it (the store was edited "
+                "or is not ours)"
+            )
     return Record(
         str(sha),
         _summary(settings, "settings"),

@@ -11,6 +11,13 @@ A text data set spec (:func:`hessian_lens.data.load_dataset` dispatches here):
                                  10% (deterministic, stable when files are added).
                                  Files that are not UTF-8 text (or hold NUL bytes)
                                  are skipped and counted.
+``text:stdlib``                  the running Python's standard library: its top-level
+                                 modules (``stdlib/*.py``); ``text:stdlib/GLOB`` (e.g.
+                                 ``text:stdlib/json/*.py``) a glob inside it. Paths are
+                                 recorded relative to it (portable between machines;
+                                 the Python version is recorded too, since the files
+                                 change with it). A folder named ``stdlib``:
+                                 ``text:./stdlib``.
 ``npz:PATH`` / ``PATH.safetensors``  a 1-D integer array ``tokens`` (last 10% for
                                  testing) or ``train_tokens`` and ``test_tokens``.
 ===============================  ==================================================
@@ -23,9 +30,10 @@ byte-level tokens (vocabulary 256). The stream is cut into non-overlapping windo
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import os
+import platform
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +42,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hessian_lens.data import Batches, DataError, DataNotFoundError
+from hessian_lens import textfiles
+from hessian_lens.errors import DataError, DataNotFoundError
+from hessian_lens.loader import Loader
 from hessian_lens.settings import DATA_LIMIT_ENV, data_limit_bytes
 
 DEFAULT_CONTEXT = 128
 TEST_FRACTION = 0.1
 BYTE_VOCAB = 256
 TOKEN_KEYS = ("tokens", "train_tokens", "test_tokens")
+STDLIB = "stdlib"  # text:stdlib, the running Python's standard library
+STDLIB_DEFAULT = "*.py"  # text:stdlib alone: its top-level modules
+INSTALLED = ("site-packages", "dist-packages")  # inside some standard libraries, not of them
+#: Windows a subset is drawn from by a full random permutation (int32: 64 MB at most).
+PERMUTE_MAX = 2**24
+FINGERPRINT_ROWS = 2**16
 
 
 @dataclass
@@ -88,26 +104,42 @@ class TextData:
         return w[:, :-1], w[:, 1:]
 
     def subset(self, size: int | None, seed: int = 0) -> TextData:
-        """A deterministic random subset of ``size`` windows (all when None or larger)."""
+        """A deterministic random subset of ``size`` windows (all when None or larger).
+
+        The first ``size`` of a random permutation of the windows, sorted; past
+        :data:`PERMUTE_MAX` windows (a corpus that could not be permuted in memory), ``size``
+        distinct windows drawn at random instead (:func:`draw_distinct`).
+        """
         if size is None or size >= len(self):
             return self
         if size <= 0:
             raise ValueError(f"subset size must be positive, got {size}")
         gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(self), generator=gen)[:size].sort().values
-        return self.take(idx, f"{self.source}[{size}@{seed}]")
+        n = len(self)
+        if n <= PERMUTE_MAX or 2 * size > n:
+            idx = torch.randperm(n, generator=gen, dtype=torch.int32)[:size].long()
+        else:
+            idx = draw_distinct(n, size, gen)
+        return self.take(idx.sort().values, f"{self.source}[{size}@{seed}]")
 
     def take(self, idx: Tensor, source: str) -> TextData:
         """The windows at ``idx``."""
         return TextData(self.windows[idx], source, self.vocab_size, self.corpus)
 
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Batches:
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Loader:
         """A re-iterable loader of ``(inputs, targets)`` batches."""
-        return Batches(self, batch_size, shuffle, seed)
+        return Loader(self, batch_size, shuffle, seed)
 
     def fingerprint(self) -> str:
-        """Short sha256 of the windows (identifies a subset in result stores)."""
-        return hashlib.sha256(self.windows.contiguous().numpy().tobytes()).hexdigest()[:16]
+        """Short sha256 of the windows (identifies a subset in result stores).
+
+        Hashed :data:`FINGERPRINT_ROWS` windows at a time: the digest of the windows laid
+        out one after the other, without laying them all out at once.
+        """
+        h = hashlib.sha256()
+        for start in range(0, len(self), FINGERPRINT_ROWS):
+            h.update(self.windows[start : start + FINGERPRINT_ROWS].contiguous().numpy().data)
+        return h.hexdigest()[:16]
 
     def check_model(self, model: nn.Module) -> None:
         """One forward pass on two windows: (B, T, V) logits with V >= the vocabulary.
@@ -155,8 +187,11 @@ def split_context(spec: str) -> tuple[str, int | None]:
     """``"text:a.txt@64"`` -> ``("text:a.txt", 64)``; no suffix -> ``(spec, None)``."""
     head, at, tail = spec.rpartition("@")
     if at and tail.isdigit():
-        if int(tail) < 1:
-            raise DataError(f"{spec}: the context after @ must be >= 1")
+        if not (tail.isascii() and len(tail) <= 9) or int(tail) < 1:
+            raise DataError(
+                f"{spec}: the context after @ must be a whole number from 1 to 999999999 "
+                "written with the digits 0-9"
+            )
         return head, int(tail)
     return spec, None
 
@@ -170,13 +205,67 @@ def load_text(spec: str, train: bool = True, context: int | None = None) -> Text
     """
     path = spec.split(":", 1)[1] if spec.lower().startswith("text:") else spec
     context = context or DEFAULT_CONTEXT
-    train_bytes, test_bytes, corpus = _read_corpus(str(Path(path).expanduser()))
-    data = train_bytes if train else test_bytes
+    where, recorded = resolve_corpus(path)
+    skip = INSTALLED if recorded else ()
+    train_bytes, test_bytes, corpus = _read_corpus(where, skip)
     split = "train" if train else "test"
-    stream = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
-    corpus = {**corpus, "context": context, "vocab_size": BYTE_VOCAB}
-    name = Path(path.split("*", 1)[0].rstrip("/")).name or path
+    stream = torch.from_numpy(train_bytes if train else test_bytes)  # a view: no copy
+    corpus = {**corpus, **recorded, "context": context, "vocab_size": BYTE_VOCAB}
+    name = STDLIB if recorded else Path(path.split("*", 1)[0].rstrip("/")).name or path
     return _windows(stream, context, f"text:{name}:{split}", BYTE_VOCAB, corpus)
+
+
+def stdlib_root() -> Path:
+    """The running Python's standard library folder (``sysconfig``'s ``stdlib`` path)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def resolve_corpus(path: str) -> tuple[str, dict[str, Any]]:
+    """Where a ``text:`` corpus is read, and what ``run.json`` records of it instead.
+
+    ``stdlib`` and ``stdlib/GLOB`` are read in :func:`stdlib_root` (never in the
+    ``site-packages`` some installs keep there) and recorded relative to it, with the
+    Python version; any other path is read and recorded as given.
+
+    Example:
+        >>> where, recorded = resolve_corpus("stdlib")
+        >>> where == str(stdlib_root() / "*.py"), recorded["path"]
+        (True, 'stdlib/*.py')
+        >>> resolve_corpus("corpus.txt")
+        ('corpus.txt', {})
+    """
+    if path != STDLIB and not path.startswith(f"{STDLIB}/"):
+        return str(Path(path).expanduser()), {}
+    inside = path[len(STDLIB) :].strip("/") or STDLIB_DEFAULT
+    if Path(inside).is_absolute() or ".." in Path(inside).parts:
+        raise DataError(f"text:{path}: give a glob inside the standard library (stdlib/*.py)")
+    return str(stdlib_root() / inside), {
+        "path": f"{STDLIB}/{inside}",
+        "root": "the standard library of the Python that reads it",
+        "python": platform.python_version(),
+    }
+
+
+def draw_distinct(n: int, size: int, gen: torch.Generator) -> Tensor:
+    """``size`` distinct integers of ``[0, n)``, uniformly at random (``size <= n / 2``).
+
+    Drawn in rounds with replacement, duplicates dropped (first draw kept): memory and time
+    grow with ``size``, not ``n``.
+
+    Example:
+        >>> d = draw_distinct(10**12, 5, torch.Generator().manual_seed(0))
+        >>> len(set(d.tolist())), bool(d.max() < 10**12)
+        (5, True)
+    """
+    got = torch.empty(0, dtype=torch.int64)
+    while len(got) < size:
+        more = torch.randint(n, (2 * (size - len(got)) + 8,), generator=gen)
+        both = torch.cat([got, more])
+        uniq, inverse = torch.unique(both, return_inverse=True)
+        first = torch.full((len(uniq),), len(both), dtype=torch.int64)
+        first.scatter_reduce_(0, inverse, torch.arange(len(both)), "amin")
+        got = both[first.sort().values][:size]
+    return got
 
 
 def load_tokens(arrays: dict[str, np.ndarray], what: str, train: bool, context: int | None):
@@ -219,12 +308,17 @@ def _windows(stream: Tensor, context: int, source: str, vocab: int, corpus: dict
 
 # ---------------------------------------------------------------------------- reading
 @functools.lru_cache(maxsize=2)
-def _read_corpus(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
-    """``(train bytes, test bytes, description)`` of a file, folder or glob."""
-    if "*" not in path and Path(path).is_file():
-        _check_size([Path(path)], path)
-        data = Path(path).read_bytes()
-        _check_utf8(data, path)
+def _read_corpus(
+    path: str, skip: tuple[str, ...] = ()
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(train bytes, test bytes, description)`` of a file, folder or glob.
+
+    A single file is memory-mapped (:func:`hessian_lens.textfiles.map_bytes`): both splits
+    are views of it. The files of a folder or glob are read once into one buffer per split;
+    files under a folder named in ``skip`` (relative to the corpus's root) are left out.
+    """
+    if "*" not in path and os.path.exists(path) and not os.path.isdir(path):
+        data = _one_file(path)
         cut = len(data) - int(len(data) * TEST_FRACTION)
         corpus = {
             "path": str(Path(path).resolve()),
@@ -236,32 +330,67 @@ def _read_corpus(path: str) -> tuple[bytes, bytes, dict[str, Any]]:
         }
         return data[:cut], data[cut:], corpus
     root, files = _files(path)
-    _check_size(files, path)
-    train, test, skipped = [], [], 0
-    for f in files:
-        data = f.read_bytes()
-        if b"\0" in data or not _is_utf8(data):
+    files = [f for f in files if not set(f.relative_to(root).parts[:-1]) & set(skip)]
+    sizes = _check_size(files, path)
+    test_of = [held_out(f.relative_to(root).as_posix()) for f in files]
+    train, test, skipped = _Split(sizes, test_of, False), _Split(sizes, test_of, True), 0
+    for f, size, is_test in zip(files, sizes, test_of, strict=True):
+        try:
+            data = textfiles.map_bytes(f)[:size]
+        except textfiles.CorpusFileError as err:
+            raise DataError(f"text:{path}: {err}") from None
+        if textfiles.utf8_problem(data, refuse_nul=True):
             skipped += 1
             continue
-        (test if held_out(f.relative_to(root).as_posix()) else train).append(data)
-    if not train or not test:
+        (test if is_test else train).add(data)
+    if not train.files or not test.files:
         raise DataError(
-            f"text:{path}: need UTF-8 files in both splits, found {len(train)} training "
-            f"and {len(test)} test files ({skipped} skipped)"
+            f"text:{path}: need UTF-8 files in both splits, found {train.files} training "
+            f"and {test.files} test files ({skipped} skipped)"
         )
     corpus = {
         "path": path,
-        "files": len(train) + len(test),
-        "files_train": len(train),
-        "files_test": len(test),
+        "files": train.files + test.files,
+        "files_train": train.files,
+        "files_test": test.files,
         "files_skipped_not_utf8": skipped,
         "split": f"a file is a test file when sha256(relative path) falls in the last "
         f"{TEST_FRACTION:.0%}",
-        "bytes_train": sum(map(len, train)),
-        "bytes_test": sum(map(len, test)),
+        "bytes_train": train.used,
+        "bytes_test": test.used,
     }
     corpus["bytes"] = corpus["bytes_train"] + corpus["bytes_test"]
-    return b"".join(train), b"".join(test), corpus
+    return train.bytes(), test.bytes(), corpus
+
+
+class _Split:
+    """One split's bytes: the files' contents one after the other in a buffer sized once."""
+
+    def __init__(self, sizes: list[int], test_of: list[bool], test: bool) -> None:
+        total = sum(s for s, t in zip(sizes, test_of, strict=True) if t == test)
+        self.buffer, self.used, self.files = np.empty(total, dtype=np.uint8), 0, 0
+
+    def add(self, data: np.ndarray) -> None:
+        self.buffer[self.used : self.used + len(data)] = data
+        self.used, self.files = self.used + len(data), self.files + 1
+
+    def bytes(self) -> np.ndarray:
+        return self.buffer[: self.used]
+
+
+def _one_file(path: str) -> np.ndarray:
+    """A one-file corpus, mapped; special files (``/proc/self/environ``, FIFOs) refused."""
+    problem = textfiles.special(path)
+    if problem is not None:
+        raise DataError(f"text:{path} is {problem}, not a text file; give a text file or folder")
+    _check_size([Path(path)], path)
+    problem = textfiles.file_utf8_problem(path)
+    if problem is not None:
+        raise DataError(f"text:{path} is not UTF-8 text ({problem})")
+    try:
+        return textfiles.map_bytes(path)
+    except textfiles.CorpusFileError as err:
+        raise DataError(f"text:{err}") from None
 
 
 def held_out(relative: str) -> bool:
@@ -275,32 +404,46 @@ def held_out(relative: str) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 >= 1 - TEST_FRACTION
 
 
-def _check_size(files: list[Path], path: str) -> None:
+def _check_size(files: list[Path], path: str) -> list[int]:
     """Refuse a corpus larger than the data limit before reading it (one byte a token).
+
+    Returns:
+        The size of each file.
 
     Raises:
         DataError: over ``$HESSIAN_LENS_MAX_DATA_MB``.
     """
-    total, limit = sum(f.stat().st_size for f in files), data_limit_bytes()
+    sizes = [_size(f) for f in files]
+    total, limit = sum(sizes), data_limit_bytes()
     if total > limit:
         raise DataError(
             f"text:{path} holds {total / 2**20:,.0f} MB of text, over the "
             f"{limit / 2**20:,.0f} MB data limit; use a smaller corpus or set "
             f"{DATA_LIMIT_ENV} higher"
         )
+    return sizes
+
+
+def _size(path: Path) -> int:
+    """A file's size; 0 when it is gone (reading it then says so)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _files(path: str) -> tuple[Path, list[Path]]:
-    if "*" in path:
-        prefix = path.split("*", 1)[0]
-        root = Path(prefix) if prefix.endswith(os.sep) else Path(prefix).parent
-        found = [Path(p) for p in glob.glob(path, recursive=True)]
-    else:
-        root = Path(path)
-        if not root.is_dir():
-            raise DataNotFoundError(f"text:{path}: no such file or folder")
-        found = [p for p in root.rglob("*") if not _hidden(p.relative_to(root))]
-    files = sorted(p for p in found if p.is_file() and not p.is_symlink())
+    """The files of a glob or folder: searched with bounds, links and special files left out."""
+    try:
+        if "*" in path:
+            root, files = textfiles.expand(path)
+        else:
+            root = Path(path)
+            if not root.is_dir():
+                raise DataNotFoundError(f"text:{path}: no such file or folder")
+            files = textfiles.folder_files(root, skip=_hidden)
+    except textfiles.CorpusFileError as err:
+        raise DataError(str(err)) from None
     if not files:
         raise DataNotFoundError(f"text:{path}: no files there")
     return root, files
@@ -308,18 +451,3 @@ def _files(path: str) -> tuple[Path, list[Path]]:
 
 def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _check_utf8(data: bytes, path: str) -> None:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"text:{path} is not UTF-8 text (byte {err.start}: {err.reason})") from None

@@ -40,11 +40,12 @@ from hessian_lens.data import (
     load_dataset,
     split_validation,
 )
-from hessian_lens.files import atomic_write, write_json
+from hessian_lens.io.files import atomic_write, write_json
 from hessian_lens.losses import LOSSES, correct_predictions, get_loss
 from hessian_lens.models import INITS
 from hessian_lens.registry import build_model, check_kwargs
 from hessian_lens.settings import checkpoint_limit_bytes
+from hessian_lens.version import __version__
 
 OPTIMIZERS = ("sgd", "adam", "partition-newton")
 CURVATURE_DATA = ("separate", "same")
@@ -86,6 +87,7 @@ class TrainConfig:
     lr_plateau: int | None = None
     download: bool = False
     augment: str = "none"
+    tokenizer: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the stored one (all but epochs/out)."""
@@ -140,23 +142,22 @@ def _finite(x: Any) -> bool:
 
 def versions() -> dict[str, str]:
     """Library versions recorded in runs and checkpoints."""
-    import hessian_lens
-
     return {
         "python": platform.python_version(),
         "torch": str(torch.__version__),
-        "hessian_lens": hessian_lens.__version__,
+        "hessian_lens": __version__,
     }
 
 
 def load_data(config: TrainConfig) -> tuple[ImageData, ImageData, ImageData | None]:
     """Train, test and (with ``val_size``) validation sets of a config."""
-    train_set = load_dataset(config.data, config.data_source, True, config.download)
+    tok = config.tokenizer
+    train_set = load_dataset(config.data, config.data_source, True, config.download, tok)
     val_set = None
     if config.val_size:
         train_set, val_set = split_validation(train_set, config.val_size)
     train_set = train_set.subset(config.train_size, config.seed)
-    test_set = load_dataset(config.data, config.data_source, False, config.download)
+    test_set = load_dataset(config.data, config.data_source, False, config.download, tok)
     return train_set, test_set.subset(config.test_size, config.seed), val_set
 
 
@@ -243,6 +244,7 @@ def train(config: TrainConfig, progress: bool = True, command: str | None = None
     config.validate()
     sess = _session(config, progress, command)
     sess.manifest["state"] = "recording"  # the dashboard follows the run while it trains
+    sess.manifest["writer"] = runfolder.writer_entry()  # never live once this process ends
     try:
         _train_epochs(sess, config, progress)
     finally:
@@ -456,6 +458,7 @@ def _manifest(
                 else "same: the training minibatch"
             ),
             "augment": config.augment,
+            **({"tokenizer": config.tokenizer} if config.tokenizer else {}),
         },
         "loss": config.loss,
         "optimizer": {"name": config.optimizer, **optimizer_settings(optimizer)},

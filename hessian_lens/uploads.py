@@ -5,7 +5,9 @@ results cache is moved aside.
 
 Layout under the cache folder (:func:`hessian_lens.settings.cache_dir`)::
 
-    uploads/<sha256[:16]><suffix>   uploaded checkpoints (mtime = last use)
+    uploads/<sha256[:16]><suffix>   uploaded checkpoints (mtime = last use); a ``.zip`` of a
+                                    Hugging Face folder is inflated under uploads/ only
+                                    while it is read (:func:`hessian_lens.hf_folders.read_zip`)
     uploads.index                   the names this cache wrote into uploads/, one a line
     inspect.sqlite                  their analyses (a normal results store)
 
@@ -24,14 +26,14 @@ import time
 from pathlib import Path
 
 from hessian_lens.checkpoint import CheckpointError
-from hessian_lens.files import atomic_write
+from hessian_lens.io.files import atomic_write
 from hessian_lens.store import ResultStore, StoreError
 
 UPLOADS = "uploads"
 STORE = "inspect.sqlite"
-SUFFIXES = (".pt", ".pth", ".safetensors", ".pt2")
+SUFFIXES = (".pt", ".pth", ".safetensors", ".pt2", ".zip")
 INDEX = "uploads.index"
-_OURS = re.compile(r"[0-9a-f]{16}\.(pt|pth|safetensors|pt2)")
+_OURS = re.compile(r"[0-9a-f]{16}\.(pt|pth|safetensors|pt2|zip)")
 
 
 def save_upload(cache: Path, name: str, data: bytes, limit: int) -> tuple[Path, str]:

@@ -143,9 +143,11 @@ def make_fake_run(
 def open_page(
     name: str, run: Path | None = None, query: dict | None = None, timeout: float = 120
 ) -> AppTest:
-    """Run a page of the dashboard (``app.py`` or ``pages/...``), on ``run`` if given, with
-    URL query parameters ``query``."""
-    at = AppTest.from_file(str(REPO / name), default_timeout=timeout)
+    """Run a page of the dashboard through its page list (``app.py``, or ``views/...``
+    reached by ``st.navigation``), on ``run`` if given, with URL query parameters ``query``."""
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=timeout)
+    if name != "app.py":
+        at.switch_page(name)
     if run is not None:
         at.session_state["run_path"] = str(run)
     for k, v in (query or {}).items():

@@ -70,7 +70,7 @@ def app_env(app_run, tmp_path, monkeypatch) -> tuple[Path, Path]:
 
 def need_browser() -> None:
     """Skip without Chromium and Playwright; fail instead where CI requires the browser."""
-    from hessian_lens.browser import missing_browser
+    from tests.e2e.browser import missing_browser
 
     reason = missing_browser()
     if reason:

@@ -53,3 +53,26 @@ def oracle(
     pieces = g.split([s.numel() for s in shapes])
     U = part.matrix([t.reshape(s) for t, s in zip(pieces, shapes, strict=True)])
     return U @ H @ U.T, U @ g, L
+
+
+def oracle_hvp(
+    model: nn.Module, loss: Callable, partition: hl.Partition | None = None
+) -> tuple[Tensor, Tensor, float]:
+    """The same ``(H_bar, g_bar, L)`` as :func:`oracle`, by S Hessian-vector products.
+
+    ``H U^s`` by reverse over reverse on the whole data's loss, one product per group:
+    for models whose full Hessian (P x P) would take too long (a tiny GPT-2, BERT).
+    """
+    part = partition or hl.Partition.canonical(model)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    f, theta, shapes = flat_whole_loss(model, loss, part)
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+        flat = theta.clone().requires_grad_(True)
+        value = f(flat)
+        (g,) = torch.autograd.grad(value, flat, create_graph=True)
+        pieces = g.detach().split([s.numel() for s in shapes])
+        U = part.matrix([t.reshape(s) for t, s in zip(pieces, shapes, strict=True)])
+        rows = [torch.autograd.grad(g @ U[s], flat, retain_graph=True)[0] for s in range(len(U))]
+    HU = torch.stack(rows)  # row s: H U^s
+    return U @ HU.T, U @ g.detach(), float(value.detach())

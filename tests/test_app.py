@@ -28,8 +28,8 @@ from tests.apptools import (
 from tests.conftest import REPO
 from tests.layoutcheck import layout_problems
 
-INTERACTIONS = "pages/1_Layer_interactions.py"
-BLOCKDIAG = "pages/2_Block_diagonal.py"
+INTERACTIONS = "views/Layer_interactions.py"
+BLOCKDIAG = "views/Block_diagonal.py"
 
 
 def stored(run):
@@ -458,7 +458,41 @@ def test_the_shipped_vit_on_every_page(app_env):
     M = hierarchy.membership(len(labels), units)
     np.testing.assert_allclose(heatmap_z(chart(at, "interactions-H")), M.T @ rec.arrays["H"] @ M)
     assert layout_problems(chart(at, "interactions-H")) == []
-    for page in (BLOCKDIAG, "pages/6_Block_heterogeneity.py", "app.py"):
+    for page in (BLOCKDIAG, "views/Block_heterogeneity.py", "app.py"):
         at = open_page(page, VIT)
         no_errors(at)
         assert plotly_specs(at), page
+
+
+HF_GPT2 = REPO / "checkpoints" / "hf-gpt2-text"
+
+
+def test_the_shipped_hf_gpt2_on_every_page(app_env):
+    """hf-gpt2-text (a transformers GPT2LMHeadModel, per head, S = 54) opens on every page."""
+    from tests.apptools import plotly_specs
+
+    rec = stored(HF_GPT2)[-1]
+    labels = rec.summary["labels"]
+    assert len(labels) == 54 and "transformer.h.1.attn.k.head3" in labels
+    assert rec.summary["model"]["name"] == "hf:gpt2"
+    at = open_page(INTERACTIONS, HF_GPT2)
+    no_errors(at)
+    at.selectbox(key="interactions-level").set_value("head").run()
+    no_errors(at)
+    units = hierarchy.units(labels, "head")
+    assert [u for u, _ in units][2:9] == [  # embeddings, then per layer:
+        "transformer.h.0.norm",  # ln_1 and ln_2
+        *[f"transformer.h.0.head{h}" for h in range(4)],  # Q, K, V, O of each head
+        "transformer.h.0.attn.c_proj.bias",
+        "transformer.h.0.mlp",
+    ]
+    assert len(units) == 17
+    M = hierarchy.membership(len(labels), units)
+    np.testing.assert_allclose(heatmap_z(chart(at, "interactions-H")), M.T @ rec.arrays["H"] @ M)
+    assert layout_problems(chart(at, "interactions-H")) == []
+    for page in (BLOCKDIAG, "views/Block_heterogeneity.py", "app.py"):
+        at = open_page(page, HF_GPT2)
+        no_errors(at)
+        assert plotly_specs(at), page
+    for page in ("views/Optimizer.py", "views/Paper.py"):  # not their kind of run: no error
+        no_errors(open_page(page, HF_GPT2))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hessian_lens import heterogeneity, plots
+from hessian_lens.runs import load_run, one_per_epoch
 from hessian_lens.store import ResultStore
 from hessian_lens.ui.reads import as_dict
 from tests.apptools import (
@@ -25,7 +26,7 @@ from tests.apptools import (
 )
 from tests.conftest import REPO
 
-PAGE = "pages/6_Block_heterogeneity.py"
+PAGE = "views/Block_heterogeneity.py"
 SHIPPED = REPO / "checkpoints"
 CHARTS = ["hetero-strip", "hetero-trends", "hetero-heatmap", "hetero-side"]
 
@@ -92,8 +93,9 @@ def test_gpt_strip_slider_and_the_comparison_picked(env):
     side = chart(at, "hetero-side")
     titles = [a["text"] for a in side["layout"]["annotations"]]
     assert titles[0] == "gpt-text, epoch 0"
-    assert titles[1] == "vgg11p-cifar10, epoch 8 (epoch_0008.safetensors)"
-    recs = [as_dict(r) for r in ResultStore.reader(vgg / "analysis.sqlite").records()]
+    assert titles[1] == "vgg11p-cifar10, epoch 8"  # one analysis per epoch: the file kept
+    stored = ResultStore.reader(vgg / "analysis.sqlite").records()
+    recs = [as_dict(r) for r in one_per_epoch(stored, [p.name for p in load_run(vgg).checkpoints])]
     _, between, overall = heterogeneity.spreads(heterogeneity.across(recs))
     lines = {t["name"]: t["y"] for t in side["data"] if ": " in (t.get("name") or "")}
     np.testing.assert_allclose(axis_values(lines["vgg11p-cifar10: between block types"]), between)

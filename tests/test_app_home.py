@@ -138,20 +138,20 @@ def test_a_broken_run_folder_warns_on_its_own_card_and_every_card_renders(
     assert chart(at, f"curves-{zoo / 'f-no-epoch'}")["data"][0]["y"] == [0.5]
     assert any("many samples" in m for m in shown["j-bad-settings"]["markdown"])
     odd = " ".join(shown["k"]["markdown"])
-    assert "**Data** ?" in odd and "(lr ?, momentum ?) · batch ?" in odd and "[" not in odd
+    assert "**Data** ?" in odd and "**Training** ?" in odd and "[" not in odd
     assert "training images" not in odd and "init" not in odd
 
 
 def test_broken_stores_and_settings_on_the_interactions_page(app_env, zoo, monkeypatch):
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(zoo))
-    at = open_page("pages/1_Layer_interactions.py", zoo / "h-garbage-store")
+    at = open_page("views/Layer_interactions.py", zoo / "h-garbage-store")
     assert not at.exception
     assert [e.value for e in at.error] == [
         f"{zoo / 'h-garbage-store' / 'analysis.sqlite'} {NOT_A_STORE} (an SQLite file of another "
         "program, or not SQLite at all); it was left as it is. Move it away, or analyse into "
         "another folder."
     ]
-    at = open_page("pages/1_Layer_interactions.py", zoo / "j-bad-settings")
+    at = open_page("views/Layer_interactions.py", zoo / "j-bad-settings")
     no_errors(at)
     assert at.selectbox(key="settings_select").format_func(0) == "3 · many samples · ? · seed 0"
     assert len(at.get("plotly_chart")) == 2
@@ -232,7 +232,7 @@ def test_five_hundred_runs_are_paged(app_env, tmp_path, monkeypatch):
 
 def test_a_link_names_the_run(app_env):
     run, _ = app_env
-    page = "pages/1_Layer_interactions.py"
+    page = "views/Layer_interactions.py"
     at = open_page(page, query={"run": "tiny-run"})
     no_errors(at)
     assert at.selectbox(key="run_select").value == str(run)
@@ -242,3 +242,20 @@ def test_a_link_names_the_run(app_env):
         at.selectbox(key="run_select").format_func(at.selectbox(key="run_select").value)
         == "lenet5-cifar10"
     )
+
+
+def test_the_shipped_transformer_cards_read_as_words(app_env, monkeypatch):
+    """gpt-text: windows of text, its architecture and portable corpus in words; vit-cifar10:
+    its checkpoints kept and analysed counted alike on the card (one analysis per epoch)."""
+    monkeypatch.setattr(home, "PAGE_SIZE", 100)
+    at = open_page(HOME)
+    no_errors(at)
+    shown = cards(at)
+    gpt = " ".join(shown["gpt-text"]["markdown"])
+    assert "**Architecture** gpt · layers 2, heads 4, width 64, context 64" in gpt
+    assert "66,610 training windows of 64 tokens" in gpt and "images" not in gpt
+    assert "168 files, 4.7 MB (stdlib/*.py, Python 3.11.7)" in gpt
+    assert "{" not in gpt and "/root" not in gpt
+    assert "**Training** adam (lr 0.002, betas 0.9/0.999) · batch 32" in gpt
+    vit = " ".join(shown["vit-cifar10"]["markdown"])
+    assert "3 checkpoints kept (13 analysed" in vit and "**Analysed** 13 checkpoints" in vit

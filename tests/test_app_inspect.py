@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ from tests.apptools import (
     user_net,
 )
 
-INSPECT = "pages/3_Inspect_checkpoint.py"
+INSPECT = "views/Inspect_checkpoint.py"
 SAMPLES = 10  # the smallest the page accepts: the analyses stay fast
 
 
@@ -50,10 +51,11 @@ def uploads_dir(tmp_path):
     return tmp_path / "cache" / "uploads"
 
 
-def independent_H(model, npz, samples=SAMPLES) -> np.ndarray:
-    """H̄ of ``model`` on the page's data, computed here without the page."""
+def independent_H(model, npz, samples=SAMPLES, curvature="hessian") -> np.ndarray:
+    """H̄ (or Ḡ) of ``model`` on the page's data, computed here without the page."""
     batches, _ = analysis_batches(str(npz), AnalysisSettings(samples=samples, batch_size=500))
-    return hl.pseudo_hessian(model.eval(), F.cross_entropy, batches).H.numpy()
+    res = hl.pseudo_hessian(model.eval(), F.cross_entropy, batches, curvature=curvature)
+    return res.H.numpy()
 
 
 def test_run_checkpoint_computes_then_comes_from_the_store(app_env):
@@ -74,6 +76,9 @@ def test_run_checkpoint_computes_then_comes_from_the_store(app_env):
     np.testing.assert_allclose(heatmap_z(chart(at, "inspect-H")), H, rtol=1e-4, atol=1e-7)
     again = inspect("copy.pt", data)  # same bytes, another name: from the store
     no_errors(again)
+    # the data this file names (its run's) is read after a click, then comes the stored result
+    assert any("is read when you press Compute" in c.value for c in again.caption)
+    again.button(key="compute").click().run()
     assert any("From the store" in c.value for c in again.caption)
     again.radio(key="inspect-view").set_value("full").run()
     np.testing.assert_array_equal(
@@ -398,8 +403,79 @@ def test_run_defaults_come_from_the_run_that_wrote_the_checkpoint(tiny_npz):
         run("mine", {"name": f"npz:{tiny_npz}", "source": str(tiny_npz)}, "nll"),
     ]
     got = run_defaults({"run": "mine"}, runs)
-    assert got == {"spec": f"npz:{tiny_npz}", "source": str(tiny_npz), "loss": "nll"}
+    assert got == {
+        "spec": f"npz:{tiny_npz}",
+        "source": str(tiny_npz),
+        "loss": "nll",
+        "tokenizer": "",
+        "run": "mine",
+    }
     text = run_defaults({"run": "gpt"}, [run("gpt", {"name": "text:/c@8"}, None)])
     assert text["spec"] == "text:/c@8" and text["loss"] == "next_token"
     unknown = run_defaults({"run": "nobody"}, runs)
     assert unknown["spec"] == "cifar10" and unknown["loss"] == "cross_entropy"
+    # a Hugging Face folder: the run that trained with its tokenizer, and the folder's own
+    tok = {"tokenizer": {"sha256": "abc"}}
+    lm = run("lm", {"name": "text:/c@64", "tokenizer": "tokenizer.json", "corpus": tok}, None)
+    lm.path = Path("/runs/lm")
+    hf_meta = {"format": "huggingface", "loss": "next_token", "hf": tok}
+    got = run_defaults(hf_meta, [*runs, lm], "/cache/x.zip")
+    assert (got["spec"], got["loss"], got["tokenizer"]) == (
+        "text:/c@64",
+        "next_token",
+        "/cache/x.zip",
+    )
+    assert run_defaults(hf_meta, [*runs, lm])["tokenizer"] == "/runs/lm/tokenizer.json"
+    stranger = run_defaults({**hf_meta, "hf": {"tokenizer": {"sha256": "zzz"}}}, runs)
+    assert stranger["loss"] == "next_token" and stranger["tokenizer"] == ""
+
+
+def test_the_shipped_hf_folder_zipped_computes_per_head_curvature(app_env, tmp_path):
+    """hf-gpt2-text's save_pretrained folder, zipped: by_head and next_token by default, with
+    the upload's own tokenizer; H̄ equals the library's on the same tokens."""
+    import shutil
+
+    from hessian_lens.inspection import Inspection
+    from hessian_lens.losses import next_token
+    from tests.conftest import REPO
+
+    folder = REPO / "checkpoints" / "hf-gpt2-text" / "save_pretrained"
+    archive = Path(
+        shutil.make_archive(str(tmp_path / "hf-gpt2"), "zip", folder.parent, folder.name)
+    )
+    at = inspect(archive.name, archive.read_bytes())
+    no_errors(at)
+    assert at.success[0].value.startswith("**hf-gpt2.zip**: `hf:GPT2LMHeadModel`")
+    assert at.selectbox(key="partition").value == "by_head"
+    assert at.selectbox(key="loss").value == "next_token"
+    assert at.text_input(key="tokenizer").value.endswith(".zip")  # the upload's own
+    corpus = tmp_path / "corpus.py"
+    corpus.write_text("def f(x):\n    return x * 2 + 1\n" * 300)
+    spec = f"text:{corpus}@64"
+    at.text_input(key="data-spec").set_value(spec).run()
+    at.button(key="compute").click().run()
+    no_errors(at)
+    model, _ = Inspection.open(folder).build()
+    settings = AnalysisSettings(samples=SAMPLES, batch_size=500)
+    batches, _ = analysis_batches(None, settings, spec, tokenizer=str(folder))
+    part = Partition.by_head(model)
+    want = hl.pseudo_hessian(model, next_token, batches, partition=part).H.numpy()
+    assert want.shape == (54, 54)
+    order = hl.hierarchy.order(part.labels)
+    got = heatmap_z(chart(at, "inspect-H"))
+    np.testing.assert_allclose(got, want[np.ix_(order, order)], rtol=1e-5, atol=1e-9)
+
+
+def test_the_gauss_newton_is_offered_and_computed(app_env):
+    """Curvature 'Gauss-Newton G': the page draws G_bar = U^T G U of the library."""
+    run, npz = app_env
+    at = inspect("epoch_0001.pt", (run / "epoch_0001.pt").read_bytes())
+    at.selectbox(key="curvature").set_value("ggn").run()
+    assert not [c for c in at.checkbox if c.key == "order3"]  # no D³ for the GGN
+    at.button(key="compute").click().run()
+    no_errors(at)
+    at.radio(key="inspect-view").set_value("full").run()
+    model, _ = hl.load_checkpoint(run / "epoch_0001.pt")
+    G = independent_H(model, npz, curvature="ggn")
+    np.testing.assert_allclose(heatmap_z(chart(at, "inspect-H")), G, rtol=1e-4, atol=1e-7)
+    assert np.linalg.eigvalsh(G).min() > -1e-6 * np.abs(G).max()  # PSD, unlike H̄ here

@@ -23,7 +23,7 @@ from tests.apptools import (
     open_page,
 )
 
-OPTIMIZER = "pages/4_Optimizer.py"
+OPTIMIZER = "views/Optimizer.py"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from hessian_lens.store import ResultStore
 from tests.apptools import chart, fake_partition, heatmap_z, make_fake_run, no_errors, open_page
 from tests.conftest import REPO
 
-PAPER = "pages/5_Paper.py"
+PAPER = "views/Paper.py"
 SHIPPED = REPO / "checkpoints" / "lenet5-cifar10"
 
 

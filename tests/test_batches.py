@@ -6,6 +6,7 @@ samples, the loss's own reduction, the full Hessian in float64) or must raise on
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 
@@ -18,7 +19,7 @@ import hessian_lens as hl
 from hessian_lens import batches as B
 from hessian_lens.memory import Planner
 from tests.compare import EXACT, assert_close
-from tests.oracle import oracle
+from tests.oracle import oracle, oracle_hvp
 from tests.tiny import SeqNet, TinyAttention, perturb
 
 F64 = torch.float64
@@ -119,10 +120,18 @@ def test_mean_losses_with_class_weights_and_ignored_targets(micro):
             model, loss if fn is loss else _LogSoftmaxFirst(loss), cut(x, y, [5, 7])
         )
         check(res, H, g, L)
-    # a plain function hiding ignored targets cannot be weighted: refused, not averaged wrongly
-    hidden = lambda o, t: F.cross_entropy(o, t)  # noqa: E731
-    with pytest.raises(ValueError, match="neither a mean nor a sum"):
-        hl.pseudo_hessian(model, hidden, cut(x, y, [5, 7]))
+    # the same losses inside plain functions: seen, and weighted by what they divide by
+    for fn in (
+        lambda o, t: F.cross_entropy(o, t),
+        lambda o, t: F.cross_entropy(o, t, weight=w),
+        lambda o, t: F.nll_loss(F.log_softmax(o, 1), t, weight=w, ignore_index=-100),
+    ):
+        H, g, L = whole(model, x, y, fn)
+        check(hl.pseudo_hessian(model, fn, cut(x, y, [5, 7])), H, g, L)
+    # two weighted means in one value: what it divides by cannot be seen, refused in one line
+    two = lambda o, t: F.cross_entropy(o, t) + F.cross_entropy(o, t, weight=w)  # noqa: E731
+    with pytest.raises(ValueError, match=r"class-weighted targets .* normalizer=lambda batch"):
+        hl.pseudo_hessian(model, two, cut(x, y, [5, 7]))
 
 
 class _LogSoftmaxFirst(nn.NLLLoss):
@@ -162,16 +171,19 @@ def test_reduction_verified_declared_or_refused():
         hl.pseudo_hessian(model, F.cross_entropy, (x, y), reduction="batchmean")
 
 
-def test_single_sample_batches_need_a_declared_reduction():
+def test_single_sample_batches_need_a_declared_or_seen_reduction():
     model, (x, y) = mlp(), data(3)
     batches = cut(x, y, [1, 1, 1])
+    scaled = lambda o, t: 2 * F.cross_entropy(o, t, reduction="sum")  # noqa: E731
     with pytest.raises(ValueError, match="declare reduction"):
-        hl.pseudo_hessian(model, lambda o, t: F.cross_entropy(o, t, reduction="sum"), batches)
-    H, g, L = whole(model, x, y, nn.CrossEntropyLoss(reduction="sum"))
-    res = hl.pseudo_hessian(
-        model, lambda o, t: F.cross_entropy(o, t, reduction="sum"), batches, reduction="sum"
-    )
-    check(res, H, g, L)
+        hl.pseudo_hessian(model, scaled, batches)  # no halves to compare, no call it returns
+    H, g, L = whole(model, x, y, scaled)
+    check(hl.pseudo_hessian(model, scaled, batches, reduction="sum"), H, g, L)
+    # a loss that returns torch's own sum is seen to be one
+    plain = lambda o, t: F.cross_entropy(o, t, reduction="sum")  # noqa: E731
+    res = hl.pseudo_hessian(model, plain, batches)
+    check(res, *whole(model, x, y, plain))
+    assert res.reduction == "sum"
 
 
 # ---------------------------------------------------------------------------- 3: batch_dim
@@ -426,7 +438,20 @@ def test_transformer_layer_on_the_math_kernel_and_the_setting_restored():
     )
 
 
-def test_vmap_falls_back_to_the_loop_on_multihead_attention():
+class Distances(nn.Module):
+    """Logits from distances to learned centres: torch.func has no forward mode of cdist."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.centres = nn.Linear(3, 4), nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, x):
+        return -torch.cdist(torch.tanh(self.fc(x)), self.centres)
+
+
+def test_vmap_runs_multihead_attention_and_falls_back_where_func_cannot():
+    """nn.MultiheadAttention runs its differentiable path under vmap (the layer-norm mode
+    keeps it off the fused kernel); a model torch.func cannot run falls back to the loop."""
     torch.manual_seed(0)
     model = perturb(TinyAttention(classes=2), scale=0.2)
     gen = torch.Generator().manual_seed(0)
@@ -434,13 +459,18 @@ def test_vmap_falls_back_to_the_loop_on_multihead_attention():
     res = hl.pseudo_hessian(
         model, F.cross_entropy, cut(x, y, [2, 4]), method="vmap", d3_diagonal=True
     )
-    assert res.method == "loop" and any("fell back to the loop" in n for n in res.notes)
+    assert res.method == "vmap" and not any("fell back" in n for n in res.notes)
     loop = hl.pseudo_hessian(
         model, F.cross_entropy, cut(x, y, [2, 4]), method="loop", d3_diagonal=True
     )
     H, g, L = whole(model, x, y)
     check(res, H, g, L)
     assert_close(res.d3, loop.d3, **EXACT)
+    distances = perturb(Distances()).double()
+    x = torch.randn(6, 3, generator=gen, dtype=F64)
+    res = hl.pseudo_hessian(distances, F.cross_entropy, cut(x, y, [2, 4]), method="vmap")
+    assert res.method == "loop" and any("torch.func cannot run this model" in n for n in res.notes)
+    check(res, *whole(distances, x, y))
 
 
 # ---------------------------------------------------------------------------- units
@@ -491,14 +521,231 @@ def test_the_optimizer_step_takes_the_same_contract():
     assert_close(eta, torch.linalg.solve(H, g), rtol=1e-7, atol=1e-12)
 
 
-def test_vmap_never_runs_through_layer_norm():
-    """torch.func's derivatives of layer_norm are wrong (3% on torch 2.14): the loop runs."""
+class NativeNorm(nn.Module):
+    """A layer norm through the aten operation itself, which torch.func gets wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.native_layer_norm(self.fc(x), (4,), None, None, 1e-5)[0]
+        return self.out(torch.tanh(h))
+
+
+def test_vmap_runs_layer_norm_decomposed_and_falls_back_on_the_aten_operation():
+    """torch.func's derivatives of native_layer_norm are wrong (3% on torch 2.14): an
+    nn.LayerNorm runs decomposed (exact); a direct call of the aten operation runs the loop."""
     torch.manual_seed(0)
     model = perturb(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 2)))
     x, y = torch.randn(6, 3, dtype=F64), torch.randint(0, 2, (6,))
     res = hl.pseudo_hessian(model, F.cross_entropy, cut(x, y, [2, 4]), method="vmap")
-    assert res.method == "loop" and any("layer_norm are wrong" in n for n in res.notes)
+    assert res.method == "vmap" and not res.notes
     H, g, L = whole(model, x, y)
     check(res, H, g, L)
+    native = perturb(NativeNorm())
+    res = hl.pseudo_hessian(native, F.cross_entropy, cut(x, y, [2, 4]), method="vmap")
+    assert res.method == "loop" and any("layer_norm are wrong" in n for n in res.notes)
+    check(res, *whole(native, x, y))
     plain = hl.pseudo_hessian(mlp(), F.cross_entropy, data(6), method="vmap")
     assert plain.method == "vmap" and not plain.notes
+
+
+# ---------------------------------------------------------------------------- round 2
+def bn_net() -> nn.Module:
+    torch.manual_seed(5)
+    return perturb(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)))
+
+
+def test_batch_statistics_across_batches_are_refused_one_batch_is_exact():
+    model, (x, y) = bn_net().double(), data(12)
+    with pytest.raises(ValueError, match="depend on how the data are cut into batches"):
+        hl.pseudo_hessian(model, F.cross_entropy, cut(x, y, [6, 6]), train_mode=True)
+    trained = copy.deepcopy(model).train()  # the whole batch's statistics
+    H, g, L = oracle_hvp(trained, lambda run: F.cross_entropy(run(x), y))
+    check(hl.pseudo_hessian(model, F.cross_entropy, (x, y), train_mode=True), H, g, L)
+    hl.pseudo_hessian(model, F.cross_entropy, cut(x, y, [6, 6]))  # eval mode: any cut
+
+
+def dropout_net() -> nn.Module:
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Dropout(0.4), nn.Linear(6, 3)).double()
+
+
+def seeded_oracle(model, batches, seed: int):
+    """ḡ and H̄ of the whole data's loss with batch b's masks drawn from seed + b."""
+    n = sum(len(b[1]) for b in batches)
+
+    def loss(run):
+        total = 0
+        for b, (xb, yb) in enumerate(batches):
+            with torch.random.fork_rng():
+                torch.manual_seed(seed + b)
+                total = total + len(yb) * F.cross_entropy(run(xb), yb)
+        return total / n
+
+    model.train()
+    try:
+        return oracle(model, loss)
+    finally:
+        model.eval()
+
+
+def test_dropout_in_train_mode_replays_its_recorded_masks_and_leaves_the_rng():
+    model, (x, y) = dropout_net(), data(12)
+    batches = cut(x, y, [5, 7])
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    res = hl.pseudo_hessian(model, F.cross_entropy, batches, train_mode=True, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's generator did not move
+    H, g, L = seeded_oracle(model, batches, seed=7)
+    check(res, H, g, L)  # ḡ = Uᵀg at the very masks H̄ used
+    assert any("seeded 7 + b" in n for n in res.notes)
+    vmap = hl.pseudo_hessian(
+        model, F.cross_entropy, batches, train_mode=True, method="vmap", seed=7
+    )
+    check(vmap, H, g, L)  # torch.func refuses randomness: the loop ran
+
+
+def test_the_users_training_is_bit_identical_with_a_train_mode_recorder(tmp_path):
+    def train(record: bool) -> torch.Tensor:
+        model, (x, y) = dropout_net(), data(12)
+        model.train()
+        torch.manual_seed(0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.3)
+        rec = hl.Recorder(tmp_path / str(record), model, F.cross_entropy, cut(x, y, [6, 6]),
+                          train_mode=True, save_checkpoints=False)  # fmt: skip
+        for epoch in range(3):
+            if record:
+                rec.log(epoch)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        rec.close()
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    assert torch.equal(train(True), train(False))
+
+
+class Noisy(nn.Module):
+    """A forward that draws random numbers whatever its mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x + 0.1 * torch.randn_like(x))
+
+
+def test_a_random_forward_is_named_not_the_reduction(monkeypatch):
+    torch.manual_seed(0)
+    model, (x, y) = Noisy().double(), data(12)
+    mse = lambda o, t: ((o - F.one_hot(t, 3)) ** 2).mean()  # noqa: E731
+    with pytest.raises(ValueError, match="forward is random"):
+        hl.pseudo_hessian(model, mse, (x, y))
+    res = hl.pseudo_hessian(model, mse, cut(x, y, [5, 7]), reduction="mean", seed=3)
+    H, g, L = seeded_oracle_of(model, mse, cut(x, y, [5, 7]), seed=3)
+    check(res, H, g, L)
+    plan = hl.memory_plan(model, mse, (x, y), reduction="mean")
+    budget = plan.output_bytes + plan.fixed_bytes + 3.5 * plan.per_sample_bytes
+    monkeypatch.setenv("HESSIAN_LENS_MAX_MEMORY_GB", repr(budget / 2**30))
+    with pytest.raises(hl.MemoryGuardError, match="forward is random.*batches of 3 samples"):
+        hl.pseudo_hessian(model, mse, (x, y), reduction="mean")
+
+
+def seeded_oracle_of(model, loss_fn, batches, seed: int):
+    n = sum(len(b[1]) for b in batches)
+
+    def loss(run):
+        total = 0
+        for b, (xb, yb) in enumerate(batches):
+            with torch.random.fork_rng():
+                torch.manual_seed(seed + b)
+                total = total + len(yb) * loss_fn(run(xb), yb)
+        return total / n
+
+    return oracle(model, loss)
+
+
+def test_an_enclosing_autocast_is_turned_off_and_noted():
+    model, (x, y) = mlp().float(), data(12)
+    x = x.float()
+    plain = hl.pseudo_hessian(model, F.cross_entropy, cut(x, y, [5, 7]))
+    with torch.autocast("cpu", torch.bfloat16):  # would run the float32 layers in bfloat16
+        res = hl.pseudo_hessian(model, F.cross_entropy, cut(x, y, [5, 7]))
+        assert torch.is_autocast_enabled("cpu")  # the caller's setting is back
+    assert torch.equal(res.H, plain.H) and torch.equal(res.g, plain.g)
+    assert any("torch.autocast('cpu', bfloat16) was turned off" in n for n in res.notes)
+
+
+class Checkpointed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.utils.checkpoint.checkpoint(
+            lambda t: torch.tanh(self.a(t)), x, use_reentrant=False
+        )
+        return self.b(h)
+
+
+def test_fallbacks_and_one_line_refusals():
+    x, y = data(8)
+    torch.manual_seed(0)
+    model = Checkpointed().double()
+    res = hl.pseudo_hessian(model, F.cross_entropy, (x, y), method="vmap")
+    assert res.method == "loop" and any("saved tensor hooks" in n for n in res.notes)
+    check(res, *oracle_hvp(model, lambda run: F.cross_entropy(run(x), y)))
+    compiled = torch.compile(mlp())
+    res = hl.pseudo_hessian(compiled, F.cross_entropy, (x, y))
+    check(res, *whole(compiled._orig_mod, x, y))
+    assert any("torch.compile'd" in n for n in res.notes)
+    with pytest.raises(ValueError, match=r"no derivative of aten::multi_margin_loss_backward"):
+        hl.pseudo_hessian(mlp(), nn.MultiMarginLoss(), (x, y))
+    with pytest.raises(ValueError, match="on the meta device"):
+        hl.pseudo_hessian(nn.Linear(4, 3, device="meta"), F.cross_entropy, (x.float(), y))
+
+
+def test_messages_name_the_cause_and_the_fix():
+    model, (x, y) = mlp(), data(8)
+    canonical = hl.Partition.canonical(model)
+    twice = [canonical.names[0], *canonical.names[:-1]]
+    with pytest.raises(hl.PartitionError, match=r"lists \['0.weight'\] more than once"):
+        hl.Partition(twice, canonical.shapes, list(range(4)), canonical.groups)
+    reordered = hl.Partition(canonical.names[::-1], canonical.shapes[::-1], list(range(4)),
+                             canonical.groups[::-1])  # fmt: skip
+    with pytest.raises(hl.PartitionError, match="in another order than"):
+        hl.pseudo_hessian(model, F.cross_entropy, (x, y), partition=reordered)
+
+    class ReadOnce:
+        def __init__(self, batches) -> None:
+            self.it = iter(batches)
+
+        def __iter__(self):
+            return self.it
+
+    with pytest.raises(B.DataChangedError, match="one-shot iterable"):
+        hl.pseudo_hessian(model, F.cross_entropy, ReadOnce(cut(x, y, [4, 4])))
+    with pytest.raises(ValueError) as err:
+        hl.pseudo_hessian(model, lambda o, t: F.cross_entropy(o, t) ** 2, (x, y))
+    assert str(err.value).endswith("or reduction='sum'") and "normalizer=" in str(err.value)
+
+
+def test_the_default_eval_mode_says_so():
+    res = hl.pseudo_hessian(dropout_net(), F.cross_entropy, data(6))
+    assert any("dropout and BatchNorm ran in eval mode" in n for n in res.notes)
+    assert not hl.pseudo_hessian(mlp(), F.cross_entropy, data(6)).notes
+
+
+def test_an_empty_batch_counts_nothing():
+    model, (x, y) = mlp(), data(8)
+    H, g, L = whole(model, x, y)
+    check(hl.pseudo_hessian(model, F.cross_entropy, [(x[:0], y[:0]), *cut(x, y, [3, 5])]), H, g, L)
+    check(
+        hl.pseudo_hessian(model, lambda o, t: F.cross_entropy(o, t), [(x[:0], y[:0]), (x, y)]),
+        H,
+        g,
+        L,
+    )

@@ -367,7 +367,7 @@ def test_bench_memory_compares_the_plan_with_the_measured_peak(capsys):
 
 def test_ship_run_keeps_what_it_says_and_the_last_checkpoint_as_float16(tmp_path):
     from hessian_lens.checkpoint import read_checkpoint
-    from hessian_lens.files import file_sha256
+    from hessian_lens.io.files import file_sha256
     from hessian_lens.runfolder import list_checkpoints, read_manifest
     from tests.apptools import make_analysed_run
 
@@ -493,3 +493,20 @@ def test_ormaniec_point_has_their_structure():
     assert rate["0.q.H"] == pytest.approx(5, abs=0.3)
     assert rate["0.q.GN"] == pytest.approx(6, abs=0.3)
     assert rate["0.v.H"] == pytest.approx(2, abs=0.3)
+
+
+def test_bench_measures_compares_like_with_like():
+    """--quick: every comparison row, ratios of the same run, the GGN equal to curvlinops'."""
+    pytest.importorskip("pyhessian")
+    rows = run_script("benchmarks/bench_measures.py", "--quick")
+    by = {r["what"]: r for r in rows}
+    assert set(by) == {"block_traces", "frobenius_map", "trace_and_lmax", "ggn"}
+    t = by["block_traces"]
+    assert t["speedup"] == pytest.approx(t["per_block_loop_s"] / t["ours_s"], rel=0.02)
+    assert t["target_speedup"] == t["S"] / 2 == 5
+    f = by["frobenius_map"]
+    assert f["curvlinops_pairs"] == "55 of 55"
+    assert f["x_one_h_bar_per_probe"] == pytest.approx(
+        f["ours_s"] / (f["one_h_bar_s"] * f["probes"]), rel=0.02
+    )
+    assert by["ggn"]["max_abs_diff_over_max"] < 1e-4  # float32, two implementations

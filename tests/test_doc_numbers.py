@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from hessian_lens.analyze import AnalysisSettings, run_data
 from hessian_lens.checkpoint import load_checkpoint
 from hessian_lens.cli import main
-from hessian_lens.files import file_sha256
+from hessian_lens.io.files import file_sha256
 from hessian_lens.runfolder import list_checkpoints, read_manifest
 from hessian_lens.store import ResultStore
 from tests.conftest import REPO

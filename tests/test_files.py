@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hessian_lens.files import (
+from hessian_lens.io.files import (
     MAX_JSON_DEPTH,
     UnsafeFileError,
     atomic_write,

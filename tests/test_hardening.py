@@ -26,7 +26,7 @@ from streamlit.testing.v1 import AppTest
 
 from hessian_lens.analyze import AnalysisSettings, analyze_run
 from hessian_lens.checkpoint import save_checkpoint
-from hessian_lens.files import json_text_depth
+from hessian_lens.io.files import json_text_depth
 from hessian_lens.registry import build_model
 from hessian_lens.runfolder import read_optimizer_log
 from hessian_lens.store import ResultStore, settings_key
@@ -94,7 +94,7 @@ def test_inspect_page_refuses_a_metadata_bomb_in_the_declared_arguments(env):
     torch.manual_seed(0)
     state = build_model("lenet5").state_dict()
     torch.save({"state_dict": state, "meta": {"model": {"name": "lenet5", "kwargs": bomb}}}, path)
-    at = upload(page("pages/3_Inspect_checkpoint.py"), "bomb.pt", path.read_bytes())
+    at = upload(page("views/Inspect_checkpoint.py"), "bomb.pt", path.read_bytes())
     assert not at.exception
     assert any("bomb.pt: its metadata is larger than 1 MB" in e for e in texts(at.error))
     assert sum(len(c) for c in texts(at.caption)) < 2000
@@ -105,7 +105,7 @@ def test_inspect_page_parses_an_upload_once(env, monkeypatch):
     loads = []
     real = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(1) or real(*a, **k))
-    at = upload(page("pages/3_Inspect_checkpoint.py"), "m.pt", lenet_bytes(env))
+    at = upload(page("views/Inspect_checkpoint.py"), "m.pt", lenet_bytes(env))
     assert any("`lenet5`" in s for s in texts(at.success)), texts(at.error)
     assert len(loads) == 1
 
@@ -114,11 +114,13 @@ def test_inspect_page_parses_an_upload_once(env, monkeypatch):
 def test_inspect_page_checks_typed_arguments_on_meta_before_allocating(env):
     path = env / "bare.pt"
     torch.save({"layers.0.weight": torch.zeros(4, 8), "layers.0.bias": torch.zeros(4)}, path)
-    at = upload(page("pages/3_Inspect_checkpoint.py"), "bare.pt", path.read_bytes())
+    at = upload(page("views/Inspect_checkpoint.py"), "bare.pt", path.read_bytes())
     at.selectbox(key="arch-name").set_value("mlp")
-    at.text_input(key="arch-kwargs").set_value('{"sizes": [131072, 131072]}').run()  # 64 GB
+    at.text_input(key="arch-kwargs").set_value('{"sizes": [30000, 30000]}').run()  # 3.6 GB
     assert not at.exception
-    assert any("file (4, 8) vs model (131072, 131072)" in e for e in texts(at.error))
+    assert any("file (4, 8) vs model (30000, 30000)" in e for e in texts(at.error))
+    at.text_input(key="arch-kwargs").set_value('{"sizes": [131072, 131072]}').run()  # 64 GB
+    assert any("over the 1,000,000,000 parameters" in e for e in texts(at.error))
 
 
 # ---------------------------------------------------------------------------- item 5
@@ -130,7 +132,7 @@ def test_interactions_page_refuses_a_store_blob_bomb_before_inflating(env, analy
         db.execute("UPDATE results SET arrays=?", (buf.getvalue(),))
     db.close()
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run.parent))
-    at = page("pages/1_Layer_interactions.py", run)
+    at = page("views/Layer_interactions.py", run)
     assert not at.exception
     assert any("larger than S = 10 groups can need" in e for e in texts(at.error))
 
@@ -162,7 +164,7 @@ def test_a_large_optimizer_log_is_thinned_and_parsed_once(env, monkeypatch):
             entries.append({"step": step, "eta": [0.1, 0.2], "lr": [0.3, 0.3]})
     (run / "optimizer_log.json").write_text(json.dumps({"labels": ["a", "b"], "entries": entries}))
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run.parent))
-    at = page("pages/4_Optimizer.py")
+    at = page("views/Optimizer.py")
     at.selectbox(key="optim-pn").set_value("pn").run()
     assert not at.exception and not at.error
     assert any("Log thinned to 4,000 of 40,000 entries" in c for c in texts(at.caption))
@@ -238,17 +240,20 @@ def test_pages_work_on_a_read_only_mount(readonly_copy, monkeypatch):
     run = ro / "runs" / "tiny-run"
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run.parent))
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(ro / "cache"))
+    from hessian_lens.ui import home as home_page
+
+    monkeypatch.setattr(home_page, "PAGE_SIZE", 100)  # the shipped runs fill the first page
     home = page("app.py", run)
     assert not home.exception and not home.error, texts(home.error)
     assert any("**Analysed** 3 checkpoints" in m for m in texts(home.markdown))
-    at = page("pages/1_Layer_interactions.py", run)
+    at = page("views/Layer_interactions.py", run)
     assert not at.exception and not at.error, texts(at.error)
     assert len(at.get("plotly_chart")) == 2
 
 
 # ---------------------------------------------------------------------------- item 8
 def test_inspect_data_field_never_creates_a_folder(env):
-    at = upload(page("pages/3_Inspect_checkpoint.py"), "m.pt", lenet_bytes(env))
+    at = upload(page("views/Inspect_checkpoint.py"), "m.pt", lenet_bytes(env))
     at.text_input(key="data-spec").set_value("cifar10")
     at.text_input(key="data-source").set_value(str(env / "nowhere" / "cifar")).run()
     assert not at.exception
@@ -264,7 +269,7 @@ class Evil:
 
 def test_refused_uploads_are_deleted_and_the_cache_is_bounded(env, monkeypatch):
     uploads = env / "cache" / "uploads"
-    at = page("pages/3_Inspect_checkpoint.py")
+    at = page("views/Inspect_checkpoint.py")
     assert str(uploads) in at.file_uploader[0].help  # says where uploads live
     upload(at, "evil.pt", pickle.dumps({"state_dict": Evil()}, protocol=2))
     assert any("pickled Python objects" in e for e in texts(at.error))
@@ -283,7 +288,7 @@ def test_a_corrupt_results_cache_is_moved_aside(env, analysed, monkeypatch):
     monkeypatch.setenv("HESSIAN_LENS_DATA", str(npz))
     (env / "cache").mkdir()
     (env / "cache" / "inspect.sqlite").write_bytes(b"\x00garbage" * 1000)
-    at = upload(page("pages/3_Inspect_checkpoint.py"), "m.pt", lenet_bytes(env))
+    at = upload(page("views/Inspect_checkpoint.py"), "m.pt", lenet_bytes(env))
     assert not at.exception and not at.error, texts(at.error)
     assert any("was moved to" in w for w in texts(at.warning))
     names = sorted(p.name for p in (env / "cache").iterdir())
@@ -339,7 +344,7 @@ def test_stored_settings_that_are_odd_are_messages(env, analysed, monkeypatch, t
         db.execute("UPDATE results SET settings=?, settings_key=?", (json.dumps(settings), key))
     db.close()
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run.parent))
-    at = page("pages/1_Layer_interactions.py", run)
+    at = page("views/Layer_interactions.py", run)
     assert not at.exception and not at.error, texts(at.error)
     if text_matches_key:
         assert len(at.get("plotly_chart")) == 2
@@ -356,7 +361,7 @@ def test_a_malformed_optimizer_log_is_a_warning(env, monkeypatch):
     log = {"labels": ["a"], "entries": [{"step": "x"}, 5, {"step": 1, "eta": [1]}, {"loss": 2}]}
     (run / "optimizer_log.json").write_text(json.dumps(log))
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run.parent))
-    at = page("pages/4_Optimizer.py")
+    at = page("views/Optimizer.py")
     at.selectbox(key="optim-pn").set_value("pn").run()
     assert not at.exception and not at.error
     assert any("3 malformed entries skipped" in w for w in texts(at.warning))
@@ -398,7 +403,7 @@ def test_analyze_skips_a_fifo_and_dev_zero_named_like_checkpoints(env):
 @pytest.mark.parametrize("value", ["inf", "abc", "-1"])
 def test_a_bad_upload_limit_is_a_message_on_the_page(env, monkeypatch, value):
     monkeypatch.setenv("HESSIAN_LENS_MAX_UPLOAD_MB", value)
-    at = page("pages/3_Inspect_checkpoint.py")
+    at = page("views/Inspect_checkpoint.py")
     assert not at.exception
     assert [e for e in texts(at.error) if e.startswith("Settings: HESSIAN_LENS_MAX_UPLOAD_MB=")]
     assert not at.file_uploader  # nothing accepted under a limit that is not one

@@ -43,7 +43,7 @@ LENET = {"model": {"name": "lenet5", "kwargs": {}}}
 
 BOUNDED = r"""
 import json, resource, sys, time
-import torch, hessian_lens.checkpoint, hessian_lens.export, hessian_lens.data
+import torch, hessian_lens.checkpoint, hessian_lens.io.pt2, hessian_lens.data
 import hessian_lens.store, hessian_lens.inspection
 
 def vm():
@@ -142,7 +142,7 @@ def test_a_pt2_whose_sample_inputs_call_bytearray_is_refused(tmp_path):
     torch_zip(inner, BYTEARRAY_3GIB)
     members["data/sample_inputs/model.pt"] = inner.getvalue()
     bad = write_members(tmp_path / "ba.pt2", root, members)
-    out = bounded(f"hessian_lens.export.load_exported({str(bad)!r}, {LIMIT})")
+    out = bounded(f"hessian_lens.io.pt2.load_exported({str(bad)!r}, {LIMIT})")
     assert out["error"] and out["error"].startswith("CheckpointError"), out
     assert "builtins.bytearray" in out["error"], out
     assert out["growth_mb"] < LIMIT / MB + MARGIN_MB, out
@@ -176,7 +176,7 @@ def test_inspect_page_checks_memory_before_values(tmp_path, monkeypatch):
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "nan.pt"
     torch.save({"w": torch.full((1,), float("nan")).expand(8192, 8192)}, path)  # 256 MB
-    at = AppTest.from_file(str(REPO / "pages/3_Inspect_checkpoint.py"), default_timeout=180)
+    at = AppTest.from_file(str(REPO / "views/Inspect_checkpoint.py"), default_timeout=180)
     at.run()
     at.file_uploader[0].set_value(("nan.pt", path.read_bytes(), "application/octet-stream"))
     at.run()
@@ -268,7 +268,7 @@ def test_memory_items_grow_the_process_by_less_than_the_limit_plus_a_margin(tmp_
 
         path = edited_export(tmp_path, huge, "ones.pt2")
         code = (
-            f"m, _ = hessian_lens.export.load_exported({str(path)!r}, {LIMIT})\n"
+            f"m, _ = hessian_lens.io.pt2.load_exported({str(path)!r}, {LIMIT})\n"
             "m(torch.zeros(2, 3, 4))"
         )
     out = bounded(code)
@@ -289,7 +289,7 @@ def test_a_pt2_program_padded_with_millions_of_empty_objects_is_refused(tmp_path
         for name, data in members.items():
             zf.writestr(f"{root}/{name}", data)
     assert (tmp_path / "pad.pt2").stat().st_size < 200_000
-    out = bounded(f"hessian_lens.export.load_exported({str(tmp_path / 'pad.pt2')!r}, {LIMIT})")
+    out = bounded(f"hessian_lens.io.pt2.load_exported({str(tmp_path / 'pad.pt2')!r}, {LIMIT})")
     assert out["error"] and out["error"].startswith("CheckpointError"), out
     assert "objects" in out["error"], out
     assert out["growth_mb"] < LIMIT / MB + MARGIN_MB, out
@@ -372,7 +372,7 @@ def edited_export(tmp_path: Path, edit: Callable[[dict], None], name: str) -> Pa
 
 
 def test_a_pt2_graph_allocating_gigabytes_is_refused_before_running(tmp_path):
-    from hessian_lens.export import load_exported
+    from hessian_lens.io.pt2 import load_exported
 
     def huge(program):
         for node in program["graph_module"]["graph"]["nodes"]:
@@ -385,7 +385,7 @@ def test_a_pt2_graph_allocating_gigabytes_is_refused_before_running(tmp_path):
 
 
 def test_a_pt2_graph_of_plain_allocations_still_loads(tmp_path):
-    from hessian_lens.export import load_exported
+    from hessian_lens.io.pt2 import load_exported
 
     module, _ = load_exported(edited_export(tmp_path, lambda p: None, "fine.pt2"))
     assert module(torch.ones(5, 3, 4)).shape == (5, 3)
@@ -393,7 +393,7 @@ def test_a_pt2_graph_of_plain_allocations_still_loads(tmp_path):
 
 # ---------------------------------------------------------------------------- item 8
 def test_a_pt2_with_a_huge_symbolic_max_is_refused_quickly(tmp_path):
-    from hessian_lens.export import load_exported
+    from hessian_lens.io.pt2 import load_exported
 
     terms = ", ".join(f"{i}*s77 + {40000 - i * i}" for i in range(1, 201))
 
@@ -419,7 +419,7 @@ def test_inspect_page_caps_the_app_limit_at_the_servers(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HESSIAN_LENS_MAX_UPLOAD_MB", "5000")
-    at = AppTest.from_file(str(REPO / "pages/3_Inspect_checkpoint.py"), default_timeout=180)
+    at = AppTest.from_file(str(REPO / "views/Inspect_checkpoint.py"), default_timeout=180)
     at.run()
     assert not at.exception
     shown = [str(w.value) for w in at.warning]
@@ -660,7 +660,7 @@ def test_a_hot_journal_is_rolled_back_by_a_writer_and_explained_to_a_viewer(tmp_
 
 # ---------------------------------------------------------------------------- item 15
 def test_torch_logs_nothing_while_a_pt2_is_validated(tmp_path, capfd):
-    from hessian_lens.export import load_exported
+    from hessian_lens.io.pt2 import load_exported
 
     def unranged(program):
         sizes = program["graph_module"]["graph"]["tensor_values"]["add"]["sizes"]
@@ -703,6 +703,9 @@ def test_home_page_shows_run_json_fields_as_plain_text(tmp_path, monkeypatch):
     )
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run.parent))
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
+    from hessian_lens.ui import home
+
+    monkeypatch.setattr(home, "PAGE_SIZE", 100)  # the shipped runs fill the first page
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180).run()
     assert not at.exception
     shown = [

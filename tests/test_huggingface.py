@@ -117,5 +117,83 @@ def test_every_n_steps_with_the_step_gradient_opens_on_every_page(tmp_path, monk
     for page in PAGES:
         at = open_page(page, run)
         no_errors(at)
-        if page == "pages/1_Layer_interactions.py":
+        if page == "views/Layer_interactions.py":
             assert "interactions-H" in chart_keys(at)
+
+
+# ---------------------------------------------------------------------------- README recipe
+def readme_recipe(name: str) -> str:
+    """The python block after ``<!-- recipe: NAME ... -->`` in the README."""
+    from tests.conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"<!-- recipe: {name}")
+    start = text.index("```python\n", start) + len("```python\n")
+    return text[start : text.index("```", start)]
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["[PAD]", "[UNK]", "the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]"
+    )
+
+
+def test_the_readme_token_level_recipes_run_and_are_exact(tmp_path, monkeypatch):
+    from tests.hf_tiny import bert_tokens, gpt2
+    from tests.oracle import oracle_hvp
+
+    monkeypatch.chdir(tmp_path)
+    tokenizer = tiny_tokenizer()
+    sentences = ["the cat sat on the mat", "a dog ran", "the dog sat", "a cat ran far"]
+    tags = torch.randint(0, 3, (4, 6), generator=torch.Generator().manual_seed(0))
+    enc = tokenizer(sentences, padding=True, return_tensors="pt")
+    rows = [
+        {"input_ids": i, "attention_mask": m, "labels": t.masked_fill(m == 0, -100)}
+        for i, m, t in zip(enc["input_ids"], enc["attention_mask"], tags, strict=True)
+    ]
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=2, num_train_epochs=1,
+        learning_rate=1e-2, save_strategy="no", report_to=[], use_cpu=True,
+        disable_tqdm=True,
+    )  # fmt: skip
+    tagger, lm = bert_tokens().float(), gpt2()
+    space = {"tokenizer": tokenizer, "sentences": sentences, "tags": tags, "tagger": tagger,
+             "args": args, "train_rows": rows, "texts": sentences, "lm": lm}  # fmt: skip
+    exec(readme_recipe("hugging-face"), space)
+    # the tagger trained, and its run holds the exact analysis of every valid token
+    recs = ResultStore(tmp_path / "runs" / "tagger" / "analysis.sqlite").records()
+    assert [r.epoch for r in recs] == [0, 1]
+    batch = space["analysis"][0]
+    H, g, _ = oracle_hvp(tagger.double(), lambda run: run(**batch).loss)
+    np.testing.assert_allclose(recs[-1].arrays["H"], H.numpy(), rtol=2e-4, atol=1e-7)
+    # the language model: its own loss, and the function with ignore_index, both exact
+    lm_batch = space["lm_batch"]
+    H, g, _ = oracle_hvp(lm, lambda run: run(**lm_batch).loss)
+    for res in (space["res"], space["res_own"]):
+        np.testing.assert_allclose(res.H.numpy(), H.numpy(), rtol=1e-9, atol=1e-13)
+        np.testing.assert_allclose(res.g.numpy(), g.numpy(), rtol=1e-9, atol=1e-13)
+
+
+def test_an_analysis_error_never_stops_the_trainer(tmp_path, caplog):
+    """Analysis batches without labels: no loss to analyse; the trainer trains on."""
+    model = tiny_gpt2()
+    rows = token_batches(6, seed=1)
+    analysis = [{"input_ids": torch.stack([r["input_ids"] for r in rows[:4]])}]
+    cb = HessianLensCallback(tmp_path / "run", analysis)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=3, num_train_epochs=1,
+        save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, callbacks=[cb])
+    with caplog.at_level("ERROR", logger="hessian_lens"):
+        trainer.train()
+    assert trainer.state.global_step == 2
+    assert len([r for r in caplog.records if "has no loss" in r.getMessage()]) == 1
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["state"] == "analysis failed" and "has no loss" in manifest["error"]
+    assert [h["epoch"] for h in manifest["history"]] == [0, 1]

@@ -58,7 +58,7 @@ class Snapshots(pl.Callback):
         self.states[step] = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
 
-def fit(tmp_path, epochs=2, logger=False, trainer_kwargs=None, **kwargs):
+def fit(tmp_path, epochs=2, logger=False, trainer_kwargs=None, loss_fn=F.cross_entropy, **kwargs):
     batches = tiny_data()
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(
@@ -67,7 +67,7 @@ def fit(tmp_path, epochs=2, logger=False, trainer_kwargs=None, **kwargs):
         batch_size=10,
     )
     module, snaps = Tiny(), Snapshots()
-    cb = HessianLensCallback(tmp_path / "run", batches, F.cross_entropy, **kwargs)
+    cb = HessianLensCallback(tmp_path / "run", batches, loss_fn, **kwargs)
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -75,7 +75,7 @@ def fit(tmp_path, epochs=2, logger=False, trainer_kwargs=None, **kwargs):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[cb, snaps],
+        callbacks=[cb, snaps] if loss_fn != "none" else [snaps],
         **(trainer_kwargs or {}),
     )
     trainer.fit(module, loader, loader)
@@ -126,12 +126,12 @@ def test_epoch_ends_with_the_step_gradient_of_the_last_step(tmp_path):
 
 PAGES = (
     "app.py",
-    "pages/1_Layer_interactions.py",
-    "pages/2_Block_diagonal.py",
-    "pages/3_Inspect_checkpoint.py",
-    "pages/4_Optimizer.py",
-    "pages/5_Paper.py",
-    "pages/6_Block_heterogeneity.py",
+    "views/Layer_interactions.py",
+    "views/Block_diagonal.py",
+    "views/Inspect_checkpoint.py",
+    "views/Optimizer.py",
+    "views/Paper.py",
+    "views/Block_heterogeneity.py",
 )
 
 
@@ -144,14 +144,17 @@ def test_the_run_opens_on_every_page(fitted, tmp_path, monkeypatch):
     monkeypatch.setenv("HESSIAN_LENS_RUNS", str(run))
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
     st.cache_data.clear()
+    from hessian_lens.ui import home
+
+    monkeypatch.setattr(home, "PAGE_SIZE", 100)  # the shipped runs fill the first page
     drawn = {}
     for page in PAGES:
         at = open_page(page, run)
         no_errors(at)
         drawn[page] = chart_keys(at)
-    assert "interactions-H" in drawn["pages/1_Layer_interactions.py"]
-    assert "blockdiag-side" in drawn["pages/2_Block_diagonal.py"]
-    assert "hetero-strip" in drawn["pages/6_Block_heterogeneity.py"]
+    assert "interactions-H" in drawn["views/Layer_interactions.py"]
+    assert "blockdiag-side" in drawn["views/Block_diagonal.py"]
+    assert "hetero-strip" in drawn["views/Block_heterogeneity.py"]
     assert any(k.startswith("curves-") and "run" in k for k in drawn["app.py"])
 
 
@@ -178,3 +181,31 @@ def test_gradient_accumulation_records_each_optimizer_step_once(tmp_path):
     )
     recs = ResultStore(run / "analysis.sqlite").records()
     assert [r.epoch for r in recs] == [0, 0.5, 1]  # 4 batches, 2 optimizer steps
+
+
+def test_an_analysis_error_never_stops_training(tmp_path, caplog):
+    """Written to the run ("analysis failed"), logged once; the weights as without the lens."""
+
+    def broken(out, t):
+        raise RuntimeError("the analysis broke")
+
+    with caplog.at_level("ERROR", logger="hessian_lens"):
+        module, *_, run = fit(tmp_path / "a", epochs=2, loss_fn=broken)
+    assert len([r for r in caplog.records if "the analysis broke" in r.getMessage()]) == 1
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["state"] == "analysis failed" and "the analysis broke" in manifest["error"]
+    assert [h["epoch"] for h in manifest["history"]] == [0, 1, 2]
+    plain, *_ = fit(tmp_path / "b", epochs=2, loss_fn="none")  # no callback at all
+    for p, q in zip(module.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_run_folder_it_cannot_write_never_stops_training(tmp_path, caplog):
+    (tmp_path / "run").write_text("a file where the run folder should be")
+    with caplog.at_level("ERROR", logger="hessian_lens"):
+        module, *_ = fit(tmp_path, epochs=1)
+    (record,) = [r for r in caplog.records if "stopped recording" in r.getMessage()]
+    assert "is a file" in record.getMessage()
+    plain, *_ = fit(tmp_path / "b", epochs=1, loss_fn="none")
+    for p, q in zip(module.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -15,7 +15,7 @@ from hessian_lens.store import ResultStore, StoreError
 from tests.apptools import no_errors, open_page
 from tests.conftest import REPO
 
-INTERACTIONS = "pages/1_Layer_interactions.py"
+INTERACTIONS = "views/Layer_interactions.py"
 
 
 def start_writer(run, epochs, gate=None) -> subprocess.Popen:
@@ -65,6 +65,9 @@ def test_the_page_follows_a_run_being_written(live_env):
         assert slider(at).options == ["0", "1"] and slider(at).value == "1"
         home = open_page("app.py", run)
         assert any("● live" in m.value for m in home.markdown)
+        (card,) = [m.value for m in home.markdown if "user:" in m.value]  # its card
+        assert "**Training** recorded by hl.Recorder" in card and "?" not in card, card
+        assert "**Data** batches given to hl.Recorder" in card
 
         (gate / "go_2").touch()  # a new epoch lands: the slider, left at the last, follows
         wait_for_epochs(run, 3, proc)
@@ -131,10 +134,10 @@ def test_a_training_run_is_live_while_it_trains_and_the_optimizer_page_follows_i
     assert not load_run(run).live()
     manifest = runfolder.read_manifest(run).raw
     runfolder.write_manifest(run, {**manifest, "state": "recording"})  # as if still training
-    for page in ("pages/4_Optimizer.py", "pages/5_Paper.py"):
+    for page in ("views/Optimizer.py", "views/Paper.py"):
         at = open_page(page)
         no_errors(at)
         assert any("● live" in c.value and "pn-live" in c.value for c in at.caption), page
     runfolder.write_manifest(run, {**manifest, "state": "finished"})
-    at = open_page("pages/4_Optimizer.py")
+    at = open_page("views/Optimizer.py")
     assert not any("● live" in c.value for c in at.caption)

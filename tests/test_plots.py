@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from hessian_lens import plots
+from hessian_lens.heterogeneity import type_order
+from hessian_lens.hierarchy import order
 from tests.layoutcheck import layout_problems
 
 KINDS = ["weight", "bias"] * 3
@@ -46,7 +48,9 @@ def test_heatmap_draws_the_panel_with_symmetric_diverging_limits():
     assert list(fig.layout.yaxis.ticktext) == panel.rows
     assert fig.layout.yaxis.autorange == "reversed"  # row 0 at the top
     assert np.array_equal(np.asarray(trace.customdata)[..., 0], M)  # hover: exact value
-    assert trace.text[1][2] == "g1 × g2"
+    assert trace.text is None  # hover: "%{y} × %{x}", the axes' S + S labels, no S² texts
+    assert (trace.y[1], trace.x[2]) == ("\u200bg1", "\u200bg2")
+    assert trace.hovertemplate.startswith("%{y} × %{x}")
     assert plots.heatmap(panel, zmax=7.0).data[0].zmax == 7.0
     json.loads(fig.to_json())
 
@@ -92,6 +96,11 @@ def test_curves_trends_lines_and_limits():
     ]
     fig = plots.curves(history)
     assert [t.name for t in fig.data] == ["train loss", "test accuracy"]
+    full = plots.curves([{**h, "test_loss": 2.0, "train_acc": 0.5} for h in history])
+    live = plots.curves([{"epoch": 0, "test_acc": 0.1}])  # a run that logs accuracy alone
+    colour = {t.name: t.line.color for t in full.data}
+    assert len(set(colour.values())) == 4  # each metric its own colour, on every card
+    assert {t.name: t.line.color for t in [*fig.data, *live.data]}.items() <= colour.items()
     assert list(plots.trends([0, 1], {"x": [1, 2]}).data[0].y) == [1, 2]
     assert plots.lines({"a": ([0, 1], [3, 4])}, "step", "η", log_y=True).layout.yaxis.type == "log"
     assert plots.symmetric_limit(np.zeros((2, 2))) == 1.0
@@ -211,6 +220,8 @@ H_LABELS = [
 ]
 H_BLOCKS = ["q", "q", "k", "k", "mlp", "embedding"]
 H_HEADS = [0, 1, 0, 1, None, None]
+H_TYPES = type_order(H_BLOCKS)  # the column order the page passes
+H_ROWS = order(H_LABELS, "head")
 
 
 def _points(fig):
@@ -225,7 +236,7 @@ def _points(fig):
 
 def test_strip_draws_log_magnitudes_by_type_and_head_and_leaves_out_undefined_groups():
     values = np.array([0.01, -0.1, 10.0, np.nan, 0.0, 100.0])
-    fig = plots.curvature_strip(H_LABELS, values, H_BLOCKS, H_HEADS)
+    fig = plots.curvature_strip(H_LABELS, values, H_BLOCKS, H_HEADS, H_TYPES)
     pts = {p[0]: p for p in _points(fig)}
     assert sorted(pts) == sorted(np.array(H_LABELS)[[0, 1, 2, 5]].tolist())  # NaN and 0 out
     for i, label in enumerate(H_LABELS):
@@ -243,7 +254,7 @@ def test_strip_draws_log_magnitudes_by_type_and_head_and_leaves_out_undefined_gr
     assert list(rings.y) == [pytest.approx(-1.0)]
     assert "1 of 6 groups left out: ḡ_s = 0" in fig.layout.title.text
     assert "1 with c_s = 0" in fig.layout.title.text
-    clean = plots.curvature_strip(H_LABELS, np.ones(6), H_BLOCKS, H_HEADS, title="t")
+    clean = plots.curvature_strip(H_LABELS, np.ones(6), H_BLOCKS, H_HEADS, H_TYPES, title="t")
     assert clean.layout.title.text == "t"
     assert not [t for t in clean.data if t.name == "c_s < 0 (ringed)"]
 
@@ -259,7 +270,7 @@ def test_block_trends_median_and_band_per_type_across_epochs():
             [7.0, 7.0, 7.0],
         ]
     )
-    fig = plots.block_trends([0, 0.5, 1], values, H_BLOCKS, H_LABELS)
+    fig = plots.block_trends([0, 0.5, 1], values, H_BLOCKS, H_LABELS, H_TYPES)
     lines = {t.name: t for t in fig.data if t.showlegend is not False}
     assert list(lines) == ["embedding", "q", "k", "mlp"]
     assert list(lines["q"].y) == [1.0, 2.0, 3.0]  # lower median of |1|, |-4| is 1; NaN out
@@ -267,11 +278,11 @@ def test_block_trends_median_and_band_per_type_across_epochs():
     band = [t for t in fig.data if t.legendgroup == "k" and t.showlegend is False]
     assert [list(t.y) for t in band] == [[1000.0, 100.0, 10.0], [10.0, 10.0, 10.0]]
     assert fig.layout.yaxis.type == "log"
-    groups = plots.block_trends([0, 0.5, 1], values, H_BLOCKS, H_LABELS, mode="groups")
+    groups = plots.block_trends([0, 0.5, 1], values, H_BLOCKS, H_LABELS, H_TYPES, mode="groups")
     thin = [t for t in groups.data if t.showlegend is False]
     assert len(thin) == 6 and list(thin[1].y) == [1.0, 2.0, 3.0]  # q head0 ... in type order
     with pytest.raises(ValueError, match="mode"):
-        plots.block_trends([0], values[:, :1], H_BLOCKS, H_LABELS, mode="box")
+        plots.block_trends([0], values[:, :1], H_BLOCKS, H_LABELS, H_TYPES, mode="box")
 
 
 def test_curvature_heatmap_rows_in_hierarchy_order_with_negatives_marked():
@@ -281,7 +292,7 @@ def test_curvature_heatmap_rows_in_hierarchy_order_with_negatives_marked():
     values = 10.0 ** rng.normal(size=(6, 3))
     values[1, 2] = -values[1, 2]
     values[3, 0] = np.nan
-    fig = plots.curvature_heatmap(H_LABELS, ["0", "1", "2"], values)
+    fig = plots.curvature_heatmap(H_LABELS, ["0", "1", "2"], values, H_ROWS)
     rows = order(H_LABELS, "head")
     assert rows != list(range(6))  # head by head: the order matters here
     z = np.asarray(fig.data[0].z, dtype=float)
@@ -293,17 +304,20 @@ def test_curvature_heatmap_rows_in_hierarchy_order_with_negatives_marked():
     assert (list(cross.x), list(cross.y)) == ([2], [rows.index(1)])
     assert "1 of 18 (group, checkpoint) cells left out" in fig.layout.title.text
     with pytest.raises(ValueError, match="groups x checkpoints"):
-        plots.curvature_heatmap(H_LABELS, ["0", "1"], values)
+        plots.curvature_heatmap(H_LABELS, ["0", "1"], values, H_ROWS)
 
 
 def test_comparison_shares_one_scale_and_draws_both_spreads():
-    a = plots.StripSide("gpt", H_LABELS, np.array([1e-3, 1e-2, 1, 10, 1, 1]), H_BLOCKS, H_HEADS)
+    a = plots.StripSide(
+        "gpt", H_LABELS, np.array([1e-3, 1e-2, 1, 10, 1, 1]), H_BLOCKS, H_HEADS, H_TYPES
+    )
     b = plots.StripSide(
         "cnn",
         ["c1.weight", "c1.bias", "fc.weight"],
         np.array([1e3, 1.0, np.nan]),
         ["conv", "conv", "linear"],
         [None] * 3,
+        ["conv", "linear"],
     )
     spreads = {
         "gpt": ([0, 0.5, 1], [1.0, 0.5, 0.4], [1.5, 1.0, 0.9]),
@@ -328,12 +342,12 @@ def test_comparison_shares_one_scale_and_draws_both_spreads():
 
 def test_no_defined_curvature_at_all_draws_empty_figures_that_say_so():
     nan = np.full(6, np.nan)  # e.g. every ḡ_s = 0
-    strip = plots.curvature_strip(H_LABELS, nan, H_BLOCKS, H_HEADS)
+    strip = plots.curvature_strip(H_LABELS, nan, H_BLOCKS, H_HEADS, H_TYPES)
     assert _points(strip) == [] and "6 of 6 groups left out" in strip.layout.title.text
-    trends = plots.block_trends([0, 1], np.stack([nan, nan], axis=1), H_BLOCKS, H_LABELS)
+    trends = plots.block_trends([0, 1], np.stack([nan, nan], axis=1), H_BLOCKS, H_LABELS, H_TYPES)
     assert all(y is None for t in trends.data for y in t.y)
-    heat = plots.curvature_heatmap(H_LABELS, ["0"], nan[:, None])
+    heat = plots.curvature_heatmap(H_LABELS, ["0"], nan[:, None], H_ROWS)
     assert np.isnan(np.asarray(heat.data[0].z, dtype=float)).all()
-    side = plots.StripSide("init", H_LABELS, nan, H_BLOCKS, H_HEADS)
+    side = plots.StripSide("init", H_LABELS, nan, H_BLOCKS, H_HEADS, H_TYPES)
     fig = plots.heterogeneity_comparison(side, side, {"init": ([0.0], [np.nan], [np.nan])})
     assert [t.y for t in fig.data if t.name == "init: all groups"] == [(None,)]

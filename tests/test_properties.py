@@ -4,8 +4,12 @@ Random small models (MLP, conv, LSTM batch-first or sequence-first, attention), 
 partitions, both reductions (read from a module or verified from a plain function), random
 batch splits, micro-batch sizes, batch orders and both back ends: H̄ and ḡ equal the
 whole-data oracle (tests/oracle.py), and the D^(3) diagonal equals the engine's own result
-on one uncut batch. Each mechanism of hessian_lens/batches.py removed once makes one of
-these fail (checked by hand; see the issue note).
+on one uncut batch. Token losses with random padding (ignored targets anywhere, whole
+sequences of them) written six ways, and Hugging Face models' own losses (GPT-2 LM head,
+BERT token and sequence classification), cut at random, reordered and micro-batched by a
+memory budget (``HESSIAN_LENS_MAX_MEMORY_GB``), equal the oracle of all the tokens at once.
+Each mechanism of hessian_lens/batches.py and hessian_lens/normalizers.py removed once
+makes one of these fail (checked by hand; see the issue note).
 """
 
 from __future__ import annotations
@@ -227,3 +231,126 @@ def test_a_loader_that_reorders_its_batches_is_always_caught(split, seed):
     else:
         with pytest.raises(B.DataChangedError):
             hl.pseudo_hessian(model, F.cross_entropy, loader)
+
+
+# ---------------------------------------------------------------------------- token losses
+TOKENS = 10  # sequences
+
+
+def budget_for(model, loss, batch, micro: int, **kw) -> str:
+    """``HESSIAN_LENS_MAX_MEMORY_GB`` that cuts ``batch``-like batches into ``micro`` samples."""
+    plan = hl.memory_plan(model, loss, batch, **kw)
+    return repr(
+        (plan.output_bytes + plan.fixed_bytes + (micro + 0.5) * plan.per_sample_bytes) / 2**30
+    )
+
+
+@st.composite
+def token_splits(draw, n: int) -> tuple[list[int], list[int]]:
+    """Random batch sizes (the first over 4 samples, so the memory plan can cut it), order."""
+    first = draw(st.integers(5, n))
+    rest = draw(st.sets(st.integers(first + 1, n - 1), max_size=2)) if first < n - 1 else set()
+    bounds = sorted({first, *rest, n})
+    sizes = [b - a for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+    return sizes, draw(st.permutations(list(range(len(sizes)))))
+
+
+def token_loss(form: str):
+    from tests.test_normalizers import FLAT
+
+    weight = torch.tensor([0.5, 1.0, 2.0, 1.0, 3.0, 1.0, 0.25], dtype=F64)
+    return {
+        "lambda": (FLAT, {}),
+        "next_token": (__import__("hessian_lens.losses").losses.next_token, {}),
+        "own": (None, {}),
+        "weighted": (lambda o, t: F.cross_entropy(o.flatten(0, 1), t.flatten(), weight=weight), {}),
+        "sum": (lambda o, t: F.cross_entropy(o.flatten(0, 1), t.flatten(), reduction="sum"), {}),
+        "normalizer": (
+            lambda o, t: (
+                F.cross_entropy(o.flatten(0, 1), t.flatten(), reduction="sum") / (t != -100).sum()
+            ),
+            {"normalizer": lambda batch: (batch[1] != -100).sum()},
+        ),
+    }[form]
+
+
+@PROPERTY
+@given(
+    form=st.sampled_from(["lambda", "next_token", "own", "weighted", "sum", "normalizer"]),
+    lengths=st.lists(st.integers(0, 5), min_size=TOKENS, max_size=TOKENS).filter(any),
+    split=token_splits(TOKENS),
+    micro=st.sampled_from([None, 1, 2, 3]),
+    method=st.sampled_from(["loop", "vmap"]),
+)
+def test_random_padding_never_changes_the_token_pseudo_hessian(
+    monkeypatch, form, lengths, split, micro, method
+):
+    """Ignored targets anywhere, any cut, order and memory budget: the whole data's number."""
+    from tests.oracle import oracle_hvp as oracle
+    from tests.test_normalizers import token_net, tokens
+
+    model = token_net()
+    ids, t = tokens(lengths, seed=sum(lengths))
+    loss, kw = token_loss(form)
+    pieces = cut(ids, t, B.BatchDims(), *split)
+    if form == "own":
+        data = [{"ids": a, "labels": b} for a, b in pieces]
+        H, g, L = oracle(model, lambda run: run(ids, t)["loss"])
+    else:
+        data = pieces
+        H, g, L = oracle(model, lambda run: loss(run(ids), t) if not kw else _manual(run, ids, t))
+    with monkeypatch.context() as m:
+        if micro is not None:
+            big = data[split[1].index(0)]
+            m.setenv(
+                "HESSIAN_LENS_MAX_MEMORY_GB",
+                budget_for(model, loss, big, micro, method=method, **kw),
+            )
+        res = hl.pseudo_hessian(model, loss, data, method=method, **kw)
+    assert_close(res.H, H, **EXACT)
+    assert_close(res.g, g, **EXACT)
+    assert res.loss == pytest.approx(L, rel=1e-9)
+    if micro is not None and method == "loop":  # vmap may trade directions for samples
+        assert res.memory.micro_batch == micro
+
+
+def _manual(run, ids, t):
+    """The normalizer form's whole-data loss: the sum over valid tokens over their count."""
+    out = run(ids)
+    return F.cross_entropy(out.flatten(0, 1), t.flatten(), reduction="sum") / (t != -100).sum()
+
+
+@settings(PROPERTY, max_examples=9)
+@given(
+    kind=st.sampled_from(["causal", "tokens", "sequences"]),
+    lengths=st.lists(st.integers(1, 6), min_size=7, max_size=7).filter(lambda ls: max(ls) > 1),
+    split=token_splits(7),
+    micro=st.sampled_from([None, 2]),
+    method=st.sampled_from(["loop", "vmap"]),
+)
+def test_hugging_face_own_losses_never_depend_on_the_cut(
+    monkeypatch, kind, lengths, split, micro, method
+):
+    """GPT-2 LM head, BERT token and sequence classification: labels -100 on padding."""
+    from tests.hf_tiny import MODELS, joined, padded
+    from tests.oracle import oracle_hvp
+
+    model = MODELS[kind]()
+    whole = padded(kind, lengths, seed=sum(lengths))
+    sizes, order = split
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    pieces = [
+        {k: v[a : a + s] for k, v in whole.items()} for a, s in zip(starts, sizes, strict=True)
+    ]
+    data = [pieces[i] for i in order]
+    H, g, L = oracle_hvp(model, lambda run: run(**joined(pieces)).loss)
+    with monkeypatch.context() as m:
+        if micro is not None:
+            m.setenv(
+                "HESSIAN_LENS_MAX_MEMORY_GB",
+                budget_for(model, None, pieces[0], micro, method=method),
+            )
+        res = hl.pseudo_hessian(model, None, data, method=method)
+    assert_close(res.H, H, **EXACT)
+    assert_close(res.g, g, **EXACT)
+    assert res.loss == pytest.approx(L, rel=1e-9)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -133,6 +138,47 @@ def test_recorder_refuses_a_shuffling_loader(tmp_path):
     assert rec.log(0).summary["n_samples"] == 32
 
 
+def _mlp_run(path, npz, **kwargs):
+    """A Recorder run of the built-in MLP measured on 32 images of an npz."""
+    from hessian_lens.data import load_dataset
+
+    torch.manual_seed(0)
+    model = hl.build_model("mlp", sizes=[3072, 6, 10])
+    batches = load_dataset(f"npz:{npz}").subset(32).batches(16)
+    kw = {"architecture": "mlp", "architecture_kwargs": {"sizes": [3072, 6, 10]}, **kwargs}
+    with hl.Recorder(path, model, F.cross_entropy, batches, **kw) as rec:
+        rec.log(0)
+    return path
+
+
+def test_analyze_of_a_recorder_run_without_a_data_set_says_how_to_give_one(tmp_path, capsys):
+    from hessian_lens import cli
+    from tests.conftest import write_tiny_npz
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz")
+    run = _mlp_run(tmp_path / "run", npz)
+    assert cli.main(["analyze", str(run), "--samples", "16", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--data" in err and "data_spec=" in err, err
+    assert "unknown data set" not in err
+    args = ["analyze", str(run), "--samples", "16", "--no-progress", "--data", f"npz:{npz}"]
+    assert cli.main(args) == 0  # as it says
+    assert len(load_run(run).settings()) == 2  # the Recorder's analysis and this one
+
+
+def test_a_recorder_given_its_data_set_records_it_and_analyze_reloads_it(tmp_path):
+    from hessian_lens import cli
+    from tests.conftest import write_tiny_npz
+
+    npz = write_tiny_npz(tmp_path / "tiny.npz")
+    run = _mlp_run(tmp_path / "run", npz, data_spec=f"npz:{npz}")
+    assert json.loads((run / "run.json").read_text())["data"] == {"name": f"npz:{npz}"}
+    assert cli.main(["analyze", str(run), "--samples", "16", "--no-progress"]) == 0
+    assert len(load_run(run).settings()) == 2
+    with pytest.raises(ValueError, match="data_source needs data_spec"):
+        hl.Recorder(tmp_path / "other", nn.Linear(2, 2), F.mse_loss, [], data_source="x.npz")
+
+
 def test_recorder_measures_reach_the_store_and_the_loggers(tmp_path):
     """Recorder(measures=...): lambda_max and tr(H) stored and sent to every logger."""
     from hessian_lens.measures import block_norms
@@ -171,3 +217,53 @@ def test_recorder_measures_reach_the_store_and_the_loggers(tmp_path):
     assert sink.records and sink.records[0][0] is record
     with pytest.raises(ValueError, match="unknown measure"):
         hl.Recorder(tmp_path / "other", model, F.cross_entropy, (x, y), measures=("fisher",))
+
+
+def test_keep_going_writes_the_error_to_the_run_logs_once_and_goes_on(tmp_path, caplog):
+    """What the callbacks use: an analysis error never stops the loop."""
+    torch.manual_seed(0)
+    model = OnlyInThisScript()
+    batch = (torch.randn(8, 6), torch.randint(0, 3, (8,)))
+
+    def broken(out, t):
+        raise RuntimeError("the loss broke")
+
+    rec = hl.Recorder(tmp_path / "run", model, broken, batch, keep_going=True)
+    with caplog.at_level("ERROR", logger="hessian_lens"):
+        assert rec.log(0, train_loss=1.0) is None
+        rec.log(1, train_loss=0.5)
+        rec.log(2, train_loss=0.25)
+    assert len([r for r in caplog.records if "analysis" in r.getMessage()]) == 1
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["state"] == "analysis failed" and "the loss broke" in manifest["error"]
+    assert [h["epoch"] for h in manifest["history"]] == [0, 1, 2]  # checkpoints, metrics go on
+    assert len(list((tmp_path / "run").glob("epoch_*.pt"))) == 3
+    rec.close()
+    run = load_run(tmp_path / "run")
+    assert run.manifest.raw["state"] == "analysis failed" and not run.live()
+    assert any("analysis failed: ValueError at epoch 0" in w for w in run.warnings)
+    with pytest.raises(ValueError, match="the loss broke"):  # without keep_going: raised
+        hl.Recorder(tmp_path / "raise", model, broken, batch).log(0)
+
+
+def test_a_run_whose_writer_is_gone_is_never_live(tmp_path):
+    from tests.conftest import REPO
+
+    run, gate = tmp_path / "run", tmp_path / "gate"
+    gate.mkdir()
+    cmd = [sys.executable, "-m", "tests.live_writer", str(run), "3", "--gate", str(gate)]
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "epoch_0001.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert load_run(run).live()  # the writer waits for its gate: alive
+        writer = load_run(run).manifest.raw["writer"]
+        assert writer["pid"] == proc.pid
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    browsed = load_run(run)
+    assert browsed.manifest.raw["state"] == "recording"  # as the killed process left it
+    assert not browsed.live()  # its files changed seconds ago, but the process is gone

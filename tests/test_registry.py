@@ -262,3 +262,53 @@ def test_build_on_meta_refuses_what_needs_values():
             build_on_meta("needs-values")
     finally:
         registry.unregister_model("needs-values")
+
+
+class Net(torch.nn.Module):
+    """A model class only a training script knows (the Recorder records ``user:Net``)."""
+
+    def __init__(self, width: int = 5):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(6, width), torch.nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+NET_FILE = """
+import torch
+import hessian_lens
+
+
+@hessian_lens.register_model("Net")
+class Net(torch.nn.Module):
+    def __init__(self, width: int = 5):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(6, width), torch.nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+"""
+
+
+def test_a_recorded_user_class_is_found_once_registered_by_its_name(tmp_path, capsys):
+    """``inspect`` of a Recorder checkpoint of ``Net``: the hint says to register ``Net``,
+    and doing exactly that works (it used to give the same error again)."""
+    from hessian_lens import cli
+
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 6), torch.randint(0, 3, (8,)))]
+    with hl.Recorder(tmp_path / "run", Net(), F.cross_entropy, data) as rec:
+        rec.log(0)
+    ckpt = str(tmp_path / "run" / "epoch_0000.pt")
+    assert cli.main(["inspect", ckpt]) == 2
+    hint = capsys.readouterr().err
+    assert "'user:Net'" in hint and 'register_model("Net")' in hint and "--models" in hint
+    (tmp_path / "my_models.py").write_text(NET_FILE)
+    try:
+        assert cli.main(["inspect", ckpt, "--models", str(tmp_path / "my_models.py")]) == 0
+        assert '"parameters": 53' in capsys.readouterr().out
+        model, _ = load_checkpoint(ckpt)  # the library too, from the checkpoint alone
+        assert isinstance(model, torch.nn.Module) and type(model).__name__ == "Net"
+    finally:
+        registry.unregister_model("Net")

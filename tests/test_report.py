@@ -11,7 +11,7 @@ import pytest
 
 from hessian_lens import cli, report
 from hessian_lens.runs import load_run
-from tests.conftest import need_browser
+from tests.conftest import REPO, need_browser
 from tests.recorded import make_recorder_run
 
 
@@ -20,12 +20,17 @@ def run(tmp_path_factory):
     return make_recorder_run(tmp_path_factory.mktemp("report") / "tiny-run", epochs=3)
 
 
-def frames_of(page: str, div: str) -> list[dict]:
-    """The frames plotly.py passed to ``Plotly.addFrames`` for the figure ``div``."""
-    start = page.index(f'document.getElementById("{div}")')
-    call = page.index("Plotly.addFrames(", start)
-    text = page[page.index("[", call) :]
+def figure_of(page: str, div: str) -> dict:
+    """The figure (data, layout, frames) the page's script draws in ``div``."""
+    start = page.index(f'<div id="{div}"')
+    text = page[page.index("var fig = ", start) + len("var fig = ") :]
     return json.JSONDecoder().raw_decode(text)[0]
+
+
+def frames_of(page: str, div: str) -> list[dict]:
+    """The frames passed to ``Plotly.addFrames`` for the figure ``div``."""
+    assert "Plotly.addFrames" in page
+    return figure_of(page, div)["frames"]
 
 
 def array(value) -> np.ndarray:
@@ -48,7 +53,8 @@ def test_the_page_is_self_contained_and_holds_every_epoch(run, tmp_path):
     frames = frames_of(page, "fig-H")
     assert [f["name"] for f in frames] == ["0", "1", "2", "3"]
     ww = recs[1].arrays["H"][0::2, 0::2]  # epoch 1, weights x weights
-    np.testing.assert_allclose(array(frames[1]["data"][0]["z"]), ww, rtol=1e-12)
+    np.testing.assert_allclose(array(frames[1]["data"][0]["z"]), ww, rtol=1e-6)  # float32
+    assert "text" not in frames[1]["data"][0]  # the hover names once, not once an epoch
     table = page[page.index("<table><tr><th>epoch") :]
     assert table.count("<tr>") == 1 + 4  # header + one row per analysed epoch
     off = recs[3].summary["compare"]["layer"]["off_share_H"]
@@ -107,3 +113,54 @@ def test_one_figure_as_bytes_in_each_format():
     assert figure_bytes(fig, "png").startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="unknown figure format 'gif'"):
         figure_bytes(fig, "gif")
+
+
+VIT = REPO / "checkpoints" / "vit-cifar10"
+
+
+def test_a_per_head_run_is_drawn_one_per_head_one_epoch_each():
+    """vit-cifar10 (S = 108, 14 analyses of 13 epochs): one record per epoch, heatmaps of
+    the 33 heads and blocks of the layer -> head tree (exact unions), rows that stay
+    readable, nothing overlapping, and a card whose counts agree with the analysis."""
+    from hessian_lens import hierarchy
+    from tests.layoutcheck import layout_problems
+
+    run = load_run(VIT)
+    recs = report.run_records(run)
+    epochs = [r["epoch"] for r in recs]
+    assert len(run.records(arrays=False)) == 14 and len(recs) == 13 == len(set(epochs))
+    assert recs[-1]["checkpoint"] == "epoch_0008.safetensors"  # the file in the folder
+    shown, level = report.shown_records(recs)
+    assert level == "head" and len(shown[-1]["summary"]["labels"]) == 33
+    groups = hierarchy.units(recs[-1]["summary"]["labels"], "head")
+    M = hierarchy.membership(108, groups)
+    np.testing.assert_allclose(shown[-1]["arrays"]["H"], M.T @ recs[-1]["arrays"]["H"] @ M)
+    static = report.static_figures(run, recs)
+    for name in ("H_epoch8", "Hinv_epoch8"):
+        fig = static[name]
+        assert len(fig.data) == 1 and layout_problems(fig) == [], name  # one full panel
+        rows_px = fig.layout.height - fig.layout.margin.t - fig.layout.margin.b
+        assert rows_px / 33 >= 18, rows_px  # not squeezed
+        assert fig.layout.title.text.endswith("— epoch 8")
+        assert fig.layout.annotations[0].text != fig.layout.title.text  # no title twice
+    card = dict(report.card_rows(run, recs))
+    assert card["Epochs"].startswith("8 trained · 3 checkpoints kept (13 analysed")
+    assert card["Analysis"].startswith("13 checkpoints (epochs 0–8)")
+    assert "the 108 groups collapsed into 33" in card["Heatmaps"]
+    assert card["Architecture"].startswith("torchvision:VisionTransformer · image_size 32")
+
+
+def test_static_figures_are_drawn_at_their_own_size(tmp_path):
+    """kaleido's batch export drew every figure at 700 x 500, squeezing tall heatmaps."""
+    pytest.importorskip("kaleido")
+    from PIL import Image
+
+    from hessian_lens import plots
+    from hessian_lens.figexport import SCALE, WIDTH, write_figures
+
+    need_browser()
+    labels = [f"group{i}" for i in range(40)]
+    fig = plots.panel_row([plots.full_panel(np.eye(40), labels)], height=900)
+    (png,) = write_figures({"tall": fig}, tmp_path, ("png",))
+    with Image.open(png) as im:
+        assert im.size == (SCALE * WIDTH, SCALE * fig.layout.height)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -115,3 +116,13 @@ def test_optimizer_log_is_validated_and_thinned(tmp_path):
 def test_thin_keeps_ends():
     assert thin(list(range(100)), 5) == [0, 25, 50, 74, 99]
     assert thin([1, 2], 5) == [1, 2]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_writer_is_gone_when_its_process_is_or_another_took_its_id():
+    me = runfolder.writer_entry()
+    assert me["pid"] == os.getpid() and not runfolder.writer_gone({"writer": me})
+    assert runfolder.writer_gone({"writer": {**me, "start": me["start"] + 1}})  # id reused
+    assert runfolder.writer_gone({"writer": {**me, "boot": "another boot"}})  # restarted
+    assert not runfolder.writer_gone({"writer": {**me, "host": "elsewhere"}})  # cannot know
+    assert not runfolder.writer_gone({}) and not runfolder.writer_gone({"writer": "junk"})

@@ -105,3 +105,63 @@ def test_a_corpus_over_the_data_limit_is_refused_before_it_is_read(tmp_path, mon
     for spec in (tmp_path / "big" / "a.txt", tmp_path / "big"):
         with pytest.raises(DataError, match="over the 0 MB data limit"):
             load_dataset(f"text:{spec}")
+
+
+def _fake_stdlib(root, monkeypatch):
+    """A standard library of 12 top-level modules and a package of 12, read as text:stdlib."""
+    from hessian_lens import text
+
+    (root / "json").mkdir()
+    for i in range(12):
+        (root / f"mod{i}.py").write_text(f"x = {i}\n" * 40)
+        (root / "json" / f"mod{i}.py").write_text(f"y = {i}\n" * 40)
+    (root / "site-packages").mkdir()
+    (root / "site-packages" / "other.py").write_text("z = 1\n" * 40)
+    monkeypatch.setattr(text, "stdlib_root", lambda: root)
+    text._read_corpus.cache_clear()
+
+
+def test_stdlib_is_the_running_pythons_recorded_relative_to_it(tmp_path, monkeypatch):
+    import platform
+
+    _fake_stdlib(tmp_path, monkeypatch)
+    data = load_dataset("text:stdlib@8", train=True)
+    test = load_dataset("text:stdlib@8", train=False)
+    corpus = data.corpus
+    assert corpus["path"] == "stdlib/*.py" and corpus["python"] == platform.python_version()
+    assert str(tmp_path) not in str(corpus)  # no path of this machine
+    assert corpus["files"] == 12  # the top-level modules only: no package, no site-packages
+    assert data.source == "text:stdlib:train" and test.source == "text:stdlib:test"
+    same = load_dataset(f"text:{tmp_path}/*.py@8", train=True)  # the same files, by their path
+    assert data.fingerprint() == same.fingerprint()
+    inside = load_dataset("text:stdlib/json/*.py@8", train=True)
+    assert inside.corpus["path"] == "stdlib/json/*.py" and inside.corpus["files"] == 12
+    everything = load_dataset("text:stdlib/**/*.py@8", train=True)
+    assert everything.corpus["files"] == 24  # the installed packages are no part of it
+
+
+def test_stdlib_globs_stay_inside_the_standard_library(tmp_path, monkeypatch):
+    _fake_stdlib(tmp_path, monkeypatch)
+    for spec in ("text:stdlib/../*.py", "text:stdlib/json/../../*.py"):
+        with pytest.raises(DataError, match="inside the standard library"):
+            load_dataset(spec, train=True)
+
+
+def test_the_shipped_gpt_run_names_its_corpus_portably():
+    """gpt-text's run.json names text:stdlib, and it reads back as the run's own corpus."""
+    import json
+    import platform
+
+    from tests.conftest import REPO
+
+    raw = (REPO / "checkpoints" / "gpt-text" / "run.json").read_text()
+    manifest = json.loads(raw)
+    assert "/root/" not in raw and "pyenv" not in raw and "/work/" not in raw
+    data = manifest["data"]
+    assert data["name"] == "text:stdlib@64" and data["corpus"]["path"] == "stdlib/*.py"
+    if platform.python_version() != data["corpus"]["python"]:
+        pytest.skip(f"the corpus is Python {data['corpus']['python']}'s standard library")
+    got = load_dataset(data["name"], train=True)
+    assert len(got) == data["train_size"]
+    recorded = {k: v for k, v in data["corpus"].items()}
+    assert {k: got.corpus[k] for k in recorded} == recorded

@@ -96,9 +96,10 @@ def pseudo_hessian(
 
     ``H_bar[s, s'] = (U^s)^T H U^s'`` and ``g_bar[s] = <U^s, grad L>`` of the loss of the
     whole data (all batches, of all ranks when distributed) in the loss's own reduction:
-    ``L = sum_b W_b L_b / sum_b W_b`` for a mean (``W_b``: the samples of batch b), ``L =
-    sum_b L_b`` for a sum (:mod:`hessian_lens.batches`). However the data are cut into
-    batches, micro-batches or shards, the result is that of one batch holding them all.
+    ``L = sum_b W_b L_b / sum_b W_b`` for a mean (``W_b``: what batch b's loss divides by,
+    its samples or valid targets), ``L = sum_b L_b`` for a sum (:mod:`hessian_lens.batches`).
+    However the data are cut into batches, micro-batches or shards, the result is that of
+    one batch holding them all.
 
     Args:
         model: any ``nn.Module``; it is left exactly as it was (the same ``Parameter``

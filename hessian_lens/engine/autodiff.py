@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -11,6 +12,7 @@ __all__ = ["differentiate"]
 
 NO_GRAPH_HINTS = ("second time", "does not require grad")  # autograd: the graph is gone
 NO_HIGHER_ORDER_HINT = "does not support"  # autograd: no derivative of that order
+NOT_IMPLEMENTED = re.compile(r"derivative for (\S+) is not implemented")  # e.g. multi_margin
 
 
 def differentiate(
@@ -59,6 +61,14 @@ def differentiate(
 def _explained(err: RuntimeError) -> Exception | None:
     """A clearer error for the autograd failures users can fix, else ``None``."""
     text = str(err)
+    missing = NOT_IMPLEMENTED.search(text)
+    if missing:
+        return ValueError(
+            f"PyTorch has no derivative of {missing.group(1)}, so the loss cannot be "
+            "differentiated as often as asked (H̄ needs a second derivative of the loss and "
+            "of every layer; nn.MultiMarginLoss has none): use a loss and layers with one "
+            "(e.g. cross_entropy), or ask for the gradient only (hl.pseudo_gradient)"
+        )
     if NO_HIGHER_ORDER_HINT in text:
         return ValueError(
             f"PyTorch cannot differentiate this model that many times ({err}). "

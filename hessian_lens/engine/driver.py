@@ -30,6 +30,7 @@ from hessian_lens.engine.feed import (
 )
 from hessian_lens.engine.loop import LoopBackEnd
 from hessian_lens.engine.options import Contract, LossFn, Options, Progress
+from hessian_lens.engine.resume import Partial
 from hessian_lens.engine.state import State, batch_statistics, functional_state
 from hessian_lens.engine.vmapped import VmapBackEnd
 from hessian_lens.memory import Planner
@@ -64,6 +65,7 @@ def run(
         if not on:
             planner.check_outputs()  # fail before pass 1 (when distributed: inside it)
         acc = Accumulator.zeros(state=st, partition=part, spec=spec)
+        partial = Partial.for_rank(options.resume, *(dist.rank_and_world() if on else (0, 1)))
         prints = run_passes(
             acc,
             batches,
@@ -73,6 +75,7 @@ def run(
             progress=options.progress,
             on=on,
             contract=contract,
+            partial=partial,
         )
         out = acc.means(method=back_end.ran, memory=planner.report())
         out.reduction, out.notes = contract.loss.reduction, st.notes
@@ -86,7 +89,9 @@ def make_back_end(
     """The back end of a resolved method (``"loop"`` or ``"vmap"``) and curvature."""
     if curvature == "ggn":
         return GGNBackEnd(loss_fn)
-    return LoopBackEnd(loss_fn) if method == "loop" else VmapBackEnd(loss_fn, chunk_size)
+    if method == "loop":
+        return LoopBackEnd(loss_fn, chunk_size)
+    return VmapBackEnd(loss_fn, chunk_size)
 
 
 def check_ggn(options: Options, spec: Spec, loss_fn: LossFn | None) -> None:
@@ -153,15 +158,27 @@ def _checked_method(options: Options, model: nn.Module) -> str:
 
 
 def run_passes(
-    acc: Accumulator, batches, *, direction, back_end: BackEnd, planner, progress, on, contract
+    acc: Accumulator,
+    batches,
+    *,
+    direction,
+    back_end: BackEnd,
+    planner,
+    progress,
+    on,
+    contract,
+    partial: Partial | None = None,
 ) -> B.Fingerprints:
     """Set ``acc.direction``, then accumulate pass 2 into ``acc``; return the fingerprints.
 
     The direction is the given one, pass 1's gradient, or the single batch's own gradient.
     Pass 2 must see the batches pass 1 saw (:class:`~hessian_lens.batches.Fingerprints`).
+    With ``partial`` on, pass 2 starts where its file stopped (the direction comes first:
+    no single-batch shortcut).
     """
+    partial = partial if partial is not None else Partial(None)
     shortcut = False
-    if direction is None and not on:  # ranks need the union's gradient: never a shortcut
+    if direction is None and not on and not partial.on:  # ranks need the union's gradient
         shortcut, batches = _whole_single_batch(batches, acc.state, planner, contract)
     tick = _progress(progress, batches, passes=1 if direction is not None or shortcut else 2)
     prints = B.Fingerprints()
@@ -171,7 +188,9 @@ def run_passes(
     elif not shortcut:  # a single batch taken whole gets its own gradient inside pass 2
         acc.direction = _mean_gradient(acc.state, batches, **passes)
         prints.start_checking()
-    _summary_pass(acc, batches, back_end=back_end, **passes)
+    if partial.on:
+        partial.start(acc)
+    _summary_pass(acc, batches, back_end=back_end, partial=partial, **passes)
     prints.finish()
     tick.close()
     return prints
@@ -214,16 +233,32 @@ def _mean_gradient(state: State, batches, *, planner, tick, on, contract, prints
 
 
 def _summary_pass(
-    acc: Accumulator, batches, *, back_end, planner, tick, on, contract, prints
+    acc: Accumulator, batches, *, back_end, planner, tick, on, contract, prints, partial
 ) -> None:
-    """Pass 2: ``sum_b W_b D^(k)_b(u)``, ``sum_b W_b L_b``, the samples and ``sum_b W_b``."""
+    """Pass 2: ``sum_b W_b D^(k)_b(u)``, ``sum_b W_b L_b``, the samples and ``sum_b W_b``.
+
+    Micro-batches (and rows) already in ``partial``'s sums are skipped; the sums are kept
+    there after every batch of rows and micro-batch.
+    """
+    S = len(acc.partition)
 
     def local() -> list[Tensor]:
         planner.check_outputs()
-        for x, y, samples, weight in micro_batches(
+        stream = micro_batches(
             batches, acc.state, contract, planner=planner, tick=tick, prints=prints
-        ):
+        )
+        for b, (x, y, samples, weight) in enumerate(stream):
+            if partial.skip(b):
+                continue
+            back_end.first_row = partial.first_row(b)
+
+            def rows_done(row: int, b: int = b) -> None:
+                partial.save(acc, b, row)
+                tick.part(row / S)
+
+            back_end.tick = rows_done
             acc.add_loss(back_end.product(acc, x, y, weight), samples, weight)
+            partial.save(acc, b + 1, 0, force=True)
         return acc.sums()
 
     acc.load(over_ranks(local, distributed=on, numel=acc.numel(), device=acc.state.device))
@@ -238,15 +273,31 @@ def over_ranks(local, *, distributed: bool, numel: int, device) -> list[Tensor]:
 
 
 class Ticker:
+    """Progress per batch, and within a batch as the rows of H̄ finish (:meth:`part`)."""
+
     def __init__(self, bar, callback, total) -> None:
         self.bar, self.callback, self.total, self.done = bar, callback, total, 0
+        self.within = 0.0
 
     def __call__(self) -> None:
         self.done += 1
+        self.within = 0.0
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.n = self.done
+            self.bar.refresh()
         if self.callback is not None:
             self.callback(self.done, self.total)
+
+    def part(self, fraction: float) -> None:
+        """``fraction`` of the current batch is done (the rows of H̄ so far)."""
+        if fraction <= self.within:
+            return
+        self.within = min(fraction, 1.0)
+        if self.bar is not None:
+            self.bar.n = round(self.done + self.within, 3)
+            self.bar.refresh()
+        if self.callback is not None:
+            self.callback(self.done + self.within, self.total)
 
     def close(self) -> None:
         if self.bar is not None:

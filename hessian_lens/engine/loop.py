@@ -3,6 +3,10 @@
 ``D^(k+1)[prefix, s']`` for all ``s' >= s`` is one backward pass of ``D^(k)[prefix, s]``
 taken only w.r.t. the groups ``s..S`` (symmetry gives the rest), so autograd skips every
 layer before ``s``: row s of H̄ costs a backward pass through the layers from s on.
+
+H̄ alone (order 2, no diagonal of order 3) is differentiated along the groups
+(:mod:`~hessian_lens.engine.directional`: per-group scalars, no weight-shaped gradients,
+the rows of one fused tensor vectorised); the other orders w.r.t. the parameters.
 """
 
 from __future__ import annotations
@@ -11,13 +15,25 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from hessian_lens.engine.accumulate import Accumulator
+from hessian_lens.engine.accumulate import Accumulator, Spec
 from hessian_lens.engine.autodiff import differentiate
+from hessian_lens.engine.directional import (
+    Directional,
+    add_directional,
+    directional_rows,
+    linear_only,
+    row_batches,
+)
 from hessian_lens.engine.options import LossFn
 from hessian_lens.engine.state import State
-from hessian_lens.memory import PeakMeter
+from hessian_lens.memory import ROWS_MAX, PeakMeter
 
-__all__ = ["LoopBackEnd", "add_from_gradient"]
+__all__ = ["LoopBackEnd", "add_from_gradient", "directional"]
+
+
+def directional(spec: Spec) -> bool:
+    """Whether ``spec`` is H̄ alone: computed along the groups (module docstring)."""
+    return spec.full == 2 and spec.diag == 0
 
 
 class LoopBackEnd:
@@ -25,12 +41,23 @@ class LoopBackEnd:
 
     name = ran = "loop"
 
-    def __init__(self, loss_fn: LossFn) -> None:
+    def __init__(self, loss_fn: LossFn, chunk_size: int | None = None) -> None:
         self.loss_fn = loss_fn
-        self.chunk_size = None
+        self.chunk_size = chunk_size  # rows per vectorised pass (None: planned, else 1)
+        self.tick = None  # tick(r) once the rows before r of a micro-batch are in (H̄ alone)
+        self.first_row = 0  # H̄ alone: the rows before it are in the sums already (resumed)
 
     def product(self, acc: Accumulator, x, y, weight: float) -> Tensor:
         """Add ``weight *`` this micro-batch's summaries into ``acc``; return its loss."""
+        if directional(acc.spec):
+            return add_directional(
+                acc,
+                self.loss_fn,
+                (x, y, weight),
+                rows=self.chunk_size or 1,
+                first=self.first_row,
+                tick=self.tick,
+            )
         loss = self.loss_fn(acc.state.forward(x), y)
         grads = differentiate(loss, acc.state.params, create_graph=acc.spec.top > 1)
         if acc.direction is None:
@@ -39,8 +66,18 @@ class LoopBackEnd:
         return loss.detach()
 
     def chunks(self, S: int) -> list[int | None]:
-        """One chunk: the loop runs one direction at a time."""
-        return [None]
+        """The given rows per pass, else ``None`` (planned after the micro-batch: :meth:`rows`)."""
+        return [self.chunk_size]
+
+    def rows(self, spec: Spec, partition) -> int:
+        """The most rows of H̄ that may share a vectorised pass (the planner picks how many).
+
+        The longest run of rows reaching the same parameters (the heads of one fused
+        tensor), at most :data:`~hessian_lens.memory.ROWS_MAX`; 1 unless H̄ alone.
+        """
+        if not directional(spec):
+            return 1
+        return max(len(r) for r in row_batches(partition, range(len(partition)), ROWS_MAX))
 
     def screen(self, state: State, x) -> None:
         """Nothing to decide before planning (the vmap back end may fall back here)."""
@@ -49,8 +86,11 @@ class LoopBackEnd:
         """Peak bytes after each order of the widest chain of passes.
 
         The chain is the gradient, then ``D^(k)[0, .., 0, s]`` for k = 2..top, every pass
-        w.r.t. all parameters (row 0 of every order).
+        w.r.t. all parameters (row 0 of every order). For H̄ alone: the gradient along the
+        groups, then row 0, then (``chunk`` rows) rows 0 and 1 in one vectorised pass.
         """
+        if directional(spec):
+            return self._probe_directional(state, partition, x, y, chunk or 1, meter)
         loss = self.loss_fn(state.forward(x), y)
         grads = differentiate(loss, state.params, create_graph=spec.top > 1)
         u = [g.detach() for g in grads]
@@ -61,6 +101,20 @@ class LoopBackEnd:
             grads = differentiate(phi, state.params, create_graph=k < spec.top)
             gu = [g * v for g, v in zip(grads, u, strict=True)]
             partition.reduce(gu, which)
+            peaks.append(meter.peak())
+        return peaks
+
+    def _probe_directional(self, state, partition, x, y, rows: int, meter) -> list[int]:
+        loss = self.loss_fn(state.forward(x), y)
+        u = [g.detach() for g in differentiate(loss, state.params)]
+        del loss
+        d = Directional(state, partition, u, linear_only(state, x))
+        grads = d.gradient(d.loss(self.loss_fn, x, y))
+        peaks = [meter.peak()]
+        directional_rows(d, grads, [0])
+        peaks.append(meter.peak())
+        if rows > 1:
+            directional_rows(d, grads, [0] * rows)
             peaks.append(meter.peak())
         return peaks
 

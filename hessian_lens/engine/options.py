@@ -16,6 +16,7 @@ say where and how to compute. The value is frozen: :meth:`Options.replace` makes
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -25,11 +26,12 @@ from torch import Tensor, nn
 
 from hessian_lens import batches as B
 
-__all__ = ["CURVATURES", "METHODS", "Contract", "EngineKeywords", "Options"]
+__all__ = ["CURVATURES", "METHODS", "Contract", "EngineKeywords", "Normalizer", "Options"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Forward = Callable[[nn.Module, Any], Any]
 Progress = bool | Callable[[int, int | None], None]
+Normalizer = Callable[[Any], Any]
 METHODS = ("auto", "loop", "vmap")
 CURVATURES = ("hessian", "ggn", "functional")  # H, the Gauss-Newton J^T H_l J, or H - G
 
@@ -39,6 +41,7 @@ class EngineKeywords(TypedDict, total=False):
 
     batch_dim: int | tuple[int, int]
     reduction: str | None
+    normalizer: Normalizer | None
     forward: Forward | None
     device: torch.device | str | None
     dtype: torch.dtype | None
@@ -48,6 +51,8 @@ class EngineKeywords(TypedDict, total=False):
     distributed: bool | None
     progress: Progress
     curvature: str
+    seed: int
+    resume: str | os.PathLike | None
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,13 @@ class Options:
         batch_dim: the dimension holding the samples in every input and target tensor,
             or ``(inputs_dim, targets_dim)`` (e.g. ``(1, 0)`` for ``(T, N, F)`` inputs).
         reduction: ``"mean"`` or ``"sum"`` over samples; ``None`` reads it from a torch
-            loss module or verifies it on the first batch (its loss against its halves').
+            loss module, sees it in the cross-entropy the loss returns, or verifies it on
+            a batch (its loss against its halves').
             Per-sample losses (``reduction="none"`` modules) are reduced as declared.
+        normalizer: ``normalizer(batch) -> W_b``, what a batch's mean loss divides by
+            (e.g. ``lambda b: (b[1] != -100).sum()``, its valid targets), for a loss whose
+            weight Hessian Lens cannot see (:mod:`hessian_lens.batches`); ``None``: read
+            from a torch cross-entropy, a Hugging Face model's labels or the loss's calls.
         forward: ``forward(model, inputs) -> outputs`` for models with another calling
             convention; ``None``: ``model(x)``, ``model(*x)`` for a tuple, ``model(**x)``
             for a Mapping.
@@ -77,6 +87,13 @@ class Options:
             loss; order 2 only; needs a ``loss_fn`` of the model's outputs), or for the
             measures (:func:`hessian_lens.block_norms`, :func:`hessian_lens.block_spectra`)
             ``"functional"``: ``H - G``, the rest of the Hessian.
+        seed: every forward pass of batch b runs with the random generators seeded
+            ``seed + b`` (dropout masks in train mode, any random operation), the same in
+            every pass; the caller's generators are left as they were.
+        resume: a file where pass 2 keeps its running sums row by row (H̄ alone) or
+            micro-batch by micro-batch; a call with the same file, model, data and options
+            continues after the last row stored (:mod:`hessian_lens.engine.resume`); once
+            complete it holds the whole result (the caller removes it).
 
     Example:
         >>> opts = Options(batch_dim=(1, 0), reduction="sum")
@@ -88,6 +105,7 @@ class Options:
 
     batch_dim: int | tuple[int, int] = 0
     reduction: str | None = None
+    normalizer: Normalizer | None = None
     forward: Forward | None = None
     device: torch.device | str | None = None
     dtype: torch.dtype | None = None
@@ -97,11 +115,17 @@ class Options:
     distributed: bool | None = None
     progress: Progress = False
     curvature: str = "hessian"
+    seed: int = 0
+    resume: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         B.BatchDims.of(self.batch_dim)
         if self.reduction is not None and self.reduction not in B.REDUCTIONS:
             raise ValueError(f"reduction must be 'mean', 'sum' or None, got {self.reduction!r}")
+        if self.normalizer is not None and not callable(self.normalizer):
+            raise TypeError(f"normalizer must be callable, got {type(self.normalizer).__name__}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.forward is not None and not callable(self.forward):
             raise TypeError(f"forward must be callable, got {type(self.forward).__name__}")
         if self.method not in METHODS:
@@ -112,6 +136,8 @@ class Options:
             raise ValueError(f"chunk_size must be an integer >= 1 or None, got {self.chunk_size!r}")
         if self.curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}")
+        if self.resume is not None and not isinstance(self.resume, (str, os.PathLike)):
+            raise TypeError(f"resume must be a file path or None, got {self.resume!r}")
         if not isinstance(self.train_mode, bool):
             raise TypeError(f"train_mode must be True or False, got {self.train_mode!r}")
 
@@ -138,7 +164,7 @@ class Options:
     def contract(self, loss_fn: LossFn | None) -> Contract:
         """A fresh data contract for one call (the loss's reduction is verified per call)."""
         return Contract(
-            loss=B.LossContract.of(loss_fn, self.reduction),
+            loss=B.LossContract.of(loss_fn, self.reduction, self.normalizer),
             dims=B.BatchDims.of(self.batch_dim),
             forward=self.forward,
         )

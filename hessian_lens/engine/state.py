@@ -9,18 +9,24 @@ came in (its modes, its ``Parameter`` and buffer objects, its attention settings
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from hessian_lens.batches import tree_leaves
 from hessian_lens.engine.options import Forward, Options
+from hessian_lens.memory import ModelMemo
 from hessian_lens.partition import Partition
 
-__all__ = ["State", "batch_statistics", "functional_state", "to_state"]
+__all__ = ["State", "batch_statistics", "functional_state", "random_forward", "to_state"]
+
+COMPILED_PREFIX = "_orig_mod."  # torch.compile's OptimizedModule holds the eager module here
+RANDOM_SCREENS = ModelMemo()  # whether a model's forward runs a random operation
 
 
 @dataclass
@@ -39,16 +45,25 @@ class State:
     call: Forward | None = None
     coupled: bool = False
     notes: list[str] = field(default_factory=list)
+    train_mode: bool = False
+    seed: int = 0
+    batch: int = 0
 
     @classmethod
     def of_model(cls, model: nn.Module, part: Partition, device, dtype) -> State:
         """Detached copies of the model's tensors, cast to ``device`` and ``dtype``.
 
+        A ``torch.compile``d model runs its eager module (the compiled graphs have no
+        second derivative).
+
         Raises:
-            ValueError: a complex parameter, or a dtype that is not a real floating type.
+            ValueError: a complex parameter, a model on the ``meta`` device, or a dtype
+                that is not a real floating type.
         """
         params = part.parameters(model)
         _check_real(part.names, params)
+        _check_values(model)
+        eager, prefix = _eager(model)
         device = torch.device(device) if device is not None else params[0].device
         dtype = dtype if dtype is not None else params[0].dtype
         if not dtype.is_floating_point:
@@ -58,13 +73,14 @@ class State:
             device=device,
             dtype=dtype,
             params=[p.detach().to(device, dtype).clone().requires_grad_(True) for p in params],
-            model=model,
-            names=part.names,
+            model=eager,
+            names=[n.removeprefix(prefix) for n in part.names],
             fixed={
-                n: _cast(t, device, dtype)
+                n.removeprefix(prefix): _cast(t, device, dtype)
                 for n, t in itertools.chain(model.named_parameters(), model.named_buffers())
                 if n not in covered
             },
+            notes=[COMPILED_NOTE] if prefix else [],
         )
 
     @classmethod
@@ -76,17 +92,20 @@ class State:
         """The model's output on inputs ``x`` with ``params`` (default: the working copies).
 
         ``x`` is passed as ``model(x)``, ``model(*x)`` (tuple / list) or ``model(**x)``
-        (Mapping), or through the caller's ``forward(model, x)``.
+        (Mapping), or through the caller's ``forward(model, x)``. The random generators
+        are seeded ``seed + batch`` for the call and restored after it, so every pass over
+        a batch draws the same dropout masks and the caller's generators do not move.
         """
         values = dict(zip(self.names, params if params is not None else self.params, strict=True))
         values.update(self.fixed)
-        if self.call is not None:
-            caller = _Caller(self.model, self.call)
-            return functional_call(caller, {f"model.{k}": v for k, v in values.items()}, (x,))
-        if isinstance(x, Mapping):
-            return functional_call(self.model, values, (), dict(x))
-        args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-        return functional_call(self.model, values, args)
+        with seeded(self.device, self.seed + self.batch):
+            if self.call is not None:
+                caller = _Caller(self.model, self.call)
+                return functional_call(caller, {f"model.{k}": v for k, v in values.items()}, (x,))
+            if isinstance(x, Mapping):
+                return functional_call(self.model, values, (), dict(x))
+            args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+            return functional_call(self.model, values, args)
 
 
 class _Caller(nn.Module):
@@ -99,6 +118,43 @@ class _Caller(nn.Module):
     def forward(self, inputs):
         """``call(model, inputs)``."""
         return self.call(self.model, inputs)
+
+
+@contextmanager
+def seeded(device: torch.device, seed: int) -> Iterator[None]:
+    """The CPU generator (and ``device``'s, on CUDA) seeded ``seed``, restored after."""
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+COMPILED_NOTE = (
+    "the model is torch.compile'd: the engine ran its eager module (model._orig_mod), as "
+    "the compiled graphs have no second derivative"
+)
+
+
+def _eager(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module to run and the prefix its parameter names lose (a compiled model's)."""
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return inner, COMPILED_PREFIX
+    return model, ""
+
+
+def _check_values(model: nn.Module) -> None:
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    meta = [n for n, t in tensors if t.is_meta]
+    if meta:
+        raise ValueError(
+            f"the model's tensors {meta[:3]} are on the meta device: they hold no values to "
+            "differentiate. Load its weights first (model.to_empty(device='cpu') then "
+            "load_state_dict, or hl.load_checkpoint)"
+        )
 
 
 def _check_real(names: Sequence[str], params: Sequence[Tensor]) -> None:
@@ -121,15 +177,16 @@ def functional_state(model: nn.Module, part: Partition, options: Options):
     objects of every module (:func:`_kept_as_is`).
     """
     modes = [(m, m.training) for m in model.modules()]
-    with _kept_as_is(model), _math_attention() as attention:
+    with _kept_as_is(model), _math_attention() as attention, _no_autocast() as autocast:
         for m in model.modules():  # not model.train(): torch.export modules refuse it
             m.training = options.train_mode
         try:
             st = State.of_model(model, part, options.device, options.dtype)
-            st.call = options.forward
+            st.call, st.train_mode, st.seed = options.forward, options.train_mode, options.seed
             st.coupled = _samples_coupled(model, options.train_mode)
             if attention and _has_attention(model):
                 st.notes.append(attention)
+            st.notes += [n for n in (autocast, _mode_note(model, options.train_mode)) if n]
             yield st
         finally:
             for m, was_training in modes:
@@ -179,6 +236,67 @@ def _math_attention():
             "attention ran on the math scaled-dot-product kernel (the fused kernels have no "
             "second derivative)"
         )
+
+
+@contextmanager
+def _no_autocast() -> Iterator[str]:
+    """Turn off an enclosing ``torch.autocast`` for the block; yield the note (or ``""``).
+
+    Under autocast the engine's float64 would silently become bfloat16 or float16.
+    """
+    enclosing = [d for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+    with ExitStack() as stack:
+        for d in enclosing:
+            stack.enter_context(torch.autocast(d, enabled=False))
+        yield ", ".join(
+            f"an enclosing torch.autocast('{d}', {str(torch.get_autocast_dtype(d))[6:]}) was "
+            "turned off inside the engine, which computed in its own dtype"
+            for d in enclosing
+        )
+
+
+def _mode_note(model: nn.Module, train_mode: bool) -> str:
+    """The note of the default eval mode when the model has dropout or BatchNorm."""
+    kinds = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    if train_mode or not any(isinstance(m, kinds) for m in model.modules()):
+        return ""
+    return (
+        "dropout and BatchNorm ran in eval mode (no dropout, running statistics); "
+        "train_mode=True analyses the training loss"
+    )
+
+
+def random_forward(st: State, x) -> bool:
+    """Whether the model's forward on ``x`` runs a random operation (dropout, ``randn``).
+
+    Screened once per model structure and input shapes: one forward under a dispatch mode
+    that looks for aten operations tagged ``nondeterministic_seeded``.
+    """
+    shapes = tuple((tuple(t.shape), t.dtype) for t in tree_leaves(x))
+    key = ("random", st.device, st.dtype, st.train_mode, shapes)
+
+    def screen() -> bool:
+        with torch.no_grad(), _RandomOps() as seen:
+            st.forward(x)
+        return seen.found
+
+    return RANDOM_SCREENS.get(st.model, key, screen)
+
+
+class _RandomOps(TorchDispatchMode):
+    """Whether an aten operation drawing random numbers ran while active."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # never compiled: no torch._dynamo import (2 s)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.found = self.found or torch.Tag.nondeterministic_seeded in func.tags
+        return func(*args, **(kwargs or {}))
 
 
 def _has_attention(model: nn.Module) -> bool:

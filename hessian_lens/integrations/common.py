@@ -3,12 +3,19 @@
 Both callbacks drive one :class:`~hessian_lens.recorder.Recorder`, so their run folders are
 the Recorder's, to the byte: ``run.json``, safe ``epoch_NNNN.pt`` checkpoints and the
 analyses in ``analysis.sqlite``.
+
+A callback never kills training (:class:`Guard`): an analysis error is written to the run
+(``"state": "analysis failed"``, ``"error"``) and logged once, and the run goes on with
+checkpoints and metrics; any other error of the callback (a run folder it cannot write) is
+logged once and the callback stops recording.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +63,44 @@ class Schedule:
         return epoch % self.recorder_every() == 0
 
 
+LOG = logging.getLogger("hessian_lens")
+
+
 def make_recorder(run_dir, model: nn.Module, loss_fn, data, schedule: Schedule, **kw) -> Recorder:
-    """The Recorder a callback writes through (``every`` from the schedule)."""
-    return Recorder(run_dir, model, loss_fn, data, every=schedule.recorder_every(), **kw)
+    """The Recorder a callback writes through (``every`` from the schedule; keep going)."""
+    return Recorder(
+        run_dir, model, loss_fn, data, every=schedule.recorder_every(), keep_going=True, **kw
+    )
+
+
+class Guard:
+    """Runs a callback's work so that no error of it reaches the trainer.
+
+    An error in the Recorder's analysis is handled by the Recorder itself (``keep_going``);
+    anything else (the run folder cannot be written, a bad argument) is written to the run
+    when there is one, logged once, and the callback stops (:attr:`stopped`).
+    """
+
+    def __init__(self) -> None:
+        self.stopped: str | None = None
+
+    def __call__(self, recorder: Recorder | None, what: str, work: Callable[[], Any]) -> Any:
+        """``work()``, or ``None`` when it raised (or the callback has stopped)."""
+        if self.stopped is not None:
+            return None
+        try:
+            return work()
+        except Exception as err:  # never into the trainer
+            self.stopped = f"{type(err).__name__}: {str(err).strip() or type(err).__name__}"
+            LOG.error(
+                "Hessian Lens: the callback stopped recording (%s failed: %s); training goes on",
+                what,
+                self.stopped,
+            )
+            if recorder is not None:
+                with contextlib.suppress(Exception):  # the run folder itself may have failed
+                    recorder.fail(err, log=False)
+            return None
 
 
 def current_gradient(recorder: Recorder) -> list[Tensor]:

@@ -20,6 +20,8 @@ had logged when the record was taken (it logs a step's loss just after the callb
 With ``step_gradient=True`` the direction u is the gradient of the training step just
 taken, as the optimizer sees it (after clipping), read in ``on_pre_optimizer_step``
 (the Trainer zeroes it before ``on_step_end``): a copy is kept, the size of the model.
+The callback never stops training: an analysis error is written to the run (``"state":
+"analysis failed"``) and logged once (:class:`~hessian_lens.integrations.common.Guard`).
 Requires ``transformers``; only this module imports it.
 """
 
@@ -33,6 +35,7 @@ from torch import Tensor
 from transformers import TrainerCallback
 
 from hessian_lens.integrations.common import (
+    Guard,
     Schedule,
     current_gradient,
     make_recorder,
@@ -79,21 +82,28 @@ class HessianLensCallback(TrainerCallback):
         self.kwargs = recorder_kwargs
         self.recorder: Recorder | None = None
         self._u: list[Tensor] | None = None
+        self.guard = Guard()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
         """Open the run folder; record the initialisation when training starts from it."""
+        self.guard(None, "opening the run", lambda: self._open(model))
+        if self.recorder is not None and state.global_step == 0:
+            analyse = False if self.step_gradient else None  # no step yet, so no u
+            work = lambda: self.recorder.log(0, step=0, analyse=analyse)  # noqa: E731
+            self.guard(self.recorder, "recording", work)
+
+    def _open(self, model) -> None:
         if model is None:
             raise ValueError("the Trainer passed no model to the callback; cannot record")
         self.recorder = make_recorder(
             self.run_dir, model, self.loss_fn, self.data, self.schedule, **self.kwargs
         )
-        if state.global_step == 0:  # with step_gradient: no step yet, so no u
-            self.recorder.log(0, step=0, analyse=False if self.step_gradient else None)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
         """Keep a copy of the step's gradient (``step_gradient``)."""
         if self.step_gradient and self.recorder is not None:
-            self._u = current_gradient(self.recorder)
+            work = lambda: current_gradient(self.recorder)  # noqa: E731
+            self._u = self.guard(self.recorder, "reading the gradient", work)
 
     def on_step_end(self, args, state, control, **kwargs) -> None:
         """With ``every_n_steps``: record the state after this optimizer step when due."""
@@ -108,12 +118,13 @@ class HessianLensCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs) -> None:
         """Close the Recorder."""
         if self.recorder is not None:
-            self.recorder.close()
+            self.guard(self.recorder, "closing the run", self.recorder.close)
 
     def _log(self, state, epoch: float) -> None:
         latest: dict[str, Any] = {}
         for entry in state.log_history:
             latest.update({k: v for k, v in entry.items() if k not in SKIP})
         u, self._u = self._u, None
-        metrics = scalar_metrics(latest, self.rename)
-        self.recorder.log(epoch, step=state.global_step, direction=u, **metrics)
+        metrics, step = scalar_metrics(latest, self.rename), state.global_step
+        work = lambda: self.recorder.log(epoch, step=step, direction=u, **metrics)  # noqa: E731
+        self.guard(self.recorder, "recording", work)

@@ -18,7 +18,9 @@ With ``step_gradient=True`` the direction u is the gradient of the training step
 taken (read in ``on_before_optimizer_step``, before the optimizer changes the weights; H̄
 is then measured at the weights after that step), instead of the gradient on the
 analysis data. The trainer's TensorBoard / W&B loggers also get the ``hessian/...``
-scalars and heatmaps (``log_to_trainer``). Requires ``lightning`` (``pip install
+scalars and heatmaps (``log_to_trainer``). The callback never stops training: an analysis
+error is written to the run (``"state": "analysis failed"``) and logged once
+(:class:`~hessian_lens.integrations.common.Guard`). Requires ``lightning`` (``pip install
 lightning``); only this module imports it.
 """
 
@@ -32,6 +34,7 @@ import lightning.pytorch as pl
 from torch import Tensor
 
 from hessian_lens.integrations.common import (
+    Guard,
     Schedule,
     current_gradient,
     make_recorder,
@@ -82,10 +85,18 @@ class HessianLensCallback(pl.Callback):
         self.recorder: Recorder | None = None
         self._u: list[Tensor] | None = None
         self._logged = -1  # the optimizer step last recorded
+        self.guard = Guard()
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Open the run folder; record the initialisation when training starts from it."""
+        self.guard(None, "opening the run", lambda: self._open(trainer, pl_module))
+        if self.recorder is not None and trainer.global_step == 0:
+            analyse = False if self.step_gradient else None  # no step yet, so no u
+            work = lambda: self.recorder.log(0, step=0, analyse=analyse)  # noqa: E731
+            self.guard(self.recorder, "recording", work)
+
+    def _open(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         kwargs = dict(self.kwargs)
         loggers = list(kwargs.pop("loggers", None) or [])
         if self.log_to_trainer:
@@ -94,13 +105,14 @@ class HessianLensCallback(pl.Callback):
             self.run_dir, pl_module, self.loss_fn, self.data, self.schedule,
             loggers=loggers, **kwargs,
         )  # fmt: skip
-        if trainer.global_step == 0:  # with step_gradient: no step yet, so no u
-            self.recorder.log(0, step=0, analyse=False if self.step_gradient else None)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         """Keep the step's gradient when the state after this step will be analysed."""
-        if self.step_gradient and self._next_is_analysed(trainer):
-            self._u = current_gradient(self.recorder)
+        if self.recorder is not None and self.step_gradient and self._next_is_analysed(trainer):
+            self._u = self.guard(self.recorder, "reading the gradient", self._gradient)
+
+    def _gradient(self) -> list[Tensor]:
+        return current_gradient(self.recorder)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """With ``every_n_steps``: record the state after this optimizer step when due."""
@@ -119,7 +131,7 @@ class HessianLensCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Close the Recorder."""
         if self.recorder is not None:
-            self.recorder.close()
+            self.guard(self.recorder, "closing the run", self.recorder.close)
 
     # ------------------------------------------------------------------ internals
     def _next_is_analysed(self, trainer) -> bool:
@@ -133,7 +145,9 @@ class HessianLensCallback(pl.Callback):
     def _log(self, trainer: pl.Trainer, epoch: float) -> None:
         metrics = scalar_metrics(trainer.callback_metrics, self.rename)
         u, self._u = self._u, None
-        self.recorder.log(epoch, step=trainer.global_step, direction=u, **metrics)
+        step = trainer.global_step
+        work = lambda: self.recorder.log(epoch, step=step, direction=u, **metrics)  # noqa: E731
+        self.guard(self.recorder, "recording", work)
 
 
 def _trainer_writers(trainer: pl.Trainer) -> list:

@@ -1,4 +1,4 @@
-"""Curvature next to the loss curves: scalars and heatmaps to TensorBoard, W&B or Aim.
+"""Curvature next to the loss curves: scalars and heatmaps to TensorBoard, W&B, MLflow or Aim.
 
 Give loggers to a :class:`~hessian_lens.recorder.Recorder` (or a callback)::
 
@@ -6,9 +6,9 @@ Give loggers to a :class:`~hessian_lens.recorder.Recorder` (or a callback)::
     rec = hl.Recorder("runs/exp", model, F.cross_entropy, batches,
                       loggers=[SummaryWriter("tb/exp")])
 
-A ``SummaryWriter``, a ``wandb`` run and an ``aim.Run`` are recognised as they are; any
-object with a ``log_record(record, step)`` method is used as one. At each analysis they
-receive, under ``hessian/...``:
+A ``SummaryWriter``, a ``wandb`` run, an MLflow run (``mlflow.start_run()``) and an
+``aim.Run`` are recognised as they are; any object with a ``log_record(record, step)``
+method is used as one. At each analysis they receive, under ``hessian/...``:
 
 * ``off_block_H``, ``off_block_Hinv``: share of Σ|H̄| and of Σ|H̄⁻¹| outside the
   per-layer diagonal blocks (0: the layers do not interact);
@@ -20,20 +20,29 @@ receive, under ``hessian/...``:
 * ``loss``: the loss on the analysis data;
 
 and the heatmaps ``hessian/H`` and ``hessian/Hinv`` (normalised: diag(|M|)^-½ M
-diag(|M|)^-½, white 0, red > 0, blue < 0) as images. wandb and aim are imported only
-when such a logger is made.
+diag(|M|)^-½, white 0, red > 0, blue < 0) as labelled pictures: title, group names,
+lines between layers, colour bar (:mod:`hessian_lens.images`). wandb, mlflow and aim are
+imported only when such a logger is made.
+
+Steps: TensorBoard, MLflow and Aim file each value under its step. W&B has one step
+counter per run, which a training loop advances once a batch: the curvature goes under its
+own step metric ``hessian/step`` (``define_metric``), so epoch 3 is not refused as a step
+in the past. Aim is tested write-only (it does not install here): its values are read in
+Aim's own UI or ``aim.Repo``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from hessian_lens import heterogeneity, linalg, plots
+from hessian_lens.images import heatmap_image
 from hessian_lens.store import Record
 
 PREFIX = "hessian"
@@ -116,12 +125,27 @@ def _off_share(M: np.ndarray, summary: dict[str, Any]) -> float:
     return float(np.abs(M)[~same].sum() / total) if total > 0 else 0.0
 
 
-def heatmap_images(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``hessian/H`` and ``hessian/Hinv``, normalised, as RGB images (rows x cols x 3)."""
+IMAGE_TITLES = {
+    "H": "pseudo-Hessian H-bar, normalised",
+    "Hinv": "inverse of H-bar, normalised",
+}
+
+
+def heatmap_images(
+    arrays: dict[str, np.ndarray], labels: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """``hessian/H`` and ``hessian/Hinv``, normalised, as labelled pictures (RGB arrays).
+
+    Each is a figure drawn by :func:`hessian_lens.images.heatmap_image`: a title, the
+    group names (``labels``; default their numbers) on both axes, lines between layers and
+    a colour bar from -1 to 1.
+    """
     out = {}
     for name in ("H", "Hinv"):
         shown = plots.transform(arrays[name], "normalized")
-        out[f"{PREFIX}/{name}"] = plots.matrix_rgb(shown, zmax=1.0)
+        names = list(labels) if labels is not None else [str(i) for i in range(len(shown))]
+        picture = heatmap_image(shown, names, IMAGE_TITLES[name], zmax=1.0)
+        out[f"{PREFIX}/{name}"] = picture.pixels
     return out
 
 
@@ -140,13 +164,23 @@ class TensorBoardLogger:
         for tag, value in curvature_scalars(record.summary, record.arrays).items():
             if math.isfinite(value):
                 self.writer.add_scalar(tag, value, step)
-        for tag, img in heatmap_images(record.arrays).items():
+        for tag, img in heatmap_images(record.arrays, record.summary.get("labels")).items():
             self.writer.add_image(tag, img, step, dataformats="HWC")
         self.writer.flush()
 
 
+#: W&B's x-axis for the curvature (:class:`WandbLogger`).
+WANDB_STEP = f"{PREFIX}/step"
+
+
 class WandbLogger:
-    """Scalars and images to a Weights & Biases run (default: the active ``wandb.run``)."""
+    """Scalars and images to a Weights & Biases run (default: the active ``wandb.run``).
+
+    ``hessian/*`` is plotted against its own step metric ``hessian/step`` (the step given
+    to :meth:`log_record`), defined with ``run.define_metric``: the run's own step, which
+    the training loop's per-batch ``wandb.log`` calls advance, is left to them (W&B drops
+    a value logged at a step below its current one: only epoch 0 survived).
+    """
 
     def __init__(self, run=None) -> None:
         import wandb
@@ -155,13 +189,42 @@ class WandbLogger:
         self.run = run if run is not None else wandb.run
         if self.run is None:
             raise ValueError("no active W&B run: call wandb.init() first, or pass run=")
+        self.run.define_metric(WANDB_STEP, hidden=True)
+        self.run.define_metric(f"{PREFIX}/*", step_metric=WANDB_STEP)
 
     def log_record(self, record: Record, step: int) -> None:
-        """Log the scalars and heatmaps of ``record`` at ``step``."""
+        """Log the scalars and heatmaps of ``record`` with ``hessian/step = step``."""
         data: dict[str, Any] = dict(curvature_scalars(record.summary, record.arrays))
-        for tag, img in heatmap_images(record.arrays).items():
+        for tag, img in heatmap_images(record.arrays, record.summary.get("labels")).items():
             data[tag] = self.wandb.Image(img)
-        self.run.log(data, step=step)
+        self.run.log({**data, WANDB_STEP: step})
+
+
+class MlflowLogger:
+    """Scalars and images to an MLflow run (default: the active one, ``mlflow.start_run()``).
+
+    Scalars are metrics ``hessian/<name>`` at the step; heatmaps go through
+    ``log_image(key=..., step=...)`` (MLflow's images with steps, under ``images/``).
+    """
+
+    def __init__(self, run=None) -> None:
+        import mlflow
+
+        run = run if run is not None else mlflow.active_run()
+        if run is None:
+            raise ValueError("no active MLflow run: call mlflow.start_run() first, or pass run=")
+        self.run_id = run.info.run_id
+        self.client = mlflow.tracking.MlflowClient()
+        self.metric = mlflow.entities.Metric
+
+    def log_record(self, record: Record, step: int) -> None:
+        """Log the scalars (one batch) and heatmaps of ``record`` at ``step``."""
+        now = int(time.time() * 1000)
+        scalars = curvature_scalars(record.summary, record.arrays).items()
+        metrics = [self.metric(k, v, now, step) for k, v in scalars if math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        for tag, img in heatmap_images(record.arrays, record.summary.get("labels")).items():
+            self.client.log_image(self.run_id, img, key=tag, step=step)
 
 
 class AimLogger:
@@ -177,7 +240,7 @@ class AimLogger:
         for tag, value in curvature_scalars(record.summary, record.arrays).items():
             if math.isfinite(value):
                 self.run.track(value, name=tag, step=step)
-        for tag, img in heatmap_images(record.arrays).items():
+        for tag, img in heatmap_images(record.arrays, record.summary.get("labels")).items():
             self.run.track(self.aim.Image(img), name=tag, step=step)
 
 
@@ -194,11 +257,13 @@ def as_logger(obj) -> Logger:
         return TensorBoardLogger(obj)
     if kind.startswith("wandb"):
         return WandbLogger(obj)
+    if kind.startswith("mlflow"):
+        return MlflowLogger(obj)
     if kind.startswith("aim"):
         return AimLogger(obj)
     raise TypeError(
         f"cannot log curvature to a {kind}: give a torch.utils.tensorboard.SummaryWriter, a "
-        "wandb run, an aim.Run, or an object with log_record(record, step)"
+        "wandb run, an MLflow run, an aim.Run, or an object with log_record(record, step)"
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from hessian_lens import settings as env
+from hessian_lens import settings
 from hessian_lens.runs import Run, describe_settings, run_roots
 from hessian_lens.ui import reads
 
@@ -41,8 +41,8 @@ def page(title: str, icon: str = "🔭") -> None:
     st.set_page_config(page_title=f"{title} · Hessian Lens", page_icon=icon, layout="wide")
     st.sidebar.markdown("### Hessian Lens")
     try:
-        env.check_all()
-    except env.SettingsError as err:
+        settings.check_all()
+    except settings.SettingsError as err:
         st.error(f"Settings: {plain(err)}")
         st.stop()
 
@@ -85,19 +85,29 @@ def all_runs() -> list[Run]:
     return reads.runs(tuple(str(r) for r in run_roots(default_root(), extra)))
 
 
+#: The sidebar's analysis picker (its key is :func:`scoped`: one picker per run).
+SETTINGS_KEY = "settings_select"
+#: How many times the run was switched in this session (:func:`scoped`).
+SWITCHES = "run_switches"
+
 #: The run the pages open on when nothing is chosen yet (the shipped 22-checkpoint demo).
 DEMO_RUN = "lenet5-cifar10"
 
 
-def select_run(runs: Sequence[Run]) -> Run | None:
-    """Sidebar run picker; the choice is kept across pages."""
+def select_run(runs: Sequence[Run], hint: bool = True) -> Run | None:
+    """Sidebar run picker; the choice is kept across pages.
+
+    A change of run counts as a switch (:func:`scoped`). ``hint``: without runs, say how to
+    make one (pages that need none say nothing).
+    """
     if not runs:
-        st.info(
-            "No runs found. Train one with `python -m hessian_lens train ... --out "
-            "checkpoints/<run>` and analyse it with `python -m hessian_lens analyze "
-            "checkpoints/<run>`, record one from your own loop with `hl.Recorder`, or add a "
-            "folder in the sidebar."
-        )
+        if hint:
+            st.info(
+                "No runs found. Train one with `python -m hessian_lens train ... --out "
+                "checkpoints/<run>` and analyse it with `python -m hessian_lens analyze "
+                "checkpoints/<run>`, record one from your own loop with `hl.Recorder`, or add "
+                "a folder in the sidebar."
+            )
         return None
     paths = [str(r.path) for r in runs]
     wanted = st.session_state.get("run_path") or _run_from_url(runs)
@@ -105,8 +115,34 @@ def select_run(runs: Sequence[Run]) -> Run | None:
     choice = st.sidebar.selectbox(
         "Run", paths, index=index, key="run_select", format_func=lambda p: Path(p).name
     )
+    previous = st.session_state.get("run_path")
+    if previous is not None and previous != choice:
+        st.session_state[SWITCHES] = st.session_state.get(SWITCHES, 0) + 1
     st.session_state["run_path"] = choice
     return runs[paths.index(choice)]
+
+
+def chosen(run: Run | None) -> Run | None:
+    """``run`` when the user chose it (switched to it, or named it with ``?run=``), else None.
+
+    The pages about several runs (Paper, Optimizer) follow the sidebar's run once it is
+    chosen, not the demo run it starts on.
+    """
+    asked = st.session_state.get(SWITCHES, 0) > 0 or bool(st.query_params.get("run"))
+    return run if asked else None
+
+
+def scoped(key: str) -> str:
+    """The widget key ``key`` of the current run: new after every switch of run.
+
+    Streamlit identifies a keyed widget by its key alone, and the browser keeps showing (and
+    sending back) its value when only its options change: after a switch from LeNet-5 to a
+    ViT, a group filter would keep LeNet's modules and show none of the ViT's groups. A key
+    renewed by each switch makes every widget of the run a new one, drawn from the new run's
+    defaults. The key is ``key`` itself until the first switch of the session.
+    """
+    switches = st.session_state.get(SWITCHES, 0)
+    return f"{key}~{switches}" if switches else key
 
 
 def _first_choice(runs: Sequence[Run]) -> int:
@@ -136,7 +172,10 @@ def select_settings(run: Run) -> dict[str, Any] | None:
         return None
     labels = [describe_settings(s) for s in options]
     pick = st.sidebar.selectbox(
-        "Analysis", range(len(options)), key="settings_select", format_func=lambda i: labels[i]
+        "Analysis",
+        range(len(options)),
+        key=scoped(SETTINGS_KEY),
+        format_func=lambda i: labels[i],
     )
     return options[pick]
 

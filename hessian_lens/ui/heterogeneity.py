@@ -15,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from hessian_lens import heterogeneity, plots
+from hessian_lens import heterogeneity, hierarchy, plots
 from hessian_lens.runs import Run, describe_settings
 from hessian_lens.ui import reads
 from hessian_lens.ui.common import plain, select_epoch
@@ -93,7 +93,12 @@ def render_heterogeneity(
     _metrics(m)
     name = f"heterogeneity_{run.path.name}_epoch{m.name.split(' ')[0]}"
     strip = plots.curvature_strip(
-        m.labels, m.values, m.blocks, m.heads, title=f"c_s = H̄_ss / ḡ_s at epoch {m.name}"
+        m.labels,
+        m.values,
+        m.blocks,
+        m.heads,
+        heterogeneity.type_order(m.blocks),
+        title=f"c_s = H̄_ss / ḡ_s at epoch {m.name}",
     )
     st.plotly_chart(strip, key=f"{key}-strip", config=plots.export_config(name))
     st.caption(
@@ -148,8 +153,10 @@ def _across_epochs(run: Run, ms, values, key: str) -> dict:
     )
     epochs = [mm.epoch if mm.epoch is not None else i for i, mm in enumerate(ms)]
     m = ms[-1]
-    trends = plots.block_trends(epochs, values, m.blocks, m.labels, mode=mode)
-    heat = plots.curvature_heatmap(m.labels, [mm.name for mm in ms], values)
+    types = heterogeneity.type_order(m.blocks)
+    trends = plots.block_trends(epochs, values, m.blocks, m.labels, types, mode=mode)
+    rows = hierarchy.order(m.labels, "head")
+    heat = plots.curvature_heatmap(m.labels, [mm.name for mm in ms], values, rows)
     stem = f"heterogeneity_{run.path.name}"
     st.plotly_chart(trends, key=f"{key}-trends", config=plots.export_config(f"{stem}_trends"))
     st.plotly_chart(heat, key=f"{key}-heatmap", config=plots.export_config(f"{stem}_heatmap"))
@@ -201,7 +208,9 @@ def _compare(run: Run, m, ms, runs: Sequence[Run], biases: bool, key: str, figur
 
 
 def _side(run: Run, m: heterogeneity.Measured) -> plots.StripSide:
-    return plots.StripSide(f"{run.name}, epoch {m.name}", m.labels, m.values, m.blocks, m.heads)
+    title = f"{run.name}, epoch {m.name}"
+    types = heterogeneity.type_order(m.blocks)
+    return plots.StripSide(title, m.labels, m.values, m.blocks, m.heads, types)
 
 
 def _pick_other(run: Run, m, runs: Sequence[Run], key: str) -> Run | None:

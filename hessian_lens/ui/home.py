@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 import streamlit as st
 
-from hessian_lens import plots
-from hessian_lens.runs import Run, describe_settings, load_run
+from hessian_lens import plots, runcard
+from hessian_lens.runs import Run, describe_settings, load_run, one_per_epoch
 from hessian_lens.ui.common import fmt_epoch, plain
 from hessian_lens.ui.live import LIVE_MARK, REFRESH_S
+from hessian_lens.ui.measures import render_curves
 
 PAGE_SIZE = 10
 
@@ -63,19 +64,15 @@ def card(run: Run, selected: bool) -> None:
 
 def _card_body(run: Run, left, right) -> None:
     m = run.manifest
-    model, data, opt = m.model, m.data, m.optimizer
-    train_size = data.get("train_size")
-    momentum = opt.get("momentum")
+    analysed = one_per_epoch(run.records(arrays=False), [p.name for p in run.checkpoints])
+    trained = max((h["epoch"] for h in run.history), default=0)
     left.markdown(
-        f"**Architecture** {plain(model['name'])} {plain(model['kwargs'] or '')}"
+        f"**Architecture** {plain(runcard.model_text(m.model))}"
         + (f" · init {plain(m.raw['init'])}" if isinstance(m.raw.get("init"), str) else "")
-        + f"  \n**Data** {_shown(data.get('name'))}"
-        + (f" · {train_size:,} training images" if _count(train_size) else "")
-        + f"  \n**Optimizer** {_shown(opt.get('name'))} (lr {_shown(opt.get('lr'))}"
-        + (f", momentum {_shown(momentum)}" if momentum else "")
-        + f") · batch {_shown(m.raw.get('batch_size'))}  \n"
-        f"**Epochs** {fmt_epoch(max((h['epoch'] for h in run.history), default=0))} trained"
-        f" · {len(run.checkpoints)} checkpoints"
+        + f"  \n**Data** {plain(runcard.data_text(m.data))}"
+        + f"  \n**Training** {plain(runcard.training_text(m))}  \n"
+        f"**Epochs** {fmt_epoch(trained)} trained"
+        f" · {runcard.checkpoints_text(len(run.checkpoints), len(analysed))}"
     )
     history = run.history
     if history:
@@ -87,33 +84,16 @@ def _card_body(run: Run, left, right) -> None:
             + (f" · test accuracy {acc:.1%}" if isinstance(acc, (int, float)) else "")
         )
         right.plotly_chart(plots.curves(history), key=f"curves-{run.path}")
-    _analysed(run, left)
+    render_curves(run, f"measures-{run.path}", right)
+    _analysed(run, analysed, left)
 
 
-def _analysed(run: Run, left) -> None:
-    analysed = run.records(arrays=False)
+def _analysed(run: Run, analysed: list, left) -> None:
     if analysed:
-        epochs = [a.epoch for a in analysed if a.epoch is not None]
-        span = f" (epochs {fmt_epoch(min(epochs))}–{fmt_epoch(max(epochs))})" if epochs else ""
+        span = runcard.epochs_span([a.epoch for a in analysed])
         left.markdown(
-            f"**Analysed** {len(analysed)} checkpoints{span}: "
+            f"**Analysed** {len(analysed)} checkpoints{f' ({span})' if span else ''}: "
             f"{plain(describe_settings(run.settings()[0]))}"
         )
     else:
         left.info(f"Not analysed yet: `python -m hessian_lens analyze {plain(run.path)}`")
-
-
-def _shown(value) -> str:
-    """A run.json value as card text: strings and numbers as they are, anything else "?".
-
-    A list or an object where a name or a number belongs is a broken file, not a label.
-    """
-    if isinstance(value, str) and value:
-        return plain(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:g}" if isinstance(value, float) else str(value)
-    return "?"
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

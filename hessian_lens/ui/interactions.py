@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Sequence
 
 import numpy as np
 import streamlit as st
 
 from hessian_lens import hierarchy, plots
-from hessian_lens.ui.common import fmt_epoch, select_epoch
+from hessian_lens.matching import MAX_PATTERN, PatternError, label_matcher
+from hessian_lens.ui.common import fmt_epoch, plain, select_epoch
 from hessian_lens.ui.exports import figure_downloads
 
 MATRICES = {"H": "H̄ (pseudo-Hessian)", "Hinv": "H̄⁻¹ (inverse)"}
@@ -36,16 +36,22 @@ def group_filter(summary: dict, key: str) -> list[int]:
             key=f"{key}-modules",
             help="Zoom on part of a deep network; hover still names every cell.",
         )
-        pattern = c2.text_input("and labels matching (regex)", "", key=f"{key}-regex")
+        pattern = c2.text_input(
+            "and labels matching (regex)",
+            "",
+            key=f"{key}-regex",
+            max_chars=MAX_PATTERN,
+            help="RE2 syntax (linear time: no back-references or look-around)",
+        )
     try:
-        rx = re.compile(pattern) if pattern else None
-    except re.error as err:
-        st.warning(f"Not a regular expression ({err}); showing every group of those modules.")
-        rx = None
+        matches = label_matcher(pattern) if pattern else None
+    except PatternError as err:
+        st.warning(f"Not a regular expression ({plain(err)}); showing all of those modules.")
+        matches = None
     keep = [
         i
         for i, label in enumerate(labels)
-        if module_of[i] in chosen and (rx is None or rx.search(label))
+        if module_of[i] in chosen and (matches is None or matches(label))
     ]
     if len(keep) < len(labels):
         st.caption(
@@ -115,14 +121,16 @@ def matrix_panels(rec: dict, name: str, scale: str, view: str, keep: Sequence[in
     """Panels of matrix ``name`` ("H" or "Hinv") of a record in a view ("blocks"/"full")."""
     summary, raw = rec["summary"], rec["arrays"][name]
     shown = plots.transform(raw, scale)
-    idx = np.ix_(keep, keep)
+    if list(keep) != list(range(len(summary["labels"]))):  # a filter: cut (copies)
+        idx = np.ix_(keep, keep)
+        shown, raw = shown[idx], raw[idx]
     labels = [summary["labels"][i] for i in keep]
     if view == "blocks":
         kinds = [summary["kinds"][i] for i in keep]
         layers = [summary["layers"][i] for i in keep]
-        return list(plots.interaction_blocks(shown[idx], kinds, layers, raw[idx]).values())
+        return list(plots.interaction_blocks(shown, kinds, layers, raw).values())
     tree = hierarchy.has_heads(labels) or len(labels) > FILTER_ABOVE
-    return [plots.full_panel(shown[idx], labels, raw[idx], MATRICES[name], separate_layers=tree)]
+    return [plots.full_panel(shown, labels, raw, MATRICES[name], separate_layers=tree)]
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -239,8 +247,43 @@ def _animation(recs, key, scale, view, keep) -> None:
 
 
 def _downloads(rec: dict, scale: str, key: str) -> None:
+    """NPZ and CSV downloads of the matrices shown (the full S x S, never the drawn cells).
+
+    Past :data:`hessian_lens.plots.MAX_CELLS_SIDE` groups the files are made when their
+    button is clicked (S = 5,000: a CSV is about 500 MB), not at every render.
+    """
+    summary = rec["summary"]
+    stem = f"{_at(rec, 'epoch')}_{scale.replace(' ', '_')}".lstrip("_")
+    later = len(summary["labels"]) > plots.MAX_CELLS_SIDE
+
+    def data(make):
+        return make if later else make()
+
+    c1, c2, c3 = st.columns(3)
+    c1.download_button(
+        "⬇ NPZ (H̄, H̄⁻¹, labels)",
+        data(lambda: _npz(rec, scale)),
+        f"hbar_{stem}.npz",
+        key=f"{key}-npz",
+        on_click="ignore" if later else "rerun",
+    )
+    for col, name in ((c2, "H"), (c3, "Hinv")):
+        col.download_button(
+            f"⬇ CSV {MATRICES[name].split()[0]} ({scale})",
+            data(lambda name=name: plots.to_csv(_shown(rec, name, scale), summary["labels"])),
+            f"{name}_{stem}.csv",
+            mime="text/csv",
+            key=f"{key}-csv-{name}",
+            on_click="ignore" if later else "rerun",
+        )
+
+
+def _shown(rec: dict, name: str, scale: str) -> np.ndarray:
+    return plots.transform(rec["arrays"][name], scale)
+
+
+def _npz(rec: dict, scale: str) -> bytes:
     summary, arrays = rec["summary"], rec["arrays"]
-    shown = {n: plots.transform(arrays[n], scale) for n in MATRICES}
     buf = io.BytesIO()
     np.savez(
         buf,
@@ -250,21 +293,9 @@ def _downloads(rec: dict, scale: str, key: str) -> None:
         epoch=np.array(rec["epoch"] if rec["epoch"] is not None else -1),
         g=arrays["g"],
         **{n: arrays[n] for n in MATRICES},
-        **{f"{n}_shown": v for n, v in shown.items()},
+        **{f"{n}_shown": _shown(rec, n, scale) for n in MATRICES},
     )
-    stem = f"{_at(rec, 'epoch')}_{scale.replace(' ', '_')}".lstrip("_")
-    c1, c2, c3 = st.columns(3)
-    c1.download_button(
-        "⬇ NPZ (H̄, H̄⁻¹, labels)", buf.getvalue(), f"hbar_{stem}.npz", key=f"{key}-npz"
-    )
-    for col, name in ((c2, "H"), (c3, "Hinv")):
-        col.download_button(
-            f"⬇ CSV {MATRICES[name].split()[0]} ({scale})",
-            plots.to_csv(shown[name], summary["labels"]),
-            f"{name}_{stem}.csv",
-            mime="text/csv",
-            key=f"{key}-csv-{name}",
-        )
+    return buf.getvalue()
 
 
 def _at(rec: dict, prefix: str = " — epoch ") -> str:

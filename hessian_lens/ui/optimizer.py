@@ -17,15 +17,25 @@ from hessian_lens.runs import (
 )
 from hessian_lens.ui.common import plain
 
+COMPARED = 8  # runs compared by default
 
-def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
-    """Loss / accuracy curves of runs side by side; rates and Taylor view of a PN run."""
+
+def render_optimizer(runs: Sequence[Run], key: str = "optim", selected: Run | None = None) -> None:
+    """Loss / accuracy curves of runs side by side; rates and Taylor view of a PN run.
+
+    The sidebar's run (``selected``) is among the compared runs by default and, when it
+    used PartitionNewton, is the one whose rates are drawn.
+    """
     with_history = [r for r in runs if r.history]
     if not with_history:
         st.info("No run with a training history yet.")
         return
     names = [r.name for r in with_history]
-    chosen = st.multiselect("Runs to compare", names, default=names[:8], key=f"{key}-runs")
+    default = names[:COMPARED]
+    mine = next((r.name for r in with_history if selected and r.path == selected.path), None)
+    if mine is not None and mine not in default:
+        default = [*default[: COMPARED - 1], mine]
+    chosen = st.multiselect("Runs to compare", names, default=default, key=f"{key}-runs")
     picked = [r for r in with_history if r.name in chosen]
     _curves(picked, key)
     logs = {r.name: optimizer_log(r) for r in picked}
@@ -42,7 +52,13 @@ def render_optimizer(runs: Sequence[Run], key: str = "optim") -> None:
             "hessian_lens train --optimizer partition-newton --init paper --lr 0.3 ...`."
         )
         return
-    pick = st.selectbox("PartitionNewton run", [r.name for r in newton], key=f"{key}-pn")
+    newton_names = [r.name for r in newton]
+    pick = st.selectbox(
+        "PartitionNewton run",
+        newton_names,
+        index=newton_names.index(mine) if mine in newton_names else 0,
+        key=f"{key}-pn",
+    )
     run = newton[[r.name for r in newton].index(pick)]
     log, warnings = logs.get(run.name) or optimizer_log(run)
     if run.name not in logs:  # those of the compared runs are said above

@@ -18,12 +18,21 @@ FIGURES = {
 }
 
 
-def pick_run(runs: Sequence[Run], names: Sequence[str], arch: str, key: str) -> Run | None:
-    """A run for a figure: the shipped one by name, else any run of that architecture."""
+def pick_run(
+    runs: Sequence[Run], names: Sequence[str], arch: str, key: str, selected: Run | None = None
+) -> Run | None:
+    """A run for a figure: the sidebar's run if of that architecture, else the shipped one.
+
+    Without either, any run of that architecture.
+    """
     candidates = [r for r in runs if r.manifest.model["name"] == arch and r.store_path.exists()]
     if not candidates:
         return None
-    default = next((i for n in names for i, r in enumerate(candidates) if r.path.name == n), 0)
+    paths = [r.path for r in candidates]
+    if selected is not None and selected.path in paths:
+        default = paths.index(selected.path)
+    else:
+        default = next((i for n in names for i, r in enumerate(candidates) if r.path.name == n), 0)
     labels = [r.name for r in candidates]
     choice = st.selectbox(
         "Run", range(len(candidates)), index=default, key=key, format_func=lambda i: labels[i]
@@ -51,10 +60,11 @@ def _has_blocks(summary: dict) -> bool:
     return "weight" in kinds and "bias" in kinds
 
 
-def render_paper(runs: Sequence[Run], key: str = "paper") -> None:
+def render_paper(runs: Sequence[Run], key: str = "paper", selected: Run | None = None) -> None:
     """Each figure at the paper's epochs, then the claims with their numbers.
 
-    The figures come one after the other, at full width.
+    The figures come one after the other, at full width; the sidebar's run (``selected``)
+    draws the figure of its architecture.
     """
     scale = st.radio(
         "Scale",
@@ -66,7 +76,7 @@ def render_paper(runs: Sequence[Run], key: str = "paper") -> None:
     chosen = {}
     for fig_id, (title, names, epochs, arch) in FIGURES.items():
         st.subheader(title)
-        run = pick_run(runs, names, arch, f"{key}-run{fig_id}")
+        run = pick_run(runs, names, arch, f"{key}-run{fig_id}", selected)
         if run is None:
             st.info(
                 f"No analysed {arch} run found: train one (`python -m hessian_lens train "

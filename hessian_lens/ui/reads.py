@@ -8,10 +8,11 @@ from typing import Any
 
 import streamlit as st
 
-from hessian_lens.runs import Run, find_runs, load_run
+from hessian_lens.runs import Run, find_runs, load_run, one_per_epoch
 from hessian_lens.store import ResultStore
 
 RUNS_TTL_S = 10
+RECORDS_TTL_S = 900  # a store's records leave the cache a while after their last use
 
 
 @st.cache_data(ttl=RUNS_TTL_S, show_spinner=False)
@@ -35,15 +36,35 @@ def _stamp(path: Path) -> float:
     return max(stamps, default=0.0)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _records(store: str, settings_json: str, stamp: float) -> list[dict[str, Any]]:
-    return [as_dict(r) for r in ResultStore.reader(store).records(json.loads(settings_json))]
+@st.cache_resource(show_spinner=False, max_entries=16, ttl=RECORDS_TTL_S)
+def _records(
+    store: str, settings_json: str, stamp: float, kept: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """The records of a store, one per epoch, one copy per server, their arrays read-only.
+
+    A resource, not data: never pickled and copied for each rerun (the arrays of one
+    5,000-group record are 400 MB); read-only so that no view changes what another
+    session sees. Of two analyses of one epoch, the one :func:`one_per_epoch` picks.
+    """
+    found = ResultStore.reader(store).records(json.loads(settings_json))
+    recs = [as_dict(r) for r in one_per_epoch(found, kept)]
+    for rec in recs:
+        for array in rec["arrays"].values():
+            array.setflags(write=False)
+    return recs
 
 
 def records(run: Run, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """The analysed checkpoints of a run under settings (cached until the store changes)."""
+    """The analysed checkpoints of a run under settings, one per epoch.
+
+    Of two analyses of one epoch, :func:`~hessian_lens.runs.one_per_epoch` picks the one
+    shown. Cached until the store changes.
+    """
     return _records(
-        str(run.store_path), json.dumps(settings, sort_keys=True), _stamp(run.store_path)
+        str(run.store_path),
+        json.dumps(settings, sort_keys=True),
+        _stamp(run.store_path),
+        tuple(p.name for p in run.checkpoints),
     )
 
 

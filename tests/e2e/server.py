@@ -1,4 +1,4 @@
-"""Browser-test helpers on top of :mod:`hessian_lens.browser` (server, Chromium page)."""
+"""Browser-test helpers on top of :mod:`tests.e2e.browser` (server, Chromium page)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from hessian_lens.browser import (  # noqa: F401  (re-exported for the tests)
+from tests.e2e.browser import (  # noqa: F401  (re-exported for the tests)
     CHROMIUM,
     REPO,
     chromium_page,

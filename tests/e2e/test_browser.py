@@ -178,6 +178,30 @@ def test_uploads_are_computed_and_drawn(url, world):
         shot(page, "upload_user_model")
 
 
+def test_a_zipped_hugging_face_folder_computes_per_head_curvature(url, tmp_path):
+    """The shipped hf-gpt2-text's save_pretrained folder, zipped and uploaded: built from its
+    config.json, tokenised by its own tokenizer.json, H̄ per head computed and drawn."""
+    folder = REPO / "checkpoints" / "hf-gpt2-text" / "save_pretrained"
+    archive = shutil.make_archive(str(tmp_path / "hf-gpt2"), "zip", folder.parent, folder.name)
+    corpus = tmp_path / "corpus.py"
+    corpus.write_text("def f(x):\n    return x * 2 + 1\n" * 300)
+    with chromium_page(width=1500, height=1300) as page:
+        page.goto(f"{url}/Inspect_checkpoint")
+        page.locator("input[type=file]").set_input_files(archive)
+        page.get_by_text("A Hugging Face folder").first.wait_for(timeout=90_000)
+        box = page.locator("input[aria-label='Data set']")
+        box.fill(f"text:{corpus}@64")
+        box.press("Enter")
+        settle(page)
+        assert page.get_by_text("Tokenised by the upload's own tokenizer.json.").count() == 1
+        set_number(page, "Samples", 10)
+        page.get_by_role("button", name="Compute H̄").click(timeout=90_000)
+        page.get_by_text("done in").first.wait_for(timeout=SLOW_MS)
+        wait_for_heatmaps(page, 2)
+        assert alerts(page) == [] and tracebacks(page) == 0
+        shot(page, "upload_hf_zip")
+
+
 def test_hardening(url, world):
     with chromium_page(width=1500, height=1300) as page:
         page.goto(f"{url}/Inspect_checkpoint")
@@ -230,6 +254,9 @@ def test_read_only_runs_and_cache(world):
         chromium_page(width=1500, height=1300) as page,
     ):
         page.goto(base)
+        box = page.get_by_label("Filter runs")  # the shipped runs fill the first page
+        box.fill("ro-run")
+        box.press("Enter")
         page.get_by_role("heading", name="ro-run").first.wait_for(timeout=90_000)
         page.get_by_text("Analysed 3 checkpoints").first.wait_for()
         assert alerts(page) == [] and alerts(page, "Warning") == [] and tracebacks(page) == 0
@@ -330,3 +357,74 @@ def test_layout_check_sees_overlaps(url):
         )
         found = problems(collect(page))
         assert any(("cbfill" in p or "colorbar" in p) and "ytick" in p for p in found), found
+
+
+def _sidebar_choice(page, label: str) -> str:
+    """What the sidebar's selectbox ``label`` shows."""
+    box = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text=label)
+    return box.first.get_by_role("combobox").input_value()
+
+
+def _switch(page, name: str) -> None:
+    """Pick the run ``name`` in the sidebar and wait for the page to be redrawn."""
+    box = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="Run")
+    box.first.click()
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    settle(page)
+    page.wait_for_timeout(1000)
+    settle(page)
+
+
+#: page -> heatmaps drawn on a per-head run (vit-cifar10, gpt-text); 0: none
+SWITCH_PAGES = {
+    "": 0,
+    "Layer_interactions": 2,
+    "Block_diagonal": 3,
+    "Block_heterogeneity": 1,
+    "Inspect_checkpoint": 0,
+    "Optimizer": 0,
+    "Paper": 24,
+}
+
+
+@pytest.mark.parametrize("address", list(SWITCH_PAGES))
+def test_every_page_follows_a_run_switch(url, address):
+    """Open a page on the demo run, switch the sidebar's run twice: the page redraws for
+    the new run (its analysis, its groups, its figures), nothing stale, nothing overlaps."""
+    from hessian_lens.runs import describe_settings, load_run
+
+    found = []
+    with chromium_page(width=1500, height=1600) as page:
+        page.goto(f"{url}/{address}")
+        page.get_by_test_id("stSidebar").get_by_text("Run", exact=True).first.wait_for()
+        settle(page)
+        for name in ("vit-cifar10", "gpt-text", "lenet5-cifar10-paper"):
+            _switch(page, name)
+            assert _sidebar_choice(page, "Run") == name
+            assert alerts(page) == [] and tracebacks(page) == 0, (name, alerts(page))
+            assert page.get_by_text("No group left").count() == 0
+            assert page.get_by_text("Showing 0 of").count() == 0
+            analysed = load_run(REPO / "checkpoints" / name).settings()
+            if address in ("Layer_interactions", "Block_diagonal", "Block_heterogeneity"):
+                assert _sidebar_choice(page, "Analysis") == describe_settings(analysed[0])
+            heatmaps = SWITCH_PAGES[address]
+            if name == "lenet5-cifar10-paper":  # a CNN: fewer, different figures
+                heatmaps = min(heatmaps, 1)
+            if heatmaps:
+                wait_for_heatmaps(page, heatmaps)
+                page.wait_for_timeout(800)
+                found += problems(collect(page), where=f"{address} on {name}: ")
+            if address == "Layer_interactions" and name != "lenet5-cifar10-paper":
+                modules = page.get_by_test_id("stMultiSelect").filter(has_text="Modules").first
+                first = "class_token" if name == "vit-cifar10" else "tok_emb"
+                assert modules.get_by_text(first, exact=True).count() == 1
+            if address == "Paper" and name == "lenet5-cifar10-paper":
+                main = page.get_by_test_id("stMain").get_by_test_id("stSelectbox")
+                picked = main.filter(has_text="Run").first.get_by_role("combobox")
+                assert picked.input_value() == name
+            if address == "Optimizer" and name != "lenet5-cifar10-paper":
+                compared = page.get_by_test_id("stMultiSelect").first
+                assert compared.get_by_text(name, exact=True).count() == 1
+        shot(page, f"switch_{address or 'home'}")
+    assert found == []

@@ -11,7 +11,8 @@ import json
 import pytest
 
 from hessian_lens.report import write_report
-from tests.conftest import need_browser
+from tests.conftest import REPO, need_browser
+from tests.e2e.layout import collect, problems
 from tests.e2e.server import chromium_page, heatmap_count, wait_for_heatmaps
 from tests.recorded import make_recorder_run
 
@@ -56,6 +57,36 @@ def test_report_opens_offline_and_its_slider_changes_the_epoch(browser_ready, tm
             timeout=10_000,
         )  # epoch 0's colour limits are drawn
         assert heatmap_count(page) == 6
+
+
+#: The report page's budget: plotly.js (4.8 MB) and the run's figures (README: ~5 MB).
+REPORT_MAX_BYTES = 5_500_000
+
+
+@pytest.mark.parametrize("width", [1100, 1500])
+def test_the_report_of_a_per_head_run_is_readable(browser_ready, tmp_path, width):
+    """vit-cifar10 (S = 108): heatmaps one per head, nothing overlaps on the page or in the
+    static figures (their SVGs laid out by Chromium), one entry per epoch, a page of ~5 MB."""
+    pytest.importorskip("kaleido")
+    page_file, figs = tmp_path / "vit.html", tmp_path / "figs"
+    write_report(REPO / "checkpoints" / "vit-cifar10", page_file, figs, ("svg",))
+    assert page_file.stat().st_size < REPORT_MAX_BYTES, page_file.stat().st_size
+    found = []
+    with chromium_page(width=width, height=1400) as page:
+        page.goto(page_file.as_uri())
+        wait_for_heatmaps(page, 2, timeout_ms=30_000)  # H̄ and H̄⁻¹, one panel each
+        assert heatmap_count(page) == 2
+        labels = page.locator("#fig-H .slider-group .slider-label").all_text_contents()
+        steps = [t for t in labels if not t.startswith("epoch ")]  # not the current value
+        assert len(steps) == 13 and len(set(steps)) == 13, steps  # no epoch twice
+        page.wait_for_timeout(1500)
+        heatmaps = [f for f in collect(page) if any(i["kind"] == "heatmap" for i in f["items"])]
+        assert len(heatmaps) == 2
+        found += problems(heatmaps, where=f"report at {width} px: ")
+        for svg in sorted(figs.glob("H*.svg")):  # the heatmaps: fixed margins, no race
+            page.set_content(f"<div class='js-plotly-plot'>{svg.read_text()}</div>")
+            found += problems(collect(page), where=f"{svg.name}: ")
+    assert found == []
 
 
 def test_a_run_being_written_updates_in_the_browser_without_reload(browser_ready, tmp_path):

@@ -13,4 +13,7 @@ st.caption(
 )
 
 with common.guard():
-    live.follow_runs(common.all_runs(), render_optimizer)
+    runs = common.all_runs()
+    run = common.chosen(common.select_run(runs))
+    key = common.scoped("optim")
+    live.follow_runs(runs, lambda fresh: render_optimizer(fresh, key, selected=run))

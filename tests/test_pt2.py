@@ -25,14 +25,13 @@ from torch import nn
 
 import hessian_lens as hl
 from hessian_lens.checkpoint import CheckpointError
-from hessian_lens.export import (
+from hessian_lens.io.pt2 import is_exported_archive, load_exported
+from hessian_lens.io.pt2_graph import (
     CONSTANTS_CONFIG,
     PROGRAM,
     SAMPLE_INPUTS,
     WEIGHTS_CONFIG,
     _check_expr,
-    is_exported_archive,
-    load_exported,
 )
 from hessian_lens.reference import reference_summary
 

@@ -15,7 +15,7 @@ st.caption(
 
 
 def draw(run) -> None:
-    render_block_diagonal(reads.records(run, settings), key="blockdiag")
+    render_block_diagonal(reads.records(run, settings), key=common.scoped("blockdiag"))
 
 
 with common.guard():

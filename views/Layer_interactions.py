@@ -4,6 +4,7 @@ import streamlit as st
 
 from hessian_lens.ui import common, live, reads
 from hessian_lens.ui.interactions import render_interactions
+from hessian_lens.ui.measures import measure_records, render_norm_map
 
 common.page("Layer interactions", "🟥")
 st.title("Layer interactions")
@@ -16,7 +17,10 @@ st.caption(
 def draw(run) -> None:
     recs = reads.records(run, settings)
     st.markdown(f"**{common.plain(run.name)}** · {len(recs)} analysed checkpoints")
-    render_interactions(recs, key="interactions")
+    render_interactions(recs, key=common.scoped("interactions"))
+    if measure_records(run, "frobenius")[1]:
+        with st.expander("Block Frobenius norms ‖H_st‖_F (the whole Hessian's blocks)"):
+            render_norm_map(run, key=common.scoped("norms"))
 
 
 with common.guard():

@@ -1,4 +1,4 @@
-"""Start the dashboard on a free local port and drive Debian's Chromium with Playwright.
+"""Test tooling: the dashboard on a free local port, Debian's Chromium driven by Playwright.
 
 Shared by the browser tests (``tests/e2e``), the first-paint benchmark and the figure
 images of the docs. Chromium is Debian's (``/usr/bin/chromium``, or
@@ -18,8 +18,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]  # app.py lives beside the package
-CHROMIUM = os.environ.get("HESSIAN_LENS_CHROMIUM", "/usr/bin/chromium")
+from hessian_lens.settings import chromium_path
+
+REPO = Path(__file__).resolve().parents[2]  # the repository (app.py)
+CHROMIUM = chromium_path()
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -4,6 +4,7 @@ import streamlit as st
 
 from hessian_lens.ui import common, live
 from hessian_lens.ui.heterogeneity import render_heterogeneity
+from hessian_lens.ui.measures import render_spectra
 
 common.page("Block heterogeneity", "🧬")
 st.title("Block heterogeneity")
@@ -16,7 +17,8 @@ st.caption(
 
 
 def draw(run) -> None:
-    render_heterogeneity(run, settings, runs, key="hetero")
+    render_heterogeneity(run, settings, runs, key=common.scoped("hetero"))
+    render_spectra(run, key=common.scoped("spectra"))
 
 
 with common.guard():

@@ -14,4 +14,7 @@ st.caption(
 )
 
 with common.guard():
-    live.follow_runs(common.all_runs(), render_paper)
+    runs = common.all_runs()
+    run = common.chosen(common.select_run(runs))
+    key = common.scoped("paper")
+    live.follow_runs(runs, lambda fresh: render_paper(fresh, key, selected=run))
