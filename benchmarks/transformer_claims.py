@@ -4,13 +4,15 @@ Reads the claims stores ``benchmarks/results/claims/<run>.sqlite`` that
 ``benchmarks/claims_measure.py`` fills (one record per checkpoint, kind and draw of
 analysis samples) and prints one object per claim, run, epoch and measure::
 
-    {claim, run, epoch, measure, value, low, high, n_draws, n_seeds, verdict}
+    {claim, run, epoch, measure, value, low, high, n_draws, n_seeds, samples, verdict}
 
 * ``value``: the ordinary median over every (training seed, draw) value;
 * ``low`` / ``high``: the distribution-free confidence interval of that median from
   order statistics (:func:`median_interval`: the widest ``[x_(k), x_(n+1-k)]`` whose
   coverage ``1 - 2 P(Binomial(n, 1/2) < k)`` is at least 90%; with 5 values it is their
   range, 93.8%), pooled over seeds and draws;
+* ``n_draws`` / ``n_seeds``: the fewest draws of samples any training seed has, and the
+  training seeds; ``samples``: the training samples (images, windows) in each draw;
 * ``verdict``: ``holds`` when the interval lies on the claim's side of its threshold,
   ``does not hold`` when it lies on the other side, ``undecided`` when it straddles it or
   a seed has fewer than :data:`MIN_DRAWS` draws. Between-run claims (Zhang et al.) compare
@@ -266,9 +268,11 @@ def rows(stores: Path = STORES) -> list[dict]:
 
 def _rows_of(run, recs, claim, fn, threshold, below) -> list[dict]:
     values: dict = {}
+    samples: dict = {}
     for r in recs:
         for measure, x in fn(r).items():
             key = (float(r.epoch), measure + _draw_size(r))
+            samples[key] = r.settings["samples"]
             values.setdefault(key, {}).setdefault(r.settings["train_seed"], {})[
                 r.settings["seed"]
             ] = x
@@ -288,6 +292,7 @@ def _rows_of(run, recs, claim, fn, threshold, below) -> list[dict]:
                 "high": high,
                 "n_draws": n_draws,
                 "n_seeds": len(per_seed),
+                "samples": samples[(epoch, measure)],
                 "verdict": verdict(
                     low, high, _threshold(measure, threshold), below, n_draws >= MIN_DRAWS
                 ),
@@ -365,23 +370,34 @@ TITLES = {
 
 
 def markdown(table: list[dict]) -> str:
-    """One table per claim: ``| run | epoch | measure | median [interval] | n | verdict |``."""
+    """One table per claim: ``| run | epoch | measure | median [interval] | n | verdict |``.
+
+    n is ``draws × seeds × samples``: draws of samples per training seed (the fewest), the
+    training seeds, and the samples in each draw.
+    """
     parts = []
     for claim, title in TITLES.items():
         lines = [
             f"**{title}**",
             "",
-            "| run | epoch | measure | median [90% interval] | draws × seeds | verdict |",
+            "| run | epoch | measure | median [90% interval] | draws × seeds × samples | verdict |",
             "|---|---|---|---|---|---|",
         ]
         for r in (r for r in table if r["claim"] == claim):
             lines.append(
                 f"| {r['run']} | {r['epoch']:g} | {r['measure']} | {fmt(r['value'])} "
                 f"[{fmt(r['low'])}, {fmt(r['high'])}] | {r['n_draws']} × {r['n_seeds']} "
-                f"| {r['verdict']} |"
+                f"× {r['samples']} | {r['verdict']} |"
             )
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def _printed(row: dict, field: str) -> str:
+    """A field as the doc quotes it: counts as integers, a verdict as its words, the rest
+    by :func:`fmt`."""
+    x = row[field]
+    return str(x) if isinstance(x, int | str) else fmt(x)
 
 
 def fmt(x: float) -> str:
@@ -392,13 +408,19 @@ def fmt(x: float) -> str:
 
 
 # ---------------------------------------------------------------------------- the docs
-QUOTE = re.compile(r"(-?[0-9][0-9.e+-]*|–)<!--q:([^|>]+)\|([^|>]+)\|([^|>]+)\|([^|>]+)\|(\w+)-->")
+QUOTE = re.compile(
+    r"(-?[0-9][0-9.e+-]*|–|holds|does not hold|undecided)"
+    r"<!--q:([^|>]+)\|([^|>]+)\|([^|>]+)\|([^|>]+)\|(\w+)-->"
+)
 BLOCK = re.compile(r"<!-- begin:claims -->\n(.*?)\n<!-- end:claims -->", re.S)
 ORMANIEC = re.compile(r"<!-- begin:ormaniec -->\n(.*?)\n<!-- end:ormaniec -->", re.S)
 
 
-def ormaniec_markdown() -> str:
-    """``benchmarks/ormaniec_addition.py --markdown``: ours beside their reported values."""
+#: The doc says every growth exponent of the Ormaniec reproduction is this close to theirs.
+SLOPE_AGREE = 0.1
+
+
+def _ormaniec():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -407,14 +429,35 @@ def ormaniec_markdown() -> str:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     done = json.loads(module.OUT.read_text())
-    return module.markdown(module.summary(done, json.loads(module.REPORTED.read_text())))
+    return module, module.summary(done, json.loads(module.REPORTED.read_text()))
+
+
+def ormaniec_markdown() -> str:
+    """``benchmarks/ormaniec_addition.py --markdown``: ours beside their reported values."""
+    module, rows = _ormaniec()
+    return module.markdown(rows)
+
+
+def slope_gaps() -> list[str]:
+    """The reproduction's rows whose growth exponent is more than :data:`SLOPE_AGREE` from
+    theirs (the doc says there are none)."""
+    _, rows = _ormaniec()
+    return [
+        f"L{r['depth']} layer {r['layer']} {r['block']} {r['part']}: growth "
+        f"{r['slope_ours']:.2f} against their {r['slope_theirs']:.2f}"
+        for r in rows
+        if r["slope_ours"] is not None
+        and r["slope_theirs"] is not None
+        and abs(r["slope_ours"] - r["slope_theirs"]) > SLOPE_AGREE
+    ]
 
 
 def check(doc: str, table: list[dict]) -> list[str]:
     """What in ``doc`` differs from ``table``: the claims block, and every quoted number.
 
     A quote is ``NUMBER<!--q:claim|run|epoch|measure|field-->`` with field one of value,
-    low, high, n_draws, n_seeds; NUMBER must be the field as :func:`fmt` prints it.
+    low, high, n_draws, n_seeds, samples, verdict; NUMBER must be the field as
+    :func:`_printed` prints it (the verdict as its words).
     """
     problems = []
     block = BLOCK.search(doc)
@@ -423,13 +466,14 @@ def check(doc: str, table: list[dict]) -> list[str]:
     figure = ORMANIEC.search(doc)
     if figure is None or figure.group(1) != ormaniec_markdown():
         problems.append("the Ormaniec table differs from `ormaniec_addition.py --markdown`")
+    problems += slope_gaps()
     index = {(r["claim"], r["run"], f"{r['epoch']:g}", r["measure"]): r for r in table}
     for said, claim, run, epoch, measure, field in QUOTE.findall(doc):
         row = index.get((claim, run, epoch, measure))
         if row is None:
             problems.append(f"quoted row {claim}|{run}|{epoch}|{measure} is not in the JSON")
             continue
-        want = str(row[field]) if field.startswith("n_") else fmt(row[field])
+        want = _printed(row, field)
         if said != want:
             problems.append(
                 f"{claim}|{run}|{epoch}|{measure}|{field}: doc says {said}, JSON {want}"
@@ -448,12 +492,13 @@ def fill(doc: str, table: list[dict]) -> str:
         if row is None:
             return m.group(0)
         field = m.group(6)
-        value = str(row[field]) if field.startswith("n_") else fmt(row[field])
+        value = _printed(row, field)
         return value + m.group(0)[len(m.group(1)) :]
 
     doc = QUOTE.sub(quoted, doc)
-    return BLOCK.sub(
-        lambda _: f"<!-- begin:claims -->\n{markdown(table)}\n<!-- end:claims -->", doc
+    doc = BLOCK.sub(lambda _: f"<!-- begin:claims -->\n{markdown(table)}\n<!-- end:claims -->", doc)
+    return ORMANIEC.sub(
+        lambda _: f"<!-- begin:ormaniec -->\n{ormaniec_markdown()}\n<!-- end:ormaniec -->", doc
     )
 
 

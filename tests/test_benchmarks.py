@@ -241,6 +241,7 @@ CLAIM_KEYS = {
     "high",
     "n_draws",
     "n_seeds",
+    "samples",
     "verdict",
 }
 FOUR_RUNS = {"gpt-text", "vit-cifar10", "vgg11p-cifar10", "resnet18-cifar10"}
