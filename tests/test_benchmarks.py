@@ -288,6 +288,12 @@ def test_docs_transformers_quotes_the_claims_json():
     assert claims.check(doc.replace(marker, marker.replace(key[1], "no-run"), 1), table)
     cell = re.search(r"\| (\d[^|\[]*) \[", claims.markdown(table)).group(1)
     assert claims.check(doc.replace(f"| {cell} [", "| 7 [", 1), table)
+    said, *key = next(m.groups() for m in claims.QUOTE.finditer(doc) if m.group(6) == "verdict")
+    marker = "<!--q:" + "|".join(key) + "-->"
+    other = "holds" if said != "holds" else "does not hold"
+    assert claims.check(doc.replace(said + marker, other + marker, 1), table)
+    claims.SLOPE_AGREE = 0.0  # the doc's "every growth exponent within 0.1 of theirs"
+    assert any("growth" in p for p in claims.check(doc, table))
 
 
 def test_median_interval_has_its_coverage_and_verdicts_follow_the_interval():
