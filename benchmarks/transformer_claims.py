@@ -494,7 +494,26 @@ def check(doc: str, table: list[dict]) -> list[str]:
             )
     if not QUOTE.findall(doc):
         problems.append("the doc quotes no number of the JSON")
-    return problems
+    return problems + unaccompanied(doc)
+
+
+#: The fields a quoted median comes with: its interval and its n.
+COMPANIONS = ("value", "low", "high", "n_draws", "n_seeds", "samples")
+
+
+def unaccompanied(doc: str) -> list[str]:
+    """Quoted medians of ``doc`` without their interval and n beside them (every claim number
+    carries both): per row, each of :data:`COMPANIONS` is quoted as often as the value."""
+    counts: dict = {}
+    for *_, claim, run, epoch, measure, field in QUOTE.findall(doc):
+        row = counts.setdefault((claim, run, epoch, measure), dict.fromkeys(COMPANIONS, 0))
+        if field in row:
+            row[field] += 1
+    return [
+        f"{'|'.join(key)}: quoted {row['value']} times, its interval and n {min(row.values())}"
+        for key, row in counts.items()
+        if min(row.values()) != row["value"]
+    ]
 
 
 def fill(doc: str, table: list[dict]) -> str:

@@ -292,6 +292,10 @@ def test_docs_transformers_quotes_the_claims_json():
     marker = "<!--q:" + "|".join(key) + "-->"
     other = "holds" if said != "holds" else "does not hold"
     assert claims.check(doc.replace(said + marker, other + marker, 1), table)
+    said, *key = next(m.groups() for m in claims.QUOTE.finditer(doc) if m.group(6) == "n_draws")
+    marker = "<!--q:" + "|".join(key) + "-->"
+    without_n = claims.check(doc.replace(said + marker, "", 1), table)
+    assert any("its interval and n" in p for p in without_n)  # every number carries its n
     claims.SLOPE_AGREE = 0.0  # the doc's "every growth exponent within 0.1 of theirs"
     assert any("growth" in p for p in claims.check(doc, table))
 
