@@ -267,3 +267,83 @@ def partner(own: str, size: int, candidates: Sequence[tuple[str, int] | None]) -
         if d < gap:
             best, gap = i, d
     return best
+
+
+#: The roles :func:`roles` gives, shared by CNNs and transformers (input to output).
+ROLES = ("input", "q", "k", "v", "o", "hidden", "norm", "bias", "output", "other")
+#: The attention roles, folded into ``hidden`` by :func:`shared_roles`.
+ATTENTION_ROLES = frozenset({"q", "k", "v", "o"})
+
+
+def roles(labels: Sequence[str], kinds: Sequence[str]) -> list[str]:
+    """A block type per group that means the same in CNNs and transformers.
+
+    * ``input``: the layer that reads the data: embeddings (tokens, positions, patches, the
+      class token) or, without one, the first weight tensor (a CNN's first convolution);
+    * ``q`` / ``k`` / ``v`` / ``o``: attention heads (their fused bias entries included);
+    * ``hidden``: every other weight of a hidden layer: MLP, convolution (a ResNet's
+      downsample convolution too), hidden linear layer;
+    * ``norm``: LayerNorm and BatchNorm scales and shifts (a downsample's BatchNorm too);
+    * ``bias``: the bias of any other layer;
+    * ``output``: the classifier: the last weight tensor of the model when it is a linear
+      or output layer (a tied embedding is ``input``), and its bias;
+    * ``other``: anything else.
+
+    Example:
+        >>> roles(["conv1.weight", "bn1.weight", "layer2.0.downsample.0.weight",
+        ...        "layer2.0.downsample.1.bias", "fc.weight", "fc.bias"],
+        ...       ["weight", "norm_weight", "weight", "norm_bias", "weight", "bias"])
+        ['input', 'norm', 'hidden', 'norm', 'output', 'output']
+    """
+    if len(kinds) != len(labels):
+        raise ValueError(f"kinds needs one entry per group ({len(labels)}), got {len(kinds)}")
+    blocks = [block_of(x) for x in labels]
+    weights = [i for i, k in enumerate(kinds) if k == "weight"]
+    has_embedding = "embedding" in blocks
+    first = None if has_embedding or not weights else weights[0]
+    last = weights[-1] if weights and blocks[weights[-1]] in ("output", "linear") else None
+    last_layer = labels[last].rsplit(".", 1)[0] if last is not None else None
+    out = []
+    for i, (label, kind, block) in enumerate(zip(labels, kinds, blocks, strict=True)):
+        out.append(_role(i, label, kind, block, first, last, last_layer))
+    return out
+
+
+def _role(i, label, kind, block, first, last, last_layer) -> str:
+    if kind.startswith("norm") or block == "norm":
+        return "norm"
+    if block == "embedding" or i == first:
+        return "input"
+    if i == last or (kind == "bias" and label.rsplit(".", 1)[0] == last_layer):
+        return "output"
+    if block in ATTENTION_ROLES or block == "qkv":
+        return "bias" if kind == "bias" else ("hidden" if block == "qkv" else block)
+    if kind == "bias":
+        return "bias"
+    if block in ("mlp", "conv", "linear") or "downsample" in label:
+        return "hidden"
+    return "output" if block == "output" else "other"
+
+
+def shared_roles(labels: Sequence[str], kinds: Sequence[str]) -> list[str]:
+    """:func:`roles` with the attention roles folded into ``hidden`` (every family has it).
+
+    Example:
+        >>> shared_roles(["emb.weight", "attn.q.head0", "mlp.fc1.weight", "head.weight"],
+        ...              ["weight", "mixed", "weight", "weight"])
+        ['input', 'hidden', 'hidden', 'output']
+    """
+    return ["hidden" if r in ATTENTION_ROLES else r for r in roles(labels, kinds)]
+
+
+def median(values) -> float:
+    """The ordinary median (the mean of the two middle values for an even count).
+
+    Example:
+        >>> median([3.0, 1.0, 2.0, 4.0]), lower_median([3.0, 1.0, 2.0, 4.0])
+        (2.5, 2.0)
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("the median of no values")
+    return float(np.median(v))

@@ -129,3 +129,25 @@ def test_block_table_rows_in_type_order():
         and v["max/min |c|"] == pytest.approx(100.01 / 10.01)
     )
     assert rows[1]["negative"] == 1
+
+
+def test_roles_are_comparable_across_cnns_and_transformers():
+    """Every group of the four shipped runs gets a role; ResNet's downsample layers are typed
+    (convolution: hidden, BatchNorm: norm), the first convolution is the input, a tied
+    embedding is the input and not the output, and the shared roles fold attention in."""
+    seen = {}
+    for name in ("gpt-text", "vit-cifar10", "vgg11p-cifar10", "resnet18-cifar10"):
+        rec = next(iter(load_run(REPO / "checkpoints" / name).records(arrays=False)))
+        labels, kinds = rec.summary["labels"], rec.summary["kinds"]
+        mine = dict(zip(labels, heterogeneity.roles(labels, kinds), strict=True))
+        assert "other" not in mine.values(), name
+        seen[name] = set(heterogeneity.shared_roles(labels, kinds))
+        if name == "resnet18-cifar10":
+            assert mine["layer2.0.downsample.0.weight"] == "hidden"
+            assert mine["layer2.0.downsample.1.bias"] == "norm"
+            assert (mine["conv1.weight"], mine["fc.weight"]) == ("input", "output")
+        if name == "gpt-text":
+            assert mine["tok_emb.weight"] == "input" and "output" not in mine.values()
+            assert mine["blocks.0.attn.q.head1"] == "q"
+    assert all(s <= {"input", "hidden", "norm", "bias", "output"} for s in seen.values())
+    assert all({"input", "hidden"} <= s for s in seen.values())

@@ -59,10 +59,24 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "text",
             "tokenized",
             "data",
+            "addition",
+            "subsets",
         ),
     ),
     # the engine and what it measures
-    ("engine", ("engine", "summary", "optim", "measures", "spectra", "heterogeneity", "hierarchy")),
+    (
+        "engine",
+        (
+            "engine",
+            "summary",
+            "optim",
+            "measures",
+            "split",
+            "spectra",
+            "heterogeneity",
+            "hierarchy",
+        ),
+    ),
     # runs on disk: the store, analysis, training, inspection, reading stored results
     (
         "runs",

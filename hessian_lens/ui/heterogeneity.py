@@ -77,8 +77,8 @@ def render_heterogeneity(
     biases = st.toggle(
         "Biases as a block type of their own",
         key=f"{key}-biases",
-        help="Off: a bias counts in its layer's type (conv, mlp, o ...), as in "
-        "docs/transformers.md. On: every plain bias is of type 'bias'.",
+        help="Off: a bias counts in its layer's type (conv, mlp, o ...). On: every plain "
+        "bias is of type 'bias', as the shared roles of docs/transformers.md count it.",
     )
     ms = measured(run, settings, biases)
     values = heterogeneity.matrix(ms)
