@@ -491,7 +491,7 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
         >>> check_kwargs("lenet5", {"num_classes": -1})
         Traceback (most recent call last):
         ...
-        hessian_lens.registry.ArchitectureError: lenet5: num_classes must be an integer >= 1, got -1
+        hessian_lens.errors.ArchitectureError: lenet5: num_classes must be an integer >= 1, got -1
     """
     if not isinstance(kwargs, Mapping):
         raise ArchitectureError(f"{name}: arguments must be a JSON object / dict")

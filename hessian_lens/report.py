@@ -82,7 +82,8 @@ def tree_level(labels: Sequence[str]) -> str:
     """The finest level of the layer -> head tree with at most :data:`MAX_GROUPS` groups.
 
     Example:
-        >>> tree_level([f"b.{i}.q.head{h}" for i in range(3) for h in range(20)])
+        >>> qv = [f"b.{i}.{t}.head{h}" for i in range(3) for t in "qv" for h in range(8)]
+        >>> tree_level(qv)  # 48 groups, 24 heads
         'head'
         >>> tree_level(["fc1.weight", "fc1.bias"])
         'group'
