@@ -172,10 +172,9 @@ def test_vmap_that_falls_back_to_the_loop_is_planned_as_the_loop(monkeypatch):
     res = hl.pseudo_hessian(counted, loss_fn, (x, y), method="vmap")
     assert res.method == "loop" and any("fell back to the loop" in n for n in res.notes)
     assert res.memory.micro_batch >= 40
-    # beyond the screen and the probes (2 and 4 samples), the whole batch's gradient (the
-    # direction) and H̄ along the groups (the reduction was checked by the loop's call): no
-    # split of the 40 samples
-    assert 40 in loop_calls and [n for n in counted.sizes if n > 4] == [40, 40], counted.sizes
+    # beyond the screen and the probes (2 and 4 samples), one forward of the whole batch
+    # (the reduction was checked by the loop's call): no split of the 40 samples
+    assert 40 in loop_calls and [n for n in counted.sizes if n > 4] == [40], counted.sizes
     assert_close(res.H, want.H, **EXACT)
 
 
@@ -274,10 +273,10 @@ def test_cgroup_limit_minus_usage_plus_inactive_file_cache(tmp_path, monkeypatch
 def test_a_second_identical_call_runs_only_the_summarys_own_forwards():
     """Issue 30: the probes and the reduction check run once per model, shapes and options.
 
-    The second call of a single batch taken whole makes two forwards (its gradient, the
-    direction, then H̄ along the groups: engine/directional.py); over two batches, one per
-    batch and pass. On bf6b511..e800975 the probe cache missed (it was keyed on a fresh
-    loss contract) and the reduction was checked again: 6 calls.
+    The second call of a single batch taken whole makes one forward (a partition of whole
+    tensors: the gradient and H̄ from one graph); over two batches, one per batch and
+    pass. On bf6b511..e800975 the probe cache missed (it was keyed on a fresh loss
+    contract) and the reduction was checked again: 6 calls.
     """
     torch.manual_seed(0)
     model, (x, y) = Counted(), data_for("cnn", n=12)
@@ -285,7 +284,7 @@ def test_a_second_identical_call_runs_only_the_summarys_own_forwards():
     assert len(model.sizes) > 1  # probes (2, 4 samples) and the check of the reduction
     model.sizes.clear()
     first = hl.pseudo_hessian(model, loss_fn, (x, y))
-    assert model.sizes == [12, 12]
+    assert model.sizes == [12]
     batches = [(x[:6], y[:6]), (x[6:], y[6:])]
     hl.pseudo_hessian(model, loss_fn, batches)
     model.sizes.clear()

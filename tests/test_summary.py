@@ -276,10 +276,10 @@ def test_every_device_matches_brute_force(device, method):
 
 
 def assert_ticks(seen: list[tuple[float, int]], total: int) -> None:
-    """Ticks ``(done, total)``: every batch ends once, in order; H̄'s rows tick fractions."""
+    """Ticks ``(done, total)``: every batch ends, in order (H̄'s rows may tick fractions)."""
     done = [d for d, _ in seen]
     assert {t for _, t in seen} == {total} and done == sorted(done) and done[-1] == total
-    assert set(range(1, total + 1)) <= set(done) and len(done) > total
+    assert set(range(1, total + 1)) <= set(done)
 
 
 def test_progress_callback_counts_batches(capsys):

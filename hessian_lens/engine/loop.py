@@ -4,9 +4,12 @@
 taken only w.r.t. the groups ``s..S`` (symmetry gives the rest), so autograd skips every
 layer before ``s``: row s of H̄ costs a backward pass through the layers from s on.
 
-H̄ alone (order 2, no diagonal of order 3) is differentiated along the groups
+H̄ alone (order 2, no diagonal of order 3) on a partition that splits a tensor into
+groups (heads, neurons) is differentiated along the groups
 (:mod:`~hessian_lens.engine.directional`: per-group scalars, no weight-shaped gradients,
-the rows of one fused tensor vectorised); the other orders w.r.t. the parameters.
+the rows of one fused tensor vectorised); the other orders, and partitions of whole
+tensors, w.r.t. the parameters (there the per-group scalars only add work: LeNet-5 at
+batch 32 took 1.51x the pruned floor along the groups against 1.2x without).
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from hessian_lens.memory import ROWS_MAX, PeakMeter
 __all__ = ["LoopBackEnd", "add_from_gradient", "directional"]
 
 
-def directional(spec: Spec) -> bool:
-    """Whether ``spec`` is H̄ alone: computed along the groups (module docstring)."""
-    return spec.full == 2 and spec.diag == 0
+def directional(spec: Spec, partition) -> bool:
+    """Whether H̄ is computed along the groups: H̄ alone, some tensor split into groups."""
+    if not (spec.full == 2 and spec.diag == 0):
+        return False
+    return any(not isinstance(a, int) for a in partition.assignment)
 
 
 class LoopBackEnd:
@@ -49,7 +54,7 @@ class LoopBackEnd:
 
     def product(self, acc: Accumulator, x, y, weight: float) -> Tensor:
         """Add ``weight *`` this micro-batch's summaries into ``acc``; return its loss."""
-        if directional(acc.spec):
+        if directional(acc.spec, acc.partition):
             return add_directional(
                 acc,
                 self.loss_fn,
@@ -75,7 +80,7 @@ class LoopBackEnd:
         The longest run of rows reaching the same parameters (the heads of one fused
         tensor), at most :data:`~hessian_lens.memory.ROWS_MAX`; 1 unless H̄ alone.
         """
-        if not directional(spec):
+        if not directional(spec, partition):
             return 1
         return max(len(r) for r in row_batches(partition, range(len(partition)), ROWS_MAX))
 
@@ -89,7 +94,7 @@ class LoopBackEnd:
         w.r.t. all parameters (row 0 of every order). For H̄ alone: the gradient along the
         groups, then row 0, then (``chunk`` rows) rows 0 and 1 in one vectorised pass.
         """
-        if directional(spec):
+        if directional(spec, partition):
             return self._probe_directional(state, partition, x, y, chunk or 1, meter)
         loss = self.loss_fn(state.forward(x), y)
         grads = differentiate(loss, state.params, create_graph=spec.top > 1)
