@@ -187,6 +187,11 @@ def test_gpu_check_quick_on_cpu():
         r["x_gradient"] > 0 and r["predicted_peak_mib"] > 0 for r in rows if r["what"] == "hbar"
     )
     assert next(r for r in rows if r["what"] == "dataset")["samples"] == 64
+    gpt = {r["method"]: r for r in rows if r["what"] == "gpt"}
+    assert set(gpt) == {"loop", "loop_one_row", "vmap"}
+    assert gpt["vmap"]["ran"] == "vmap" and gpt["loop_one_row"]["rows_per_pass"] == 1
+    assert all(gpt[m]["max_rel_diff_to_loop"] < 1e-4 for m in ("loop_one_row", "vmap"))
+    assert all(r["x_gradient_per_group"] > 0 and r["S"] == 17 for r in gpt.values())
 
 
 def test_bench_optim_epoch_times_each_optimizer_from_its_own_run(tmp_path):
@@ -370,3 +375,37 @@ def test_bench_measures_compares_like_with_like():
         f["ours_s"] / (f["one_h_bar_s"] * f["probes"]), rel=0.02
     )
     assert by["ggn"]["max_abs_diff_over_max"] < 1e-4  # float32, two implementations
+
+
+def test_bench_scale_rows_are_ratios_of_the_same_run_and_the_twins_agree():
+    """bench_scale --quick: one fresh process per case; every ratio divides by that case's
+    own gradient, every twin (one row per pass, the loop w.r.t. the parameters, vmap,
+    curvlinops) computes the same H̄, and the memory plan and the peak are both measured."""
+    rows = run_script("benchmarks/bench_scale.py", "--quick", "--samples", "6", "--tokens", "8")
+    assert [(r["width"], r["depth"]) for r in rows] == [(64, 2), (128, 2)], rows
+    bench = load("benchmarks/bench_scale.py")
+    for r in rows:
+        _, part, _ = bench.build(r["width"], r["depth"], 6, 8)
+        assert r["S"] == len(part) and r["tokens"] == 48 and r["heads"] == r["width"] // 64
+        assert r["ratio"] == pytest.approx(r["analysis_s"] / r["gradient_s"], rel=0.02), r
+        assert r["ratio_per_group"] == pytest.approx(r["ratio"] / r["S"], rel=0.02), r
+        for twin in ("rows_serial", "parameters", "vmap", "curvlinops"):
+            assert r[f"{twin}_max_rel_diff"] < 1e-3, (twin, r)
+            assert r[f"{twin}_over_analysis"] == pytest.approx(
+                r[f"{twin}_s"] / r["analysis_s"], rel=0.02, abs=0.01
+            )
+        assert r["vmap_method"] == "vmap" and r["method"] == "loop"
+        assert r["peak_mb"] > 0 and r["plan_mb"] > 0 and r["rows_per_pass"] >= 1
+
+
+def test_bench_scale_times_the_named_computations():
+    bench = load("benchmarks/bench_scale.py")
+    model, part, batch = bench.build(64, 1, 5, 6)
+    model = model.double()
+    from hessian_lens.losses import next_token
+
+    want = hl.pseudo_hessian(model, next_token, batch, partition=part).H
+    assert_close(
+        bench._symmetric(bench.parameters_loop(model, part, batch)), want, rtol=1e-9, atol=1e-15
+    )
+    assert_close(bench.curvlinops_uhu(model, part, batch), want, rtol=1e-9, atol=1e-13)
