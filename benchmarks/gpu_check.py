@@ -237,7 +237,9 @@ class GPTCase:
         self.part, self.device, self.repeats = hl.Partition.by_head(self.model), device, repeats
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.gradient_s = measure(
-            lambda: torch.autograd.grad(next_token(self.model(self.x), self.y), params),
+            lambda n=None: torch.autograd.grad(  # n: the warm-up's first windows
+                next_token(self.model(self.x[:n]), self.y[:n]), params
+            ),
             device,
             repeats,
         )["median_s"]
@@ -247,7 +249,9 @@ class GPTCase:
         """H̄ by one variant (``GPT_VARIANTS``), one JSON line."""
         kw = GPT_VARIANTS[variant]
         run = measure(
-            lambda: hl.pseudo_hessian(self.model, next_token, (self.x, self.y), self.part, **kw),
+            lambda n=None: hl.pseudo_hessian(
+                self.model, next_token, (self.x[:n], self.y[:n]), self.part, **kw
+            ),
             self.device,
             self.repeats,
         )
