@@ -7,8 +7,9 @@ A run trained for 0 epochs (``train --epochs 0``) holds the seeded initialisatio
 weights depend only on the model, its arguments, ``init`` and ``seed`` of ``run.json``
 (``torch.manual_seed(seed)`` right before the model is built). ``--record`` writes into
 ``run.json`` (atomically) the file's sha256 (``checkpoints_not_shipped.sha256``: the
-store's records are keyed by it) and the weights' own digest (``weights_sha256``: sha256
-over every tensor's name, dtype, shape and bytes, independent of the file's metadata).
+store's records are keyed by it; the history no longer names the file) and the weights'
+own digest (``weights_sha256``: sha256 over every tensor's name, dtype, shape and bytes,
+independent of the file's metadata).
 Without ``--record`` the run's recorded training configuration is trained again for 0
 epochs in a scratch folder beside RUN; the new checkpoint replaces nothing unless its
 weights digest is the recorded one. The file's sha256 also matches when the metadata does
@@ -85,7 +86,8 @@ def record(run: Path) -> dict:
         "weights_sha256": {name: weights_sha256(model.state_dict())},
         "remake": f"python benchmarks/remake_init.py {run.as_posix()}",
     }
-    write_json(run / RUN_FILE, {**manifest, "checkpoints_not_shipped": shipped})
+    history = [{k: v for k, v in h.items() if k != "checkpoint"} for h in manifest["history"]]
+    write_json(run / RUN_FILE, {**manifest, "history": history, "checkpoints_not_shipped": shipped})
     return {"run": str(run), "recorded": shipped}
 
 

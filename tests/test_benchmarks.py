@@ -449,6 +449,7 @@ def test_remake_init_recreates_the_recorded_checkpoint_bit_for_bit(tmp_path):
     recorded = bench.record(run)["recorded"]
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["checkpoints_not_shipped"] == recorded
+    assert all("checkpoint" not in h for h in manifest["history"])  # not shipped: not named
     (run / "epoch_0000.pt").unlink()
     out = bench.remake(run)
     assert out["weights_identical"] and out["file_identical"], out
