@@ -1,8 +1,6 @@
-"""The views at S = 688: the 100M-class GPT (12 layers x 12 heads, width 768) head by head.
-
-The run is written without training or analysis (:func:`tests.apptools.make_fake_run`:
-a random SPD H̄ with the real labels of ``Partition.by_head`` on the meta device), so the
-pages are checked at the size of the shipped gpt-768x12 run in CI's time.
+"""The views at S = 688: the shipped 100M-class GPT (12 layers x 12 heads, width 768) head
+by head, ``checkpoints/gpt-768x12-text-init`` (its store only: the checkpoint is not
+shipped).
 """
 
 from __future__ import annotations
@@ -11,35 +9,21 @@ import numpy as np
 import pytest
 
 from hessian_lens import hierarchy, report
-from hessian_lens.partition import Partition
-from hessian_lens.registry import build_on_meta
 from hessian_lens.store import ResultStore
-from tests.apptools import chart, chart_keys, heatmap_z, make_fake_run, no_errors, open_page
+from tests.apptools import chart, chart_keys, heatmap_z, no_errors, open_page
+from tests.conftest import REPO
 
-KWARGS = {"layers": 12, "heads": 12, "width": 768, "context": 64}
-SETTINGS = {"samples": 1, "partition": "by_head", "dtype": "float32", "loss": "next_token"}
-
-
-@pytest.fixture(scope="module")
-def big_run(tmp_path_factory):
-    """A one-checkpoint run at S = 688 (made once: the derived arrays take a minute)."""
-    part = Partition.by_head(build_on_meta("gpt", **KWARGS))
-    assert len(part.labels) == 688
-    folder = tmp_path_factory.mktemp("runs") / "gpt-768x12-fake"
-    model = {"name": "gpt", "kwargs": KWARGS}
-    return make_fake_run(
-        folder, part, epochs=(0,), model=model, settings=SETTINGS, gradient_norms=True
-    )
+RUN = REPO / "checkpoints" / "gpt-768x12-text-init"
 
 
 @pytest.fixture
-def env(big_run, tmp_path, monkeypatch):
+def env(tmp_path, monkeypatch):
     import streamlit as st
 
-    monkeypatch.setenv("HESSIAN_LENS_RUNS", str(big_run.parent))
+    monkeypatch.setenv("HESSIAN_LENS_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("HESSIAN_LENS_CACHE", str(tmp_path / "cache"))
     st.cache_data.clear()
-    return big_run
+    return RUN
 
 
 def test_layer_interactions_open_one_group_per_layer_at_s_688(env):
@@ -65,13 +49,16 @@ def test_a_small_partition_still_opens_every_group():
     assert hierarchy.default_level([f"blocks.{i}.w" for i in range(688)]) == "layer"
 
 
-def test_block_heterogeneity_and_block_diagonal_open_at_s_688(env):
+def test_block_heterogeneity_block_diagonal_and_inspect_open_at_s_688(env):
     at = open_page("views/Block_heterogeneity.py", env, timeout=300)
     no_errors(at)
     assert "hetero-strip" in chart_keys(at)  # the heatmap needs two checkpoints
+    strip = chart(at, "hetero-strip")
+    assert sum(len(t.get("customdata") or []) for t in strip["data"]) > 0
     at = open_page("views/Block_diagonal.py", env, timeout=300)
     no_errors(at)
-    assert chart_keys(at)
+    assert chart_keys(at) == ["blockdiag-side"]
+    no_errors(open_page("views/Inspect_checkpoint.py", env, timeout=300))  # no checkpoint here
 
 
 def test_the_report_draws_the_run_at_s_688(env):
@@ -81,4 +68,4 @@ def test_the_report_draws_the_run_at_s_688(env):
     assert level == report.tree_level(stored[0]["summary"]["labels"]) != "group"
     assert len(recs[0]["summary"]["labels"]) <= report.MAX_GROUPS
     html = report.build_html(run)
-    assert "gpt-768x12-fake" in html and "Plotly" in html
+    assert "gpt-768x12-text-init" in html and "Plotly" in html
