@@ -263,7 +263,7 @@ class GPTCase:
             "tokens": self.y.numel(),
             "ran": res.method,
             "x_gradient_per_group": round(run["median_s"] / self.gradient_s / S, 3),
-            "rows_per_pass": res.memory.rows if res.memory else None,
+            "rows_per_pass": (res.memory.rows or 1) if res.memory else None,  # None: one
         }
         if self.H is None:
             self.H = res.H
