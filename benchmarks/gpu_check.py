@@ -11,14 +11,19 @@ answers the main question, loop or vmap on a GPU):
    ratio to one gradient measured in the same run, peak extra memory (CUDA allocator),
    predicted peak of the memory plan, micro-batch and chunk used, and the relative
    difference between the back ends;
-4. ``d3``: the full D^(3) of LeNet-5 at batch 256, both back ends;
-5. ``dataset``: one VGG-11' H̄ over 10,000 random CIFAR-shaped samples (batches of 1,000,
+4. ``gpt``: the 100M-class built-in GPT (12 layers, 12 heads, width 768, 85M parameters)
+   head by head (S = 688) on 8 random byte windows of 64 tokens: the loop along the groups
+   with its planned rows per vectorised pass, the same with one row per pass, and vmap
+   (exact through LayerNorm): seconds, ratio to one gradient and per group, peak and
+   predicted peak, rows per pass, agreement with the loop;
+5. ``d3``: the full D^(3) of LeNet-5 at batch 256, both back ends;
+6. ``dataset``: one VGG-11' H̄ over 10,000 random CIFAR-shaped samples (batches of 1,000,
    the two passes), wall time.
 
 A deadline (``--budget-s``) stops starting new measurements; every failure is a JSON line
 with ``"error"``, never a crash. ``--quick`` (CI on the CPU, seconds): batch 8, LeNet-5
 with both back ends, a VGG-11' of 1/8 width and ResNet-18 with 2 groups (weights, biases)
-by the loop only, a 64-sample data set.
+by the loop only, a 1-layer GPT of width 64 on 6 windows of 8 tokens, a 64-sample data set.
 
     PYTHONPATH=. bash benchmarks/gpu_check.sh            # on a GPU machine
     PYTHONPATH=. bash benchmarks/gpu_check.sh --quick --device cpu
@@ -42,13 +47,19 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hessian_lens as hl
-from hessian_lens.models import LeNet5, VGG11Prime
+from hessian_lens.losses import next_token
+from hessian_lens.models import GPT, LeNet5, VGG11Prime
 from hessian_lens.reference import reference_summary
 
 MIB = 2**20
 SLOW_CALL_S = 10.0  # a call slower than this is timed once
 DATASET = {"full": (10_000, 1_000), "quick": (64, 16)}  # samples, batch size
 BATCHES = {"full": (256, 1024), "quick": (8,)}
+GPT_CASE = {  # model kwargs, windows
+    "full": ({"layers": 12, "heads": 12, "width": 768, "context": 64}, 8),
+    "quick": ({"layers": 1, "heads": 2, "width": 64, "context": 8}, 6),
+}
+GPT_VARIANTS = {"loop": {}, "loop_one_row": {"chunk_size": 1}, "vmap": {"method": "vmap"}}
 WARM_UP_SAMPLES = 16  # the warm-up call loads the kernels and caches the memory probe
 
 
@@ -213,6 +224,54 @@ def _hbar_row(name, batch, method, run, gradient_s, S) -> dict:
     }
 
 
+class GPTCase:
+    """The GPT of ``GPT_CASE`` on random byte windows, its partition and its gradient time."""
+
+    def __init__(self, device: torch.device, quick: bool, repeats: int) -> None:
+        kwargs, windows = GPT_CASE["quick" if quick else "full"]
+        torch.manual_seed(0)
+        self.model = GPT(**kwargs).to(device).eval()
+        gen = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, 256, (windows, kwargs["context"] + 1), generator=gen)
+        self.x, self.y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+        self.part, self.device, self.repeats = hl.Partition.by_head(self.model), device, repeats
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.gradient_s = measure(
+            lambda n=None: torch.autograd.grad(  # n: the warm-up's first windows
+                next_token(self.model(self.x[:n]), self.y[:n]), params
+            ),
+            device,
+            repeats,
+        )["median_s"]
+        self.H: torch.Tensor | None = None
+
+    def row(self, variant: str) -> None:
+        """H̄ by one variant (``GPT_VARIANTS``), one JSON line."""
+        kw = GPT_VARIANTS[variant]
+        run = measure(
+            lambda n=None: hl.pseudo_hessian(
+                self.model, next_token, (self.x[:n], self.y[:n]), self.part, **kw
+            ),
+            self.device,
+            self.repeats,
+        )
+        res, S = run["out"], len(self.part)
+        out = _hbar_row("gpt", len(self.y), variant, run, self.gradient_s, S)
+        out |= {
+            "what": "gpt",
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "tokens": self.y.numel(),
+            "ran": res.method,
+            "x_gradient_per_group": round(run["median_s"] / self.gradient_s / S, 3),
+            "rows_per_pass": (res.memory.rows or 1) if res.memory else None,  # None: one
+        }
+        if self.H is None:
+            self.H = res.H
+        else:
+            out["max_rel_diff_to_loop"] = float((res.H - self.H).abs().max() / self.H.abs().max())
+        emit(**out)
+
+
 def d3_rows(batch: int, device: torch.device, repeats: int) -> None:
     model = build("lenet5", device)
     x, y = cifar_batch(batch, device)
@@ -264,6 +323,10 @@ def main(argv: list[str] | None = None) -> None:
     clock = Clock(args.budget_s)
     env_line(device, args.quick)
     guarded("exactness", clock, lambda: exactness(device))
+    gpt: list[GPTCase] = []
+    guarded("gpt", clock, lambda: gpt.append(GPTCase(device, args.quick, repeats)))
+    for variant in GPT_VARIANTS if gpt else ():
+        guarded("gpt", clock, lambda v=variant: gpt[0].row(v), variant=variant)
     models = ("lenet5", "vgg11p", "resnet18")
     for batch in BATCHES[mode]:
         for name in models:

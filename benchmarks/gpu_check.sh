@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU check of the engine (issue 10.5): H̄ by the loop and vmap back ends for LeNet-5,
+# GPU check of the engine (issues 10.5, 26): H̄ by the loop and vmap back ends for LeNet-5,
 # VGG-11' and ResNet-18 at batches 256 and 1024 (ratio to one gradient, peak memory,
-# predicted peak), D^(3) of LeNet-5, one VGG-11' H̄ over 10,000 samples. JSON lines on
+# predicted peak), the 100M-class GPT (12 x 12 x 768) head by head (S = 688: rows per pass
+# planned or one, vmap), D^(3) of LeNet-5, one VGG-11' H̄ over 10,000 samples. JSON lines on
 # stdout; finishes in under 8 minutes on one H100/H200 (the Python side stops starting
 # measurements after --budget-s, 420 s by default; `timeout` is the backstop).
 #

@@ -34,6 +34,23 @@ LEVEL_NAMES = {
     "layer": "one per layer",
 }
 ORDERS = ("head", "block")
+LAYER_LEVEL_ABOVE = 200  # more groups than this: views open one group per layer
+
+
+def default_level(labels: Sequence[str]) -> str:
+    """The tree level a view opens at: every group, or one per layer above a few hundred.
+
+    Above :data:`LAYER_LEVEL_ABOVE` groups (a 100M-class GPT head by head has S = 688, an
+    every-group heatmap of 473,344 cells) one group per layer; the user opens layers or
+    finer levels from there.
+
+    Example:
+        >>> default_level(["fc.weight", "fc.bias"])
+        'group'
+        >>> default_level([f"b.{i}.w" for i in range(201)])
+        'layer'
+    """
+    return "layer" if len(labels) > LAYER_LEVEL_ABOVE else "group"
 
 
 @dataclass(frozen=True)

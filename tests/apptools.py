@@ -90,12 +90,15 @@ def make_fake_run(
     settings: dict | None = None,
     manifest: dict | None = None,
     overrides: dict | None = None,
+    gradient_norms: bool = False,
 ) -> Path:
     """An analysed run folder written without training: run.json and analysis.sqlite whose
     records hold a random SPD H̄ (and everything derived from it) per epoch.
 
     ``part`` gives the labels / kinds / layers (:func:`fake_partition`); ``overrides`` maps
-    an epoch to arrays replacing the derived ones (e.g. a stored ``Hinv_bd_layer``).
+    an epoch to arrays replacing the derived ones (e.g. a stored ``Hinv_bd_layer``);
+    ``gradient_norms``: g_bar >= 0, as when the direction is the gradient (g_bar[s] =
+    ||U^s||^2, which the heterogeneity view divides by).
     """
     import torch
 
@@ -129,6 +132,7 @@ def make_fake_run(
         A = torch.randn(S, S, generator=gen, dtype=torch.float64)
         H = A @ A.T / S + 0.05 * torch.eye(S, dtype=torch.float64)
         g = torch.randn(S, generator=gen, dtype=torch.float64)
+        g = g.abs() if gradient_norms else g
         arrays, summary = derived(H, g, part)
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
         arrays.update((overrides or {}).get(e, {}))

@@ -189,6 +189,15 @@ def test_gpu_check_quick_on_cpu():
         r["x_gradient"] > 0 and r["predicted_peak_mib"] > 0 for r in rows if r["what"] == "hbar"
     )
     assert next(r for r in rows if r["what"] == "dataset")["samples"] == 64
+    gpt = {r["method"]: r for r in rows if r["what"] == "gpt"}
+    assert set(gpt) == {"loop", "loop_one_row", "vmap"}
+    assert gpt["vmap"]["ran"] == "vmap" and gpt["loop_one_row"]["rows_per_pass"] == 1
+    assert all(gpt[m]["max_rel_diff_to_loop"] < 1e-4 for m in ("loop_one_row", "vmap"))
+    from hessian_lens.models import GPT
+
+    gpt_kwargs = load("benchmarks/gpu_check.py").GPT_CASE["quick"][0]
+    S = len(hl.Partition.by_head(GPT(**gpt_kwargs)))
+    assert all(r["x_gradient_per_group"] > 0 and r["S"] == S for r in gpt.values())
 
 
 def test_bench_optim_epoch_times_each_optimizer_from_its_own_run(tmp_path):
@@ -521,3 +530,108 @@ def test_bench_measures_compares_like_with_like():
         f["ours_s"] / (f["one_h_bar_s"] * f["probes"]), rel=0.02
     )
     assert by["ggn"]["max_abs_diff_over_max"] < 1e-4  # float32, two implementations
+
+
+def test_bench_scale_rows_are_ratios_of_the_same_run_and_the_twins_agree():
+    """bench_scale --quick: one fresh process per case; every ratio divides by that case's
+    own gradient, every twin (one row per pass, the loop w.r.t. the parameters, vmap,
+    curvlinops) computes the same H̄, and the memory plan and the peak are both measured."""
+    rows = run_script("benchmarks/bench_scale.py", "--quick", "--samples", "6", "--tokens", "8")
+    assert [(r["width"], r["depth"]) for r in rows] == [(64, 2), (128, 2)], rows
+    bench = load("benchmarks/bench_scale.py")
+    for r in rows:
+        _, part, _ = bench.build(r["width"], r["depth"], 6, 8)
+        assert r["S"] == len(part) and r["tokens"] == 48 and r["heads"] == r["width"] // 64
+        assert r["ratio"] == pytest.approx(r["analysis_s"] / r["gradient_s"], rel=0.02), r
+        assert r["ratio_per_group"] == pytest.approx(r["ratio"] / r["S"], rel=0.02), r
+        for twin in ("rows_serial", "parameters", "vmap", "curvlinops"):
+            assert r[f"{twin}_max_rel_diff"] < 1e-3, (twin, r)
+            assert r[f"{twin}_over_analysis"] == pytest.approx(
+                r[f"{twin}_s"] / r["analysis_s"], rel=0.02, abs=0.01
+            )
+        assert r["vmap_method"] == "vmap" and r["method"] == "loop"
+        assert r["peak_mb"] > 0 and r["plan_mb"] > 0 and r["rows_per_pass"] >= 1
+
+
+def test_bench_scale_times_the_named_computations():
+    bench = load("benchmarks/bench_scale.py")
+    model, part, batch = bench.build(64, 1, 5, 6)
+    model = model.double()
+    from hessian_lens.losses import next_token
+
+    want = hl.pseudo_hessian(model, next_token, batch, partition=part).H
+    assert_close(
+        bench._symmetric(bench.parameters_loop(model, part, batch)), want, rtol=1e-9, atol=1e-15
+    )
+    assert_close(bench.curvlinops_uhu(model, part, batch), want, rtol=1e-9, atol=1e-13)
+
+
+def _init_run(tmp_path, seed: int = 0):
+    """A 0-epoch (initialisation) GPT run on a small corpus: the shape of the 124M run."""
+    from hessian_lens.train import TrainConfig, train
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    for i in range(6):
+        (corpus / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 12)
+    cfg = TrainConfig(
+        out=str(tmp_path / "gpt-init"),
+        model="gpt",
+        model_kwargs={"layers": 1, "heads": 2, "width": 16, "context": 16},
+        data=f"text:{corpus}@16",
+        loss="next_token",
+        train_size=8,
+        test_size=8,
+        epochs=0,
+        batch_size=4,
+        optimizer="adam",
+        lr=6e-4,
+        seed=seed,
+    )
+    return train(cfg, progress=False)
+
+
+def test_remake_init_recreates_the_recorded_checkpoint_bit_for_bit(tmp_path):
+    """--record, delete the weights, remake: the same file bytes and the same tensors."""
+    bench = load("benchmarks/remake_init.py")
+    run = _init_run(tmp_path)
+    original = (run / "epoch_0000.pt").read_bytes()
+    before = hl.load_checkpoint(run / "epoch_0000.pt")[0].state_dict()
+    recorded = bench.record(run)["recorded"]
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["checkpoints_not_shipped"] == recorded
+    assert all("checkpoint" not in h for h in manifest["history"])  # not shipped: not named
+    (run / "epoch_0000.pt").unlink()
+    out = bench.remake(run)
+    assert out["weights_identical"] and out["file_identical"], out
+    assert (run / "epoch_0000.pt").read_bytes() == original
+    after = hl.load_checkpoint(run / "epoch_0000.pt")[0].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".remake-")]
+
+
+def test_remake_init_refuses_other_weights_and_trained_runs(tmp_path):
+    """A recorded digest of other weights (seed 1) is refused and nothing is replaced;
+    a run trained for epochs is not an initialisation: one line, exit 1."""
+    bench = load("benchmarks/remake_init.py")
+    other = _init_run(tmp_path / "other", seed=1)
+    digest = bench.record(other)["recorded"]["weights_sha256"]
+    run = _init_run(tmp_path)
+    bench.record(run)
+    manifest = json.loads((run / "run.json").read_text())
+    manifest["checkpoints_not_shipped"]["weights_sha256"] = digest
+    (run / "run.json").write_text(json.dumps(manifest))
+    (run / "epoch_0000.pt").unlink()
+    with pytest.raises(bench.RemakeError, match="re-created weights differ"):
+        bench.remake(run)
+    assert not (run / "epoch_0000.pt").exists()
+    manifest["config"]["epochs"] = 3
+    (run / "run.json").write_text(json.dumps(manifest))
+    done = subprocess.run(
+        [sys.executable, "benchmarks/remake_init.py", str(run)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "not an initialisation run" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

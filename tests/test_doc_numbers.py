@@ -90,16 +90,20 @@ def test_a_number_is_rounded_once(doc_numbers):
 
 def test_shipped_runs_list_only_the_checkpoints_they_hold():
     """Every history entry names a file that is there; every record's checkpoint is there
-    with its sha256, or listed as not shipped with that sha256."""
+    with its sha256, or listed as not shipped with that sha256 (and, if re-created here,
+    is that very file)."""
     runs = [p for p in sorted((REPO / "checkpoints").iterdir()) if p.is_dir()]
     assert len(runs) >= 7
     for folder in runs:
         manifest = read_manifest(folder)
         present = {p.name: file_sha256(p) for p in list_checkpoints(folder)}
         absent = manifest.raw.get("checkpoints_not_shipped", {}).get("sha256", {})
-        assert not set(absent) & set(present), folder.name
+        for name in set(absent) & set(present):  # re-created here (remake_init.py)
+            assert present[name] == absent[name], (folder.name, name)
         for h in manifest.history:
             assert "checkpoint" not in h or h["checkpoint"] in present, (folder.name, h)
+        if not (folder / "analysis.sqlite").exists():  # shipped before its analysis
+            continue
         for r in ResultStore.reader(folder / "analysis.sqlite").records(arrays=False):
             where = present if r.checkpoint in present else absent
             assert where.get(r.checkpoint) == r.checkpoint_sha, (folder.name, r.checkpoint)

@@ -201,3 +201,42 @@ def test_an_analysis_killed_midway_resumes_at_once_keeping_its_rows(tmp_path, mo
     (want,) = ResultStore(fresh / "analysis.sqlite").records()
     for name in ("H", "g"):
         np.testing.assert_allclose(got.arrays[name], want.arrays[name], rtol=1e-10, atol=1e-15)
+
+
+def _nudge_direction(file, factor: float) -> None:
+    """Scale the stored direction norms of a partial file by ``factor`` (atomic enough here)."""
+    with np.load(file, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["direction"] = [n * factor for n in meta["direction"]]
+    arrays["meta"] = np.array(json.dumps(meta))
+    with open(file, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_a_direction_recomputed_in_another_order_resumes_another_is_set_aside(
+    tmp_path, monkeypatch
+):
+    """The same data summed with another thread count moves float32 norms in their last
+    digits (the 100M GPT's resume started over when 2 threads became 1): within 1e-5 the
+    rows are kept; a direction off by 1e-3 (other data or weights) is set aside."""
+    model, batches = MODELS["gpt"]().float(), batches_of_gpt()  # float32, as analyze runs
+    part, file = hl.Partition.by_head(model), tmp_path / "rows.npz"
+    S = len(part)
+    for factor, resumed in ((1 + 3e-7, True), (1 + 1e-3, False)):
+        file.unlink(missing_ok=True)
+        with pytest.raises(StopError):
+            hl.pseudo_hessian(
+                model, LOSS["gpt"], batches, partition=part, resume=file, progress=stop_after(2.5)
+            )
+        with np.load(file, allow_pickle=False) as z:
+            row = json.loads(str(z["meta"]))["row"]
+        _nudge_direction(file, factor)
+        rows = counted_rows(monkeypatch)
+        if resumed:
+            hl.pseudo_hessian(model, LOSS["gpt"], batches, partition=part, resume=file)
+            assert len(rows) == (S - row) + S
+        else:
+            with pytest.warns(RuntimeWarning, match="its direction: data or weights"):
+                hl.pseudo_hessian(model, LOSS["gpt"], batches, partition=part, resume=file)
+            assert len(rows) == 2 * S

@@ -5,9 +5,11 @@ With ``Options(resume=path)`` the driver writes pass 2's running sums (the
 of H̄ (H̄ alone, computed along the groups) or after every micro-batch (other orders),
 with the position reached: ``(micro-batch b, next row r)``. A later call with the same
 file, model, data and options recomputes the direction (pass 1), checks it against the one
-stored, loads the sums and continues at micro-batch b, row r: the rows already stored are
-kept. A file written for other groups, orders, dtype or data (its direction differs) is
-set aside with a warning and the call starts over. The file is an ``.npz`` of plain arrays
+stored (per-tensor norms, to a relative 1e-5, 1e-10 in float64: the same data summed with
+another thread count differs in float32's last digits), loads the sums and continues at
+micro-batch b, row r: the rows already stored are kept. A file written for other groups,
+orders, dtype or data (its direction differs) is set aside with a warning and the call
+starts over. The file is an ``.npz`` of plain arrays
 (read with ``allow_pickle=False``), replaced atomically; once complete it holds the whole
 result (a call again only recomputes the direction), and the caller removes it. Under
 ``torch.distributed`` every rank keeps its own file (``path`` with ``.rank<r>of<w>``).
@@ -31,7 +33,11 @@ from hessian_lens.io.files import atomic_write
 __all__ = ["PARTIAL_FORMAT", "Partial"]
 
 PARTIAL_FORMAT = "hessian-lens-partial/1"
-DIRECTION_RTOL = 1e-6  # a recomputed direction matches the stored one to this (norms)
+# a recomputed direction matches the stored one to this (per-tensor norms, relative): the
+# same weights and data summed in another order (another thread count) differ in float32's
+# last digits, other data or weights by far more
+DIRECTION_RTOL = {torch.float64: 1e-10}
+DIRECTION_RTOL_DEFAULT = 1e-5
 
 
 class Partial:
@@ -75,7 +81,10 @@ class Partial:
             self._set_aside(f"it cannot be read ({err})")
             return
         if meta.get("key") != _key(acc):
-            self._set_aside("it belongs to another computation (groups, orders, dtype or data)")
+            self._set_aside("it belongs to another computation (groups, orders, dtype, shapes)")
+            return
+        if not _same_direction(meta.get("direction"), _norms(acc), acc.state.dtype):
+            self._set_aside("it belongs to another computation (its direction: data or weights)")
             return
         _load(acc, sums)
         self.batch, self.row = int(meta["batch"]), int(meta["row"])
@@ -96,6 +105,7 @@ class Partial:
         if not force and now - self._last < self.every_s:
             return
         meta = {"format": PARTIAL_FORMAT, "key": _key(acc), "batch": batch, "row": row}
+        meta["direction"] = _norms(acc)
         sums = [t.detach().to("cpu", torch.float64).numpy() for t in acc.sums()]
         arrays = {f"sum{i}": a for i, a in enumerate(sums)}
 
@@ -139,21 +149,31 @@ def _read(path: Path) -> tuple[dict, list[np.ndarray]]:
         return meta, [z[f"sum{i}"] for i in range(count)]
 
 
-def _key(acc) -> str:
-    """What the stored sums depend on: groups, orders, dtype, shapes and the direction.
+def _norms(acc) -> list[float]:
+    """The per-tensor norms of the direction (what identifies the data and weights)."""
+    return [float(torch.linalg.vector_norm(t.double())) for t in acc.direction]
 
-    The direction enters by its per-tensor norms rounded to ``DIRECTION_RTOL``, so the same
-    data and weights recomputed give the same key.
+
+def _same_direction(stored, now: list[float], dtype: torch.dtype) -> bool:
+    """Whether stored norms are those of ``now`` up to the dtype's summation order."""
+    if not isinstance(stored, list) or len(stored) != len(now):
+        return False
+    rtol = DIRECTION_RTOL.get(dtype, DIRECTION_RTOL_DEFAULT)
+    return bool(np.allclose(np.asarray(stored, dtype=float), now, rtol=rtol, atol=0.0))
+
+
+def _key(acc) -> str:
+    """What the stored sums depend on besides the direction: groups, orders, dtype, shapes.
+
+    The direction is compared apart, its per-tensor norms within a relative tolerance
+    (:func:`_same_direction`): a hash of rounded norms changed with the thread count.
     """
     part = acc.partition
-    norms = [float(torch.linalg.vector_norm(t.double())) for t in acc.direction]
-    digits = -int(np.floor(np.log10(DIRECTION_RTOL)))
     parts = {
         "labels": part.labels,
         "names": part.names,
         "spec": [acc.spec.full, acc.spec.diag],
         "dtype": str(acc.state.dtype),
         "shapes": [list(p.shape) for p in acc.state.params],
-        "direction": [float(f"{n:.{digits}e}") for n in norms],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

@@ -110,7 +110,18 @@ def save_checkpoint(
         )
     else:
         payload = {"state_dict": state, "meta": meta}
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        atomic_write(path, lambda tmp: _torch_save(payload, tmp))
+
+
+def _torch_save(payload: dict[str, Any], tmp: str) -> None:
+    """``torch.save`` through a file object: the zip's records are named ``archive/...``.
+
+    Given a path, torch names them after the file's stem, here the random temporary name,
+    so the same weights and meta saved twice would differ in bytes (and sha256, the key of
+    stored results); through a file object the bytes depend on the content alone.
+    """
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 # ---------------------------------------------------------------------------- read

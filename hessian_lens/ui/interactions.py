@@ -80,7 +80,7 @@ def tree_controls(recs: Sequence[dict], key: str) -> list[dict]:
         level = c1.selectbox(
             "Show",
             levels,
-            index=0,
+            index=levels.index(hierarchy.default_level(labels)),
             format_func=hierarchy.LEVEL_NAMES.get,
             key=f"{key}-level",
             help="A collapsed branch is the union of its groups: its H̄ entries are the "
