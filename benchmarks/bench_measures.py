@@ -280,13 +280,15 @@ def main(argv: list[str] | None = None) -> None:
         model, batch, loss_fn, part = (
             lenet(args.samples) if name == "lenet5" else shipped(name, args.samples)
         )
-        for row in (
-            compare_traces(model, loss_fn, batch, part, args.probes),
-            compare_frobenius(model, loss_fn, batch, part, args.probes, args.pairs),
-            compare_pyhessian(model, loss_fn, batch, part, args.probes, args.steps),
-            compare_ggn(model, loss_fn, batch, part),
-        ):
-            print(json.dumps({"model": name, **row, **meta}), flush=True)
+        with sdpa_kernel(SDPBackend.MATH):  # as the engine: the fused kernels lack forward AD
+            rows = (
+                compare_traces(model, loss_fn, batch, part, args.probes),
+                compare_frobenius(model, loss_fn, batch, part, args.probes, args.pairs),
+                compare_pyhessian(model, loss_fn, batch, part, args.probes, args.steps),
+                compare_ggn(model, loss_fn, batch, part),
+            )
+            for row in rows:
+                print(json.dumps({"model": name, **row, **meta}), flush=True)
 
 
 if __name__ == "__main__":

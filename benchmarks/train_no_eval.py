@@ -35,18 +35,16 @@ def epoch_zero(sess) -> dict:
 
 def run(argv: list[str]) -> int:
     """``train`` with ``argv``, evaluations skipped; run.json records this command."""
-    training._evaluate_all = no_metrics
-    training._epoch_zero = epoch_zero
-    real = training.train
+    real = training.train, training._evaluate_all, training._epoch_zero
 
     def train(config, progress=True, command=None):
-        return real(config, progress, "python benchmarks/train_no_eval.py " + shlex.join(argv))
+        return real[0](config, progress, "python benchmarks/train_no_eval.py " + shlex.join(argv))
 
-    training.train = train
+    training.train, training._evaluate_all, training._epoch_zero = train, no_metrics, epoch_zero
     try:
         return main(["train", *argv])
-    finally:
-        training.train = real
+    finally:  # the module as it was: a later train in this process evaluates again
+        training.train, training._evaluate_all, training._epoch_zero = real
 
 
 if __name__ == "__main__":

@@ -476,6 +476,8 @@ def test_train_no_eval_writes_the_checkpoints_train_writes(tmp_path, tiny_npz):
     import hessian_lens.train as training
 
     assert training.train.__module__ == "hessian_lens.train"  # restored
+    assert training._evaluate_all is not script.no_metrics
+    assert training._epoch_zero is not script.epoch_zero
 
 
 def test_ormaniec_reported_reads_float32_values_without_unpickling(monkeypatch):
