@@ -23,13 +23,10 @@ from hessian_lens.partition import Partition
 MAX_PARAMETERS = {1: 10**7, 2: 20_000, 3: 400}
 
 
-def flat_loss(
-    model: nn.Module, loss_fn, data, train_mode: bool = False
-) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    """``theta -> mean loss over data`` on the flattened trainable parameters (float64).
+def _flat_state(model: nn.Module) -> tuple[list[str], list, Tensor, dict[str, Tensor]]:
+    """The trainable parameters' names, shapes and flat float64 vector; everything else fixed.
 
-    Returns:
-        The function and the current flat parameter vector.
+    ``fixed`` holds the frozen parameters and the buffers (floating ones in float64).
     """
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
@@ -41,6 +38,18 @@ def flat_loss(
         for n, t in list(model.named_parameters()) + list(model.named_buffers())
         if n not in names
     }
+    return names, shapes, theta, fixed
+
+
+def flat_loss(
+    model: nn.Module, loss_fn, data, train_mode: bool = False
+) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """``theta -> mean loss over data`` on the flattened trainable parameters (float64).
+
+    Returns:
+        The function and the current flat parameter vector.
+    """
+    names, shapes, theta, fixed = _flat_state(model)
     batches = [data] if isinstance(data, tuple) else list(data)
 
     def loss(flat: Tensor) -> Tensor:
@@ -136,16 +145,7 @@ def full_ggn(model: nn.Module, loss_fn, data) -> Tensor:
     outputs, both by ``torch.autograd.functional`` (dense; no code shared with the engine).
     Batches are weighted by their sample counts, as :func:`flat_loss` does.
     """
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
-    theta = torch.cat(
-        [p.detach().double().reshape(-1) for n, p in model.named_parameters() if p.requires_grad]
-    )
-    fixed = {
-        n: t.detach().double() if t.is_floating_point() else t.detach()
-        for n, t in list(model.named_parameters()) + list(model.named_buffers())
-        if n not in names
-    }
+    names, shapes, theta, fixed = _flat_state(model)
     total, n = torch.zeros(theta.numel(), theta.numel(), dtype=torch.float64), 0
     was = [(m, m.training) for m in model.modules()]
     model.eval()
